@@ -1,0 +1,302 @@
+"""One interface for every promptable segmenter: encode a slice once, decode prompts many times.
+
+Coordinates: every point is ``(x, y)`` and every box ``(x0, y0, x1, y1)`` in pixels of the image
+that was encoded (the viewport), as Segment Anything takes them. The model's own input grid
+(256² for LiteMedSAM, 1024² for SAM) never leaks out of this module.
+
+Pipeline of :meth:`Segmenter.encode`:
+HU ``(H, W)`` → window (level, width) → ``[0, 1]`` → resize longest side to the model's input
+size → model normalisation → pad bottom/right → image encoder → :class:`Embedding` (cached).
+
+Pipeline of :meth:`Segmenter.decode`:
+prompt in viewport pixels → model grid → prompt encoder + mask decoder → low-resolution logits
+``(256, 256)`` → upsample, crop the padding, resize to ``(H, W)`` → mask = logits > 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hiseg_sim.segmenters.cache import EmbeddingCache
+
+__all__ = [
+    "LUNG_WINDOW",
+    "Embedding",
+    "Prediction",
+    "Prompt",
+    "PromptError",
+    "Segmenter",
+    "SegmenterError",
+    "window_to_unit",
+]
+
+#: (level, width) in HU: the lung window of ``../shared/calibration/targets.md`` (W 1500, L -600).
+LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)
+
+#: Side of the low-resolution mask logits of every SAM-family decoder.
+LOW_RES = 256
+
+
+class SegmenterError(RuntimeError):
+    """A segmenter cannot be built or used: missing or corrupt checkpoint, misuse."""
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be given to the model (box outside the image, bad shapes)."""
+
+
+def window_to_unit(image_hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
+    """Map HU to ``[0, 1]`` through a display window ``(level, width)``; float32, same shape.
+
+    >>> window_to_unit(np.array([[-1350.0, -600.0, 150.0]]))
+    array([[0. , 0.5, 1. ]], dtype=float32)
+    """
+    level, width = float(window[0]), float(window[1])
+    if not width > 0:
+        raise PromptError(f"window width must be > 0 HU; got {width}")
+    lo = level - width / 2.0
+    return np.clip((np.asarray(image_hu, dtype=np.float32) - lo) / width, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What a person or robot gives the model for one decode.
+
+    Attributes:
+        points: ``(N, 2)`` float ``(x, y)`` viewport pixels, or ``None``.
+        labels: ``(N,)`` int, 1 = positive (inside), 0 = negative (outside); required with points.
+        box: ``(4,)`` float ``(x0, y0, x1, y1)`` viewport pixels, or ``None``.
+        mask_logits: ``(256, 256)`` float32 low-resolution logits of a previous
+            :class:`Prediction` (its ``low_res_logits``) fed back as a mask prompt, or ``None``.
+    """
+
+    points: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    box: np.ndarray | None = None
+    mask_logits: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.points is not None:
+            pts = np.asarray(self.points, dtype=np.float32).reshape(-1, 2) if np.size(self.points) else np.zeros((0, 2), np.float32)
+            if self.labels is None:
+                raise PromptError("points need labels: 1 for positive (inside), 0 for negative (outside)")
+            lab = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+            if lab.shape[0] != pts.shape[0]:
+                raise PromptError(f"{pts.shape[0]} point(s) but {lab.shape[0]} label(s)")
+            if not np.isin(lab, (0, 1)).all():
+                raise PromptError(f"labels must be 0 or 1; got {np.unique(lab).tolist()}")
+            if pts.shape[0] == 0:
+                pts, lab = None, None
+            object.__setattr__(self, "points", pts)
+            object.__setattr__(self, "labels", lab)
+        elif self.labels is not None and np.size(self.labels):
+            raise PromptError("labels given without points")
+        else:
+            object.__setattr__(self, "labels", None)
+        if self.box is not None:
+            box = np.asarray(self.box, dtype=np.float32).reshape(-1)
+            if box.shape != (4,):
+                raise PromptError(f"box must be 4 numbers (x0, y0, x1, y1); got shape {box.shape}")
+            if not np.isfinite(box).all():
+                raise PromptError(f"box has non-finite coordinates: {box.tolist()}")
+            object.__setattr__(self, "box", box)
+        if self.mask_logits is not None:
+            m = np.asarray(self.mask_logits, dtype=np.float32)
+            if m.shape != (LOW_RES, LOW_RES):
+                m = m.reshape(m.shape[-2:]) if m.size == LOW_RES * LOW_RES else m
+            if m.shape != (LOW_RES, LOW_RES):
+                raise PromptError(f"mask_logits must be ({LOW_RES}, {LOW_RES}) low-res logits; got shape {m.shape}")
+            object.__setattr__(self, "mask_logits", m)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.points is None and self.box is None and self.mask_logits is None
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """The image encoder's output for one windowed slice.
+
+    Attributes:
+        key: content hash of (model, weights, window, image): the cache key.
+        features: ``(C, h, w)`` float32 image embedding (``(256, 64, 64)`` for the SAM family).
+        image_hw: ``(H, W)`` of the encoded image (the viewport).
+        resized_hw: ``(h, w)`` of that image after resizing its longest side to the input size.
+    """
+
+    key: str
+    features: np.ndarray
+    image_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The decoder's answer to one prompt.
+
+    Attributes:
+        mask: ``bool`` ``(H, W)`` in viewport pixels.
+        logits: ``float32`` ``(H, W)``; ``mask == logits > 0``.
+        low_res_logits: ``float32`` ``(256, 256)``: feed back as ``Prompt.mask_logits``.
+        iou_pred: the model's own estimate of the mask's IoU.
+    """
+
+    mask: np.ndarray
+    logits: np.ndarray
+    low_res_logits: np.ndarray
+    iou_pred: float
+
+
+@dataclass
+class _Counters:
+    encoder_calls: int = 0
+    decoder_calls: int = 0
+    cache_hits: int = 0
+
+
+class Segmenter(ABC):
+    """Base class: input transforms, caching and validation around a model's torch core.
+
+    Subclasses set :attr:`name`, :attr:`input_size` and :attr:`weights_sha256` and implement
+    :meth:`_encode_tensor` and :meth:`_decode_tensor`.
+    """
+
+    name: str = "segmenter"
+    input_size: int = 1024
+    weights_sha256: str = ""
+
+    def __init__(self, cache: EmbeddingCache | None = None) -> None:
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.counters = _Counters()
+
+    # ---- properties -------------------------------------------------------------------------
+    @property
+    def encoder_calls(self) -> int:
+        """How many times the image encoder actually ran (cache misses)."""
+        return self.counters.encoder_calls
+
+    @property
+    def namespace(self) -> str:
+        """What, besides the image and window, an embedding depends on."""
+        return f"{self.name}:{self.weights_sha256[:16]}"
+
+    # ---- geometry ---------------------------------------------------------------------------
+    def resized_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        h, w = image_hw
+        scale = self.input_size / max(h, w)
+        return int(h * scale + 0.5), int(w * scale + 0.5)
+
+    @staticmethod
+    def _scale_xy(emb: Embedding) -> np.ndarray:
+        (h, w), (rh, rw) = emb.image_hw, emb.resized_hw
+        return np.array([rw / w, rh / h], dtype=np.float32)
+
+    # ---- encode ----------------------------------------------------------------------------
+    def embedding_key(self, image_hu: np.ndarray, window: tuple[float, float]) -> str:
+        img = np.ascontiguousarray(image_hu, dtype=np.float32)
+        h = hashlib.sha256()
+        h.update(self.namespace.encode())
+        h.update(np.asarray(window, dtype=np.float64).tobytes())
+        h.update(np.asarray(img.shape, dtype=np.int64).tobytes())
+        h.update(img.tobytes())
+        return h.hexdigest()
+
+    def encode(self, image_hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> Embedding:
+        """Encode one slice ``(H, W)`` in HU, or return its cached embedding.
+
+        Raises:
+            PromptError: the image is not 2-D, is empty or holds NaN/inf.
+        """
+        img = np.asarray(image_hu)
+        if img.ndim != 2 or min(img.shape) < 2:
+            raise PromptError(f"encode takes one 2-D slice (H, W) of at least 2x2 pixels; got shape {img.shape}")
+        if not np.isfinite(img).all():
+            raise PromptError("the slice to encode holds NaN or inf values")
+        key = self.embedding_key(img, window)
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.counters.cache_hits += 1
+            return cached
+        unit = window_to_unit(img, window)
+        resized = self.resized_hw(unit.shape)
+        x = torch.from_numpy(unit)[None, None]
+        x = F.interpolate(x, size=resized, mode="bilinear", align_corners=False, antialias=True)
+        x = x.clamp(0.0, 1.0)
+        with torch.inference_mode():
+            feats = self._encode_tensor(x, resized)
+        self.counters.encoder_calls += 1
+        emb = Embedding(key=key, features=np.ascontiguousarray(feats, dtype=np.float32),
+                        image_hw=(int(img.shape[0]), int(img.shape[1])), resized_hw=resized)
+        self.cache.put(emb)
+        return emb
+
+    # ---- decode ----------------------------------------------------------------------------
+    def check_prompt(self, emb: Embedding, prompt: Prompt) -> None:
+        """Raise :class:`PromptError` if ``prompt`` cannot be decoded on ``emb``'s image."""
+        if prompt.is_empty:
+            raise PromptError("empty prompt: give at least a point, a box or a mask")
+        h, w = emb.image_hw
+        if prompt.box is not None:
+            x0, y0, x1, y1 = prompt.box.tolist()
+            if not (x1 > x0 and y1 > y0):
+                raise PromptError(f"box {prompt.box.tolist()} has zero or negative area; expected x0 < x1 and y0 < y1 (XYXY)")
+            if x1 < 0 or y1 < 0 or x0 > w - 1 or y0 > h - 1:
+                raise PromptError(f"box {prompt.box.tolist()} lies outside the {w}x{h} image (x in [0, {w - 1}], y in [0, {h - 1}])")
+        if prompt.points is not None:
+            p = prompt.points
+            out = (p[:, 0] < 0) | (p[:, 0] > w - 1) | (p[:, 1] < 0) | (p[:, 1] > h - 1)
+            if out.any():
+                raise PromptError(f"point(s) {p[out].tolist()} outside the {w}x{h} image (x in [0, {w - 1}], y in [0, {h - 1}])")
+
+    def decode(self, emb: Embedding, prompt: Prompt) -> Prediction:
+        """Decode one prompt on an encoded slice; see the module docstring for the pipeline.
+
+        A box that pokes partly out of the image is clipped to it; one wholly outside raises
+        :class:`PromptError`, as do points outside the image and zero-area boxes.
+        """
+        if not isinstance(emb, Embedding):
+            raise SegmenterError("decode needs an Embedding from .encode(...) of this segmenter")
+        self.check_prompt(emb, prompt)
+        h, w = emb.image_hw
+        s = self._scale_xy(emb)
+        coords = labels = box = mask_in = None
+        if prompt.points is not None:
+            coords = torch.from_numpy(prompt.points * s)[None]
+            labels = torch.from_numpy(prompt.labels.astype(np.int64))[None]
+        if prompt.box is not None:
+            b = prompt.box.copy()
+            b[[0, 2]] = np.clip(b[[0, 2]], 0, w - 1)
+            b[[1, 3]] = np.clip(b[[1, 3]], 0, h - 1)
+            box = torch.from_numpy(b.reshape(2, 2) * s).reshape(1, 4)
+        if prompt.mask_logits is not None:
+            mask_in = torch.from_numpy(prompt.mask_logits)[None, None]
+        feats = torch.from_numpy(emb.features)[None]
+        with torch.inference_mode():
+            low, iou = self._decode_tensor(feats, coords, labels, box, mask_in)
+            low = low.reshape(1, 1, LOW_RES, LOW_RES).float()
+            up = F.interpolate(low, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+            rh, rw = emb.resized_hw
+            up = up[..., :rh, :rw]
+            full = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        self.counters.decoder_calls += 1
+        logits = full.numpy().astype(np.float32, copy=False)
+        return Prediction(mask=logits > 0, logits=logits, low_res_logits=low[0, 0].numpy().copy(),
+                          iou_pred=float(iou.reshape(-1)[0]))
+
+    # ---- subclass hooks --------------------------------------------------------------------
+    @abstractmethod
+    def _encode_tensor(self, unit_image: torch.Tensor, resized_hw: tuple[int, int]) -> np.ndarray:
+        """``unit_image``: ``(1, 1, h, w)`` in ``[0, 1]``; return features ``(C, h', w')``."""
+
+    @abstractmethod
+    def _decode_tensor(self, features, coords, labels, box, mask_in) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model-grid prompts → (low-res logits ``(1, 1, 256, 256)``, IoU prediction ``(1, 1)``)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, input_size={self.input_size}, cache={self.cache!r})"
