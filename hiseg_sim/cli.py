@@ -45,9 +45,9 @@ def demo(
     for col in ("case", "diam mm", "texture", "Dice", "IoU", "HD95 mm", "IoU pred", "s"):
         table.add_column(col, justify="right" if col != "case" else "left")
     for r in rows:
-        table.add_row(r.case_id, f"{r.diameter_mm:.1f}", str(r.texture), f"{r.dice:.3f}", f"{r.iou:.3f}",
+        table.add_row(r.case_id.removeprefix("LIDC-IDRI-"), f"{r.diameter_mm:.1f}", str(r.texture), f"{r.dice:.3f}", f"{r.iou:.3f}",
                       f"{r.hd95_mm:.2f}", f"{r.iou_pred:.2f}", f"{r.seconds:.2f}")
-    console = Console()
+    console = Console(width=max(Console().width, 100))
     console.print(table)
     console.print(f"Dice median {summary['dice_median']:.3f}, mean {summary['dice_mean']:.3f}, "
                   f"min {summary['dice_min']:.3f} over {summary['n']} nodules")

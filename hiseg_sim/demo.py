@@ -66,7 +66,8 @@ def segment_key_slice(case: Case, segmenter, pad_px: float = 2.0):
 def plot_overlays(items: Sequence[tuple[Case, DemoRow, np.ndarray, np.ndarray]], path: str | Path,
                   crop_mm: float = 40.0, ncols: int = 6) -> Path:
     """Save a grid: each nodule's key slice (lung window) with the ground-truth contour (green),
-    LiteMedSAM's mask contour (red) and the box prompt (yellow dashed), cropped to ``crop_mm``."""
+    LiteMedSAM's mask contour (red) and the box prompt (yellow dashed), cropped to ``crop_mm`` or
+    1.6 nodule diameters, whichever is larger."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +85,7 @@ def plot_overlays(items: Sequence[tuple[Case, DemoRow, np.ndarray, np.ndarray]],
         img = case.volume_hu[z]
         ys, xs = np.nonzero(case.gt[z])
         cy, cx = ys.mean(), xs.mean()
-        half = crop_mm / 2 / case.spacing_zyx[1]
+        half = max(crop_mm, 1.6 * row.diameter_mm) / 2 / case.spacing_zyx[1]
         y0, y1 = int(max(cy - half, 0)), int(min(cy + half, img.shape[0]))
         x0, x1 = int(max(cx - half, 0)), int(min(cx + half, img.shape[1]))
         ax.imshow(img[y0:y1, x0:x1], cmap="gray", vmin=-1350, vmax=150, interpolation="nearest")
