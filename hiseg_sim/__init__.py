@@ -7,3 +7,7 @@ works after ``import hiseg_sim``. Heavy dependencies (torch) load only when a mo
 """
 
 __version__ = "0.1.0"
+
+from hiseg_sim.env import register_envs as _register_envs
+
+_register_envs()

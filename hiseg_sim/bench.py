@@ -1,0 +1,146 @@
+"""What the environment adds to a decoder call: ``hiseg-sim bench --json``.
+
+:func:`run_bench` drives a vector environment (4 workers by default) with prompt actions only
+(a box, then clicks near the viewport centre, episodes of ``episode_steps`` actions) and, inside
+each worker, times every ``env.step`` that decoded and, right after it, the raw
+``segmenter.decode`` of the very same prompt on the same cached embedding. Both are timed in the
+same process under the same load, so their ratio is what the environment costs on top of the
+model. It also counts encoder runs over all workers against the distinct slices touched: with the
+shared on-disk cache and its per-key lock, every slice is encoded exactly once.
+
+Targets (issue 3): ``ratio <= 1.15`` and ``encoder_calls == slices`` (with a fresh cache; with a
+warm ``cache_dir`` fewer encoder calls than slices are expected).
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+__all__ = ["StepTimer", "run_bench"]
+
+
+class StepTimer(gym.Wrapper):
+    """Time each ``step`` that decoded, then the raw decoder on the same prompt and embedding.
+
+    :meth:`bench_samples` returns ``[(step_seconds, decode_seconds), ...]``.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self._samples: list[tuple[float, float]] = []
+
+    def step(self, action):
+        t0 = time.perf_counter()
+        out = self.env.step(action)
+        dt = time.perf_counter() - t0
+        u = self.env.unwrapped
+        if u.last_decode is not None:
+            emb, prompt = u.last_decode
+            t1 = time.perf_counter()
+            u.segmenter.decode(emb, prompt)
+            self._samples.append((dt, time.perf_counter() - t1))
+        return out
+
+    def bench_samples(self) -> list[tuple[float, float]]:
+        return list(self._samples)
+
+
+def _prompt_actions(rng: np.random.Generator, size: int, t: int) -> np.ndarray:
+    """Action ``t`` of an episode: a box around the centre first, then clicks near the centre."""
+    c = size // 2
+    if t == 0:
+        r0, r1 = rng.integers(size // 10, size // 4, size=2)
+        return np.array([2, c - r0, c - r1, c + r1, c + r0], np.int64)
+    kind = int(rng.integers(0, 2))
+    x, y = np.clip(c + rng.integers(-size // 6, size // 6 + 1, size=2), 0, size - 1)
+    return np.array([kind, x, y, 0, 0], np.int64)
+
+
+def run_bench(n_envs: int = 4, n_steps: int = 40, cases: Sequence | Callable | None = None,
+              segmenter="litemedsam", cache_dir: str | None = None, env_id: str = "hiseg_sim/NoduleSeg2D-v0",
+              seed: int = 0, mode: str = "async", torch_threads: int | str | None = "auto", episode_steps: int = 10,
+              n_cases: int | None = 8, env_kwargs: dict | None = None) -> dict:
+    """Median ``env.step`` vs raw decoder time over a vector env, and encoder calls vs slices.
+
+    Args:
+        n_envs: sub-environments (worker processes in ``"async"`` mode).
+        n_steps: vector steps (each steps every sub-environment once).
+        cases: the cases, or a callable returning them (default: the first ``n_cases`` of the
+            default cohort, loaded in each worker).
+        segmenter: registry name (or a Segmenter object, copied into each worker).
+        cache_dir: shared embedding cache; default a fresh temporary directory, removed after.
+        env_id: ``"hiseg_sim/NoduleSeg2D-v0"`` (every step decodes) or the 3-D id.
+        seed: seeds the resets and the actions.
+        mode: ``"async"`` or ``"sync"``.
+        torch_threads: per-worker torch threads (``"auto"``: cores / workers).
+        episode_steps: actions per episode (the time limit of the bench).
+        n_cases: cases of the default cohort to use when ``cases`` is None (None: all).
+        env_kwargs: more arguments for ``gym.make``.
+
+    Returns:
+        ``{"env_step_ms", "decoder_ms", "ratio", "encoder_calls", "slices", ...}``: medians in
+        milliseconds over all decoding steps of all workers, their ratio, encoder runs summed over
+        workers, distinct slices (embedding keys) touched; plus ``samples``, ``n_envs``,
+        ``env_id``, ``segmenter``, ``mode``, ``torch_threads`` and ``wall_s``.
+    """
+    import hiseg_sim  # noqa: F401  (registers the ids)
+    from hiseg_sim.env.vector import make_vec_env, vector_encoder_stats
+
+    if cases is None:
+        from hiseg_sim.data.cohort import load_cohort
+
+        cases = functools.partial(load_cohort, "default", limit=n_cases)
+    tmp = None
+    if cache_dir is None:
+        tmp = cache_dir = tempfile.mkdtemp(prefix="hiseg-bench-cache-")
+    t_start = time.perf_counter()
+    vec = None
+    try:
+        vec = make_vec_env(env_id, n_envs, mode, cache_dir=cache_dir, segmenter=segmenter, torch_threads=torch_threads,
+                           wrappers=(StepTimer,), cases=cases, max_episode_steps=episode_steps, **(env_kwargs or {}))
+        size = int(vec.single_action_space.nvec[1])
+        rng = np.random.default_rng(seed)
+        vec.reset(seed=seed)
+        t_ep = np.zeros(n_envs, np.int64)
+        for _ in range(n_steps):
+            acts = np.stack([_prompt_actions(rng, size, int(t)) for t in t_ep])
+            _, _, term, trunc, _ = vec.step(acts)
+            done = np.logical_or(term, trunc)
+            # Gymnasium's next-step autoreset: the step after an episode's end is a reset.
+            t_ep = np.where(done, -1, t_ep) + 1
+        samples = [s for per_env in vec.call("bench_samples") for s in per_env]
+        enc = vector_encoder_stats(vec)
+    finally:
+        if vec is not None:
+            vec.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not samples:
+        raise RuntimeError("no decoding step was timed; increase n_steps")
+    arr = np.array(samples)
+    step_ms, dec_ms = float(np.median(arr[:, 0]) * 1e3), float(np.median(arr[:, 1]) * 1e3)
+    if torch_threads == "auto" and mode == "async":
+        from hiseg_sim.segmenters import threads_for
+
+        torch_threads = threads_for(workers=n_envs)
+    return {
+        "env_step_ms": round(step_ms, 3),
+        "decoder_ms": round(dec_ms, 3),
+        "ratio": round(step_ms / dec_ms, 4),
+        "encoder_calls": int(enc["encoder_calls"]),
+        "slices": int(enc["slices"]),
+        "samples": int(arr.shape[0]),
+        "n_envs": int(n_envs),
+        "env_id": env_id,
+        "segmenter": segmenter if isinstance(segmenter, str) else getattr(segmenter, "name", type(segmenter).__name__),
+        "mode": mode,
+        "torch_threads": torch_threads,
+        "wall_s": round(time.perf_counter() - t_start, 2),
+    }

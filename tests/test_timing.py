@@ -1,0 +1,110 @@
+"""The time model: pure functions of the action and the viewport geometry."""
+
+import dataclasses
+import math
+
+import pytest
+
+from hiseg_sim.timing import KLM, TimeModel, action_seconds, fitts_seconds, klm_seconds
+
+
+def test_klm_operators_are_the_published_values():
+    assert KLM == {"K": 0.20, "P": 1.10, "H": 0.40, "M": 1.35, "B": 0.20}
+    assert klm_seconds("MK") == pytest.approx(1.55)
+    assert klm_seconds("M K K") == pytest.approx(1.75)
+    with pytest.raises(ValueError, match="unknown KLM operator"):
+        klm_seconds("MX")
+
+
+def test_fitts_law_card_english_burr():
+    # MT = 1.03 + 0.096 log2(D/S + 0.5)
+    assert fitts_seconds(300, 8) == pytest.approx(1.03 + 0.096 * math.log2(300 / 8 + 0.5))
+    assert fitts_seconds(0, 8) == 0.0  # no movement, no time
+    assert fitts_seconds(0.5, 8) == 0.0  # below min_move_px
+    ds = [2, 10, 50, 200, 800]
+    assert all(a < b for a, b in zip([fitts_seconds(d, 8) for d in ds], [fitts_seconds(d, 8) for d in ds[1:]]))
+    assert fitts_seconds(200, 4) > fitts_seconds(200, 16)
+    with pytest.raises(ValueError):
+        fitts_seconds(10, 0)
+    with pytest.raises(ValueError):
+        fitts_seconds(-1, 8)
+    with pytest.raises(ValueError):
+        fitts_seconds(float("nan"), 8)
+
+
+def test_point_charge_is_mental_plus_fitts_plus_click_plus_latency():
+    tm = TimeModel()
+    c = action_seconds(tm, "point", pointer=(0, 0), xy=(30, 40), decoded=True)
+    expected = tm.M + fitts_seconds(50 * tm.screen_scale, tm.point_target_px) + tm.B + tm.decode_latency_s
+    assert c.seconds == pytest.approx(expected)
+    assert c.pointer == (30.0, 40.0) and c.tool == "point" and c.device == "mouse"
+    assert sum(c.parts.values()) == pytest.approx(c.seconds)
+    # switching tools costs a keystroke
+    sw = action_seconds(tm, "point", pointer=(0, 0), tool="box", xy=(30, 40), decoded=True)
+    assert sw.seconds == pytest.approx(expected + tm.K)
+
+
+def test_box_is_two_pointing_movements_and_a_drag():
+    tm = TimeModel()
+    c = action_seconds(tm, "box", pointer=(64, 64), xy=(10, 10), xy2=(50, 40), decoded=True)
+    expected = (tm.M + tm.pointing((64, 64), (10, 10), tm.corner_target_px)
+                + tm.pointing((10, 10), (50, 40), tm.corner_target_px) + tm.B + tm.decode_latency_s)
+    assert c.seconds == pytest.approx(expected)
+    assert c.pointer == (50.0, 40.0) and c.tool == "box"
+    with pytest.raises(ValueError):
+        action_seconds(tm, "box", pointer=(0, 0), xy=(1, 1))
+
+
+def test_keyboard_actions_and_scrolling():
+    tm = TimeModel()
+    assert action_seconds(tm, "undo", pointer=(5, 5)).seconds == pytest.approx(tm.M + 2 * tm.K)
+    assert action_seconds(tm, "accept", pointer=(5, 5)).seconds == pytest.approx(tm.M + tm.K)
+    assert action_seconds(tm, "next", pointer=(5, 5), slices_moved=1).seconds == pytest.approx(tm.scroll_s)
+    assert action_seconds(tm, "prev", pointer=(5, 5), slices_moved=3).seconds == pytest.approx(3 * tm.scroll_s)
+    prop = action_seconds(tm, "propagate", pointer=(5, 5), slices_moved=1, decoded=True)
+    assert prop.seconds == pytest.approx(tm.M + tm.K + tm.scroll_s + tm.decode_latency_s)
+    # the pointer does not move on keyboard actions
+    assert prop.pointer == (5.0, 5.0) and prop.device == "keyboard"
+    with pytest.raises(ValueError, match="unknown action kind"):
+        action_seconds(tm, "wiggle", pointer=(0, 0))
+
+
+def test_latency_fixed_by_default_measured_on_request_and_none_when_refused():
+    tm = TimeModel(decode_latency_s=0.1, encode_latency_s=2.0)
+    fixed = action_seconds(tm, "point", pointer=(0, 0), xy=(0, 0), decoded=True, measured_latency_s=9.0)
+    refused = action_seconds(tm, "point", pointer=(0, 0), xy=(0, 0), decoded=False)
+    assert fixed.seconds - refused.seconds == pytest.approx(0.1)
+    measured = action_seconds(tm.scaled(use_measured_latency=True), "point", pointer=(0, 0), xy=(0, 0), decoded=True,
+                              measured_latency_s=0.5)
+    assert measured.seconds - refused.seconds == pytest.approx(0.5)
+    new = action_seconds(tm, "next", pointer=(0, 0), slices_moved=1, new_slice=True)
+    assert new.seconds == pytest.approx(tm.scroll_s + 2.0)
+
+
+def test_scale_factors_and_homing():
+    tm = TimeModel()
+    base = action_seconds(tm, "point", pointer=(0, 0), xy=(40, 0), decoded=True)
+    slow = action_seconds(tm.scaled(mental_scale=2.0, motor_scale=1.5, latency_scale=0.0), "point", pointer=(0, 0),
+                          xy=(40, 0), decoded=True)
+    assert slow.parts["mental"] == pytest.approx(2 * base.parts["mental"])
+    assert slow.parts["motor"] == pytest.approx(1.5 * base.parts["motor"])
+    assert slow.parts["latency"] == 0.0
+    h = action_seconds(tm.scaled(homing=True), "undo", pointer=(0, 0), device="mouse")
+    assert h.seconds == pytest.approx(tm.M + 2 * tm.K + tm.H)
+    assert action_seconds(tm.scaled(homing=True), "undo", pointer=(0, 0), device="keyboard").seconds == \
+        pytest.approx(tm.M + 2 * tm.K)
+    no_fitts = action_seconds(tm.scaled(use_fitts=False), "point", pointer=(0, 0), xy=(40, 0))
+    assert no_fitts.seconds == pytest.approx(tm.M + tm.P + tm.B)
+
+
+def test_pure_and_frozen():
+    tm = TimeModel()
+    a = action_seconds(tm, "box", pointer=(1, 2), xy=(3, 4), xy2=(30, 40), decoded=True)
+    b = action_seconds(tm, "box", pointer=(1, 2), xy=(3, 4), xy2=(30, 40), decoded=True)
+    assert a == b
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tm.M = 2.0  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        TimeModel(M=-1.0)
+    with pytest.raises(ValueError):
+        TimeModel(screen_scale=0.0)
