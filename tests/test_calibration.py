@@ -1,0 +1,165 @@
+"""Calibration of the expert's perception against LIDC readers: schema, and that the readers'
+masks enter only the objective, never the generation."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+
+import numpy as np
+import pytest
+
+from hiseg_sim.annotators import calibration as C
+from hiseg_sim.annotators.perception import EXPERT_PARAMS_PATH, PerceptionParams, expert_params
+
+BANDS = ["<6", "6-10", "10-20", ">=20"]
+
+
+def ball(shape, centre, r_vox):
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((g - c) ** 2 for g, c in zip(grids, centre)) <= r_vox ** 2
+
+
+class _Annotation:
+    def __init__(self, texture):
+        self.ratings = {"texture": texture}
+
+
+class FakeNodule:
+    """Nodule-like: records every read of ``reader_masks``."""
+
+    def __init__(self, nodule_id, consensus, readers, spacing=(1.5, 0.7, 0.7), diameter_mm=8.0):
+        self.nodule_id, self.consensus, self._readers = nodule_id, consensus, readers
+        self.spacing_zyx, self.diameter_mm = spacing, diameter_mm
+        self.n_readers = len(readers)
+        self.ratings = {"texture": 5.0}
+        self.annotations = tuple(_Annotation(5) for _ in readers)
+        self.reads = 0
+
+    @property
+    def reader_masks(self):
+        self.reads += 1
+        return self._readers
+
+
+class FakeDb:
+    def __init__(self, nodules):
+        self.nodules = nodules
+
+    def iter_nodules(self, split, min_readers=1, progress=False, limit=None, patients=None):
+        yield from self.nodules[:limit]
+
+
+def _fake_pair():
+    shape = (9, 40, 40)
+    cons = ball(shape, (4, 20, 20), 6)
+    readers_a = (ball(shape, (4, 20, 20), 6), ball(shape, (4, 20, 21), 6), ball(shape, (4, 21, 20), 5))
+    readers_b = (ball(shape, (4, 20, 20), 7), ball(shape, (4, 16, 20), 4), ball(shape, (3, 20, 24), 6))
+    return FakeNodule("LIDC-IDRI-9998/n1", cons, readers_a), FakeNodule("LIDC-IDRI-9999/n1", cons, readers_b)
+
+
+def test_agreement_stats():
+    a = ball((5, 20, 20), (2, 10, 10), 4)
+    s = C.agreement_stats([a, a, a], a, 1.5)
+    assert s == {"dice": 1.0, "z_end_mm": 0.0, "log_volume": 0.0}
+    b = np.zeros_like(a)
+    b[1:3] = a[1:3]  # drops the top slices
+    s = C.agreement_stats([a, b], a, 2.0)
+    assert 0 < s["dice"] < 1 and s["z_end_mm"] > 0 and s["log_volume"] < 0
+
+
+def test_generation_never_reads_reader_masks():
+    """The real readers' masks are read once, at load time, for the objective's statistics; the
+    simulated panels depend on the reference only: two nodules with the same consensus and
+    different readers get identical simulations (and different real statistics)."""
+    na, nb = _fake_pair()
+    nodules = C.load_calibration_set("calibration", db=FakeDb([na, nb]))
+    reads = (na.reads, nb.reads)
+    assert all(r >= 1 for r in reads)
+    fields = {f.name for f in dataclasses.fields(C.CalibrationNodule)}
+    assert not {"reader_masks", "readers", "nodule"} & fields
+    params = C.START
+    # same id for the draws: rename b's record as a's so the common random numbers coincide
+    nb_as_a = dataclasses.replace(nodules[1], nodule_id=nodules[0].nodule_id)
+    sims = C.simulate_set([nodules[0], nb_as_a], params, reps=3, seed=0)
+    assert (na.reads, nb.reads) == reads  # simulation read no reader mask
+    assert sims[0] == sims[1]
+    assert nodules[0].real != nodules[1].real
+    # the generation function is handed the reference geometry, texture and k: nothing else
+    sig = list(inspect.signature(C.simulate_panel).parameters)
+    assert sig == ["geometry", "texture", "k", "params", "rng", "draws", "difficulty_z"]
+
+
+def test_reader_reference_uses_one_reader():
+    na, _ = _fake_pair()
+    (rec,) = C.load_calibration_set("calibration", reference="reader", db=FakeDb([na]))
+    ref = rec.geometry.to_full(rec.geometry.phi > 0)
+    assert any(np.array_equal(ref, m) for m in na._readers)
+
+
+def test_simulate_panel_with_rng_is_deterministic():
+    na, _ = _fake_pair()
+    (rec,) = C.load_calibration_set("calibration", db=FakeDb([na]))
+    a = C.simulate_panel(rec.geometry, 5, 3, C.START, rng=np.random.default_rng(1))
+    b = C.simulate_panel(rec.geometry, 5, 3, C.START, rng=np.random.default_rng(1))
+    assert len(a) == 3 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def lidc_db():
+    from hiseg_sim.data.lidc import LidcDatabase
+
+    try:
+        return LidcDatabase()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+def test_fit_on_a_small_subset_returns_the_schema(lidc_db, tmp_path):
+    out = tmp_path / "fit.json"
+    params, report = C.fit_expert(limit=16, reps=1, maxfev=8, corr_grid=(1.0,), save=out, db=lidc_db)
+    assert isinstance(params, PerceptionParams)
+    saved = json.loads(out.read_text())
+    assert PerceptionParams.from_dict(saved["params"]) == PerceptionParams.from_dict(report["params"])
+    prov = saved["provenance"]
+    for key in ("split", "n_nodules", "objective", "date", "code_version", "runtime_s", "reference"):
+        assert key in prov
+    assert prov["split"] == "calibration" and prov["n_nodules"] == 16
+    assert set(saved["calibration_fit"]["by_size"]) == set(BANDS)
+    with pytest.raises(ValueError, match="holdout"):
+        C.fit_expert(split="holdout", save=False)
+
+
+def test_evaluate_schema(lidc_db):
+    res = C.evaluate("holdout", C.START, reps=2, limit=12, db=lidc_db)
+    assert list(res) == ["real_pairwise_dice", "sim_pairwise_dice", "ks", "by_size"]
+    assert list(res["by_size"]) == BANDS
+    for band in res["by_size"].values():
+        assert set(band) == {"real", "sim", "ks", "n"}
+    assert sum(b["n"] for b in res["by_size"].values()) == 12
+    assert 0 < res["real_pairwise_dice"] <= 1 and 0 < res["sim_pairwise_dice"] <= 1
+    json.dumps(res)
+
+
+def test_saved_expert_fit_has_provenance():
+    if not EXPERT_PARAMS_PATH.is_file():
+        pytest.skip("no saved expert fit yet")
+    saved = json.loads(EXPERT_PARAMS_PATH.read_text())
+    assert saved["provenance"]["split"] == "calibration"
+    assert expert_params() == PerceptionParams.from_dict(saved["params"])
+
+
+@pytest.mark.slow
+def test_saved_fit_on_the_holdout(lidc_db):
+    """The issue's target on the holdout (about 30 s): mean pairwise Dice within 0.03 of the real
+    readers' and KS <= 0.15 in every size band with 50+ nodules. The >= 20 mm band (21 nodules)
+    is reported, not asserted: one 2-reader nodule with Dice 0.12 moves its mean by 0.03."""
+    if not EXPERT_PARAMS_PATH.is_file():
+        pytest.skip("no saved expert fit yet")
+    res = C.evaluate("holdout", db=lidc_db)
+    assert abs(res["sim_pairwise_dice"] - res["real_pairwise_dice"]) <= 0.03
+    for name, band in res["by_size"].items():
+        if band["n"] >= 50:
+            assert abs(band["sim"] - band["real"]) <= 0.03, name
+            assert band["ks"] <= 0.15, name
