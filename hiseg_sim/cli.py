@@ -74,6 +74,37 @@ def lidc_readers(
         typer.echo(f"{group}: " + ", ".join(f"{k}: {v:.3f}" if v is not None else f"{k}: -" for k, v in res[group].items()))
 
 
+@app.command()
+def calibrate(
+    split: str = typer.Option("calibration", help="calibration: fit the expert perception model and save it; "
+                              "holdout: report the saved fit against the holdout readers (never fits)."),
+    fit: Optional[bool] = typer.Option(None, "--fit/--no-fit", help="Fit (default on the calibration split only)."),
+    reps: int = typer.Option(10, help="Simulated reader panels per nodule in the report."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    progress: bool = typer.Option(True, help="Print progress."),
+) -> None:
+    """Fit the parametric expert perception model to LIDC reader agreement, or report it on a split.
+
+    Simulated expert intents come from the image and ONE reference mask per nodule; their pairwise
+    Dice is compared with the real readers' (mean and KS, by size band)."""
+    from hiseg_sim.annotators import calibration
+
+    do_fit = (split == "calibration") if fit is None else fit
+    if do_fit and split == "holdout":
+        raise typer.BadParameter("the holdout split is for reporting only: fit on --split calibration", param_hint="--fit")
+    params = None
+    if do_fit:
+        params, _ = calibration.fit_expert(split=split, progress=progress and not as_json, save=True)
+    res = calibration.evaluate(split=split, params=params, reps=reps, progress=progress and not as_json)
+    if as_json:
+        typer.echo(json.dumps(res))
+        return
+    typer.echo(f"{split}: real pairwise Dice {res['real_pairwise_dice']:.3f}, simulated {res['sim_pairwise_dice']:.3f}, "
+               f"KS {res['ks']:.3f}")
+    for band, v in res["by_size"].items():
+        typer.echo(f"  {band:>5} mm (n={v['n']}): real {v['real']:.3f}  sim {v['sim']:.3f}  KS {v['ks']:.3f}")
+
+
 def main() -> None:  # console-script entry point
     app()
 
