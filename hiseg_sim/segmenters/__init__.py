@@ -5,11 +5,15 @@
 ['litemedsam', 'sam_vit_b', 'sam_vit_h', 'sam_vit_l']
 
 ``build(name, **kwargs)`` is the only place a checkpoint is read. ``cache_dir=`` (or
-``$HISEG_CACHE_DIR``) turns on the shared on-disk embedding cache.
+``$HISEG_CACHE_DIR``) turns on the shared on-disk embedding cache. ``runtime=`` picks what runs the
+prompt decoder of the SAM family: ``"onnx"`` (ONNX Runtime), ``"torch"``, or ``"auto"`` (ONNX
+Runtime when it imports; see :mod:`hiseg_sim.segmenters.sam_family`). Threads per process follow
+:func:`set_threads` (rule in :mod:`hiseg_sim.segmenters.threads`).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Callable
 
@@ -24,10 +28,13 @@ from hiseg_sim.segmenters.base import (
     window_to_unit,
 )
 from hiseg_sim.segmenters.cache import CorruptCacheWarning, EmbeddingCache, default_cache_dir
+from hiseg_sim.segmenters.sam_family import RUNTIMES, RuntimeFallbackWarning
+from hiseg_sim.segmenters.threads import get_threads, set_threads, threads_for
 
 __all__ = [
     "LUNG_WINDOW", "CorruptCacheWarning", "Embedding", "EmbeddingCache", "Prediction", "Prompt", "PromptError",
-    "Segmenter", "SegmenterError", "available", "build", "default_cache_dir", "register", "window_to_unit",
+    "RUNTIMES", "RuntimeFallbackWarning", "Segmenter", "SegmenterError", "available", "build", "default_cache_dir",
+    "get_threads", "register", "set_threads", "threads_for", "window_to_unit",
 ]
 
 _REGISTRY: dict[str, Callable[..., Segmenter]] = {}
@@ -58,7 +65,8 @@ def _make_cache(cache: EmbeddingCache | None, cache_dir: str | os.PathLike | Non
 
 
 def build(name: str = "litemedsam", *, checkpoint: str | os.PathLike | None = None, cache: EmbeddingCache | None = None,
-          cache_dir: str | os.PathLike | None = None, max_cached: int = 64) -> Segmenter:
+          cache_dir: str | os.PathLike | None = None, max_cached: int = 64, runtime: str = "auto",
+          onnx_dir: str | os.PathLike | None = None) -> Segmenter:
     """Build the segmenter registered as ``name``.
 
     Args:
@@ -67,24 +75,41 @@ def build(name: str = "litemedsam", *, checkpoint: str | os.PathLike | None = No
         cache: an existing :class:`EmbeddingCache` to share; else one is made from ``cache_dir``.
         cache_dir: on-disk embedding cache directory (default ``$HISEG_CACHE_DIR`` or memory only).
         max_cached: embeddings kept in memory.
+        runtime: ``"auto"`` (default), ``"onnx"`` or ``"torch"``: what runs the prompt decoder.
+            Without ``onnxruntime`` the SAM family falls back to ``"torch"`` with one warning.
+        onnx_dir: cache of exported decoders (default ``$HISEG_CACHE_DIR/onnx`` or ``~/.cache/hiseg-sim/onnx``).
+
+    ``$HISEG_THREADS``, if set, is applied here (see :func:`set_threads`).
     """
     if name not in _REGISTRY:
         raise SegmenterError(f"unknown segmenter {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name](checkpoint=checkpoint, cache=_make_cache(cache, cache_dir, max_cached))
+    if runtime not in RUNTIMES:
+        raise SegmenterError(f"unknown runtime {runtime!r}; one of {', '.join(RUNTIMES)}")
+    from hiseg_sim.segmenters.threads import apply_env
+
+    apply_env()
+    builder = _REGISTRY[name]
+    kwargs: dict = {"checkpoint": checkpoint, "cache": _make_cache(cache, cache_dir, max_cached)}
+    params = inspect.signature(builder).parameters
+    if "runtime" in params:
+        kwargs.update(runtime=runtime, onnx_dir=onnx_dir)
+    elif runtime == "onnx":
+        raise SegmenterError(f"segmenter {name!r} has no ONNX runtime; use runtime='torch' or 'auto'")
+    return builder(**kwargs)
 
 
 @register("litemedsam")
-def _build_litemedsam(checkpoint=None, cache=None) -> Segmenter:
+def _build_litemedsam(checkpoint=None, cache=None, runtime="auto", onnx_dir=None) -> Segmenter:
     from hiseg_sim.segmenters.litemedsam import LiteMedSAM
 
-    return LiteMedSAM(checkpoint=checkpoint, cache=cache)
+    return LiteMedSAM(checkpoint=checkpoint, cache=cache, runtime=runtime, onnx_dir=onnx_dir)
 
 
 def _sam_builder(model_type: str):
-    def builder(checkpoint=None, cache=None) -> Segmenter:
+    def builder(checkpoint=None, cache=None, runtime="auto", onnx_dir=None) -> Segmenter:
         from hiseg_sim.segmenters.sam import SAM
 
-        return SAM(model_type=model_type, checkpoint=checkpoint, cache=cache)
+        return SAM(model_type=model_type, checkpoint=checkpoint, cache=cache, runtime=runtime, onnx_dir=onnx_dir)
 
     return builder
 

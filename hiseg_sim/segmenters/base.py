@@ -170,6 +170,8 @@ class Segmenter(ABC):
     name: str = "segmenter"
     input_size: int = 1024
     weights_sha256: str = ""
+    #: What runs the prompt decoder: ``"torch"`` or ``"onnx"`` (see :mod:`hiseg_sim.segmenters.sam_family`).
+    runtime: str = "torch"
 
     def __init__(self, cache: EmbeddingCache | None = None) -> None:
         self.cache = cache if cache is not None else EmbeddingCache()
@@ -280,7 +282,10 @@ class Segmenter(ABC):
         with torch.inference_mode():
             low, iou = self._decode_tensor(feats, coords, labels, box, mask_in)
             low = low.reshape(1, 1, LOW_RES, LOW_RES).float()
-            up = F.interpolate(low, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+            if self.input_size == LOW_RES:  # a same-size bilinear resample is the identity: skip it
+                up = low
+            else:
+                up = F.interpolate(low, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
             rh, rw = emb.resized_hw
             up = up[..., :rh, :rw]
             full = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
@@ -299,4 +304,5 @@ class Segmenter(ABC):
         """Model-grid prompts → (low-res logits ``(1, 1, 256, 256)``, IoU prediction ``(1, 1)``)."""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, input_size={self.input_size}, cache={self.cache!r})"
+        return (f"{type(self).__name__}(name={self.name!r}, input_size={self.input_size}, runtime={self.runtime!r}, "
+                f"cache={self.cache!r})")

