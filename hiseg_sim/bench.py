@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["StepTimer", "run_bench"]
+__all__ = ["StepTimer", "full_bench", "run_bench"]
 
 
 class StepTimer(gym.Wrapper):
@@ -143,4 +143,58 @@ def run_bench(n_envs: int = 4, n_steps: int = 40, cases: Sequence | Callable | N
         "mode": mode,
         "torch_threads": torch_threads,
         "wall_s": round(time.perf_counter() - t_start, 2),
+    }
+
+
+def _build_with_runtime(name: str, runtime: str, **kwargs):
+    """Picklable segmenter factory for vector-env workers: ``build(name, runtime=runtime)``."""
+    from hiseg_sim import segmenters
+
+    return segmenters.build(name, runtime=runtime, **kwargs)
+
+
+def full_bench(n_envs: int = 4, n_steps: int = 40, segmenter: str = "litemedsam", n_cases: int = 8,
+               decoder_samples: int = 40, seed: int = 0, progress: bool = False) -> dict:
+    """Everything ``hiseg-sim bench --json`` reports, measured in one run.
+
+    1. A ``n_envs``-worker vector env on the default runtime with a fresh shared cache (issue 3):
+       ``env_step_ms``, ``decoder_ms``, ``ratio``, ``encoder_calls``, ``slices``.
+    2. The decoder alone on both runtimes, the counted FLOPs of one decode and this machine's
+       matmul rate (issue 7): ``eager_decoder_ms``, ``onnx_decoder_ms``, ``limit_ms``.
+    3. One env (2 threads, no contention from other workers) on the ONNX and on the eager path,
+       back to back on the now warm cache: ``single_env`` with both step times and the ratios
+       the targets are stated in (ONNX step ≤ 1.6 × ``limit_ms`` and ≤ 0.65 × eager step).
+    """
+    from hiseg_sim.segmenters.perf import decoder_bench
+
+    def say(msg: str) -> None:
+        if progress:
+            import sys
+
+            print(msg, file=sys.stderr, flush=True)
+
+    cache = tempfile.mkdtemp(prefix="hiseg-bench-cache-")
+    try:
+        say(f"[1/3] {n_envs}-worker vector env, fresh embedding cache ...")
+        vec = run_bench(n_envs=n_envs, n_steps=n_steps, segmenter=segmenter, cache_dir=cache, seed=seed,
+                        n_cases=n_cases)
+        say("[2/3] decoder alone, torch vs ONNX Runtime, FLOPs and matmul rate ...")
+        dec = decoder_bench(segmenter, n=decoder_samples)
+        single = {}
+        for rt in ("onnx", "torch"):
+            say(f"[3/3] one env, runtime={rt} ...")
+            r = run_bench(n_envs=1, n_steps=n_steps, mode="sync", cache_dir=cache, seed=seed, n_cases=n_cases,
+                          segmenter=functools.partial(_build_with_runtime, segmenter, rt), torch_threads=None)
+            single[f"{rt}_env_step_ms"] = r["env_step_ms"]
+            single[f"{rt}_decoder_ms"] = r["decoder_ms"]
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    single["onnx_vs_limit"] = round(single["onnx_env_step_ms"] / dec["limit_ms"], 3)
+    single["onnx_vs_eager"] = round(single["onnx_env_step_ms"] / single["torch_env_step_ms"], 3)
+    return {
+        "env_step_ms": vec["env_step_ms"], "decoder_ms": vec["decoder_ms"], "ratio": vec["ratio"],
+        "encoder_calls": vec["encoder_calls"], "slices": vec["slices"], "runtime": dec["runtime"],
+        "eager_decoder_ms": dec["eager_decoder_ms"], "onnx_decoder_ms": dec["onnx_decoder_ms"],
+        "limit_ms": dec["limit_ms"], "flops": dec["flops"], "matmul_gflops": dec["matmul_gflops"],
+        "single_env": single, "vector_env": {k: vec[k] for k in ("n_envs", "mode", "torch_threads", "samples", "wall_s")},
     }

@@ -105,6 +105,31 @@ def calibrate(
         typer.echo(f"  {band:>5} mm (n={v['n']}): real {v['real']:.3f}  sim {v['sim']:.3f}  KS {v['ks']:.3f}")
 
 
+@app.command()
+def bench(
+    n_envs: int = typer.Option(4, help="Workers of the vector env."),
+    n_steps: int = typer.Option(40, help="Vector steps per measurement."),
+    segmenter: str = typer.Option("litemedsam", help="Segmenter registry name."),
+    n_cases: int = typer.Option(8, help="Cases of the default cohort to step through."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Env step against the raw decoder, encoder calls against slices, ONNX against eager and the
+    machine's FLOP limit: all measured in one run (about a minute or two on two cores)."""
+    from hiseg_sim.bench import full_bench
+
+    res = full_bench(n_envs=n_envs, n_steps=n_steps, segmenter=segmenter, n_cases=n_cases, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(res))
+        return
+    s = res["single_env"]
+    typer.echo(f"{n_envs}-worker vector env: env step {res['env_step_ms']:.1f} ms vs decoder {res['decoder_ms']:.1f} ms "
+               f"(ratio {res['ratio']:.3f}); encoder calls {res['encoder_calls']} for {res['slices']} slices")
+    typer.echo(f"decoder: eager {res['eager_decoder_ms']:.1f} ms, ONNX {res['onnx_decoder_ms']:.1f} ms, "
+               f"limit {res['limit_ms']:.1f} ms ({res['flops'] / 1e9:.2f} GFLOP at {res['matmul_gflops']:.0f} GFLOP/s)")
+    typer.echo(f"one env: ONNX step {s['onnx_env_step_ms']:.1f} ms ({s['onnx_vs_limit']:.2f} x limit), "
+               f"eager step {s['torch_env_step_ms']:.1f} ms (ONNX/eager {s['onnx_vs_eager']:.2f})")
+
+
 def main() -> None:  # console-script entry point
     app()
 
