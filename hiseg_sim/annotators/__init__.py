@@ -1,8 +1,24 @@
 """Annotators: behaviour models of people, and the literature's click robots beside them.
 
-Robots read the ground truth — that is what they are (see :mod:`hiseg_sim.annotators.robots`).
+>>> from hiseg_sim.annotators import available_annotators, build_annotator, run_episode, evaluate
+
+- :mod:`~hiseg_sim.annotators.protocol`: the one protocol for everything that acts (Knowledge
+  without ground truth; RobotKnowledge for robots only).
+- :mod:`~hiseg_sim.annotators.registry`: annotators by name (profiles in ``agents/profiles`` and robots).
+- :mod:`~hiseg_sim.annotators.harness`: ``run_episode`` (the perception step happens there) and ``evaluate``.
+- The behaviour model: :mod:`~hiseg_sim.annotators.behaviour` over
+  :mod:`~hiseg_sim.annotators.strategy`, :mod:`~hiseg_sim.annotators.execution`,
+  :mod:`~hiseg_sim.annotators.judgement`, :mod:`~hiseg_sim.annotators.learning`, with
+  :mod:`~hiseg_sim.annotators.perception` and :mod:`~hiseg_sim.annotators.profiles`.
+- Robots: :mod:`~hiseg_sim.annotators.robots` (pure functions) and
+  :mod:`~hiseg_sim.annotators.robot_agents` (as agents). Robots read the ground truth — that is
+  what they are.
+- :mod:`~hiseg_sim.annotators.study`: ``group_table``, ``learning_curves``, ``ritm_noc``.
 """
 
+from .harness import EpisodeResult, evaluate, run_episode
+from .protocol import Annotator, Feedback, Knowledge, RobotKnowledge, SB3PolicyAdapter
+from .registry import available_annotators, build_annotator, load_profile
 from .robots import (
     Click,
     clicks_to_sam,
@@ -20,10 +36,20 @@ from .robots import (
 )
 
 __all__ = [
+    "Annotator",
     "Click",
+    "EpisodeResult",
+    "Feedback",
+    "Knowledge",
+    "RobotKnowledge",
+    "SB3PolicyAdapter",
+    "available_annotators",
+    "build_annotator",
     "clicks_to_sam",
     "deepgrow_click",
+    "evaluate",
     "gt_box",
+    "load_profile",
     "medsam_box",
     "medsegfm_click",
     "microsam_clicks",
@@ -31,6 +57,7 @@ __all__ = [
     "noc_metric",
     "ritm_click",
     "run_click_protocol",
+    "run_episode",
     "sam_noisy_box",
     "sammed3d_click",
 ]

@@ -60,6 +60,7 @@ class NoduleSegBase(gym.Env):
         self.window = tuple(float(v) for v in (window if window is not None else LUNG_WINDOW))
         self.time_penalty = float(time_penalty)
         self.time_model = time_model if time_model is not None else TimeModel()
+        self._episode_time_model: TimeModel | None = None  # options["time_model"] of the current episode
         self.mask_feedback = bool(mask_feedback)
         self.render_mode = render_mode
         self.render_gt = bool(render_gt)
@@ -136,6 +137,10 @@ class NoduleSegBase(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
+        tm = options.get("time_model")
+        if tm is not None and not isinstance(tm, TimeModel):
+            raise TypeError(f"options['time_model'] must be a hiseg_sim.timing.TimeModel; got {type(tm).__name__}")
+        self._episode_time_model = tm  # this episode only (an annotator group's scaled model); None: time_model
         case = self._pick_case(options)
         key = case.key_slice
         if "viewport" in options:
@@ -395,7 +400,7 @@ class NoduleSegBase(gym.Env):
                     self._seen.add(t)
                 else:
                     code = "prompt_rejected"
-        charge = action_seconds(self.time_model, A.kind_name(act), pointer=self._pointer, tool=self._tool,
+        charge = action_seconds(self.episode_time_model, A.kind_name(act), pointer=self._pointer, tool=self._tool,
                                 device=self._device, xy=xy, xy2=xy2, decoded=decoded, slices_moved=moved,
                                 new_slice=new_slice, measured_latency_s=self.last_decode_s)
         self._pointer, self._tool, self._device = charge.pointer, charge.tool, charge.device
@@ -406,6 +411,11 @@ class NoduleSegBase(gym.Env):
         self._dice = dice
         self._done = terminated
         return self._obs(), float(reward), terminated, False, self._info(charge.seconds, code)
+
+    @property
+    def episode_time_model(self) -> TimeModel:
+        """The time model charging this episode: ``options["time_model"]`` of the last reset, else ``time_model``."""
+        return self._episode_time_model if self._episode_time_model is not None else self.time_model
 
     # ---- views for people and for analysis --------------------------------------------------
     def current_mask(self) -> np.ndarray:

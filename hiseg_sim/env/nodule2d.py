@@ -87,7 +87,9 @@ class NoduleSeg2DEnv(NoduleSegBase):
     A case drawn uniformly from ``cases`` with ``np_random`` (or ``options["case_id"]`` /
     ``options["case_index"]``), the viewport placed by a noisy detection point (or
     ``options["viewport"]``, a dict from ``info["viewport"]``, to replay), no prompt, an empty
-    mask, the pointer at the viewport centre, Dice 0.
+    mask, the pointer at the viewport centre, Dice 0. ``options["time_model"]`` (a
+    :class:`~hiseg_sim.timing.TimeModel`) charges this episode instead of ``time_model``: an
+    annotator group's scaled model (:func:`hiseg_sim.annotators.harness.run_episode` passes it).
 
     ## Episode End
 

@@ -76,6 +76,7 @@ class NoduleSeg3DEnv(NoduleSegBase):
     A case drawn with ``np_random`` (or ``options["case_id"]`` / ``options["case_index"]``), the
     viewport and the start slice drawn as described (or ``options["viewport"]`` and
     ``options["start_slice"]``, a volume index, to replay), no prompt anywhere, Dice 0.
+    ``options["time_model"]`` charges this episode with another :class:`~hiseg_sim.timing.TimeModel`.
 
     ## Episode End
 

@@ -1,0 +1,290 @@
+"""A simulated person prompting a Segment Anything model: perception → strategy → execution → judgement → stop.
+
+:class:`BehaviourAnnotator` puts the parts together for one annotator group
+(a :class:`~hiseg_sim.annotators.profiles.Profile`):
+
+1. *perception* happens before the episode, in the harness
+   (:func:`hiseg_sim.annotators.harness.make_knowledge`): the annotator exposes
+   :meth:`~BehaviourAnnotator.perception_params` and receives its intent in
+   :class:`~hiseg_sim.annotators.protocol.Knowledge` (never the ground truth);
+2. *strategy* (:mod:`~hiseg_sim.annotators.strategy`): opening, then corrections, chosen by the
+   values the person holds for each prompt type;
+3. *execution* (:mod:`~hiseg_sim.annotators.execution`): aim, motor noise, box looseness;
+4. *judgement* (:mod:`~hiseg_sim.annotators.judgement`): after each prompt the mask is judged
+   against the intent; a prompt that made it look worse is undone; the person accepts when it
+   looks good enough, or gives up when patience or the time budget run out, or when
+   ``stall_limit`` prompts in a row did not help *and* every kind of prompt has been tried on the
+   slice (when stuck, a person first tries a kind of prompt they have not tried yet: that is how a
+   click-first novice whose clicks produce nothing comes to draw a box);
+5. *time*: the env charges each action with the group's :class:`~hiseg_sim.timing.TimeModel`
+   (:meth:`~BehaviourAnnotator.time_model_for`, passed by the harness as ``options["time_model"]``);
+6. *learning* (:mod:`~hiseg_sim.annotators.learning`): each judged prompt updates the value of
+   its type; the values stay with the person from case to case; :meth:`end_case` with a teacher's
+   :class:`~hiseg_sim.annotators.protocol.Feedback` updates the types that made the final mask,
+   and a worked example (``Feedback.expert_mask``) improves the person's perception
+   (:func:`~hiseg_sim.annotators.learning.practised_perception`).
+
+Decisions read only the observation (the mask shown, the seconds spent), the env's flag for a
+refused action, and the :class:`~hiseg_sim.annotators.protocol.Knowledge` (image, pixel size,
+intent); ``reads_ground_truth`` is False and a test checks this module never touches the case or
+the ground truth.
+
+In the 3-D environment the person works slice by slice over the slices their intent covers,
+starting where they were put: each slice as in 2-D (its own patience), then ``Propagate`` to the
+next intended slice when it is adjacent and the current slice has a mask (the tool's way),
+otherwise scrolling; up first, then down; Accept when every intended slice is done or the time
+budget (``time_budget_s`` per intended slice) has run out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hiseg_sim.annotators import execution as X
+from hiseg_sim.annotators import judgement as J
+from hiseg_sim.annotators import strategy as S
+from hiseg_sim.annotators.learning import PROMPT_TYPES, PromptValues, practised_perception, relative_gain
+from hiseg_sim.annotators.profiles import Profile
+from hiseg_sim.annotators.protocol import Feedback, Knowledge
+from hiseg_sim.env.actions import Accept, NextSlice, PrevSlice, Propagate, Undo
+from hiseg_sim.timing import TimeModel
+
+__all__ = ["BehaviourAnnotator"]
+
+#: ``info["invalid_action"]`` codes after which nothing changed (the prompt did not happen).
+_NOOP = frozenset({"zero_area_box", "prompt_rejected", "nothing_to_undo", "nothing_to_accept", "no_slice_there",
+                   "nothing_to_propagate"})
+
+
+@dataclass
+class _Slice:
+    """The person's account of one slice: the prompts standing (type, perceived quality before it)."""
+
+    stack: list = field(default_factory=list)
+    q: float = 0.0
+    n_actions: int = 0
+    margin_delta_mm: float = 0.0
+    stalled: int = 0
+    best_q: float = 0.0
+    tried: set = field(default_factory=set)
+    done: bool = False
+    gave_up: bool = False
+
+    @property
+    def has_box(self) -> bool:
+        return any(k in ("box", "rebox", "propagate") for k, _ in self.stack)
+
+
+class BehaviourAnnotator:
+    """A simulated annotator of one group; see the module docstring.
+
+    Args:
+        profile: the group's parameters.
+        name: the name written in traces (default: the profile's).
+    """
+
+    reads_ground_truth = False
+
+    def __init__(self, profile: Profile, name: str | None = None):
+        self.profile = profile
+        self.name = name or profile.name
+        self.values = PromptValues(profile.strategy.priors())
+        self.cases_done = 0
+        self.perception_skill = 0.0  # grows with worked examples (Feedback.expert_mask)
+        self.history: list[dict] = []
+        self.perceived_quality: float | None = None
+        self._k: Knowledge | None = None
+        self._slices: list[_Slice] = []
+        self._opening: str | None = None
+        self._values_start = self.values.snapshot()
+
+    # ---- hooks the harness calls ------------------------------------------------------------
+    def perception_params(self):
+        """This person's :class:`~hiseg_sim.annotators.perception.PerceptionParams` (the perception
+        step): the group's, improved by the worked examples seen so far."""
+        return practised_perception(self.profile.perception, self.perception_skill).params()
+
+    def time_model_for(self, spacing_yx, base: TimeModel | None = None) -> TimeModel:
+        """The env's time model for this group on a case with this pixel size."""
+        return X.time_model_for(self.profile.execution, self.profile.time, spacing_yx, base)
+
+    # ---- protocol ---------------------------------------------------------------------------
+    def reset(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
+        if knowledge.intent is None:
+            raise ValueError(f"{self.name}: a behaviour model needs Knowledge.intent (made by the harness's "
+                             "perception step, hiseg_sim.annotators.harness.make_knowledge)")
+        intent = np.asarray(knowledge.intent, bool)
+        self._k = knowledge
+        self._intent = intent if knowledge.three_d else intent[None]
+        self._spacing = tuple(float(s) for s in knowledge.spacing_mm[-2:])
+        self._size = int(self._intent.shape[-1])
+        self.rng = rng
+        n = self._intent.shape[0]
+        self._slices = [_Slice() for _ in range(n)]
+        todo = np.flatnonzero(self._intent.any(axis=(1, 2)))
+        self._todo = set(int(z) for z in todo) | {int(knowledge.start_slice)}
+        self._n_planned = max(1, len(self._todo))  # the time budget is per slice the person means to do
+        self._direction = 1
+        self._pending: tuple | None = None  # (slice, type, q_before) of a prompt awaiting judgement
+        self._undoing: tuple | None = None  # (slice, q to restore)
+        self._queue: list[str] = []
+        self._n_actions = 0
+        self._gave_up = False
+        self._opening: str | None = None
+        self._values_start = self.values.snapshot()
+        self._kinds_used: list[str] = []
+        self.perceived_quality = None
+
+    def act(self, obs: dict, info: dict):
+        if self._k is None:
+            raise RuntimeError("call reset(knowledge, rng) before act()")
+        z = int(obs.get("slice", 0)) if self._k.three_d else 0
+        mask = np.asarray(obs["mask"][0]) > 127
+        seconds = float(np.asarray(obs["seconds"]).reshape(-1)[0])
+        code = info.get("invalid_action", "")
+        action = self._react(z, mask, code)
+        if action is None:
+            action = self._next(z, mask, seconds)
+        self._n_actions += 1
+        return action
+
+    def end_case(self, feedback: Feedback | None) -> None:
+        if feedback is not None and feedback.dice is not None:
+            standing = {k for st in self._slices for k, _ in st.stack if k in PROMPT_TYPES}
+            self.values.learn_from_feedback(standing, feedback.dice, self.profile.learning.feedback_rate)
+        if feedback is not None and feedback.expert_mask is not None:
+            self.perception_skill += self.profile.learning.perception_rate * (1.0 - self.perception_skill)
+        self.history.append({"case": self._k.case_id if self._k else None, "opening": self._opening,
+                             "values_before": self._values_start, "values_after": self.values.snapshot(),
+                             "feedback_dice": None if feedback is None else feedback.dice})
+        self.cases_done += 1
+
+    def episode_info(self) -> dict:
+        kinds = self._kinds_used
+        return {"gave_up": self._gave_up, "opening": self._opening,
+                "prompt_types": {k: kinds.count(k) for k in sorted(set(kinds))},
+                "values_before": self._values_start, "values_after": self.values.snapshot()}
+
+    # ---- judging the last action ------------------------------------------------------------
+    def _react(self, z: int, mask: np.ndarray, code: str):
+        """Judge what the last action did; may return an Undo."""
+        if self._undoing is not None:
+            zu, q_restore = self._undoing
+            self._undoing = None
+            if code not in _NOOP:
+                st = self._slices[zu]
+                st.stack.pop()
+                st.q = q_restore
+        if self._pending is not None:
+            zp, kind, q_before = self._pending
+            self._pending = None
+            st = self._slices[zp]
+            if code in _NOOP:
+                st.stack.pop()
+            else:
+                q = J.perceived_quality(mask, self._intent[zp], self.profile.judgement.quality_sd, self.rng)
+                st.q = q
+                if kind != "propagate":
+                    st.stalled = 0 if q > st.best_q + self.profile.judgement.undo_margin else st.stalled + 1
+                st.best_q = max(st.best_q, q)
+                undo = not self._queue and J.looks_worse(q_before, q, self.profile.judgement)
+                if kind in PROMPT_TYPES:  # what the prompt left them with: nothing, if they take it back
+                    gain = 0.0 if undo else relative_gain(q_before, q)
+                    self.values.update(kind, gain, self.profile.learning.learning_rate)
+                if undo:
+                    self._undoing = (zp, q_before)
+                    self.perceived_quality = q
+                    st.n_actions += 1
+                    return Undo()
+        st = self._slices[z]
+        self.perceived_quality = st.q if st.stack else None
+        return None
+
+    # ---- choosing the next action -----------------------------------------------------------
+    def _next(self, z: int, mask: np.ndarray, seconds: float):
+        st = self._slices[z]
+        jp = self.profile.judgement
+        if self._queue:
+            return self._prompt(z, self._queue.pop(0), mask)
+        if seconds >= jp.time_budget_s * self._n_planned and any(s.stack for s in self._slices):
+            self._gave_up = True
+            return Accept()
+        errors = None
+        if st.stack and not st.done:
+            errors = J.perceived_errors(mask, self._intent[z], self._spacing, jp.min_error_mm)
+            options = S.available_corrections(errors, st.has_box)
+            # stuck: is there a kind of prompt not tried yet here? (then try it before giving up)
+            untried = [k for k in options if k not in st.tried] if st.stalled >= jp.stall_limit else []
+            best = max(self.values[k] for k in options)
+            verdict = J.decide(st.q, st.n_actions, seconds, jp, 0 if untried else st.stalled,
+                               None if untried else best)
+            if verdict == "go_on" and untried:
+                st.stalled = 0  # trial and error: try something different before giving up
+                return self._prompt(z, untried[0], mask, errors)
+            if verdict != "go_on":
+                st.done = True
+                st.gave_up = verdict == "give_up"
+                self._gave_up |= st.gave_up
+        if not st.stack and not self._intent[z].any():
+            st.done = True  # nothing intended on this slice (3-D): move on
+        if st.done or (z not in self._todo and st.stack):
+            return self._move_on(z, mask)
+        if not st.stack:
+            opening = S.choose_opening(self.values, self.profile.strategy, self.rng)
+            if self._opening is None:
+                self._opening = opening
+            kinds = list(S.OPENINGS[opening])
+            self._queue = kinds[1:]
+            return self._prompt(z, kinds[0], mask)
+        if errors is None:
+            errors = J.perceived_errors(mask, self._intent[z], self._spacing, jp.min_error_mm)
+        kind = S.choose_correction(self.values, self.profile.strategy, errors, st.has_box, self.rng)
+        return self._prompt(z, kind, mask, errors)
+
+    def _move_on(self, z: int, mask: np.ndarray):
+        """The slice is done: go to the next intended slice, or accept the whole."""
+        self._todo.discard(z)
+        left = sorted(t for t in self._todo if not self._slices[t].done)
+        if not left:
+            return Accept()
+        ahead = [t for t in left if (t - z) * self._direction > 0]
+        if not ahead:
+            self._direction = -self._direction
+            ahead = left
+        target = min(ahead, key=lambda t: abs(t - z))
+        step = 1 if target > z else -1
+        if target == z + step and mask.any() and not self._slices[target].stack:
+            self._slices[target].stack.append(("propagate", 0.0))
+            self._slices[target].n_actions += 1
+            self._pending = (target, "propagate", 0.0)
+            return Propagate(step)
+        return NextSlice() if step == 1 else PrevSlice()
+
+    def _prompt(self, z: int, kind: str, mask: np.ndarray, errors: J.PerceivedErrors | None = None):
+        """Execute a prompt of ``kind`` on slice ``z`` and remember it for judgement."""
+        st = self._slices[z]
+        ex, sp = self.profile.execution, self._spacing
+        intent = self._intent[z]
+        if kind == "point":
+            if errors is None or not (errors.missing.any() or errors.leak.any()):
+                region, positive = intent, True  # the centre click of an opening
+            else:
+                region, positive = S.correction_click(errors)
+            aim = X.aim_point(region, sp, self.rng, ex.centre_fraction)
+            action = X.place_point(aim, positive, ex, sp, self._size, self.rng)
+        elif kind in ("box", "rebox"):
+            if kind == "rebox":
+                if errors is None:
+                    errors = J.perceived_errors(mask, intent, sp, self.profile.judgement.min_error_mm)
+                st.margin_delta_mm += S.rebox_step_mm(errors, self.profile.strategy)
+            action = X.place_box(intent, ex, sp, self._size, self.rng, st.margin_delta_mm)
+        else:  # pragma: no cover - the strategy offers nothing else
+            raise ValueError(f"unknown prompt type {kind!r}")
+        st.stack.append((kind, st.q))
+        st.tried.add(kind)
+        st.n_actions += 1
+        self._pending = (z, kind, st.q)
+        self._kinds_used.append(kind)
+        return action

@@ -1,0 +1,250 @@
+"""The literature's click and box robots as :class:`~hiseg_sim.annotators.protocol.Annotator` agents.
+
+Robots read the ground truth — that is what they are. Each agent here declares
+``reads_ground_truth = True``, so the harness hands it
+:class:`~hiseg_sim.annotators.protocol.RobotKnowledge` (the ground truth in viewport
+coordinates); it applies a rule of :mod:`hiseg_sim.annotators.robots` to the mask in the
+observation and acts in the environment with typed actions. They are exact baselines, never a model
+of a person.
+
+=====================  ============================================================================
+name                   what it does in the env
+=====================  ============================================================================
+``robot_ritm``         RITM: first click by its rule on the empty prediction, then the next click
+                       against the current mask; Accept at the target IoU (0.90; 0.85 with
+                       ``target_iou=0.85``) or after 20 clicks (RITM's protocol, targets.md)
+``robot_microsam``     micro-sam iterative prompting: the ground-truth box, then one positive and
+                       one negative click per iteration (7 iterations: its 8 prompting rounds)
+``robot_deepgrow``     MONAI DeepGrow clicks (probability ∝ exp(distance) − 1 in the larger
+                       discrepancy), target IoU / 20 clicks as RITM
+``robot_sammed3d``     SAM-Med3D ``ritm`` clicks, target IoU / 20 clicks
+``robot_medsegfm``     CVPR 2025 MedSegFM evaluator: ground-truth box, then 5 refinement clicks at
+                       the centre of the largest error component
+``robot_medsam_box``   MedSAM's box jitter at LiteMedSAM's input (each side out by 0–5 px at 256 px,
+                       its ``bbox_shift``); Accept
+``robot_sam_box``      SAM's training box noise (SD 10 % of the side, capped at 20 px at 1024 px);
+                       Accept
+``auto_box``           the automatic baseline: a box centred on a noisy detection point (drawn as the
+                       env draws its own: centroid + N(0, 3 mm) per axis) with the nodule's box size
+                       times a detector's size error (log-normal, SD 0.2; an assumption), Accept;
+                       nobody corrects it
+=====================  ============================================================================
+
+The IoU a robot stops on is its own, of the mask in view against the ground truth in the viewport
+(as RITM's loop computes it). In the 3-D env a robot works on the start slice only, then accepts.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import numpy as np
+
+from hiseg_sim.annotators.protocol import Feedback, Knowledge, RobotKnowledge
+from hiseg_sim.annotators.robots import _call_robot
+from hiseg_sim.annotators.robots_boxes import gt_box, medsam_box, sam_noisy_box
+from hiseg_sim.annotators.robots_points import (
+    Click,
+    deepgrow_click,
+    medsegfm_click,
+    microsam_clicks,
+    ritm_click,
+    sammed3d_click,
+)
+from hiseg_sim.env.actions import Accept, BoxAction, PointAction
+from hiseg_sim.metrics import iou
+
+__all__ = ["ROBOTS", "AutoBoxAgent", "BoxRobotAgent", "ClickRobotAgent", "build_robot"]
+
+
+def _gt_slice(knowledge: Knowledge, who: str) -> np.ndarray:
+    if not isinstance(knowledge, RobotKnowledge) or knowledge.gt is None:
+        raise TypeError(f"{who} reads the ground truth: it needs RobotKnowledge (the harness gives it to agents "
+                        "that declare reads_ground_truth = True)")
+    gt = np.asarray(knowledge.gt, bool)
+    return gt[int(knowledge.start_slice)] if gt.ndim == 3 else gt
+
+
+def _clip_box(box, size: int) -> BoxAction:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    lim = float(size - 1)
+    x0, x1 = sorted((float(np.clip(x0, 0, lim)), float(np.clip(x1, 0, lim))))
+    y0, y1 = sorted((float(np.clip(y0, 0, lim)), float(np.clip(y1, 0, lim))))
+    if x1 - x0 < 1:
+        x0, x1 = (x0 - 1, x1) if x0 >= 1 else (x0, x1 + 1)
+    if y1 - y0 < 1:
+        y0, y1 = (y0 - 1, y1) if y0 >= 1 else (y0, y1 + 1)
+    return BoxAction(x0, y0, x1, y1)
+
+
+class ClickRobotAgent:
+    """A click robot in the env. Robots read the ground truth — that is what they are.
+
+    Args:
+        name: agent name (written in traces).
+        click_fn: a robot of :mod:`hiseg_sim.annotators.robots_points`, called as in
+            :func:`~hiseg_sim.annotators.robots.run_click_protocol` (``rng=``/``previous=`` when
+            its signature names them); returns a Click, a list of Clicks or None.
+        target_iou: Accept once the IoU reaches it (checked after each robot step); None: never
+            early, only at ``max_clicks`` or when no error is left.
+        max_clicks: robot steps (a micro-sam step makes two clicks).
+        initial_box: start with the ground-truth box (micro-sam, the MedSegFM evaluator).
+    """
+
+    reads_ground_truth = True
+
+    def __init__(self, name: str, click_fn: Callable, target_iou: float | None = 0.9, max_clicks: int = 20,
+                 initial_box: bool = False):
+        self.name = name
+        self.click_fn = click_fn
+        self.target_iou = target_iou
+        self.max_clicks = int(max_clicks)
+        self.initial_box = bool(initial_box)
+        self.ious: list[float] = []
+
+    def reset(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
+        self.gt = _gt_slice(knowledge, self.name)
+        self.size = int(self.gt.shape[-1])
+        self.rng = rng
+        self.history: list[Click] = []
+        self.queue: list[PointAction] = []
+        self.steps = 0
+        self.box_done = not self.initial_box
+        self.prompted = False
+        self.ious = []
+        self.stop_reason: str | None = None
+
+    def act(self, obs: dict, info: dict) -> Any:
+        pred = np.asarray(obs["mask"][0]) > 127
+        if self.queue:
+            return self.queue.pop(0)
+        if self.prompted:
+            score = iou(pred, self.gt)
+            self.ious.append(score)
+            if self.target_iou is not None and score >= self.target_iou:
+                self.stop_reason = "target"
+                return Accept()
+            if self.box_done and self.steps >= self.max_clicks:
+                self.stop_reason = "max_clicks"
+                return Accept()
+        if not self.box_done:
+            self.box_done = self.prompted = True
+            return _clip_box(gt_box(self.gt), self.size)
+        new = _call_robot(self.click_fn, pred, self.gt, self.rng, self.history)
+        if not new:
+            self.stop_reason = "no_error"
+            return Accept()
+        self.history.extend(new)
+        self.steps += 1
+        self.prompted = True
+        acts = [PointAction(float(c.xy[0]), float(c.xy[1]), bool(c.positive)) for c in new]
+        self.queue = acts[1:]
+        return acts[0]
+
+    def end_case(self, feedback: Feedback | None) -> None:
+        pass
+
+    def episode_info(self) -> dict:
+        return {"robot_ious": list(self.ious), "stop": self.stop_reason}
+
+
+class BoxRobotAgent:
+    """One box from a robot's rule on the ground truth, then Accept. Robots read the ground truth —
+    that is what they are.
+
+    Args:
+        name: agent name.
+        box_fn: ``box_fn(gt2d, rng, size) -> XYXY`` (viewport pixels).
+    """
+
+    reads_ground_truth = True
+
+    def __init__(self, name: str, box_fn: Callable[[np.ndarray, np.random.Generator, int], Any]):
+        self.name = name
+        self.box_fn = box_fn
+
+    def reset(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
+        self.gt = _gt_slice(knowledge, self.name)
+        self.size = int(self.gt.shape[-1])
+        self.rng = rng
+        self.done = False
+
+    def act(self, obs: dict, info: dict) -> Any:
+        if self.done:
+            return Accept()
+        self.done = True
+        return _clip_box(self.box_fn(self.gt, self.rng, self.size), self.size)
+
+    def end_case(self, feedback: Feedback | None) -> None:
+        pass
+
+
+class AutoBoxAgent(BoxRobotAgent):
+    """The automatic baseline: a detector's box, accepted as it is (nobody corrects it).
+
+    Reads the ground truth, as a robot, for nothing but what a detector provides: its box is
+    centred on a detection point drawn the way the environment draws its own (the ground truth's
+    centroid on the slice plus Gaussian noise of ``detection_sd_mm`` per axis, default the env's
+    3.0 mm; drawn from the robot's generator, without the env's snapping to the pan grid), and
+    its width and height are the nodule's box on the slice times a detector's size error
+    ``exp(N(0, size_log_sd))`` each (assumption: ``size_log_sd = 0.2``, a detector regressing box
+    size within about 20 %). Draws: two normals for the centre (y, x), two for the size (w, h).
+    """
+
+    def __init__(self, name: str = "auto_box", detection_sd_mm: float = 3.0, size_log_sd: float = 0.2):
+        super().__init__(name, self._box)
+        self.detection_sd_mm = float(detection_sd_mm)
+        self.size_log_sd = float(size_log_sd)
+
+    def reset(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
+        super().reset(knowledge, rng)
+        self.spacing_yx = tuple(float(v) for v in knowledge.spacing_mm[-2:])
+
+    def _box(self, gt2d: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+        x0, y0, x1, y1 = gt_box(gt2d)
+        ys, xs = np.nonzero(gt2d)
+        noise = rng.standard_normal(2) * self.detection_sd_mm / np.asarray(self.spacing_yx)
+        cy, cx = ys.mean() + noise[0], xs.mean() + noise[1]
+        w, h = (x1 - x0 + 1.0), (y1 - y0 + 1.0)
+        fw, fh = np.exp(rng.standard_normal(2) * self.size_log_sd)
+        return np.array([cx - w * fw / 2.0, cy - h * fh / 2.0, cx + w * fw / 2.0, cy + h * fh / 2.0])
+
+
+def _medsam(gt2d, rng, size):
+    return medsam_box(gt2d, rng, max_shift_px=5, input_size=256, image_size=size, clip="litemedsam")
+
+
+def _sam(gt2d, rng, size):
+    return sam_noisy_box(gt2d, rng, image_size=size)
+
+
+def _click(name: str, fn: Callable, **defaults) -> Callable[..., ClickRobotAgent]:
+    def build(**kw) -> ClickRobotAgent:
+        args = dict(defaults)
+        args.update(kw)
+        return ClickRobotAgent(name, fn, **args)
+
+    build.__doc__ = f"Build the {name} agent (keyword arguments of ClickRobotAgent override {defaults})."
+    return build
+
+
+#: Robot name -> builder(**overrides).
+ROBOTS: dict[str, Callable[..., Any]] = {
+    "robot_ritm": _click("robot_ritm", ritm_click, target_iou=0.9, max_clicks=20),
+    "robot_microsam": _click("robot_microsam", microsam_clicks, target_iou=None, max_clicks=7, initial_box=True),
+    "robot_deepgrow": _click("robot_deepgrow", deepgrow_click, target_iou=0.9, max_clicks=20),
+    "robot_sammed3d": _click("robot_sammed3d", functools.partial(sammed3d_click, method="ritm"), target_iou=0.9,
+                             max_clicks=20),
+    "robot_medsegfm": _click("robot_medsegfm", medsegfm_click, target_iou=None, max_clicks=5, initial_box=True),
+    "robot_medsam_box": lambda **kw: BoxRobotAgent(kw.pop("name", "robot_medsam_box"), kw.pop("box_fn", _medsam)),
+    "robot_sam_box": lambda **kw: BoxRobotAgent(kw.pop("name", "robot_sam_box"), kw.pop("box_fn", _sam)),
+    "auto_box": lambda **kw: AutoBoxAgent(**kw),
+}
+
+
+def build_robot(name: str, **overrides) -> Any:
+    """A robot agent by name (see :data:`ROBOTS`)."""
+    if name not in ROBOTS:
+        raise KeyError(f"unknown robot {name!r}; robots: {sorted(ROBOTS)}")
+    return ROBOTS[name](**overrides)
