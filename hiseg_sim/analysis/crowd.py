@@ -1,0 +1,207 @@
+"""Crowd fusion: k workers per nodule, their masks fused by majority vote or STAPLE, against cost.
+
+A crowd study runs a pool of W independent workers (replicates of one arm) on every nodule and
+stores each final mask (:func:`hiseg_sim.experiments.episode.pack_mask`). For each k = 1 … W,
+:func:`crowd_curve` draws subsets of k workers per nodule (without replacement, seeded), fuses
+their masks and scores the fusion against the reference on the slices the env scored:
+
+- majority vote (:func:`fuse_majority`): a pixel is in when *more than half* of the k masks
+  have it (ties — possible for even k — go to background);
+- STAPLE (:func:`fuse_staple`; Warfield et al. 2004, SimpleITK's ``STAPLEImageFilter``): each
+  worker's sensitivity and specificity are estimated by EM and the fused mask is the pixels
+  whose posterior probability of foreground is >= 0.5. With k = 1 both return the one mask.
+
+The cost of a fused mask is the sum of the k workers' simulated seconds. :func:`workers_needed`
+answers "how many workers for Dice >= X" and :func:`saturation_k` "where does adding workers
+stop paying".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from hiseg_sim.analysis.stats import bootstrap_ci
+from hiseg_sim.experiments.episode import unpack_mask
+
+__all__ = ["fuse_majority", "fuse_staple", "FUSERS", "case_masks", "crowd_draws", "crowd_curve", "workers_needed",
+           "saturation_k", "single_arm_reference"]
+
+
+def fuse_majority(masks: np.ndarray) -> np.ndarray:
+    """Strict majority of ``k`` ``bool`` masks stacked on axis 0: ``sum > k / 2``.
+
+    >>> m = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1]], bool)
+    >>> fuse_majority(m).astype(int).tolist()
+    [1, 1, 0]
+    """
+    m = np.asarray(masks, bool)
+    return m.sum(0) * 2 > m.shape[0]
+
+
+def fuse_staple(masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """STAPLE of ``k`` ``bool`` masks (axis 0) with SimpleITK; pixels with posterior >= ``threshold``.
+
+    Degenerate inputs are handled without calling the filter: one mask is returned as is, and
+    all-empty or all-identical masks are their own consensus.
+    """
+    import SimpleITK as sitk
+
+    m = np.asarray(masks, bool)
+    k = m.shape[0]
+    if k == 1 or not m.any() or (m == m[0]).all():
+        return m[0].copy()
+    spatial = m.shape[1:]
+    if len(spatial) == 3 and spatial[0] == 1:
+        arrs, squeeze = [x[0] for x in m], True
+    else:
+        arrs, squeeze = list(m), False
+    images = [sitk.GetImageFromArray(a.astype(np.uint8)) for a in arrs]
+    f = sitk.STAPLEImageFilter()
+    f.SetForegroundValue(1.0)
+    prob = sitk.GetArrayFromImage(f.Execute(images))
+    if not np.isfinite(prob).all():  # EM fell over (e.g. a worker with no foreground at all): fall back
+        return fuse_majority(m)
+    out = prob >= threshold
+    return out[None] if squeeze else out
+
+
+FUSERS = {"majority": fuse_majority, "staple": fuse_staple}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
+def case_masks(episodes: pd.DataFrame, case_row) -> tuple[np.ndarray, np.ndarray]:
+    """The masks of ``episodes`` (one case, same scored slab) and the reference, in one frame.
+
+    Returns ``(masks (n, dz, dy, dx) bool, ref (dz, dy, dx) bool)`` on the union of the masks'
+    and the reference's bounding boxes within the scored slab.
+    """
+    z0, nz = int(episodes["score_z0"].iloc[0]), int(episodes["score_nz"].iloc[0])
+    if not ((episodes["score_z0"] == z0).all() and (episodes["score_nz"] == nz).all()):
+        raise ValueError(f"case {case_row['case_id']}: episodes scored on different slabs; fuse 2-D episodes of one env")
+    crops = [unpack_mask(r) for _, r in episodes.iterrows()]
+    gt_crop, gt_org = unpack_mask(case_row, "gt")
+    # the reference on the scored slab
+    gz = np.arange(gt_org[0], gt_org[0] + gt_crop.shape[0])
+    keep = (gz >= z0) & (gz < z0 + nz)
+    ref_crop = gt_crop[keep]
+    ref_org = (int(gz[keep][0]) if keep.any() else z0, gt_org[1], gt_org[2])
+    boxes = [(org, c.shape) for c, org in crops if c.size] + [(ref_org, ref_crop.shape)]
+    lo = np.min([[z0, *o[1:]] for o, _ in boxes], axis=0)
+    hi = np.max([[z0 + nz, o[1] + s[1], o[2] + s[2]] for o, s in boxes], axis=0)
+    shape = tuple(int(v) for v in hi - lo)
+    frame = np.zeros((len(crops),) + shape, bool)
+    for i, (c, org) in enumerate(crops):
+        if c.size:
+            a = np.asarray(org) - lo
+            frame[i, a[0]:a[0] + c.shape[0], a[1]:a[1] + c.shape[1], a[2]:a[2] + c.shape[2]] = c
+    ref = np.zeros(shape, bool)
+    if ref_crop.size:
+        a = np.asarray(ref_org) - lo
+        ref[a[0]:a[0] + ref_crop.shape[0], a[1]:a[1] + ref_crop.shape[1], a[2]:a[2] + ref_crop.shape[2]] = ref_crop
+    return frame, ref
+
+
+def crowd_draws(episodes: pd.DataFrame, cases: pd.DataFrame, worker: str, ks: Sequence[int] = range(1, 10),
+                methods: Sequence[str] = ("majority", "staple"), draws: int = 30, seed: int = 0,
+                arm_col: str = "annotator") -> pd.DataFrame:
+    """Every fused draw: columns ``case_id, k, draw, method, dice, seconds`` (plus size band / texture).
+
+    For each case the pool is that case's episodes of arm ``worker``; for each ``k`` up to the
+    pool size, ``draws`` subsets of k workers (all of them once when k equals the pool).
+    """
+    for m in methods:
+        if m not in FUSERS:
+            raise ValueError(f"unknown fusion method {m!r}; one of {sorted(FUSERS)}")
+    pool_all = episodes[episodes[arm_col] == worker]
+    if pool_all.empty:
+        raise ValueError(f"no episodes of arm {worker!r}; arms: {sorted(episodes[arm_col].unique())}")
+    case_rows = cases.set_index("case_id")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cid, pool in pool_all.groupby("case_id", sort=True):
+        pool = pool.sort_values("replicate")
+        masks, ref = case_masks(pool, {**case_rows.loc[cid].to_dict(), "case_id": cid})
+        secs = pool["seconds_total"].to_numpy(dtype=float)
+        W = len(pool)
+        meta = {c: pool[c].iloc[0] for c in ("size_band", "texture_group") if c in pool}
+        for k in ks:
+            if k > W:
+                continue
+            n_draw = 1 if k == W else draws
+            for d in range(n_draw):
+                pick = np.sort(rng.choice(W, size=k, replace=False))
+                for m in methods:
+                    fused = FUSERS[m](masks[pick])
+                    rows.append({"case_id": cid, "k": int(k), "draw": d, "method": m, "dice": _dice(fused, ref),
+                                 "seconds": float(secs[pick].sum()), **meta})
+    return pd.DataFrame(rows)
+
+
+def crowd_curve(draws: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Expected Dice and cost against k per method: ``method, k, dice, lo, hi, seconds, cases``.
+
+    Each case contributes the mean over its draws (so cases weigh equally); the interval is a
+    bootstrap over cases.
+    """
+    per_case = draws.groupby(["method", "k", "case_id"], as_index=False)[["dice", "seconds"]].mean()
+    rows = []
+    for (m, k), g in per_case.groupby(["method", "k"], sort=True):
+        est, lo, hi = bootstrap_ci(g["dice"], g["case_id"], n_boot, seed=seed)
+        rows.append({"method": m, "k": int(k), "dice": est, "lo": lo, "hi": hi, "seconds": float(g["seconds"].mean()),
+                     "cases": int(g["case_id"].nunique())})
+    return pd.DataFrame(rows)
+
+
+def workers_needed(curve: pd.DataFrame, target: float, method: str = "staple", conservative: bool = False) -> int | None:
+    """The smallest k whose expected Dice (or, ``conservative``, its lower 95 % bound) is >= ``target``;
+    ``None`` if no k in the curve gets there."""
+    c = curve[curve["method"] == method].sort_values("k")
+    col = "lo" if conservative else "dice"
+    hit = c[c[col] >= target]
+    return None if hit.empty else int(hit["k"].iloc[0])
+
+
+def saturation_k(curve: pd.DataFrame, method: str = "staple", share: float = 0.9, min_gain: float = 0.005) -> dict:
+    """Where fusion saturates, two ways:
+
+    - ``k_share``: the smallest k that reaches ``share`` of the whole gain from k = 1 to the
+      largest k;
+    - ``k_marginal``: the smallest k after which one more worker adds less than ``min_gain`` Dice
+      (every later step included).
+
+    Returns ``{"k_share", "k_marginal", "gain_total", "dice_k1", "dice_kmax", "k_max"}``.
+    """
+    c = curve[curve["method"] == method].sort_values("k")
+    ks, d = c["k"].to_numpy(), c["dice"].to_numpy()
+    if len(ks) == 0:
+        return {"k_share": None, "k_marginal": None, "gain_total": float("nan"), "dice_k1": float("nan"),
+                "dice_kmax": float("nan"), "k_max": None}
+    gain = d[-1] - d[0]
+    k_share = int(ks[np.argmax(d - d[0] >= share * gain)]) if gain > 0 else int(ks[0])
+    steps = np.diff(d) / np.maximum(np.diff(ks), 1)
+    k_marg = int(ks[-1])
+    for i in range(len(steps)):
+        if (steps[i:] < min_gain).all():
+            k_marg = int(ks[i])
+            break
+    return {"k_share": k_share, "k_marginal": k_marg, "gain_total": float(gain), "dice_k1": float(d[0]),
+            "dice_kmax": float(d[-1]), "k_max": int(ks[-1])}
+
+
+def single_arm_reference(episodes: pd.DataFrame, arm: str, n_boot: int = 1000, seed: int = 0,
+                         arm_col: str = "annotator") -> dict:
+    """Mean Dice (95 % CI over cases) and mean seconds of one arm (e.g. one expert per nodule)."""
+    g = episodes[episodes[arm_col] == arm]
+    if g.empty:
+        raise ValueError(f"no episodes of arm {arm!r}")
+    per_case = g.groupby("case_id", as_index=False)[["final_dice", "seconds_total"]].mean()
+    est, lo, hi = bootstrap_ci(per_case["final_dice"], per_case["case_id"], n_boot, seed=seed)
+    return {"arm": arm, "dice": est, "lo": lo, "hi": hi, "seconds": float(per_case["seconds_total"].mean()),
+            "cases": int(len(per_case))}

@@ -1,0 +1,171 @@
+"""Executors: run work units serially, on a local process pool, or on Ray; yield results as they finish.
+
+All three take the same picklable worker config (:func:`~hiseg_sim.experiments.worker.worker_config`)
+and give the same rows for the same units (episode seeds belong to the episodes, not to the
+executor; see :mod:`hiseg_sim.experiments.units`). Only the driver writes shards, so a killed run
+leaves no half-written file behind a worker's back.
+
+=========  ===============================================================================
+name       what runs the units
+=========  ===============================================================================
+serial     the calling process; torch keeps its own thread count
+process    (default) ``concurrent.futures.ProcessPoolExecutor`` with a ``forkserver`` (or
+           ``spawn``) context, ``workers`` processes (default all cores); each builds its
+           context once in the pool initializer, with intra-op threads ``max(1, cores //
+           workers)`` (:func:`hiseg_sim.segmenters.threads_for`)
+ray        Ray core tasks (optional extra ``ray``), one task per unit (a crossed unit is one
+           case: the batch per case); the context, and so the segmenter, is a cached global
+           of each Ray worker process, built by its first task. ``ray.init(num_cpus=workers,
+           include_dashboard=False)`` locally unless Ray is already initialised.
+=========  ===============================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+from hiseg_sim.experiments.spec import EXECUTORS
+from hiseg_sim.experiments.units import WorkUnit
+from hiseg_sim.experiments.worker import (
+    UnitResult, WorkerContext, cached_context, init_worker, run_unit_in_worker,
+)
+
+__all__ = ["available_cores", "resolve_workers", "run_serial", "run_process", "run_ray", "run_units", "UnitFailed"]
+
+
+class UnitFailed(RuntimeError):
+    """A work unit raised; the message names the unit (completed units are kept)."""
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_workers(workers: int | None, n_units: int) -> int:
+    """``workers`` (0 or None = all cores), never more than there are units."""
+    n = available_cores() if not workers else int(workers)
+    return max(1, min(n, max(1, n_units)))
+
+
+def _threads_for(workers: int) -> int:
+    try:
+        from hiseg_sim.segmenters.threads import threads_for
+    except ImportError:  # pragma: no cover
+        return max(1, available_cores() // max(1, workers))
+    return threads_for(workers)
+
+
+def run_serial(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) -> Iterator[UnitResult]:
+    """Run ``units`` one after another in this process."""
+    ctx = WorkerContext({**cfg, "threads": cfg.get("threads"), "workers": 1})
+    for u in units:
+        try:
+            yield ctx.run_unit(u)
+        except Exception as exc:
+            raise UnitFailed(f"unit {u.unit_id} ({u.segmenter}, cases {list(u.case_ids)[:3]}) failed: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+
+def _mp_context(method: str | None):
+    if method is None:
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    return mp.get_context(method)
+
+
+def run_process(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None,
+                start_method: str | None = None) -> Iterator[UnitResult]:
+    """Run ``units`` on a local process pool; yield each result as it completes."""
+    if not units:
+        return
+    n = resolve_workers(workers, len(units))
+    wcfg = {**cfg, "threads": cfg.get("threads") or _threads_for(n), "workers": n}
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=_mp_context(start_method), initializer=init_worker,
+                               initargs=(wcfg,))
+    try:
+        futures = {pool.submit(run_unit_in_worker, u): u for u in units}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in sorted(done, key=lambda f: futures[f].unit_id):
+                u = futures[f]
+                try:
+                    res = f.result()
+                except Exception as exc:
+                    raise UnitFailed(f"unit {u.unit_id} ({u.segmenter}, cases {list(u.case_ids)[:3]}) failed in a "
+                                     f"worker: {type(exc).__name__}: {exc}") from exc
+                yield res
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray_task(cfg: dict, key: str, unit: WorkUnit) -> UnitResult:
+    return cached_context(key, cfg).run_unit(unit)
+
+
+def run_ray(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) -> Iterator[UnitResult]:
+    """Run ``units`` as Ray tasks (one per unit; the segmenter is built once per Ray worker)."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError("the ray executor needs Ray: pip install 'hiseg-sim[ray]' (or \"ray[default]\")") from exc
+    if not units:
+        return
+    n = resolve_workers(workers, len(units))
+    started = False
+    if not ray.is_initialized():
+        # Workers inherit the driver's environment: put what the driver imports from on their path
+        # (cheaper than a runtime_env, which goes through Ray's runtime-env agent).
+        paths = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
+        old_pp = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths + ([old_pp] if old_pp else [])))
+        try:
+            ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        finally:
+            if old_pp is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = old_pp
+        started = True
+    else:
+        n = resolve_workers(workers or int(ray.cluster_resources().get("CPU", n)), len(units))
+    wcfg = {**cfg, "threads": cfg.get("threads") or _threads_for(n), "workers": n}
+    key = hashlib.sha256(json.dumps(wcfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    task = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
+    cfg_ref = ray.put(wcfg)
+    refs = {task.remote(cfg_ref, key, u): u for u in units}
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for r in done:
+                u = refs[r]
+                try:
+                    res = ray.get(r)
+                except Exception as exc:
+                    raise UnitFailed(f"unit {u.unit_id} ({u.segmenter}, cases {list(u.case_ids)[:3]}) failed in a "
+                                     f"Ray task: {type(exc).__name__}: {exc}") from exc
+                yield res
+    finally:
+        for r in pending:
+            ray.cancel(r, force=True)
+        if started:
+            ray.shutdown()
+
+
+_RUNNERS = {"serial": run_serial, "process": run_process, "ray": run_ray}
+
+
+def run_units(executor: str, units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) -> Iterator[UnitResult]:
+    """Dispatch to :func:`run_serial`, :func:`run_process` or :func:`run_ray`."""
+    if executor not in _RUNNERS:
+        raise ValueError(f"unknown executor {executor!r}; one of {', '.join(EXECUTORS)}")
+    return _RUNNERS[executor](units, cfg, workers)

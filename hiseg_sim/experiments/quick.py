@@ -1,0 +1,51 @@
+"""Ad-hoc studies without a TOML file (what ``hiseg-sim simulate`` runs), and run-then-report in one call.
+
+>>> from hiseg_sim.experiments.quick import quick_spec
+>>> spec = quick_spec(["expert_radiologist", "robot_ritm"], cohort="default", limit=4, replicates=2)
+>>> [a.label for a in spec.annotators], spec.run.replicates
+(['expert_radiologist', 'robot_ritm'], 2)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from hiseg_sim.experiments.spec import StudySpec, spec_from_dict
+
+__all__ = ["quick_spec", "run_and_report"]
+
+
+def quick_spec(annotators: Sequence[str], *, name: str = "simulate", cohort: str = "default", limit: int | None = None,
+               per_stratum: int | None = None, ids: Sequence[str] = (), replicates: int = 1, seed: int = 0,
+               segmenters: Sequence[str] = ("litemedsam",), checkpoints: dict | None = None, env: str = "2d",
+               kind: str = "groups", executor: str = "process", workers: int = 0) -> StudySpec:
+    """A validated :class:`StudySpec` from arguments (each annotator an arm labelled by its name)."""
+    cases: dict = {"cohort": cohort}
+    if limit is not None:
+        cases["limit"] = int(limit)
+    if per_stratum is not None:
+        cases["per_stratum"] = int(per_stratum)
+    if ids:
+        cases["ids"] = list(ids)
+    segs: dict = {"names": list(segmenters)}
+    if checkpoints:
+        segs["checkpoints"] = dict(checkpoints)
+    doc = {"study": {"name": name, "kind": kind, "seed": int(seed), "env": env}, "cases": cases, "segmenters": segs,
+           "annotators": [{"name": a} for a in annotators],
+           "run": {"replicates": int(replicates), "executor": executor, "workers": int(workers)}}
+    return spec_from_dict(doc, f"simulate({', '.join(annotators)})")
+
+
+def run_and_report(spec, out_dir: str | os.PathLike | None = None, *, report: bool = True, **run_kwargs):
+    """:func:`~hiseg_sim.experiments.runner.run_study`, then :func:`~hiseg_sim.analysis.report.build_report`
+    on the same directory; returns ``(RunData, Report | None)``."""
+    from hiseg_sim.experiments.runner import run_study
+
+    data = run_study(spec, out_dir, **run_kwargs)
+    rep = None
+    if report:
+        from hiseg_sim.analysis.report import build_report
+
+        rep = build_report(data.dir)
+    return data, rep

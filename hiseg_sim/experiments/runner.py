@@ -1,0 +1,150 @@
+"""Run a study: cases x annotators x segmenters x seeds → work units → episodes → Parquet shards.
+
+>>> from hiseg_sim.experiments import run_study
+>>> data = run_study("experiments/demo.toml", executor="process")       # doctest: +SKIP
+>>> data.episodes.groupby("annotator").dice.mean()                       # doctest: +SKIP
+
+:func:`run_study` plans the units (:mod:`~hiseg_sim.experiments.units`), skips those whose shards
+are already whole in ``runs/<study>/`` (resume), runs the rest on the chosen executor
+(:mod:`~hiseg_sim.experiments.executors`) and writes each unit's shards as it completes
+(:mod:`~hiseg_sim.experiments.storage`). Interrupt it at any point (even ``kill -9``) and call it
+again: it finishes what is missing and the tables are exactly those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hiseg_sim.experiments.cases import CaseSource
+from hiseg_sim.experiments.executors import resolve_workers, run_units
+from hiseg_sim.experiments.spec import StudySpec, load_spec
+from hiseg_sim.experiments.storage import RunData, RunStore, load_run
+from hiseg_sim.experiments.units import WorkUnit, plan_units
+from hiseg_sim.experiments.worker import worker_config
+
+__all__ = ["SEED_SCHEME", "RunPlan", "plan_study", "run_study", "default_run_dir"]
+
+SEED_SCHEME = ("episode seed = SeedSequence([study_seed, sha256_u64(arm_label), sha256_u64(case_id), replicate])"
+               ".generate_state(1, uint32)[0]; sequence order = SeedSequence([study_seed, sha256_u64('sequence-order'), "
+               "replicate]) permutation")
+
+
+@dataclass
+class RunPlan:
+    """What :func:`run_study` will do: the spec (with overrides applied), the units and where to write."""
+
+    spec: StudySpec
+    units: list[WorkUnit]
+    run_dir: Path
+    cache_dir: str
+    cases: list[dict]
+
+    @property
+    def n_episodes(self) -> int:
+        return sum(len(u.episodes) for u in self.units)
+
+
+def default_run_dir(spec: StudySpec, runs_root: str | os.PathLike = "runs") -> Path:
+    return Path(runs_root) / spec.name
+
+
+def plan_study(spec: StudySpec | str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+               executor: str | None = None, workers: int | None = None, cache_dir: str | os.PathLike | None = None,
+               ) -> RunPlan:
+    """Load (if a path) and plan a study without running anything."""
+    if not isinstance(spec, StudySpec):
+        spec = load_spec(spec)
+    changes = {}
+    if executor is not None:
+        changes["executor"] = executor
+    if workers is not None:
+        changes["workers"] = int(workers)
+    if changes:
+        spec = spec.with_run(**changes)
+    if cache_dir is None:
+        cache_dir = spec.run.cache_dir
+    if cache_dir is None:
+        from hiseg_sim.segmenters.cache import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    cases = CaseSource(spec.cases).catalogue()
+    units = plan_units(spec, [c["case_id"] for c in cases])
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(spec)
+    return RunPlan(spec, units, run_dir, str(Path(cache_dir).expanduser()), cases)
+
+
+def run_study(spec: StudySpec | str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+              executor: str | None = None, workers: int | None = None, cache_dir: str | os.PathLike | None = None,
+              fresh: bool = False, progress: bool = True, max_units: int | None = None,
+              threads: int | None = None) -> RunData:
+    """Run (or resume) a study and return its tables.
+
+    Args:
+        spec: a :class:`StudySpec`, a TOML path, or a shipped study's name (``"hiseg_groups"``).
+        out_dir: run directory (default ``runs/<study name>``).
+        executor: ``"serial"``, ``"process"`` or ``"ray"`` (default: the spec's ``[run] executor``).
+        workers: processes (0 = all cores; default: the spec's).
+        cache_dir: on-disk embedding cache shared by the workers (default: the spec's, else
+            :func:`hiseg_sim.segmenters.default_cache_dir`).
+        fresh: delete the directory's shards first (else resume: complete units are skipped).
+        progress: a progress bar over units on stderr.
+        max_units: run at most this many of the missing units, then stop (the run stays resumable).
+        threads: intra-op threads per worker (default: the executor's rule).
+
+    Raises:
+        RunMismatchError: ``out_dir`` holds a run of another configuration.
+        UnitFailed: a unit raised (the units finished before it are kept).
+    """
+    plan = plan_study(spec, out_dir, executor=executor, workers=workers, cache_dir=cache_dir)
+    spec = plan.spec
+    store = RunStore(plan.run_dir)
+    seeds = {"study_seed": spec.seed, "scheme": SEED_SCHEME, "n_episodes": plan.n_episodes}
+    meta = store.prepare(spec.to_dict(), spec.config_hash(), seeds, len(plan.units), fresh=fresh)
+    done = store.completed([u.unit_id for u in plan.units])
+    todo = [u for u in plan.units if u.unit_id not in done]
+    if max_units is not None:
+        todo = todo[: int(max_units)]
+    n_workers = 1 if spec.run.executor == "serial" else resolve_workers(spec.run.workers, len(todo))
+    cfg = worker_config(spec, plan.cache_dir, threads, n_workers)
+    session = {"executor": spec.run.executor, "workers": n_workers, "units_skipped": len(done), "units_run": 0,
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_start": _loadavg()}
+    t0 = time.perf_counter()
+    bar = _bar(len(todo), f"{spec.name} ({spec.run.executor})", progress and bool(todo))
+    try:
+        for res in run_units(spec.run.executor, todo, cfg, n_workers):
+            store.write_unit(res)
+            session["units_run"] += 1
+            seg = res.info.get("segmenter")
+            if seg and seg not in meta["segmenters"]:
+                meta["segmenters"][seg] = {"weights_sha256": res.info.get("weights_sha256"),
+                                           "runtime": res.info.get("runtime")}
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        session.update(wall_s=round(time.perf_counter() - t0, 3), loadavg_end=_loadavg())
+        meta["sessions"].append(session)
+        complete = len(store.completed([u.unit_id for u in plan.units], warn=False))
+        meta.update(units_complete=complete, status="complete" if complete == len(plan.units) else "partial",
+                    updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        store.write_meta(meta)
+    return load_run(plan.run_dir)
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return None
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled or os.environ.get("HISEG_NO_PROGRESS"):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="unit", dynamic_ncols=True, leave=False)

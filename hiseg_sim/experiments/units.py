@@ -1,0 +1,111 @@
+"""Work units and episode seeds: the deterministic plan of a study.
+
+A *work unit* is what one worker runs in one go and what one set of Parquet shards holds:
+
+- ``design = "crossed"``: one segmenter x one case, every arm x replicate on it (each episode a
+  fresh person). Batching by case means a worker encodes the case's slice once and reuses it
+  from memory for every episode.
+- ``design = "sequence"``: one segmenter x one arm x one replicate: one simulated person working
+  through ``length`` cases in order, learning between them (feedback on the first ``practice``).
+
+Every episode's seed comes from :func:`episode_seed`, a :class:`numpy.random.SeedSequence` of
+(study seed, arm label, case id, replicate) — not of the order units run in, the executor or
+the worker — so a resumed run, or one on another executor, produces the same episodes. The
+segmenter is deliberately *not* in the seed: the same person meets the same viewport on every
+segmenter, so segmenter comparisons are paired.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from hiseg_sim.experiments.spec import StudySpec
+
+__all__ = ["EpisodePlan", "WorkUnit", "stable_int", "episode_seed", "sequence_order", "plan_units"]
+
+
+@dataclass(frozen=True)
+class EpisodePlan:
+    """One episode to run: which arm, case and replicate, its seed, and what feedback follows it."""
+
+    arm: str
+    case_id: str
+    replicate: int
+    position: int
+    seed: int
+    feedback: str = "none"
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """A batch of episodes run together and stored together (see the module docstring)."""
+
+    unit_id: str
+    design: str
+    segmenter: str
+    case_ids: tuple[str, ...]
+    episodes: tuple[EpisodePlan, ...]
+    arm: str | None = None
+    replicate: int | None = None
+
+
+def stable_int(text: str) -> int:
+    """A 64-bit integer of ``text`` that is the same in every process and Python version (unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def episode_seed(study_seed: int, arm: str, case_id: str, replicate: int) -> int:
+    """The seed of one episode: ``SeedSequence([study_seed, h(arm), h(case_id), replicate])`` → uint32.
+
+    >>> episode_seed(0, "expert", "LIDC-IDRI-0001/n1", 0) == episode_seed(0, "expert", "LIDC-IDRI-0001/n1", 0)
+    True
+    """
+    ss = np.random.SeedSequence([int(study_seed), stable_int(arm), stable_int(case_id), int(replicate)])
+    return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+def sequence_order(study_seed: int, case_ids: list[str], replicate: int, length: int) -> list[str]:
+    """The cases replicate ``replicate`` of a sequence study works through: a seeded permutation,
+    the same for every arm (so arms are compared on the same order), first ``length``."""
+    if length > len(case_ids):
+        raise ValueError(f"[run] length = {length} but the study has only {len(case_ids)} case(s)")
+    rng = np.random.default_rng(np.random.SeedSequence([int(study_seed), stable_int("sequence-order"), int(replicate)]))
+    return [case_ids[i] for i in rng.permutation(len(case_ids))[:length]]
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:48]
+    return f"{s}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
+
+
+def plan_units(spec: StudySpec, case_ids: list[str]) -> list[WorkUnit]:
+    """All work units of ``spec`` over ``case_ids``, in a fixed order."""
+    units: list[WorkUnit] = []
+    for seg in spec.active_segmenters():
+        seg_slug = re.sub(r"[^A-Za-z0-9]+", "_", seg.rsplit(":", 1)[-1])
+        if spec.run.design == "crossed":
+            for cid in case_ids:
+                eps = []
+                for arm in spec.annotators:
+                    for rep in range(spec.replicates_of(arm)):
+                        eps.append(EpisodePlan(arm.label, cid, rep, 0, episode_seed(spec.seed, arm.label, cid, rep),
+                                               arm.feedback))
+                units.append(WorkUnit(f"{seg_slug}--{_slug(cid)}", "crossed", seg, (cid,), tuple(eps)))
+        else:
+            length = int(spec.run.length)
+            for arm in spec.annotators:
+                practice = length if arm.practice is None else arm.practice
+                for rep in range(spec.replicates_of(arm)):
+                    order = sequence_order(spec.seed, case_ids, rep, length)
+                    eps = tuple(EpisodePlan(arm.label, cid, rep, pos, episode_seed(spec.seed, arm.label, cid, rep),
+                                            arm.feedback if pos < practice else "none")
+                                for pos, cid in enumerate(order))
+                    units.append(WorkUnit(f"{seg_slug}--{_slug(arm.label)}--r{rep:03d}", "sequence", seg,
+                                          tuple(dict.fromkeys(order)), eps, arm.label, rep))
+    ids = [u.unit_id for u in units]
+    assert len(set(ids)) == len(ids), "unit ids must be unique"
+    return units
