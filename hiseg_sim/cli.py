@@ -105,6 +105,80 @@ def calibrate(
         typer.echo(f"  {band:>5} mm (n={v['n']}): real {v['real']:.3f}  sim {v['sim']:.3f}  KS {v['ks']:.3f}")
 
 
+def _study_errors(fn):
+    """Run ``fn``; a malformed spec or a run directory holding another study exits 2 with the message."""
+    from hiseg_sim.experiments.spec import SpecError
+    from hiseg_sim.experiments.storage import RunMismatchError
+
+    try:
+        return fn()
+    except (SpecError, RunMismatchError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _print_headline(rep, out) -> None:
+    if rep is None:
+        typer.echo(f"rows in {out}")
+        return
+    for name, g in (rep.headline.get("groups") or {}).items():
+        typer.echo(f"{name:>28}: Dice {g['dice']:.3f} [{g['dice_lo']:.3f}, {g['dice_hi']:.3f}]  "
+                   f"{g['seconds']:.1f} s  {g['prompts']:.1f} prompts  (n={g['n']})")
+    typer.echo(f"report: {rep.html_path} ({rep.md_path.name}, {len(rep.figures)} figures)")
+
+
+@app.command()
+def run(
+    spec: str = typer.Argument(..., help="A study: experiments/<name>.toml, or just <name>."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<study>)."),
+    executor: Optional[str] = typer.Option(None, help="serial, process (default) or ray."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default: all cores)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Shared on-disk embedding cache."),
+    fresh: bool = typer.Option(False, help="Discard an existing run directory instead of resuming it."),
+    max_units: Optional[int] = typer.Option(None, help="Stop after this many work units (resume later)."),
+    report: bool = typer.Option(True, help="Write the Markdown/HTML report after the run."),
+) -> None:
+    """Run a named study (resumable: an interrupted run continues where it stopped) and report it."""
+    from hiseg_sim.experiments.quick import run_and_report
+
+    kw = {k: v for k, v in dict(executor=executor, workers=workers, fresh=fresh, max_units=max_units,
+                                cache_dir=str(cache_dir) if cache_dir else None).items() if v is not None}
+    data, rep = _study_errors(lambda: run_and_report(spec, out, report=report, **kw))
+    _print_headline(rep, data.dir)
+
+
+@app.command()
+def simulate(
+    annotators: list[str] = typer.Argument(..., help="Profile or robot names (see hiseg_sim.annotators.registry)."),
+    cohort: str = typer.Option("default", help="Cohort of data_manifests/phantom-lidc.json."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
+    replicates: int = typer.Option(1, help="Seeds per case and annotator."),
+    seed: int = typer.Option(0, help="Study seed."),
+    segmenter: str = typer.Option("litemedsam", help="Segmenter registry name."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/simulate)."),
+) -> None:
+    """Simulate some annotators on a cohort without writing a study file."""
+    from hiseg_sim.experiments.quick import quick_spec, run_and_report
+
+    spec = _study_errors(lambda: quick_spec(annotators, cohort=cohort, limit=limit, replicates=replicates, seed=seed,
+                                            segmenters=(segmenter,)))
+    data, rep = _study_errors(lambda: run_and_report(spec, out))
+    _print_headline(rep, data.dir)
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory (runs/<study>)."),
+    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for the intervals."),
+    seed: Optional[int] = typer.Option(None, help="Bootstrap seed."),
+) -> None:
+    """(Re)build the Markdown/HTML report of a run."""
+    from hiseg_sim.analysis.report import build_report
+
+    rep = build_report(run_dir, n_boot=n_boot, seed=seed)
+    _print_headline(rep, run_dir)
+
+
 @app.command()
 def bench(
     n_envs: int = typer.Option(4, help="Workers of the vector env."),

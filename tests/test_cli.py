@@ -54,3 +54,15 @@ def test_calibrate_holdout_json_schema():
     assert set(out) >= {"real_pairwise_dice", "sim_pairwise_dice", "ks", "by_size"}
     for band in ("<6", "6-10", "10-20", ">=20"):
         assert {"real", "sim"} <= set(out["by_size"][band])
+
+
+def test_run_unknown_study_exits_2_and_lists_the_shipped_ones():
+    res = runner.invoke(app, ["run", "experiments/nope.toml"])
+    assert res.exit_code == 2
+    assert "no such study file" in res.output and "hiseg_groups" in res.output
+
+
+def test_help_lists_study_commands():
+    res = runner.invoke(app, ["--help"])
+    for cmd in ("run", "simulate", "report", "bench"):
+        assert cmd in res.output
