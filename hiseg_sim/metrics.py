@@ -33,14 +33,17 @@ __all__ = [
     "volume_error",
     "max_diameter_mm",
     "all_metrics",
+    "mask_pair",
 ]
 
 
-def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+def mask_pair(a, b, names: tuple[str, str] = ("masks", "")) -> tuple[np.ndarray, np.ndarray]:
+    """Two masks of one shape, 2-D or 3-D, as ``bool`` arrays; ``ValueError`` naming the problem otherwise."""
     a = np.asarray(a)
     b = np.asarray(b)
     if a.shape != b.shape:
-        raise ValueError(f"masks differ in shape: {a.shape} vs {b.shape}")
+        what = f"{names[0]} and {names[1]}" if names[1] else names[0]
+        raise ValueError(f"{what} differ in shape: {a.shape} vs {b.shape}")
     if a.ndim not in (2, 3):
         raise ValueError(f"masks must be 2-D (y, x) or 3-D (z, y, x); got {a.ndim}-D")
     return a.astype(bool, copy=False), b.astype(bool, copy=False)
@@ -61,7 +64,7 @@ def dice(a, b) -> float:
     >>> dice(np.array([[1, 1, 0]]), np.array([[1, 0, 0]]))
     0.6666666666666666
     """
-    a, b = _pair(a, b)
+    a, b = mask_pair(a, b)
     sa, sb = int(a.sum()), int(b.sum())
     if sa + sb == 0:
         return 1.0
@@ -70,7 +73,7 @@ def dice(a, b) -> float:
 
 def iou(a, b) -> float:
     """Intersection over union; 1.0 when both are empty."""
-    a, b = _pair(a, b)
+    a, b = mask_pair(a, b)
     union = int(np.logical_or(a, b).sum())
     if union == 0:
         return 1.0
@@ -91,7 +94,7 @@ def surface_distances(a, b, spacing=None) -> tuple[np.ndarray, np.ndarray]:
     Returns ``(d_ab, d_ba)``: 1-D float arrays, one entry per surface voxel. Both masks must be
     non-empty.
     """
-    a, b = _pair(a, b)
+    a, b = mask_pair(a, b)
     if not a.any() or not b.any():
         raise ValueError("surface distances need two non-empty masks")
     sp = _spacing(spacing, a.ndim)
@@ -109,7 +112,7 @@ def surface_distances(a, b, spacing=None) -> tuple[np.ndarray, np.ndarray]:
 def hd95(a, b, spacing=None) -> float:
     """95th-percentile Hausdorff distance in mm: the larger of the two directed 95th percentiles
     (MONAI's ``compute_hausdorff_distance(percentile=95)`` convention). See the module's empty-mask policy."""
-    a, b = _pair(a, b)
+    a, b = mask_pair(a, b)
     ea, eb = not a.any(), not b.any()
     if ea and eb:
         return 0.0
@@ -124,7 +127,7 @@ def nsd(a, b, tolerance_mm: float = 1.0, spacing=None) -> float:
     ``(#{x∈∂A: d(x,∂B)≤τ} + #{y∈∂B: d(y,∂A)≤τ}) / (|∂A| + |∂B|)``."""
     if tolerance_mm < 0:
         raise ValueError(f"tolerance_mm must be >= 0; got {tolerance_mm}")
-    a, b = _pair(a, b)
+    a, b = mask_pair(a, b)
     ea, eb = not a.any(), not b.any()
     if ea and eb:
         return 1.0
@@ -137,7 +140,7 @@ def nsd(a, b, tolerance_mm: float = 1.0, spacing=None) -> float:
 def volume_error(pred, ref, spacing=None) -> dict[str, float]:
     """Volume (2-D: area) of ``pred`` minus that of ``ref``: ``{"abs_mm3": .., "rel": ..}``;
     ``rel`` is NaN when ``ref`` is empty."""
-    p, r = _pair(pred, ref)
+    p, r = mask_pair(pred, ref)
     unit = float(np.prod(_spacing(spacing, p.ndim)))
     vp, vr = p.sum() * unit, r.sum() * unit
     return {"abs_mm3": float(vp - vr), "rel": float((vp - vr) / vr) if vr > 0 else float("nan")}

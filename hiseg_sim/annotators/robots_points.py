@@ -27,6 +27,8 @@ from typing import Literal, Sequence
 import numpy as np
 from scipy import ndimage
 
+from hiseg_sim.metrics import mask_pair
+
 __all__ = [
     "Click",
     "clicks_to_sam",
@@ -77,13 +79,7 @@ def clicks_to_sam(clicks: Sequence[Click]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _masks(pred, gt) -> tuple[np.ndarray, np.ndarray]:
-    pred = np.asarray(pred)
-    gt = np.asarray(gt)
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred and gt differ in shape: {pred.shape} vs {gt.shape}")
-    if gt.ndim not in (2, 3):
-        raise ValueError(f"masks must be 2-D (y, x) or 3-D (z, y, x); got {gt.ndim}-D")
-    return pred.astype(bool, copy=False), gt.astype(bool, copy=False)
+    return mask_pair(pred, gt, names=("pred", "gt"))
 
 
 def _edt(mask: np.ndarray, pad: bool) -> np.ndarray:
