@@ -472,3 +472,19 @@ def test_dicom_pixel_spacing_must_be_positive(tmp_path, spacing_yx):
     write_series(tmp_path, ramp((2, 4, 4)), [0.0, 1.0], spacing_yx=spacing_yx)
     with pytest.raises(CaseError, match="> 0"):
         read_dicom_series(tmp_path)
+
+
+def test_crop_to_mask_cuts_voxel_maps_in_meta_too():
+    from hiseg_sim.data.case import Case
+    from hiseg_sim.data.io import crop_to_mask
+
+    vol = np.zeros((6, 20, 20), np.float32)
+    gt = np.zeros(vol.shape, bool)
+    gt[2:4, 8:12, 8:12] = True
+    labels = np.arange(vol.size, dtype=np.int32).reshape(vol.shape)
+    case = Case("c", vol, (1.0, 1.0, 1.0), gt, meta={"anatomy": labels, "texture": 5})
+    out = crop_to_mask(case, margin_mm=1.0)
+    assert out.meta["anatomy"].shape == out.shape
+    z0, y0, x0 = out.meta["crop_origin_zyx"]
+    assert out.meta["anatomy"][0, 0, 0] == labels[z0, y0, x0]
+    assert out.meta["texture"] == 5

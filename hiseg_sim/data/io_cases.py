@@ -56,6 +56,9 @@ def _cropped_meta(meta: dict, box: tuple[slice, slice, slice], full_shape: tuple
     zs = out.get("z_positions")
     if zs is not None and len(zs) == full_shape[0]:
         out["z_positions"] = list(zs)[box[0]]
+    for k, v in meta.items():  # voxel maps on the volume's grid (e.g. a phantom's "anatomy" labels)
+        if isinstance(v, np.ndarray) and v.shape == tuple(full_shape):
+            out[k] = np.ascontiguousarray(v[box])
     return out
 
 
@@ -68,7 +71,8 @@ def crop_to_mask(
     clipped at the volume's edges. Volume, ``gt`` and every reader mask are cut alike.
     ``meta["crop_origin_zyx"]`` becomes the index of the crop's ``[0, 0, 0]`` in the *original*
     (uncropped) grid (crops compose), ``meta["uncropped_shape_zyx"]`` that grid's shape, and
-    ``meta["z_positions"]`` is cut with the slices; other meta (e.g. DICOM ``origin``) still
+    ``meta["z_positions"]`` is cut with the slices, and so is every array in ``meta`` of the
+    volume's shape (a phantom's ``anatomy`` label map); other meta (e.g. DICOM ``origin``) still
     describes the uncropped grid.
     """
     target = case.gt if mask is None else validate_mask(mask, case.shape, f"{case.case_id}: crop mask")
