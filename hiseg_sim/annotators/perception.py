@@ -61,6 +61,8 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage
 
+from hiseg_sim.resources import shipped_path
+
 from hiseg_sim.metrics import max_diameter_mm
 
 __all__ = [
@@ -85,7 +87,8 @@ __all__ = [
 #: The size at which the shift parameters are quoted (mm): ``s = (D / 10 mm) ** size_exp``.
 REFERENCE_DIAMETER_MM = 10.0
 #: Where :mod:`hiseg_sim.annotators.calibration` saves the expert fit.
-EXPERT_PARAMS_PATH = Path(__file__).resolve().parents[2] / "agents" / "calibration" / "expert_perception.json"
+# In a checkout: agents/calibration/; in an installed wheel: the bundled copy.
+EXPERT_PARAMS_PATH = shipped_path("agents", "calibration", "expert_perception.json")
 _TAPER = 0.7  # an added end slice j keeps (0.7 ** j) of the end slice's inscribed radius
 _FAR = -1.0e3  # phi (mm) on slices with no reference
 

@@ -250,11 +250,9 @@ def load_profile_file(path: str | Path) -> Profile:
 
 def profiles_dir() -> Path:
     """``agents/profiles`` of the source tree, or the copy bundled in the wheel."""
-    here = Path(__file__).resolve()
-    for cand in (here.parents[2] / "agents" / "profiles", here.parents[1] / "_bundled" / "agents" / "profiles"):
-        if cand.is_dir():
-            return cand
-    return here.parents[2] / "agents" / "profiles"
+    from hiseg_sim.resources import shipped_path
+
+    return shipped_path("agents", "profiles")
 
 
 def profile_names(directory: str | Path | None = None) -> list[str]:

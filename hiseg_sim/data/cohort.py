@@ -74,11 +74,9 @@ def texture_group(texture: int) -> str:
 def manifest_path(name: str = MANIFEST_NAME) -> Path:
     """The shipped manifest: ``<repo>/data_manifests/<name>`` in a checkout, else the copy bundled
     in the wheel (``hiseg_sim/_bundled/data_manifests``)."""
-    here = Path(__file__).resolve()
-    for base in (here.parents[2] / "data_manifests", here.parents[1] / "_bundled" / "data_manifests"):
-        if (base / name).is_file():
-            return base / name
-    return here.parents[2] / "data_manifests" / name
+    from hiseg_sim.resources import shipped_path
+
+    return shipped_path("data_manifests", name)
 
 
 def _allocate(n: int, available: dict[str, int]) -> dict[str, int]:

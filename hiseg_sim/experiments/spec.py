@@ -442,11 +442,9 @@ def load_spec(path: str | Path) -> StudySpec:
 
 def shipped_specs_dir() -> Path:
     """``<repo>/experiments`` in a checkout, else the copy bundled in the wheel."""
-    here = Path(__file__).resolve()
-    for base in (here.parents[2] / "experiments", here.parents[1] / "_bundled" / "experiments"):
-        if base.is_dir():
-            return base
-    return here.parents[2] / "experiments"
+    from hiseg_sim.resources import shipped_path
+
+    return shipped_path("experiments")
 
 
 def resolve_spec_path(path: str | Path) -> Path:
