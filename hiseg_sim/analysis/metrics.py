@@ -200,6 +200,17 @@ def reach_curve(actions: pd.DataFrame, episodes: pd.DataFrame, threshold: float 
 
 
 # ---- time ---------------------------------------------------------------------------------------
+def _episode_time_series(actions: pd.DataFrame, idx: pd.DataFrame, keys: list[str]):
+    """For each row ``i`` of the episode index ``idx``: ``(i, seconds_total, dice)`` of its actions in
+    step order (episodes without actions are skipped)."""
+    a = actions.sort_values(keys + ["step"], kind="mergesort")
+    groups = {k if isinstance(k, tuple) else (k,): g for k, g in a.groupby(keys, sort=False)}
+    for i, key in enumerate(idx[keys].itertuples(index=False, name=None)):
+        g = groups.get(tuple(key))
+        if g is not None:
+            yield i, g["seconds_total"].to_numpy(dtype=float), g["dice"].to_numpy(dtype=float)
+
+
 def dice_time_matrix(actions: pd.DataFrame, episodes: pd.DataFrame, grid: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
     """Per episode the Dice-time step function on ``grid`` (seconds): ``(index, M)`` with ``M``
     ``(n_episodes, len(grid))``."""
@@ -207,14 +218,7 @@ def dice_time_matrix(actions: pd.DataFrame, episodes: pd.DataFrame, grid: np.nda
     idx = _index(episodes)
     grid = np.asarray(grid, dtype=float)
     M = np.zeros((len(idx), grid.size))
-    a = actions.sort_values(keys + ["step"], kind="mergesort")
-    groups = {k if isinstance(k, tuple) else (k,): g for k, g in a.groupby(keys, sort=False)}
-    for i, key in enumerate(idx[keys].itertuples(index=False, name=None)):
-        g = groups.get(tuple(key))
-        if g is None:
-            continue
-        t = g["seconds_total"].to_numpy(dtype=float)
-        d = g["dice"].to_numpy(dtype=float)
+    for i, t, d in _episode_time_series(actions, idx, keys):
         j = np.searchsorted(t, grid, side="right") - 1  # last action finished by time t
         M[i] = np.where(j >= 0, d[np.clip(j, 0, None)], 0.0)
     return idx, M
@@ -263,16 +267,9 @@ def time_to_threshold(actions: pd.DataFrame, episodes: pd.DataFrame, thresholds:
     idx = _index(episodes)
     if horizon is None:
         horizon = float(episodes["seconds_total"].max()) if len(episodes) else 1.0
-    a = actions.sort_values(keys + ["step"], kind="mergesort")
-    groups = {k if isinstance(k, tuple) else (k,): g for k, g in a.groupby(keys, sort=False)}
     out = {f"t@{round(t * 100):d}": np.full(len(idx), np.nan) for t in thresholds}
     auc = np.zeros(len(idx))
-    for i, key in enumerate(idx[keys].itertuples(index=False, name=None)):
-        g = groups.get(tuple(key))
-        if g is None:
-            continue
-        t = g["seconds_total"].to_numpy(dtype=float)
-        d = g["dice"].to_numpy(dtype=float)
+    for i, t, d in _episode_time_series(actions, idx, keys):
         for thr in thresholds:
             hit = np.flatnonzero(d >= thr)
             if hit.size:

@@ -62,7 +62,6 @@ import numpy as np
 from scipy import ndimage
 
 from hiseg_sim.resources import shipped_path
-
 from hiseg_sim.metrics import max_diameter_mm
 
 __all__ = [
