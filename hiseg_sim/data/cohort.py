@@ -231,36 +231,47 @@ def read_manifest(manifest: str | Path | dict | None = None) -> dict:
 
 
 def iter_cohort(name: str = "default", manifest: str | Path | dict | None = None, limit: int | None = None,
-                db=None) -> Iterator[Case]:
-    """Yield the cohort's cases one at a time (each built when reached, ~0.1–1 s)."""
+                db=None, cache: bool | str | Path = True) -> Iterator[Case]:
+    """Yield the cohort's cases one at a time (each built when reached, ~0.1–1 s; read back from the
+    on-disk case cache in a few ms when it was built before: see :mod:`hiseg_sim.data.case_cache`,
+    ``cache=False`` to always rebuild). ``db``: a :class:`~hiseg_sim.data.lidc.LidcDatabase`, or a
+    function returning one, called only if a case must be built."""
     man = read_manifest(manifest)
     if name not in man["cohorts"]:
         raise ManifestError(f"unknown cohort {name!r}; the manifest has {sorted(man['cohorts'])}")
     entries = man["cohorts"][name]["cases"]
     if limit is not None:
         entries = entries[: int(limit)]
-    if db is None:
-        from hiseg_sim.data.lidc import LidcDatabase
-
-        db = LidcDatabase()
+    from hiseg_sim.data.case_cache import cached_case
     from hiseg_sim.data.phantom import make_phantom
 
-    for entry in entries:
+    dbs = [db] if db is not None else []
+
+    def build(entry: dict) -> Case:
+        if not dbs:
+            from hiseg_sim.data.lidc import LidcDatabase
+
+            dbs.append(LidcDatabase())
+        if callable(dbs[0]) and not hasattr(dbs[0], "get_nodule"):  # a lazy handle: opened on the first miss
+            dbs[0] = dbs[0]()
         nid = entry["nodule_id"]
         try:
-            nodule = db.get_nodule(nid)
+            nodule = dbs[0].get_nodule(nid)
         except KeyError as exc:
             raise ManifestError(f"cohort {name!r}: unknown nodule id {nid!r} ({exc.args[0] if exc.args else exc})") from None
         for key, have in (("n_readers", nodule.n_readers), ("texture", nodule.texture)):
             if key in entry and entry[key] != have:
                 warnings.warn(f"cohort {name!r}: {nid} has {key}={have} in the LIDC database but {entry[key]} in "
-                              "the manifest; was it built from another database version?", stacklevel=2)
-        case = make_phantom(nodule, seed=entry["phantom_seed"])
+                              "the manifest; was it built from another database version?", stacklevel=3)
+        return make_phantom(nodule, seed=entry["phantom_seed"])
+
+    for entry in entries:
+        case = cached_case(entry["nodule_id"], entry["phantom_seed"], lambda e=entry: build(e), cache)
         case.meta["cohort"] = name
         yield case
 
 
 def load_cohort(name: str = "default", manifest: str | Path | dict | None = None, limit: int | None = None,
-                db=None) -> list[Case]:
-    """All the cohort's cases (first ``limit`` if given), rebuilt from the manifest."""
-    return list(iter_cohort(name, manifest, limit, db))
+                db=None, cache: bool | str | Path = True) -> list[Case]:
+    """All the cohort's cases (first ``limit`` if given), built from the manifest (or the case cache)."""
+    return list(iter_cohort(name, manifest, limit, db, cache))

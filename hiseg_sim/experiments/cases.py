@@ -162,7 +162,7 @@ class CaseSource:
         if missing:
             raise SpecError(f"[cases] cohort {self.spec.cohort!r} has no case {missing[0]!r}")
         sub = {**man, "cohorts": {self.spec.cohort: {**coh, "cases": [entries[i] for i in ids]}}}
-        cases = load_cohort(self.spec.cohort, manifest=sub, db=_lidc_db())
+        cases = load_cohort(self.spec.cohort, manifest=sub, db=_lidc_db)
         return {c.case_id: c for c in cases}
 
 
