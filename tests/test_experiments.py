@@ -74,7 +74,7 @@ def test_shipped_studies_validate(path):
      "[annotators #1] name: unknown annotator 'expert_radiolgist'; did you mean 'expert_radiologist'?"),
     (lambda d: d["annotators"][0].update(feedbak="score"), "[annotators #1] unknown key 'feedbak'"),
     (lambda d: d["annotators"][0].update(practice=3), "[annotators #1] practice: only with [run] design"),
-    (lambda d: d["run"].update(design="sequence"), "[run] length: required with design"),
+    (lambda d: d["run"].update(design="sequence", length=0), "[run] length: must be an integer >= 1"),
     (lambda d: d["cases"].update(per_stratum=2), "[cases] per_stratum: only for a cohort"),
     (lambda d: d["segmenters"].update(names=["litemedsm"]), "unknown segmenter 'litemedsm'; did you mean 'litemedsam'?"),
     (lambda d: d.update(analysis=3), "[top level] analysis: must be a table"),
@@ -251,3 +251,14 @@ def test_sequence_design_keeps_one_person_and_feedback(tmp_path, cache_dir):
     assert list(t.loc[0, "last_feedback"]) == ["none", "worked_example", "worked_example", "worked_example", "none"]
     assert list(lo.loc[0, "last_feedback"]) == ["none", "score", "score", "score", "score"]
     assert len(load_run(tmp_path).episodes) == 20
+
+
+def test_sequence_length_defaults_to_every_case():
+    d = stub_spec_dict(design="sequence", replicates=2, n_cases=6)
+    spec = spec_from_dict(d)
+    ids = [f"c{i}" for i in range(6)]
+    units = plan_units(spec, ids)
+    assert len(units) == 2 * 2  # arms x replicates
+    for u in units:
+        assert sorted(ep.case_id for ep in u.episodes) == ids  # each person sees every case once
+        assert [ep.position for ep in u.episodes] == list(range(6))

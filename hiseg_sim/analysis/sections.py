@@ -56,7 +56,7 @@ def _summary_table(summ: pd.DataFrame, by: str = "group") -> pd.DataFrame:
                      "Dice median": r["dice_median"], "IoU": r["iou"], "HD95 mm (median)": r["hd95_median"],
                      "NSD@1mm": r["nsd"], "seconds [95% CI]": fmt_ci(r["seconds"], r["seconds_lo"], r["seconds_hi"], 1),
                      "prompts": r["prompts"], "accepted": f"{100 * r['accepted']:.0f}%",
-                     "gave up": f"{100 * r['gave_up']:.0f}%"})
+                     "stopped unsatisfied": f"{100 * r['gave_up']:.0f}%"})
     return pd.DataFrame(rows)
 
 

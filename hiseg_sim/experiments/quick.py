@@ -19,8 +19,13 @@ __all__ = ["quick_spec", "run_and_report"]
 def quick_spec(annotators: Sequence[str], *, name: str = "simulate", cohort: str = "default", limit: int | None = None,
                per_stratum: int | None = None, ids: Sequence[str] = (), replicates: int = 1, seed: int = 0,
                segmenters: Sequence[str] = ("litemedsam",), checkpoints: dict | None = None, env: str = "2d",
-               kind: str = "groups", executor: str = "process", workers: int = 0) -> StudySpec:
-    """A validated :class:`StudySpec` from arguments (each annotator an arm labelled by its name)."""
+               kind: str = "groups", executor: str = "process", workers: int = 0,
+               design: str = "sequence") -> StudySpec:
+    """A validated :class:`StudySpec` from arguments (each annotator an arm labelled by its name).
+
+    With the default ``design="sequence"`` each of the ``replicates`` people of an arm works through
+    all the cases in a seeded order, learning as they go (``"crossed"``: a fresh person per episode).
+    """
     cases: dict = {"cohort": cohort}
     if limit is not None:
         cases["limit"] = int(limit)
@@ -33,7 +38,7 @@ def quick_spec(annotators: Sequence[str], *, name: str = "simulate", cohort: str
         segs["checkpoints"] = dict(checkpoints)
     doc = {"study": {"name": name, "kind": kind, "seed": int(seed), "env": env}, "cases": cases, "segmenters": segs,
            "annotators": [{"name": a} for a in annotators],
-           "run": {"replicates": int(replicates), "executor": executor, "workers": int(workers)}}
+           "run": {"replicates": int(replicates), "executor": executor, "workers": int(workers), "design": design}}
     return spec_from_dict(doc, f"simulate({', '.join(annotators)})")
 
 

@@ -32,7 +32,8 @@ The file's tables (``experiments/hiseg_groups.toml`` is a worked example):
 ``[run]``
     ``replicates`` (default 1), ``design`` (``"crossed"``: every arm on every case, a fresh person
     per episode; ``"sequence"``: each replicate is one person working through ``length`` cases in
-    a replicate-specific order, learning as they go), ``length``, ``executor`` (``"serial"``,
+    a replicate-specific order, learning as they go), ``length`` (sequence design: cases per
+    person; default all the study's cases), ``executor`` (``"serial"``,
     ``"process"``, ``"ray"``), ``workers`` (0 = all cores), ``cache_dir`` (on-disk embedding
     cache; default :func:`hiseg_sim.segmenters.default_cache_dir`), ``episode_fn``
     (``"module:function"``, default :func:`hiseg_sim.experiments.episode.harness_episode`).
@@ -297,8 +298,6 @@ def spec_from_dict(data: dict, where: str = "study spec") -> StudySpec:
     spec = StudySpec(name=name, kind=kind, description=desc.strip(), seed=seed, env_id=env_id, env_kwargs=env_kwargs,
                      cases=cases, segmenters=segs, optional_segmenters=optional, checkpoints=ckpts, annotators=arms,
                      run=run, analysis=analysis, path=where if where != "study spec" else None)
-    if run.design == "sequence" and run.length is None:
-        raise SpecError(f"{where}: [run] length: required with design = \"sequence\" (cases per person)")
     if kind == "crowd" and "worker" in analysis and analysis["worker"] not in labels:
         raise SpecError(f"{where}: [analysis] worker: {analysis['worker']!r} is not an arm label; arms: {labels}")
     for key in ("reference", "learner", "target"):

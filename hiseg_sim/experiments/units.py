@@ -96,7 +96,7 @@ def plan_units(spec: StudySpec, case_ids: list[str]) -> list[WorkUnit]:
                                                arm.feedback))
                 units.append(WorkUnit(f"{seg_slug}--{_slug(cid)}", "crossed", seg, (cid,), tuple(eps)))
         else:
-            length = int(spec.run.length)
+            length = len(case_ids) if spec.run.length is None else int(spec.run.length)
             for arm in spec.annotators:
                 practice = length if arm.practice is None else arm.practice
                 for rep in range(spec.replicates_of(arm)):
