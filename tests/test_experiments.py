@@ -262,3 +262,12 @@ def test_sequence_length_defaults_to_every_case():
     for u in units:
         assert sorted(ep.case_id for ep in u.episodes) == ids  # each person sees every case once
         assert [ep.position for ep in u.episodes] == list(range(6))
+
+
+def test_segmenter_runtime_suffix_is_validated():
+    d = stub_spec_dict()
+    d["segmenters"]["names"] = ["litemedsam@torch"]
+    assert spec_from_dict(d).segmenters == ("litemedsam@torch",)
+    d["segmenters"]["names"] = ["litemedsam@tpu"]
+    with pytest.raises(SpecError, match="unknown runtime 'tpu'"):
+        spec_from_dict(d)

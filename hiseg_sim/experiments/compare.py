@@ -43,6 +43,7 @@ def compare_executors(spec: StudySpec | str, executors=("serial", "process"), ou
 
     Returns ``{"runs": [{"executor", "round", "wall_s", "loadavg_before", "loadavg_after",
     "episodes"}], "median_s": {executor: s}, "speedup": {executor: serial median / its median},
+    "speedup_vs_one_thread": {executor: "serial:1" median / its median} (None without "serial:1"),
     "identical": {executor: rows equal to the first executor's}, "cores": n, "episodes": n}``.
 
     An executor may be given as ``"name:threads"`` (e.g. ``"serial:1"``: one intra-op thread)
@@ -73,5 +74,6 @@ def compare_executors(spec: StudySpec | str, executors=("serial", "process"), ou
 
     return {"runs": runs, "median_s": med,
             "speedup": {ex: (base / s if base else float("nan")) for ex, s in med.items()},
+            "speedup_vs_one_thread": ({ex: med["serial:1"] / s for ex, s in med.items()} if "serial:1" in med else None),
             "identical": {ex: same_rows(data[executors[0]], d) for ex, d in data.items()},
             "cores": available_cores(), "episodes": int(len(next(iter(data.values())).episodes))}

@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 ENV_ALIASES = {"2d": "hiseg_sim/NoduleSeg2D-v0", "3d": "hiseg_sim/NoduleSeg3D-v0"}
-KINDS = ("groups", "crowd", "training", "protocols")
+KINDS = ("groups", "crowd", "training", "protocols", "downstream")  # downstream: hiseg_sim.downstream.study
 FEEDBACK_MODES = ("none", "score", "worked_example")
 DESIGNS = ("crossed", "sequence")
 EXECUTORS = ("serial", "process", "ray")
@@ -324,7 +324,7 @@ def _parse_cases(t: dict, where: str) -> CasesSpec:
 
 
 def _is_seg_name(v) -> bool:
-    return _is_str(v) and (_DOTTED.match(v) is not None or re.match(r"^[A-Za-z0-9_.-]+$", v) is not None)
+    return _is_str(v) and (_DOTTED.match(v) is not None or re.match(r"^[A-Za-z0-9_.-]+(@[A-Za-z0-9_]+)?$", v) is not None)
 
 
 def _parse_segmenters(t: dict, where: str):
@@ -353,8 +353,11 @@ def _check_segmenter_name(name: str, where: str) -> None:
     except Exception:  # pragma: no cover - a broken install is reported when the segmenter is built
         return
     known = segmenters.available()
-    if name not in known:
-        raise SpecError(f"{where}: [segmenters] unknown segmenter {name!r}{_suggest(name, known)}")
+    base, _, runtime = name.partition("@")
+    if base not in known:
+        raise SpecError(f"{where}: [segmenters] unknown segmenter {base!r}{_suggest(base, known)}")
+    if runtime and runtime not in segmenters.RUNTIMES:
+        raise SpecError(f"{where}: [segmenters] {name!r}: unknown runtime {runtime!r}; one of {', '.join(segmenters.RUNTIMES)}")
 
 
 def _annotator_names() -> list[str] | None:

@@ -43,14 +43,16 @@ def worker_config(spec: StudySpec, cache_dir: str | None, threads: int | None, w
 
 
 def build_segmenter(name: str, cache_dir: str | None, checkpoint: str | None = None):
-    """A segmenter by registry name, or by ``"module:callable"`` (test stubs, custom models).
+    """A segmenter by registry name (``"litemedsam"``, or ``"litemedsam@torch"`` to pick the prompt
+    decoder's runtime), or by ``"module:callable"`` (test stubs, custom models).
 
     A callable is given what its signature names of ``cache_dir`` / ``cache`` / ``checkpoint``.
     """
     if ":" not in name:
         from hiseg_sim import segmenters
 
-        return segmenters.build(name, checkpoint=checkpoint, cache_dir=cache_dir)
+        base, _, runtime = name.partition("@")
+        return segmenters.build(base, checkpoint=checkpoint, cache_dir=cache_dir, runtime=runtime or "auto")
     factory = import_object(name)
     try:
         params = inspect.signature(factory).parameters
@@ -94,7 +96,8 @@ class WorkerContext:
 
     def segmenter(self, name: str):
         if name not in self._segs:
-            self._segs[name] = build_segmenter(name, self.cache_dir, self.spec.checkpoints.get(name))
+            ckpt = self.spec.checkpoints.get(name) or self.spec.checkpoints.get(name.partition("@")[0])
+            self._segs[name] = build_segmenter(name, self.cache_dir, ckpt)
         return self._segs[name]
 
     def _catalogue(self) -> dict:
