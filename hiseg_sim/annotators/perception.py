@@ -109,6 +109,9 @@ class PerceptionParams:
       shift that is the same for everyone who annotates the case (how hard this edge is to
       place beyond size and texture: margin, contrast, attached structures), scaled with size as
       ``(D / 10 mm) ** difficulty_size_exp`` (large LIDC nodules vary more in agreement).
+    - ``difficulty_floor``: the least that multiplier can be (0: no floor). Without it, an "easy"
+      large nodule gets almost no boundary noise and simulated readers agree more than real
+      ones ever do (the LIDC >= 20 mm band tops out near Dice 0.90).
 
     Semantic errors (probability per case) and their knobs:
 
@@ -131,6 +134,7 @@ class PerceptionParams:
     z_sd_mm: float = 0.51
     difficulty_sd: float = 0.21
     difficulty_size_exp: float = 0.84
+    difficulty_floor: float = 0.5
     p_wrong_spot: float = 0.0
     p_include_vessel: float = 0.0
     p_miss_ggo_rim: float = 0.0
@@ -241,12 +245,13 @@ def estimate_texture(image_hu: np.ndarray, reference: np.ndarray, spacing=None) 
 def shift_scale(diameter_mm: float, texture: float | None, params: PerceptionParams,
                 difficulty_z: float = 0.0) -> float:
     """The scale ``s`` of every shift: ``(D / 10 mm) ** size_exp * (1 + ggo_gain * (5 - texture) / 4)
-    * exp(difficulty_sd * (D / 10 mm) ** difficulty_size_exp * difficulty_z)``."""
+    * max(exp(difficulty_sd * (D / 10 mm) ** difficulty_size_exp * difficulty_z), difficulty_floor)``."""
     r = max(float(diameter_mm), 1.0) / REFERENCE_DIAMETER_MM
     t = 5.0 if texture is None else float(np.clip(texture, 1.0, 5.0))
     s = r ** params.size_exp * (1.0 + params.ggo_gain * (5.0 - t) / 4.0)
     if difficulty_z and params.difficulty_sd:
-        s *= math.exp(params.difficulty_sd * r ** params.difficulty_size_exp * float(difficulty_z))
+        s *= max(math.exp(params.difficulty_sd * r ** params.difficulty_size_exp * float(difficulty_z)),
+                 params.difficulty_floor)
     return s
 
 
