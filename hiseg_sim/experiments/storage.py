@@ -73,6 +73,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _write_table(path: Path, rows: list[dict], unit_id: str) -> None:
+    # Rows may carry different keys (an annotator's own ``episode_info`` fields): take the union in
+    # first-seen order, else ``from_pylist`` keeps only the first row's keys and drops the rest.
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    rows = [{k: r.get(k) for k in keys} for r in rows]
     table = pa.Table.from_pylist(rows) if rows else pa.table({"unit_id": pa.array([], pa.string())})
     meta = dict(table.schema.metadata or {})
     meta[_META_KEY] = json.dumps({"unit_id": unit_id, "n_rows": len(rows)}).encode()
