@@ -24,7 +24,57 @@ app.add_typer(lidc_app, name="lidc")
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Directory for dice.csv, summary.json and overlay.png."),
+    out: Path = typer.Option(Path("runs/demo"), help="Run directory: rows, report.md, report.html and figures."),
+    cases: Optional[int] = typer.Option(None, help="Only the first N nodules of the demo's 12 (a quicker look)."),
+    executor: Optional[str] = typer.Option(None, help="serial, process (default) or ray."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default: all cores)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Shared on-disk embedding cache (default ~/.cache/hiseg-sim)."),
+    fresh: bool = typer.Option(False, help="Start again instead of resuming an earlier demo run in OUT."),
+) -> None:
+    """The main job: a small Hi-Seg comparison on the default cohort, and its report.
+
+    Six simulated annotator groups (untrained and trained non-medical people, crowd workers, a
+    junior medical student, a trainee, an expert radiologist) each work through 12 nodules of the
+    embedded cohort with LiteMedSAM, beside a box robot and an automatic box baseline. Prints Dice,
+    time and prompts per group and writes a Markdown/HTML report with figures to OUT. About 2-5
+    minutes on two cores (longer the very first time, while the ONNX files and embeddings are made).
+    """
+    from hiseg_sim.experiments.quick import run_and_report
+    from hiseg_sim.experiments.spec import load_spec, spec_from_dict
+
+    spec = _study_errors(lambda: load_spec("demo"))
+    if cases is not None:
+        d = spec.to_dict()
+        d["cases"]["limit"] = int(cases)
+        spec = _study_errors(lambda: spec_from_dict(d, "demo"))
+    kw = {k: v for k, v in dict(executor=executor, workers=workers, fresh=fresh,
+                                cache_dir=str(cache_dir) if cache_dir else None).items() if v is not None}
+    data, rep = _study_errors(lambda: run_and_report(spec, out, **kw))
+    _print_group_table(rep, data)
+
+
+def _print_group_table(rep, data) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    groups = (rep.headline.get("groups") or {}) if rep is not None else {}
+    e = data.episodes
+    table = Table(title=f"{data.spec.get('name', 'study')}: {len(e)} episodes on "
+                        f"{e['case_id'].nunique()} nodules with {', '.join(sorted(e['segmenter'].unique()))}")
+    for col in ("annotator", "Dice [95% CI]", "seconds", "prompts", "n"):
+        table.add_column(col, justify="left" if col == "annotator" else "right")
+    for name, g in groups.items():
+        table.add_row(name, f"{g['dice']:.3f} [{g['dice_lo']:.3f}, {g['dice_hi']:.3f}]", f"{g['seconds']:.1f}",
+                      f"{g['prompts']:.1f}", str(g["n"]))
+    console = Console(width=max(Console().width, 100))
+    console.print(table)
+    if rep is not None:
+        console.print(f"report: {rep.html_path} (and {rep.md_path.name}, {len(rep.figures)} figures)")
+
+
+@app.command()
+def boxes(
+    out: Path = typer.Option(Path("runs/boxes"), help="Directory for dice.csv, summary.json and overlay.png."),
     cohort: str = typer.Option("default", help="Cohort of data_manifests/phantom-lidc.json."),
     limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
     segmenter: str = typer.Option("litemedsam", help="Segmenter registry name."),
@@ -32,7 +82,7 @@ def demo(
     cache_dir: Optional[Path] = typer.Option(None, help="On-disk embedding cache (default: memory only)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Box-prompted LiteMedSAM on every nodule of the default cohort: a Dice table and an overlay PNG."""
+    """The segmenter alone: a tight ground-truth box on every nodule's key slice, a Dice table and an overlay PNG."""
     from rich.console import Console
     from rich.table import Table
 
@@ -143,6 +193,13 @@ def run(
 
     kw = {k: v for k, v in dict(executor=executor, workers=workers, fresh=fresh, max_units=max_units,
                                 cache_dir=str(cache_dir) if cache_dir else None).items() if v is not None}
+    from hiseg_sim.downstream.study import is_downstream
+
+    if is_downstream(spec):  # kind = "downstream": annotate, train on each label set, test (hiseg_sim.downstream)
+        from hiseg_sim.downstream.study import print_summary, run_downstream
+
+        print_summary(_study_errors(lambda: run_downstream(spec, out, report=report, **kw)), typer.echo)
+        return
     data, rep = _study_errors(lambda: run_and_report(spec, out, report=report, **kw))
     _print_headline(rep, data.dir)
 
@@ -152,7 +209,7 @@ def simulate(
     annotators: list[str] = typer.Argument(..., help="Profile or robot names (see hiseg_sim.annotators.registry)."),
     cohort: str = typer.Option("default", help="Cohort of data_manifests/phantom-lidc.json."),
     limit: Optional[int] = typer.Option(None, help="Only the first N cases."),
-    replicates: int = typer.Option(1, help="Seeds per case and annotator."),
+    replicates: int = typer.Option(1, help="People per annotator (each works through every case in order)."),
     seed: int = typer.Option(0, help="Study seed."),
     segmenter: str = typer.Option("litemedsam", help="Segmenter registry name."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/simulate)."),
@@ -186,9 +243,17 @@ def bench(
     segmenter: str = typer.Option("litemedsam", help="Segmenter registry name."),
     n_cases: int = typer.Option(8, help="Cases of the default cohort to step through."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    executors: bool = typer.Option(False, "--executors", help="Instead: time the executors on one sweep "
+                                   "(experiments/bench_executors.toml): serial, serial on one thread, the process "
+                                   "pool and Ray if installed; speed-ups and whether their rows agree."),
+    rounds: int = typer.Option(1, help="With --executors: alternate the executors this many times (median)."),
 ) -> None:
     """Env step against the raw decoder, encoder calls against slices, ONNX against eager and the
-    machine's FLOP limit: all measured in one run (about a minute or two on two cores)."""
+    machine's FLOP limit: all measured in one run (about a minute or two on two cores).
+    With --executors, the executors' wall time on one sweep instead (a few minutes)."""
+    if executors:
+        _bench_executors(rounds, as_json)
+        return
     from hiseg_sim.bench import full_bench
 
     res = full_bench(n_envs=n_envs, n_steps=n_steps, segmenter=segmenter, n_cases=n_cases, progress=not as_json)
@@ -202,6 +267,30 @@ def bench(
                f"limit {res['limit_ms']:.1f} ms ({res['flops'] / 1e9:.2f} GFLOP at {res['matmul_gflops']:.0f} GFLOP/s)")
     typer.echo(f"one env: ONNX step {s['onnx_env_step_ms']:.1f} ms ({s['onnx_vs_limit']:.2f} x limit), "
                f"eager step {s['torch_env_step_ms']:.1f} ms (ONNX/eager {s['onnx_vs_eager']:.2f})")
+
+
+# Learned prompting policies (issue 5): the command bodies live in hiseg_sim.policies.cli.
+from hiseg_sim.policies.cli import eval_policy_command, train_policy_command  # noqa: E402
+
+app.command("train-policy")(train_policy_command)
+app.command("eval-policy")(eval_policy_command)
+
+
+def _bench_executors(rounds: int, as_json: bool) -> None:
+    import importlib.util
+
+    from hiseg_sim.experiments.compare import compare_executors
+
+    names = ["serial", "serial:1", "process"] + (["ray"] if importlib.util.find_spec("ray") else [])
+    res = compare_executors("bench_executors", names, out_root="runs/bench_executors", rounds=rounds, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(res))
+        return
+    typer.echo(f"{res['episodes']} episodes on {res['cores']} cores (median of {rounds} round(s)):")
+    for ex, sec in res["median_s"].items():
+        one = res.get("speedup_vs_one_thread") or {}
+        typer.echo(f"  {ex:>9}: {sec:7.1f} s   speed-up over serial {res['speedup'][ex]:.2f}x, over serial on one "
+                   f"thread {one.get(ex, float('nan')):.2f}x   rows identical to serial: {res['identical'][ex]}")
 
 
 def main() -> None:  # console-script entry point

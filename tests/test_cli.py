@@ -34,8 +34,32 @@ def test_calibrate_refuses_to_fit_on_holdout():
 
 
 @pytest.mark.integration
-def test_demo_writes_table_csv_and_overlay(tmp_path):
-    res = runner.invoke(app, ["demo", "--limit", "2", "--out", str(tmp_path), "--no-progress"])
+def test_demo_runs_the_group_study_and_reports_it(tmp_path):
+    out = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", "--cases", "2", "--out", str(out), "--executor", "serial"])
+    assert res.exit_code == 0, res.output
+    from hiseg_sim.experiments.spec import load_spec
+    from hiseg_sim.experiments.storage import load_run
+
+    arms = [a.label for a in load_spec("demo").annotators]
+    data = load_run(out)
+    e = data.episodes
+    assert len(e) == 2 * len(arms) and set(e["annotator"]) == set(arms)
+    # people work through the nodules in order: positions 0 and 1 of one sequence per arm
+    assert sorted(e.groupby("annotator")["position"].apply(sorted).iloc[0]) == [0, 1]
+    for name in ("expert_radiologist", "crowd_worker", "auto_box"):
+        assert name in res.output
+    html = (out / "report.html").read_text()
+    assert "<img" in html and (out / "report.md").is_file()
+    # run again: resumes, nothing new to run, the same rows
+    res2 = runner.invoke(app, ["demo", "--cases", "2", "--out", str(out), "--executor", "serial"])
+    assert res2.exit_code == 0, res2.output
+    assert load_run(out).episodes.equals(e)
+
+
+@pytest.mark.integration
+def test_boxes_writes_table_csv_and_overlay(tmp_path):
+    res = runner.invoke(app, ["boxes", "--limit", "2", "--out", str(tmp_path), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "Dice median" in res.output
     rows = (tmp_path / "dice.csv").read_text().strip().splitlines()

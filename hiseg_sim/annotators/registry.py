@@ -31,11 +31,15 @@ __all__ = ["ROBOT_NAMES", "available_annotators", "build_annotator", "load_profi
 
 #: The robot agents' names.
 ROBOT_NAMES = tuple(ROBOTS)
+#: Automatic annotators that read no ground truth: a specialist net prompting the segmenter.
+AUTOMATIC_NAMES = ("specialist_sam",)
 
 
 def available_annotators() -> list[str]:
-    """Profile names (``agents/profiles/*.toml``) followed by the robot names."""
-    return profile_names() + list(ROBOT_NAMES)
+    """Profile names (``agents/profiles/*.toml``), the robot names, then saved policies (``agents/policies/<name>/``)."""
+    from hiseg_sim.policies.store import policy_names
+
+    return profile_names() + list(ROBOT_NAMES) + policy_names() + list(AUTOMATIC_NAMES)
 
 
 def load_profile(name: str) -> Profile:
@@ -58,6 +62,16 @@ def build_annotator(name: str, **overrides: Any):
     """An :class:`~hiseg_sim.annotators.protocol.Annotator` by name (profile or robot)."""
     if name in ROBOTS:
         return build_robot(name, **overrides)
+    if name in AUTOMATIC_NAMES:  # the SemiSAM+-style specialist (hiseg_sim.downstream.specialist)
+        from hiseg_sim.downstream.specialist import build_specialist
+
+        return build_specialist(**overrides)
+    from hiseg_sim.policies.store import is_policy_dir, policies_dir
+
+    if is_policy_dir(policies_dir() / str(name)) or is_policy_dir(name):  # a saved policy (hiseg_sim.policies)
+        from hiseg_sim.policies.store import PolicyAnnotator
+
+        return PolicyAnnotator(name, **overrides)
     from hiseg_sim.annotators.behaviour import BehaviourAnnotator
 
     label = overrides.pop("label", None)

@@ -1,0 +1,133 @@
+"""Model cards of saved policies (``model_card.json`` and ``model_card.md``) and the training-curve plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["write_card", "card_markdown", "plot_training_curve", "add_evaluation"]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def card_markdown(card: dict) -> str:
+    """The card as Markdown: what was trained on what, how long, and how it did."""
+    tr = card.get("training", {})
+    demo = card.get("demonstrations") or {}
+    lines = [f"# Policy `{card['name']}`", "",
+             f"- kind: {card['kind']}",
+             f"- environment: `{card['env_id']}` (grid {card['grid']} cells per side, step budget {card['max_episode_steps']})",
+             f"- training cohort: `{card['cohort']}`; segmenter: `{card['segmenter']}`",
+             f"- reward: {card['reward']}",
+             f"- PPO steps: {card['steps']}; seed: {card['seeds'].get('train')}",
+             f"- training wall time: {tr.get('wall_s')} s on {tr.get('cores')} cores "
+             f"(demonstrations {tr.get('demos_s', 0)} s, behaviour cloning {tr.get('bc_s', 0)} s, PPO {tr.get('ppo_s', 0)} s; "
+             f"{tr.get('n_envs')} envs, {tr.get('vec')})"]
+    if demo:
+        lines.append(f"- demonstrations: {demo.get('kept')} of {demo.get('episodes')} episodes of "
+                     f"`{demo.get('annotator')}` ({demo.get('samples')} steps), cut at their best mask: person Dice "
+                     f"{_fmt(demo.get('person_dice_mean'))} in {_fmt(demo.get('person_seconds_mean'))} s -> "
+                     f"{_fmt(demo.get('cut_dice_mean'))} in {_fmt(demo.get('cut_seconds_mean'))} s"
+                     + (f"; collecting them took {demo['wall_s']} s" if demo.get("wall_s") else "")
+                     + (f"; loaded from `{demo['loaded_from']}`" if demo.get("loaded_from") else ""))
+    last = tr.get("last_rollout")
+    if last:
+        lines.append(f"- last PPO rollouts (training cohort, sampled actions): Dice {_fmt(last['dice'])}, "
+                     f"{_fmt(last['seconds'])} s, return {_fmt(last['return'])}")
+    lines += ["", "## Evaluation", ""]
+    ev = card.get("evaluation")
+    if not ev:
+        lines.append(f"Not evaluated yet: run `hiseg-sim eval-policy {card['name']}` (experiments/policy_eval.toml).")
+    else:
+        lines.append(f"Study `{ev.get('study')}` on cohort `{ev.get('cohort')}` ({ev.get('episodes')} episodes); "
+                     f"95 % intervals are cluster bootstraps over cases, paired on (case, replicate).")
+        lines.append("")
+        lines.append("| arm | episodes | Dice | 95 % CI | seconds | 95 % CI |")
+        lines.append("|---|---|---|---|---|---|")
+        for r in ev.get("arms", []):
+            lines.append(f"| {r['annotator']} | {r['n']} | {r['dice']:.3f} | {r['dice_lo']:.3f}–{r['dice_hi']:.3f} | "
+                         f"{r['seconds']:.1f} | {r['seconds_lo']:.1f}–{r['seconds_hi']:.1f} |")
+        t_star = ev.get("t_star")
+        if ev.get("paired"):
+            lines += ["", f"Paired differences (policy − arm); `dice@t*` is the Dice at t* = {t_star:.1f} s, the "
+                      "policy's median episode time, read from each episode's Dice-vs-time step function:", "",
+                      "| arm | measure | difference | 95 % CI | pairs |", "|---|---|---|---|---|"]
+            for p in ev["paired"]:
+                lines.append(f"| {p['b']} | {p['measure']} | {p['diff']:+.3f} | {p['lo']:+.3f} – {p['hi']:+.3f} | "
+                             f"{p['n_pairs']} |")
+        if ev.get("plot"):
+            lines += ["", f"Plot: `{ev['plot']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def write_card(out_dir: str | Path, card: dict) -> None:
+    out = Path(out_dir)
+    (out / "model_card.json").write_text(json.dumps(card, indent=1, default=str) + "\n")
+    (out / "model_card.md").write_text(card_markdown(card))
+
+
+def add_evaluation(policy_dir: str | Path, evaluation: dict) -> dict:
+    """Put ``evaluation`` into a saved policy's card (both files); returns the card."""
+    d = Path(policy_dir)
+    card = json.loads((d / "model_card.json").read_text())
+    card["evaluation"] = evaluation
+    write_card(d, card)
+    return card
+
+
+def plot_training_curve(curve: list[dict], path: str | Path, title: str = "") -> Path:
+    """Two panels: behaviour cloning (loss, held-out kind accuracy per epoch) and PPO (episode
+    Dice, simulated seconds and return per rollout, means over the last 32 episodes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bc = [r for r in curve if r["phase"] == "bc"]
+    ppo = [r for r in curve if r["phase"] == "ppo"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    if bc:
+        ep = [r["epoch"] for r in bc]
+        ax.plot(ep, [r["nll"] for r in bc], label="train NLL (kind + used coords)", color="tab:blue")
+        ax.set_xlabel("behaviour-cloning epoch")
+        ax.set_ylabel("negative log-likelihood")
+        ax2 = ax.twinx()
+        ax2.plot(ep, [r["val_kind_acc"] for r in bc], color="tab:green", label="held-out kind accuracy")
+        ax2.plot(ep, [r["val_box_err_cells"] / 10 for r in bc], color="tab:red", ls="--",
+                 label="held-out box corner error (cells / 10)")
+        ax2.set_ylim(0, 1.05)
+        ax2.set_ylabel("accuracy / error")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center right")
+        ax.set_title("behaviour cloning from expert traces")
+    else:
+        ax.text(0.5, 0.5, "no behaviour cloning", ha="center", va="center", transform=ax.transAxes)
+    ax = axes[1]
+    if ppo:
+        x = [r["timesteps"] for r in ppo]
+        ax.plot(x, [r["dice"] for r in ppo], label="episode Dice", color="tab:blue")
+        ax.plot(x, [r["return"] for r in ppo], label="episode return (Dice − price × s)", color="tab:purple")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("PPO environment steps")
+        ax.set_ylabel("Dice / return")
+        ax2 = ax.twinx()
+        ax2.plot(x, [r["seconds"] for r in ppo], color="tab:orange", ls="--", label="simulated seconds")
+        ax2.set_ylabel("simulated seconds per episode")
+        ax2.set_ylim(bottom=0)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower right")
+        ax.set_title("PPO fine-tuning (training cohort, sampled actions)")
+    else:
+        ax.text(0.5, 0.5, "no PPO steps", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,318 @@
+"""Train a prompting policy: behaviour cloning from a simulated expert, then PPO with a time price.
+
+>>> # from hiseg_sim.policies.train import TrainConfig, train_policy
+>>> # card = train_policy(TrainConfig(name="ppo_box_2d", steps=12000))
+
+Steps (all optional but the last two):
+
+1. Demonstrations: ``bc_annotator`` (default ``expert_radiologist``) runs ``bc_episodes``
+   episodes on the training cohort; each is cut at its best mask (:mod:`hiseg_sim.policies.demos`).
+2. Behaviour cloning of those on the PPO policy (:mod:`hiseg_sim.policies.bc`).
+3. PPO (stable-baselines3) on ``n_envs`` environments in subprocesses
+   (``SubprocVecEnv``) sharing the on-disk embedding cache, with the env's reward
+   ``ΔDice − time_penalty × seconds``, through :class:`~hiseg_sim.policies.spaces.PolicyView`
+   and the :class:`~hiseg_sim.policies.network.ScreenCNN` extractor.
+4. Save to ``<out_root>/<name>/``: ``policy.zip``, ``model_card.json`` / ``.md``,
+   ``training_curve.csv`` / ``.png``; with ``save_bc``, the behaviour-cloned policy alone as
+   ``<name>_bc`` beside it (to see what PPO added).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CasesFactory", "SegmenterFactory", "TrainConfig", "train_policy", "make_training_env", "save_policy"]
+
+
+class CasesFactory:
+    """Picklable ``() -> [Case]``: a cohort name (``"default"``) or ``"module:function"``."""
+
+    def __init__(self, source: str, limit: int | None = None):
+        self.source, self.limit = source, limit
+
+    def __call__(self):
+        if ":" in self.source:
+            from hiseg_sim.experiments.cases import import_object
+
+            cases = list(import_object(self.source)())
+        else:
+            from hiseg_sim.data.cohort import load_cohort
+
+            cases = load_cohort(self.source)
+        return cases[: self.limit] if self.limit else cases
+
+
+class SegmenterFactory:
+    """Picklable ``() -> Segmenter`` built in the env's process (a registry name or ``"module:callable"``)."""
+
+    def __init__(self, name: str, cache_dir: str | None):
+        self.name, self.cache_dir = name, cache_dir
+
+    def __call__(self):
+        from hiseg_sim.experiments.worker import build_segmenter
+
+        return build_segmenter(self.name, self.cache_dir)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (written into the model card)."""
+
+    name: str
+    env: str = "2d"
+    cohort: str = "default"
+    case_limit: int | None = None
+    segmenter: str = "litemedsam"
+    seed: int = 0
+    time_penalty: float = 0.005
+    grid: int = 48
+    # behaviour cloning
+    bc_annotator: str = "expert_radiologist"
+    bc_episodes: int = 240
+    bc_epochs: int = 80
+    bc_min_dice: float = 0.5
+    bc_lr: float = 1e-3
+    demos_path: str | None = None
+    # PPO
+    steps: int = 12000
+    n_envs: int = 2
+    vec: str = "subproc"
+    n_steps: int = 128
+    batch_size: int = 64
+    n_epochs: int = 4
+    learning_rate: float = 1e-4
+    clip_range: float = 0.1
+    ent_coef: float = 0.0
+    target_kl: float | None = 0.05
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    features_dim: int = 256
+    # where
+    out_root: str = "agents/policies"
+    cache_dir: str | None = None
+    env_kwargs: dict = field(default_factory=dict)
+    save_bc: bool = True
+    torch_threads: int | None = 1  # intra-op threads of the learner process (see train_policy)
+
+    @property
+    def env_id(self) -> str:
+        from hiseg_sim.experiments.spec import ENV_ALIASES
+
+        return ENV_ALIASES.get(self.env.lower(), self.env)
+
+
+def make_training_env(cfg: TrainConfig, segmenter=None):
+    """One PolicyView-wrapped env (with episode statistics) of ``cfg``, in this process."""
+    return _factory(cfg, segmenter, threads=None)()
+
+
+def _factory(cfg: TrainConfig, segmenter=None, threads=None, workers: int = 1):
+    from hiseg_sim.env.vector import EnvFactory
+    from hiseg_sim.env.wrappers import EpisodeStatistics
+    from hiseg_sim.policies.spaces import PolicyView
+
+    seg = segmenter if segmenter is not None else (
+        cfg.segmenter if ":" not in cfg.segmenter else SegmenterFactory(cfg.segmenter, cfg.cache_dir))
+    return EnvFactory(cfg.env_id, (EpisodeStatistics, partial(PolicyView, grid=cfg.grid)), threads, workers,
+                      cases=CasesFactory(cfg.cohort, cfg.case_limit), segmenter=seg, cache_dir=cfg.cache_dir,
+                      time_penalty=cfg.time_penalty, **cfg.env_kwargs)
+
+
+def _vec_env(cfg: TrainConfig):
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    if cfg.vec == "subproc" and cfg.n_envs > 1:
+        fns = [_factory(cfg, threads=1, workers=cfg.n_envs) for _ in range(cfg.n_envs)]
+        return SubprocVecEnv(fns, start_method="forkserver")
+    if cfg.vec not in ("subproc", "dummy"):
+        raise ValueError(f"vec must be 'subproc' or 'dummy'; got {cfg.vec!r}")
+    seg = cfg.segmenter
+    if ":" not in seg:  # one segmenter object shared by the in-process envs
+        from hiseg_sim import segmenters
+
+        seg = segmenters.build(seg, cache_dir=cfg.cache_dir)
+    else:
+        seg = SegmenterFactory(seg, cfg.cache_dir)()
+    return DummyVecEnv([_factory(cfg, segmenter=seg) for _ in range(cfg.n_envs)])
+
+
+def _case_ids(cfg: TrainConfig) -> list[str]:
+    return [c.case_id for c in CasesFactory(cfg.cohort, cfg.case_limit)()]
+
+
+def _demos(cfg: TrainConfig, log):
+    from hiseg_sim.policies.demos import Demos, collect_demos
+
+    if cfg.demos_path and Path(cfg.demos_path).is_file():
+        log(f"demonstrations: loading {cfg.demos_path}")
+        demos = Demos.load(cfg.demos_path)
+        demos.stats["loaded_from"] = str(cfg.demos_path)
+        return demos
+    import gymnasium as gym
+
+    import hiseg_sim  # noqa: F401
+
+    seg = cfg.segmenter if ":" not in cfg.segmenter else SegmenterFactory(cfg.segmenter, cfg.cache_dir)()
+    env = gym.make(cfg.env_id, cases=CasesFactory(cfg.cohort, cfg.case_limit), segmenter=seg, cache_dir=cfg.cache_dir,
+                   time_penalty=cfg.time_penalty, **cfg.env_kwargs)
+    try:
+        demos = collect_demos(env, cfg.bc_annotator, _case_ids(cfg), cfg.bc_episodes, seed=cfg.seed, grid=cfg.grid,
+                              time_penalty=cfg.time_penalty, min_dice=cfg.bc_min_dice)
+    finally:
+        env.close()
+    if cfg.demos_path:
+        Path(cfg.demos_path).parent.mkdir(parents=True, exist_ok=True)
+        demos.save(cfg.demos_path)
+    return demos
+
+
+def _ppo_curve_callback(rows: list[dict], t0: float):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class _Curve(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            buf = list(self.model.ep_info_buffer)[-32:]
+            if not buf:
+                return
+            rows.append({"phase": "ppo", "timesteps": int(self.num_timesteps), "wall_s": round(time.perf_counter() - t0, 1),
+                         "episodes": len(buf), "return": float(np.mean([e["r"] for e in buf])),
+                         "dice": float(np.mean([e.get("dice", np.nan) for e in buf])),
+                         "seconds": float(np.mean([e.get("seconds", np.nan) for e in buf])),
+                         "length": float(np.mean([e["l"] for e in buf]))})
+
+    return _Curve()
+
+
+def save_policy(policy, out_dir: Path, card: dict) -> None:
+    """Write ``policy.zip`` and the model card (JSON and Markdown) to ``out_dir``."""
+    from hiseg_sim.policies.card import write_card
+    from hiseg_sim.policies.store import POLICY_FILE
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    policy.save(str(out_dir / POLICY_FILE))
+    write_card(out_dir, card)
+
+
+def train_policy(cfg: TrainConfig, log=print) -> dict:
+    """Run the steps of the module docstring; returns the model card (a dict).
+
+    The learner process runs with ``cfg.torch_threads`` intra-op threads (default 1: its batches
+    are small, the env processes use the other cores, and on a loaded machine a second spinning
+    thread made each convolution several times slower); restored afterwards.
+    """
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if cfg.torch_threads:
+        torch.set_num_threads(int(cfg.torch_threads))
+    try:
+        return _train(cfg, log, t_start=time.perf_counter())
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg: TrainConfig, log, t_start: float) -> dict:
+    from stable_baselines3 import PPO
+
+    from hiseg_sim.policies.bc import behaviour_clone
+    from hiseg_sim.policies.card import plot_training_curve
+    from hiseg_sim.policies.network import ScreenCNN
+
+    out = Path(cfg.out_root) / cfg.name
+    out.mkdir(parents=True, exist_ok=True)
+    curve: list[dict] = []
+    timing: dict[str, float] = {}
+
+    t = time.perf_counter()
+    vec = _vec_env(cfg)
+    timing["env_start_s"] = time.perf_counter() - t
+    try:
+        policy_kwargs = dict(features_extractor_class=ScreenCNN,
+                             features_extractor_kwargs=dict(features_dim=cfg.features_dim),
+                             net_arch=dict(pi=[128], vf=[128]))
+        model = PPO("MultiInputPolicy", vec, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
+                    learning_rate=cfg.learning_rate, clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, gamma=cfg.gamma, target_kl=cfg.target_kl,
+                    gae_lambda=cfg.gae_lambda, policy_kwargs=policy_kwargs, seed=cfg.seed, device="cpu", verbose=0)
+        demo_stats = None
+        if cfg.bc_episodes > 0 and cfg.bc_epochs > 0:
+            t = time.perf_counter()
+            demos = _demos(cfg, log)
+            timing["demos_s"] = time.perf_counter() - t
+            demo_stats = demos.stats
+            log(f"demonstrations: {demos.stats}")
+            t = time.perf_counter()
+
+            def _log_bc(row):
+                curve.append({"phase": "bc", **row, "wall_s": round(time.perf_counter() - t_start, 1)})
+                log(f"bc epoch {row['epoch']}: loss {row['loss']:.3f} nll {row['nll']:.3f} "
+                    f"val kind acc {row['val_kind_acc']:.2f} box err {row['val_box_err_cells']:.2f} cells")
+
+            behaviour_clone(model.policy, demos, cfg.grid, epochs=cfg.bc_epochs, lr=cfg.bc_lr, seed=cfg.seed, log=_log_bc)
+            timing["bc_s"] = time.perf_counter() - t
+            if cfg.save_bc:
+                bc_card = _card(cfg, model, vec, demo_stats, timing, curve, steps=0, wall=time.perf_counter() - t_start,
+                                bc_only=True)
+                save_policy(model.policy, out.parent / f"{cfg.name}_bc", bc_card)
+        t = time.perf_counter()
+        if cfg.steps > 0:
+            model.learn(total_timesteps=int(cfg.steps), callback=_ppo_curve_callback(curve, t_start))
+        timing["ppo_s"] = time.perf_counter() - t
+        wall = time.perf_counter() - t_start
+        card = _card(cfg, model, vec, demo_stats, timing, curve, steps=int(model.num_timesteps), wall=wall)
+        save_policy(model.policy, out, card)
+    finally:
+        vec.close()
+    _write_curve(out, curve)
+    if curve:
+        plot_training_curve(curve, out / "training_curve.png", title=cfg.name)
+    log(f"saved {out} ({card['training']['wall_s']:.0f} s)")
+    return card
+
+
+def _write_curve(out: Path, curve: list[dict]) -> None:
+    import pandas as pd
+
+    pd.DataFrame(curve).to_csv(out / "training_curve.csv", index=False)
+
+
+def _card(cfg: TrainConfig, model, vec, demo_stats, timing, curve, steps: int, wall: float, bc_only: bool = False) -> dict:
+    import stable_baselines3
+    import torch
+
+    spec = vec.get_attr("spec")[0] if hasattr(vec, "get_attr") else None
+    last = [r for r in curve if r["phase"] == "ppo"][-1:] or [None]
+    return {
+        "name": cfg.name + ("_bc" if bc_only else ""),
+        "kind": "behaviour cloning only" if bc_only else ("bc + ppo" if demo_stats else "ppo"),
+        "env_id": cfg.env_id,
+        "three_d": cfg.env_id.endswith("3D-v0"),
+        "max_episode_steps": int(getattr(spec, "max_episode_steps", 20) or 20),
+        "grid": cfg.grid,
+        "viewport_px": int(cfg.env_kwargs.get("viewport_px", 96)),
+        "cohort": cfg.cohort,
+        "segmenter": cfg.segmenter,
+        "reward": f"Dice gain - {cfg.time_penalty} x simulated seconds per action (env time_penalty)",
+        "time_penalty": cfg.time_penalty,
+        "seeds": {"train": cfg.seed},
+        "steps": steps,
+        "config": asdict(cfg),
+        "demonstrations": demo_stats,
+        "training": {"wall_s": round(wall, 1), **{k: round(v, 1) for k, v in timing.items()},
+                     "cores": os.cpu_count(), "n_envs": cfg.n_envs, "vec": cfg.vec,
+                     "last_rollout": last[0], "bc_epochs": cfg.bc_epochs if demo_stats else 0},
+        "software": {"python": platform.python_version(), "torch": torch.__version__,
+                     "stable_baselines3": stable_baselines3.__version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "evaluation": None,
+    }
