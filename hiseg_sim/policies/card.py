@@ -61,6 +61,8 @@ def card_markdown(card: dict) -> str:
                              f"{p['n_pairs']} |")
         if ev.get("plot"):
             lines += ["", f"Plot: `{ev['plot']}`"]
+    if card.get("notes"):
+        lines += ["", "## Notes", "", card["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -104,7 +106,7 @@ def plot_training_curve(curve: list[dict], path: str | Path, title: str = "") ->
         ax2.set_ylabel("accuracy / error")
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center right")
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper right")
         ax.set_title("behaviour cloning from expert traces")
     else:
         ax.text(0.5, 0.5, "no behaviour cloning", ha="center", va="center", transform=ax.transAxes)
