@@ -5,11 +5,18 @@ The loss is the negative log-likelihood of the demonstrated grid action under th
 for clicks and boxes; x2, y2 for boxes), plus ``value_coef`` times the squared error of the
 critic against the demonstration's return-to-go (so PPO starts with a critic that is not noise).
 Every batch is turned by a random symmetry of the square (:func:`~hiseg_sim.policies.spaces.augment`).
-A tenth of the episodes (at least one) is held out; the curve records the held-out kind accuracy
-and the mean box-corner error in grid cells.
+A tenth of the episodes (at least one) is held out — whole groups of them when ``groups`` is
+given (e.g. the case of each episode, so held-out cases are unseen); the curve records the
+held-out kind accuracy, the mean box-corner error in grid cells (all boxes, and the episode's
+first box alone) and the learning rate. The learning rate follows ``schedule`` (``"constant"`` or
+``"cosine"``, annealed to a hundredth); with ``patience`` training stops once the held-out
+box-corner error has not improved for that many epochs, and with ``restore_best`` the weights of
+the best held-out epoch are put back at the end.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -41,28 +48,43 @@ def _forward(policy, screen: np.ndarray, state: np.ndarray):
     return policy._get_action_dist_from_latent(latent_pi), policy.value_net(latent_vf).flatten()
 
 
-def _split(demos: Demos, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    eps = np.unique(demos.episode)
-    n_val = max(1, len(eps) // 10) if len(eps) > 1 else 0
-    val_eps = rng.choice(eps, n_val, replace=False) if n_val else np.array([], np.int64)
-    val = np.isin(demos.episode, val_eps)
+def _split(demos: Demos, rng: np.random.Generator, groups: np.ndarray | None = None,
+           val_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Train and held-out row indices: a ``val_frac`` share of the groups (episodes by default) held out."""
+    key = np.asarray(groups) if groups is not None else demos.episode
+    uniq = np.unique(key)
+    n_val = max(1, int(round(len(uniq) * val_frac))) if len(uniq) > 1 and val_frac > 0 else 0
+    val_keys = rng.choice(uniq, n_val, replace=False) if n_val else uniq[:0]
+    val = np.isin(key, val_keys)
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
 def behaviour_clone(policy, demos: Demos, grid: int, epochs: int = 30, batch_size: int = 64, lr: float = 3e-4,
-                    value_coef: float = 0.5, seed: int = 0, log=None) -> list[dict]:
+                    value_coef: float = 0.5, seed: int = 0, log=None, groups: np.ndarray | None = None,
+                    val_frac: float = 0.1, schedule: str = "constant", patience: int | None = None,
+                    restore_best: bool = False) -> list[dict]:
     """Fit ``policy`` (an SB3 ``ActorCriticPolicy`` over a :class:`~hiseg_sim.policies.spaces.PolicyView`
     env) to ``demos``; returns one dict per epoch (``epoch, loss, nll, value_mse, val_kind_acc,
-    val_box_err_cells``). ``log`` is called with each dict."""
+    val_box_err_cells, val_first_box_err_cells, lr``). ``log`` is called with each dict.
+
+    ``groups`` (one key per row, e.g. the case id's index) makes the held-out split by group;
+    ``schedule``, ``patience`` and ``restore_best`` as in the module docstring.
+    """
     if len(demos) == 0:
         raise ValueError("no demonstrations to clone (were all episodes under min_dice?)")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine'; got {schedule!r}")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    tr, va = _split(demos, rng)
+    tr, va = _split(demos, rng, groups, val_frac)
     mask_all = action_mask(demos.action)
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     curve = []
+    best, best_state, since = np.inf, None, 0
     for epoch in range(int(epochs)):
+        lr_now = lr if schedule == "constant" else lr * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * epoch / max(1, int(epochs)))))
+        for g in opt.param_groups:
+            g["lr"] = lr_now
         policy.set_training_mode(True)
         order = rng.permutation(tr)
         tot = tot_nll = tot_v = 0.0
@@ -89,11 +111,22 @@ def behaviour_clone(policy, demos: Demos, grid: int, epochs: int = 30, batch_siz
             tot_nll += nll.item()
             tot_v += v_loss.item()
             nb += 1
-        row = {"epoch": epoch + 1, "loss": tot / nb, "nll": tot_nll / nb, "value_mse": tot_v / nb}
+        row = {"epoch": epoch + 1, "loss": tot / nb, "nll": tot_nll / nb, "value_mse": tot_v / nb, "lr": lr_now}
         row.update(_validate(policy, demos, va))
         curve.append(row)
         if log is not None:
             log(row)
+        score = row["val_box_err_cells"]
+        if np.isfinite(score) and score < best:
+            best, since = score, 0
+            if restore_best:
+                best_state = copy.deepcopy(policy.state_dict())
+        else:
+            since += 1
+            if patience is not None and since >= int(patience):
+                break
+    if restore_best and best_state is not None:
+        policy.load_state_dict(best_state)
     policy.set_training_mode(False)
     return curve
 
@@ -101,7 +134,7 @@ def behaviour_clone(policy, demos: Demos, grid: int, epochs: int = 30, batch_siz
 @torch.no_grad()
 def _validate(policy, demos: Demos, idx: np.ndarray) -> dict:
     if len(idx) == 0:
-        return {"val_kind_acc": float("nan"), "val_box_err_cells": float("nan")}
+        return {"val_kind_acc": float("nan"), "val_box_err_cells": float("nan"), "val_first_box_err_cells": float("nan")}
     policy.set_training_mode(False)
     dist, _ = _forward(policy, demos.screen[idx], demos.state[idx])
     pred = torch.stack([d.probs.argmax(1) for d in dist.distribution], dim=1).cpu().numpy()
@@ -109,4 +142,7 @@ def _validate(policy, demos: Demos, idx: np.ndarray) -> dict:
     acc = float((pred[:, 0] == true[:, 0]).mean())
     box = true[:, 0] == Kind.BOX
     err = float(np.abs(pred[box, 1:5] - true[box, 1:5]).mean()) if box.any() else float("nan")
-    return {"val_kind_acc": acc, "val_box_err_cells": err}
+    ep = demos.episode[idx]
+    first = np.r_[True, ep[1:] != ep[:-1]] & box  # the first action of each held-out episode, if a box
+    err1 = float(np.abs(pred[first, 1:5] - true[first, 1:5]).mean()) if first.any() else float("nan")
+    return {"val_kind_acc": acc, "val_box_err_cells": err, "val_first_box_err_cells": err1}

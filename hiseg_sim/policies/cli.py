@@ -63,6 +63,13 @@ def train_policy_command(
     bc_annotator: str = typer.Option("expert_radiologist", help="Annotator whose traces are cloned."),
     bc_episodes: int = typer.Option(240, help="Demonstration episodes (0: no behaviour cloning)."),
     bc_epochs: int = typer.Option(80, help="Behaviour-cloning epochs."),
+    bc_lr: float = typer.Option(1e-3, help="Behaviour-cloning learning rate (the start, with --bc-schedule cosine)."),
+    bc_schedule: str = typer.Option("constant", help="Behaviour-cloning learning-rate schedule: constant or cosine."),
+    bc_split: str = typer.Option("episode", help="Hold out whole 'episode's or whole 'case's of the demonstrations."),
+    bc_patience: Optional[int] = typer.Option(None, help="Stop cloning after this many epochs without a better "
+                                              "held-out box error; the best epoch's weights are kept."),
+    network: str = typer.Option("cnn", help="cnn (ScreenCNN, dense heads) or spatial (SpatialScreenNet: "
+                                "per-cell box-corner scores)."),
     demos: Optional[Path] = typer.Option(None, help="Demonstrations file (.npz): loaded if it exists, else written."),
     n_steps: int = typer.Option(128, help="PPO rollout length per env."),
     learning_rate: float = typer.Option(1e-4, help="PPO learning rate."),
@@ -81,7 +88,10 @@ def train_policy_command(
         cache_dir = Path(default_cache_dir())
     cfg = TrainConfig(name=name, env=env, cohort=cohort, segmenter=segmenter, steps=steps, n_envs=n_envs, vec=vec,
                       seed=seed, time_penalty=time_penalty, grid=grid, bc_annotator=bc_annotator,
-                      bc_episodes=bc_episodes, bc_epochs=bc_epochs, demos_path=str(demos) if demos else None,
+                      bc_episodes=bc_episodes, bc_epochs=bc_epochs, bc_lr=bc_lr, bc_schedule=bc_schedule,
+                      bc_split=bc_split, bc_patience=bc_patience, bc_restore_best=bc_patience is not None,
+                      network=network,
+                      demos_path=str(demos) if demos else None,
                       n_steps=n_steps, learning_rate=learning_rate, out_root=str(out_root),
                       cache_dir=str(cache_dir) if cache_dir else None,
                       env_kwargs={} if viewport_px == 96 else {"viewport_px": viewport_px})

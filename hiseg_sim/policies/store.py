@@ -60,7 +60,10 @@ def load_policy(name: str | Path):
 
     d = policy_dir(name)
     card = json.loads((d / CARD_JSON).read_text())
-    policy = MultiInputActorCriticPolicy.load(str(d / POLICY_FILE), device="cpu")
+    cls = MultiInputActorCriticPolicy
+    if card.get("network") == "spatial":
+        from hiseg_sim.policies.network import SpatialActorCriticPolicy as cls
+    policy = cls.load(str(d / POLICY_FILE), device="cpu")
     policy.set_training_mode(False)
     return policy, card
 

@@ -80,7 +80,13 @@ class TrainConfig:
     bc_epochs: int = 80
     bc_min_dice: float = 0.5
     bc_lr: float = 1e-3
+    bc_schedule: str = "constant"  # or "cosine"
+    bc_patience: int | None = None  # stop after this many epochs without a better held-out box error
+    bc_restore_best: bool = False  # keep the weights of the best held-out epoch
+    bc_split: str = "episode"  # hold out whole "episode"s or whole "case"s of the demonstrations
     demos_path: str | None = None
+    # start from a saved policy's weights (a name or directory; same network): no behaviour cloning
+    init_policy: str | None = None
     # PPO
     steps: int = 12000
     n_envs: int = 2
@@ -95,6 +101,7 @@ class TrainConfig:
     gamma: float = 1.0
     gae_lambda: float = 0.95
     features_dim: int = 256
+    network: str = "cnn"  # "cnn": ScreenCNN + dense heads; "spatial": SpatialScreenNet (per-cell corner logits)
     # where
     out_root: str = "agents/policies"
     cache_dir: str | None = None
@@ -227,7 +234,7 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
 
     from hiseg_sim.policies.bc import behaviour_clone
     from hiseg_sim.policies.card import plot_training_curve
-    from hiseg_sim.policies.network import ScreenCNN
+    from hiseg_sim.policies.network import ScreenCNN, SpatialActorCriticPolicy, SpatialScreenNet
 
     out = Path(cfg.out_root) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
@@ -238,14 +245,31 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
     vec = _vec_env(cfg)
     timing["env_start_s"] = time.perf_counter() - t
     try:
-        policy_kwargs = dict(features_extractor_class=ScreenCNN,
-                             features_extractor_kwargs=dict(features_dim=cfg.features_dim),
-                             net_arch=dict(pi=[128], vf=[128]))
-        model = PPO("MultiInputPolicy", vec, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
+        if cfg.network == "spatial":
+            policy_cls = SpatialActorCriticPolicy
+            policy_kwargs = dict(features_extractor_class=SpatialScreenNet,
+                                 features_extractor_kwargs=dict(grid=cfg.grid, position_bias=True),
+                                 net_arch=dict(pi=[], vf=[64]))
+        elif cfg.network == "cnn":
+            policy_cls = "MultiInputPolicy"
+            policy_kwargs = dict(features_extractor_class=ScreenCNN,
+                                 features_extractor_kwargs=dict(features_dim=cfg.features_dim),
+                                 net_arch=dict(pi=[128], vf=[128]))
+        else:
+            raise ValueError(f"network must be 'cnn' or 'spatial'; got {cfg.network!r}")
+        model = PPO(policy_cls, vec, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
                     learning_rate=cfg.learning_rate, clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, gamma=cfg.gamma, target_kl=cfg.target_kl,
                     gae_lambda=cfg.gae_lambda, policy_kwargs=policy_kwargs, seed=cfg.seed, device="cpu", verbose=0)
         demo_stats = None
-        if cfg.bc_episodes > 0 and cfg.bc_epochs > 0:
+        if cfg.init_policy:
+            from hiseg_sim.policies.store import load_policy
+
+            init, init_card = load_policy(cfg.init_policy)
+            model.policy.load_state_dict(init.state_dict())
+            demo_stats = init_card.get("demonstrations")
+            timing["init_bc_s"] = float((init_card.get("training") or {}).get("bc_s", 0.0))
+            log(f"initial weights: {cfg.init_policy} ({init_card.get('kind')})")
+        elif cfg.bc_episodes > 0 and cfg.bc_epochs > 0:
             t = time.perf_counter()
             demos = _demos(cfg, log)
             timing["demos_s"] = time.perf_counter() - t
@@ -256,9 +280,17 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
             def _log_bc(row):
                 curve.append({"phase": "bc", **row, "wall_s": round(time.perf_counter() - t_start, 1)})
                 log(f"bc epoch {row['epoch']}: loss {row['loss']:.3f} nll {row['nll']:.3f} "
-                    f"val kind acc {row['val_kind_acc']:.2f} box err {row['val_box_err_cells']:.2f} cells")
+                    f"val kind acc {row['val_kind_acc']:.2f} box err {row['val_box_err_cells']:.2f} cells "
+                    f"(first box {row['val_first_box_err_cells']:.2f}), lr {row['lr']:.2g}")
 
-            behaviour_clone(model.policy, demos, cfg.grid, epochs=cfg.bc_epochs, lr=cfg.bc_lr, seed=cfg.seed, log=_log_bc)
+            groups = None
+            if cfg.bc_split == "case":  # collect_demos takes the cases in order, round after round
+                groups = demos.episode % len(_case_ids(cfg))
+            elif cfg.bc_split != "episode":
+                raise ValueError(f"bc_split must be 'episode' or 'case'; got {cfg.bc_split!r}")
+            behaviour_clone(model.policy, demos, cfg.grid, epochs=cfg.bc_epochs, lr=cfg.bc_lr, seed=cfg.seed, log=_log_bc,
+                            groups=groups, schedule=cfg.bc_schedule, patience=cfg.bc_patience,
+                            restore_best=cfg.bc_restore_best)
             timing["bc_s"] = time.perf_counter() - t
             if cfg.save_bc:
                 bc_card = _card(cfg, model, vec, demo_stats, timing, curve, steps=0, wall=time.perf_counter() - t_start,
@@ -294,11 +326,12 @@ def _card(cfg: TrainConfig, model, vec, demo_stats, timing, curve, steps: int, w
     last = [r for r in curve if r["phase"] == "ppo"][-1:] or [None]
     return {
         "name": cfg.name + ("_bc" if bc_only else ""),
-        "kind": "behaviour cloning only" if bc_only else ("bc + ppo" if demo_stats else "ppo"),
+        "kind": "behaviour cloning only" if (bc_only or (demo_stats and steps == 0)) else ("bc + ppo" if demo_stats else "ppo"),
         "env_id": cfg.env_id,
         "three_d": cfg.env_id.endswith("3D-v0"),
         "max_episode_steps": int(getattr(spec, "max_episode_steps", 20) or 20),
         "grid": cfg.grid,
+        "network": cfg.network,
         "viewport_px": int(cfg.env_kwargs.get("viewport_px", 96)),
         "cohort": cfg.cohort,
         "segmenter": cfg.segmenter,
