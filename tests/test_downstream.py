@@ -75,9 +75,11 @@ def _discs(n: int, size: int = 32, seed: int = 0):
     return x, y
 
 
-def test_training_is_seeded_and_learns_an_easy_task():
+@pytest.mark.parametrize("extra", [{"steps": 20}, {"steps": 40, "prior": True, "jitter_hu": 30.0}],
+                         ids=["plain", "prior+jitter"])
+def test_training_is_seeded_and_learns_an_easy_task(extra):
     x, y = _discs(12)
-    cfg = TrainConfig(steps=20, batch=6, base=4, shift_px=2, patch_px=32, lr=1e-2)
+    cfg = TrainConfig(batch=6, base=4, shift_px=2, patch_px=32, lr=1e-2, **extra)
     a, b, c = (train_unet(x, y, None, cfg, seed=s) for s in (0, 0, 1))
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k

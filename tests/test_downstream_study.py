@@ -88,3 +88,18 @@ def test_rerun_resumes_and_gives_the_same_table(result):
     again = run_downstream(spec_from_dict(_spec(str(tmp / "cache"))), tmp / "run", progress=False, report=False)
     assert pd.DataFrame(again["table"]).equals(pd.DataFrame(s["table"]))
     assert again["annotation_sessions"][-1]["units_run"] == 0
+
+
+def test_report_command_rebuilds_the_downstream_report(result):
+    tmp, s = result
+    from hiseg_sim.analysis.report import build_report
+
+    run = tmp / "run"
+    (run / "downstream.md").unlink()
+    (run / "downstream_dice.png").unlink()
+    rep = build_report(run)  # what `hiseg-sim report runs/<study>` calls
+    md = (run / "downstream.md").read_text()
+    assert "(a) ground truth" in md and "Direction check" in md
+    assert (run / "downstream_dice.png").stat().st_size > 1000
+    assert rep.headline["downstream"] == {r["arm"]: r["dice"] for r in s["table"]}
+    assert "Downstream training on simulated labels" in rep.md_path.read_text()

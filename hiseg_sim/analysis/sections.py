@@ -15,6 +15,7 @@ crowd          ``worker``: the arm fused; ``reference``: the one-person comparis
 training       ``learners``: arms whose practice is measured; ``reference``; ``margin``  see the spec
                (Dice); ``window`` (smoothing, cases)                                    0.02; 5
 protocols      arm labels ``group@protocol``; ``thresholds``; ``max_prompts``            –
+downstream     rebuilds ``downstream.md`` from the files the study kept (no retraining)  –
 =============  =====================================================================  ==============
 """
 
@@ -32,7 +33,7 @@ from hiseg_sim.analysis import plots as P
 from hiseg_sim.analysis.report import Section, fmt_ci
 from hiseg_sim.analysis.stats import paired_bootstrap
 
-__all__ = ["KINDS", "groups", "crowd", "training", "protocols"]
+__all__ = ["KINDS", "groups", "crowd", "training", "protocols", "downstream"]
 
 
 def _common(settings: dict) -> tuple[int, int]:
@@ -331,4 +332,26 @@ def protocols(data, settings: dict, out: Path):
     return [sec], headline
 
 
-KINDS = {"groups": groups, "crowd": crowd, "training": training, "protocols": protocols}
+# ---- downstream ---------------------------------------------------------------------------------
+def downstream(data, settings: dict, out: Path):
+    """``kind = "downstream"`` (:mod:`hiseg_sim.downstream.study`): rebuild ``downstream.md`` and its
+    figures from the run's saved results, and show its (a)–(e) table here too."""
+    import json
+
+    from hiseg_sim.downstream.report import rebuild_report
+
+    md = rebuild_report(data.dir)
+    summary = json.loads((Path(data.dir) / "downstream.json").read_text())
+    tab = pd.DataFrame(summary["table"])
+    sec = Section("Downstream training on simulated labels")
+    sec.paragraphs.append(f"The full report of this study is `{md.name}` (rebuilt now); the test Dice per arm:")
+    cols = [c for c in ("title", "dice", "lo", "hi", "diff_vs_gt", "diff_lo", "diff_hi", "p_boot") if c in tab]
+    sec.tables.append(("Holdout test Dice per training-label arm", tab[cols]))
+    for name in ("downstream_dice", "specialist_curve", "downstream_labels"):
+        p = Path(data.dir) / f"{name}.png"
+        if p.is_file():
+            sec.figures.append((name.replace("_", " "), p))
+    return [sec], {"downstream": {r["arm"]: r["dice"] for r in summary["table"]}}
+
+
+KINDS = {"groups": groups, "crowd": crowd, "training": training, "protocols": protocols, "downstream": downstream}

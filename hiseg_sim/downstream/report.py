@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["write_report", "plot_downstream", "plot_curve", "plot_examples"]
+__all__ = ["write_report", "rebuild_report", "example_sets", "save_examples", "load_examples", "plot_downstream",
+           "plot_curve", "plot_examples"]
 
 _COLORS = {"gt": "#333333", "expert": "#1f77b4", "crowd": "#2ca02c", "novice": "#d62728", "specialist": "#9467bd"}
 
@@ -83,8 +84,36 @@ def plot_curve(curve: pd.DataFrame, ref: dict, path: Path) -> Path:
     return path
 
 
+def example_sets(sets: dict, n: int = 4) -> dict:
+    """The ``n`` training cases the labels figure shows (spread over nodule sizes from the 30th
+    percentile up), as label sets of their own (small enough to keep beside the report)."""
+    from hiseg_sim.downstream.labels import LabelSet
+
+    area = sets["gt"].targets.sum((1, 2))
+    idx = np.argsort(area, kind="stable")[np.linspace(len(area) * 0.3, len(area) - 1, n).astype(int)]
+    return {k: LabelSet(k, [ls.case_ids[i] for i in idx], ls.images[idx], ls.targets[idx], ls.weights[idx])
+            for k, ls in sets.items()}
+
+
+def save_examples(ex: dict, path: Path) -> Path:
+    """Write :func:`example_sets` to ``path`` (``.npz``)."""
+    arrs = {f"{k}__{f}": getattr(ls, f) for k, ls in ex.items() for f in ("images", "targets", "weights")}
+    np.savez_compressed(path, arms=np.array(list(ex)), case_ids=np.array(next(iter(ex.values())).case_ids), **arrs)
+    return Path(path)
+
+
+def load_examples(path: Path) -> dict:
+    """Inverse of :func:`save_examples`."""
+    from hiseg_sim.downstream.labels import LabelSet
+
+    z = np.load(path)
+    ids = [str(i) for i in z["case_ids"]]
+    return {str(k): LabelSet(str(k), ids, z[f"{k}__images"], z[f"{k}__targets"], z[f"{k}__weights"]) for k in z["arms"]}
+
+
 def plot_examples(sets: dict, path: Path, n: int = 4) -> Path:
-    """A few training cases: image, ground truth, each arm's label; the specialist's weight map."""
+    """A few training cases: image, ground truth, each arm's label; the specialist's weight map.
+    ``sets``: label sets (all the cases: ``n`` are picked by :func:`example_sets`; or already picked)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,10 +121,10 @@ def plot_examples(sets: dict, path: Path, n: int = 4) -> Path:
 
     from hiseg_sim.segmenters.base import window_to_unit
 
+    sets = sets if len(sets["gt"].case_ids) == n else example_sets(sets, n)
     names = list(sets)
     gt = sets["gt"]
-    area = gt.targets.sum((1, 2))
-    idx = np.argsort(area)[np.linspace(len(area) * 0.3, len(area) - 1, n).astype(int)]
+    idx = range(n)
     cols = names + (["specialist weights"] if "specialist" in sets else [])
     fig, axes = plt.subplots(n, len(cols), figsize=(1.9 * len(cols), 1.9 * n))
     for r, i in enumerate(idx):
@@ -135,9 +164,18 @@ def write_report(run_dir: Path, summary: dict, per_case: pd.DataFrame, lq: pd.Da
     if len(curve):
         figs.append(plot_curve(curve, ref, run_dir / "specialist_curve.png"))
     lqm = summary["label_quality"]
+    src = summary.get("train_source") or {}
+    if src.get("source"):
+        where = f"from `{src['source']}` {src.get('kwargs') or ''} (calibration split only)"
+    else:
+        where = f"of the {src.get('cohort', 'default')} cohort (calibration split)"
+    tc = summary.get("train_config") or {}
+    net = (f"TinyUNet (base {tc.get('base', 8)}{', centre prior' if tc.get('prior') else ''}), batch "
+           f"{tc.get('batch', 8)}, {tc.get('patch_px', 64)}-px patches, flips/rotations/shifts"
+           f"{', HU jitter ' + format(tc['jitter_hu'], 'g') if tc.get('jitter_hu') else ''}")
     L = [f"# Downstream study `{summary['study']}`", "",
-         f"Training: {summary['train_cases']} cases of the default cohort (calibration split), key slice, "
-         f"96-px crops; the same TinyUNet, {st['train_steps']} steps, seeds {st['seeds']}. Test: "
+         f"Training: {summary['train_cases']} cases {where}, key slice, 96-px crops; the same {net}, "
+         f"BCE + soft Dice, {st['train_steps']} steps, seeds {st['seeds']}. Test: "
          f"{summary['test_cases']} holdout cases ({summary['test_slices']} slices: key slice ± {st['test_neighbours']}), "
          "ground truth. Dice per test case = mean over its slices and the seeds; intervals: 95 % percentile "
          f"bootstrap over test cases ({st['n_boot']} draws); differences paired by case.", "",
@@ -161,8 +199,8 @@ def write_report(run_dir: Path, summary: dict, per_case: pd.DataFrame, lq: pd.Da
                           for _, r in sam.iterrows()) + "."]
     if len(curve):
         L += ["", "## Specialist annotator against its labelled cases", "",
-              "Dice on the default-cohort cases it was not trained on (env-scored: ground truth outside the "
-              "viewport counts as missed).", "",
+              "Dice on the study's training cases it was not trained on (env-scored: ground truth outside the "
+              "viewport counts as missed). Its labelled cases are drawn from the default cohort.", "",
               "| labelled cases | specialist → LiteMedSAM | 95 % CI | specialist alone | 95 % CI | cases | mean rounds |",
               "|---|---|---|---|---|---|---|"]
         for n, g in curve.groupby("n_labelled"):
@@ -183,3 +221,21 @@ def write_report(run_dir: Path, summary: dict, per_case: pd.DataFrame, lq: pd.Da
     path = run_dir / "downstream.md"
     path.write_text("\n".join(L) + "\n")
     return path
+
+
+def rebuild_report(run_dir) -> Path:
+    """Write ``downstream.md`` and its figures again from what the run kept (``downstream.json``,
+    ``downstream_per_case.csv``, ``downstream_label_quality.csv``, ``downstream_examples.npz``);
+    nothing is retrained. Behind ``hiseg-sim report runs/<downstream study>``."""
+    run_dir = Path(run_dir)
+    need = ["downstream.json", "downstream_per_case.csv", "downstream_label_quality.csv", "downstream_examples.npz"]
+    missing = [n for n in need if not (run_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: no {', '.join(missing)}; run the study first "
+                                "(hiseg-sim run experiments/<study>.toml writes them)")
+    import json
+
+    summary = json.loads((run_dir / "downstream.json").read_text())
+    return write_report(run_dir, summary, pd.read_csv(run_dir / "downstream_per_case.csv"),
+                        pd.read_csv(run_dir / "downstream_label_quality.csv"), pd.DataFrame(summary.get("curve", [])),
+                        load_examples(run_dir / "downstream_examples.npz"))

@@ -2,7 +2,11 @@
 
 A :class:`~hiseg_sim.downstream.unet.TinyUNet` trained on ``n_labelled`` labelled cases of the
 *default* cohort (calibration split; never the holdout) looks at the viewport a person would see
-and proposes a mask. Its proposal becomes prompts for the frozen segmenter in the env, over a
+and proposes a mask. Like every annotator it knows the viewport is centred on a (noisy) detection
+of the nodule: the shipped study trains it with the centre-prior channel
+(``train = {prior = true}``, :class:`~hiseg_sim.downstream.unet.TinyUNet`), and
+:func:`proposal_mask` keeps the component weighted most towards the middle, falling back to a
+lower threshold when nothing passes. Its proposal becomes prompts for the frozen segmenter in the env, over a
 few rounds (SemiSAM+, arXiv 2502.20749):
 
 1. a box: the proposal's bounding box grown by ``box_pad_px`` (LiteMedSAM was trained with boxes);
@@ -125,7 +129,7 @@ def specialist_net(cfg: SpecialistConfig = SpecialistConfig(), cache_dir: str | 
     if key in _NETS:
         return _NETS[key]
     path = weights_path(cfg, cache_dir)
-    net = TinyUNet(cfg.train.base)
+    net = TinyUNet(cfg.train.base, cfg.train.prior)
     if path.is_file():
         net.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
         net.eval()

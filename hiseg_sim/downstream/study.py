@@ -2,7 +2,10 @@
 each label set, test on the holdout cohort's ground truth.
 
 ``hiseg-sim run experiments/downstream.toml`` (a spec of ``kind = "downstream"``) runs
-:func:`run_downstream`:
+:func:`run_downstream`; ``hiseg-sim report runs/<name>`` rebuilds its report from the saved results
+(:func:`hiseg_sim.downstream.report.rebuild_report`). The training cases are the spec's ``[cases]``:
+the shipped study uses :func:`hiseg_sim.downstream.pool.training_cases` (the 40 default-cohort
+nodules and 120 more calibration-split phantoms), every one labelled by every annotator arm.
 
 1. train (or load from the cache) every specialist the study's ``specialist_sam`` arms name, in
    this process, so the runner's workers only load weights;
@@ -230,6 +233,8 @@ def run_downstream(spec, out_dir=None, *, executor=None, workers=None, cache_dir
     summary = {
         "study": spec.name, "status": "complete", "run_dir": str(run_dir), "settings": st,
         "train_cases": len(train_cases), "test_cases": len(test_cases), "test_slices": len(crops),
+        "train_source": {"cohort": spec.cases.cohort, "source": spec.cases.source, "kwargs": dict(spec.cases.kwargs)},
+        "train_config": cfg,
         "labelled_for_specialist": sorted(labelled), "table": _records(table),
         "label_quality": lq.groupby("arm")["dice"].mean().to_dict(),
         "label_area_ratio": lq.groupby("arm")["area_ratio"].median().to_dict(),
@@ -241,6 +246,10 @@ def run_downstream(spec, out_dir=None, *, executor=None, workers=None, cache_dir
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     per_case.to_csv(run_dir / "downstream_per_case.csv", index=False)
+    lq.to_csv(run_dir / "downstream_label_quality.csv", index=False)
+    from hiseg_sim.downstream.report import example_sets, save_examples
+
+    save_examples(example_sets(sets), run_dir / "downstream_examples.npz")
     (run_dir / "downstream.json").write_text(json.dumps(summary, indent=2, default=_json))
     if report:
         from hiseg_sim.downstream.report import write_report

@@ -41,6 +41,9 @@ class TrainConfig:
         patch_px: side of the training patch cut from the middle of each augmented slice (the net
             is fully convolutional: it predicts on any side divisible by 4, e.g. the 96-px viewport).
         threads: torch intra-op threads during training.
+        prior: give the net the centre-prior channel (:class:`~hiseg_sim.downstream.unet.TinyUNet`).
+        jitter_hu: intensity augmentation: each slice's HU scaled by ``1 + N(0, jitter_hu / 1000)``
+            and offset by ``N(0, jitter_hu)`` (0: none).
     """
 
     steps: int = 250
@@ -50,6 +53,8 @@ class TrainConfig:
     shift_px: int = 12
     patch_px: int = 64
     threads: int = 1
+    prior: bool = False
+    jitter_hu: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,13 +134,17 @@ def train_unet(images_hu: np.ndarray, labels: np.ndarray, weights: np.ndarray | 
     try:
         torch.manual_seed(int(seed))
         rng = np.random.default_rng([int(seed), 0x5E6])
-        net = TinyUNet(cfg.base)
+        net = TinyUNet(cfg.base, cfg.prior)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr * 0.05)
         net.train()
         for _ in range(int(cfg.steps)):
             idx = rng.integers(0, len(x), size=int(cfg.batch))
             xb, yb, wb = (_centre(a, int(cfg.patch_px)) for a in augment_batch(x, y, w, idx, rng, int(cfg.shift_px)))
+            if cfg.jitter_hu > 0:
+                j = float(cfg.jitter_hu)
+                xb = (xb * (1.0 + rng.normal(0.0, j / 1000.0, (len(xb), 1, 1)))
+                      + rng.normal(0.0, j, (len(xb), 1, 1))).astype(np.float32)
             xt = torch.from_numpy(to_input(xb))[:, None]
             loss = _loss(net(xt), torch.from_numpy(yb)[:, None], torch.from_numpy(wb)[:, None])
             opt.zero_grad(set_to_none=True)
