@@ -21,6 +21,7 @@ from hiseg_sim.policies.demos import ACCEPT_SECONDS, Demos, best_prefix  # noqa:
 from hiseg_sim.policies.spaces import (PolicyView, action_from_env, action_to_env, augment, grid_to_px,  # noqa: E402
                                        observe, px_to_grid)
 from tests.env_support import EnvStubSegmenter, synthetic_cases  # noqa: E402
+from tests.policy_support import one_thread, square_demos  # noqa: E402,F401
 
 CASES = "tests.env_support:synthetic_cases"
 STUB = "tests.env_support:EnvStubSegmenter"
@@ -135,35 +136,6 @@ def test_best_prefix_cuts_at_the_best_mask_and_accepts():
     assert pairs[-1][0]["tag"] == 9
 
 
-def _toy_demos(n=64, size=32, grid=16, seed=0):
-    """Boxes around a bright square whose place varies; Accept once a mask is shown."""
-    rng = np.random.default_rng(seed)
-    screens, states, acts = [], [], []
-    for i in range(n):
-        s = np.zeros((5, size, size), np.uint8)
-        x0, y0 = rng.integers(2, size - 12, size=2)
-        s[0, y0:y0 + 8, x0:x0 + 8] = 255
-        if i % 2:
-            s[1] = s[0]
-            acts.append([4, 0, 0, 0, 0])
-        else:
-            acts.append([2] + [px_to_grid(v, grid, size) for v in (x0, y0, x0 + 7, y0 + 7)])
-        screens.append(s)
-        states.append([0.0, 0.0, 0.0, float(i % 2), 0.06 * (i % 2)])
-    return Demos(np.stack(screens), np.asarray(states, np.float32), np.asarray(acts, np.int64),
-                 np.zeros(n, np.float32), np.arange(n) // 2)
-
-
-@pytest.fixture
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_behaviour_cloning_fits_demonstrations(one_thread):
     import torch
     from stable_baselines3.common.policies import MultiInputActorCriticPolicy
@@ -171,7 +143,7 @@ def test_behaviour_cloning_fits_demonstrations(one_thread):
     from hiseg_sim.policies.bc import action_mask, behaviour_clone
     from hiseg_sim.policies.network import ScreenCNN
 
-    demos = _toy_demos(n=40)
+    demos = square_demos(n=40)
     space = gym.spaces.Dict({"screen": gym.spaces.Box(0, 255, (5, 32, 32), np.uint8),
                              "state": gym.spaces.Box(0.0, 1.0, (5,), np.float32)})
     acts = gym.spaces.MultiDiscrete([5, 16, 16, 16, 16])

@@ -10,37 +10,7 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
-from hiseg_sim.policies.demos import Demos  # noqa: E402
-from hiseg_sim.policies.spaces import px_to_grid  # noqa: E402
-
-
-def _square_demos(n=96, size=32, grid=16, seed=0):
-    """A bright square somewhere in the screen, boxed; the same square once masked, accepted."""
-    rng = np.random.default_rng(seed)
-    screens, states, acts = [], [], []
-    for i in range(n):
-        s = np.zeros((5, size, size), np.uint8)
-        x0, y0 = rng.integers(2, size - 10, size=2)
-        s[0, y0:y0 + 6, x0:x0 + 6] = 255
-        if i % 2:
-            s[1] = s[0]
-            acts.append([4, 0, 0, 0, 0])
-        else:
-            acts.append([2] + [px_to_grid(v, grid, size) for v in (x0, y0, x0 + 5, y0 + 5)])
-        screens.append(s)
-        states.append([0.0, 0.0, 0.0, float(i % 2), 0.04 * (i % 2)])
-    return Demos(np.stack(screens), np.asarray(states, np.float32), np.asarray(acts, np.int64),
-                 np.zeros(n, np.float32), np.arange(n) // 2)
-
-
-@pytest.fixture
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.policy_support import one_thread, square_demos  # noqa: E402,F401
 
 
 def _spatial_policy(size=32, grid=16):
@@ -57,7 +27,7 @@ def _spatial_policy(size=32, grid=16):
 def test_held_out_split_keeps_groups_whole():
     from hiseg_sim.policies.bc import _split
 
-    d = _square_demos(n=40)
+    d = square_demos(side=6, accept_state=0.04, n=40)
     groups = d.episode % 5
     tr, va = _split(d, np.random.default_rng(0), groups, val_frac=0.2)
     assert len(va) and len(tr) and not set(groups[tr]) & set(groups[va])
@@ -72,7 +42,7 @@ def test_spatial_policy_boxes_squares_in_unseen_places(one_thread, tmp_path):
     from hiseg_sim.policies.train import save_policy
 
     torch.manual_seed(0)
-    demos = _square_demos(n=64)
+    demos = square_demos(side=6, accept_state=0.04, n=64)
     pol = _spatial_policy()
     curve = behaviour_clone(pol, demos, 16, epochs=12, batch_size=16, lr=3e-3, seed=0, groups=demos.episode % 8,
                             schedule="cosine", patience=10, restore_best=True)
@@ -98,7 +68,7 @@ def test_spatial_policy_boxes_squares_in_unseen_places(one_thread, tmp_path):
 def test_early_stopping_ends_training(one_thread):
     from hiseg_sim.policies.bc import behaviour_clone
 
-    demos = _square_demos(n=24)
+    demos = square_demos(side=6, accept_state=0.04, n=24)
     curve = behaviour_clone(_spatial_policy(), demos, 16, epochs=50, batch_size=8, lr=0.0, seed=0, patience=2)
     assert len(curve) == 3  # a learning rate of 0 never improves on the first epoch
     with pytest.raises(ValueError, match="schedule"):
