@@ -152,7 +152,12 @@ def calibrate(
     typer.echo(f"{split}: real pairwise Dice {res['real_pairwise_dice']:.3f}, simulated {res['sim_pairwise_dice']:.3f}, "
                f"KS {res['ks']:.3f}")
     for band, v in res["by_size"].items():
-        typer.echo(f"  {band:>5} mm (n={v['n']}): real {v['real']:.3f}  sim {v['sim']:.3f}  KS {v['ks']:.3f}")
+        if not v["n"]:
+            typer.echo(f"  {band:>5} mm (n=0)")
+            continue
+        ci = v.get("gap_ci95")
+        gap = f"  sim - real {v['sim'] - v['real']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+        typer.echo(f"  {band:>5} mm (n={v['n']}): real {v['real']:.3f}  sim {v['sim']:.3f}  KS {v['ks']:.3f}{gap}")
 
 
 def _study_errors(fn):

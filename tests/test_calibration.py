@@ -136,7 +136,10 @@ def test_evaluate_schema(lidc_db):
     assert list(res) == ["real_pairwise_dice", "sim_pairwise_dice", "ks", "by_size"]
     assert list(res["by_size"]) == BANDS
     for band in res["by_size"].values():
-        assert set(band) == {"real", "sim", "ks", "n"}
+        assert set(band) == {"real", "sim", "ks", "n", "gap_ci95"}
+        if band["n"] >= 2:  # the interval holds the point estimate of sim - real
+            lo, hi = band["gap_ci95"]
+            assert lo <= band["sim"] - band["real"] + 1e-3 and band["sim"] - band["real"] - 1e-3 <= hi
     assert sum(b["n"] for b in res["by_size"].values()) == 12
     assert 0 < res["real_pairwise_dice"] <= 1 and 0 < res["sim_pairwise_dice"] <= 1
     json.dumps(res)
@@ -163,3 +166,17 @@ def test_saved_fit_on_the_holdout(lidc_db):
         if band["n"] >= 50:
             assert abs(band["sim"] - band["real"]) <= 0.03, name
             assert band["ks"] <= 0.15, name
+
+
+def test_gap_interval_is_a_bootstrap_over_nodules():
+    from types import SimpleNamespace
+
+    real = [0.8, 0.7, 0.9, 0.75]
+    nods = [SimpleNamespace(real={"dice": r}) for r in real]
+    shifted = [[{"dice": r + 0.05}, {"dice": r + 0.15}] for r in real]  # replicates average to +0.1
+    lo, hi = C.gap_interval(nods, shifted)
+    assert lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    outlier = nods + [SimpleNamespace(real={"dice": 0.1})]
+    lo2, hi2 = C.gap_interval(outlier, shifted + [[{"dice": 0.8}]])
+    assert lo2 == pytest.approx(0.1) and hi2 > 0.3  # one reader pair far off the model widens the band
+    assert C.gap_interval(nods[:1], shifted[:1]) is None

@@ -232,7 +232,7 @@ def test_repeat_guard_turns_an_identical_prompt_into_accept(trained, monkeypatch
     env = _env(**SMALL)
     obs, info = env.reset(seed=0)
     for guard, second in ((True, Accept()), (False, BoxAction(9, 9, 31, 31))):
-        a = store.PolicyAnnotator(str(root / "smoke2d"), repeat_guard=guard)
+        a = store.PolicyAnnotator(str(root / "smoke2d"), repeat_guard=guard, box_decode="independent")
         monkeypatch.setitem(store.PolicyAnnotator._CACHE, a.path, SameBox())
         a.reset(knowledge, np.random.default_rng(0))
         first = a.act(obs, info)

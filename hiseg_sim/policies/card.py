@@ -22,6 +22,9 @@ def card_markdown(card: dict) -> str:
              f"- kind: {card['kind']}",
              f"- environment: `{card['env_id']}` (grid {card['grid']} cells per side, step budget {card['max_episode_steps']})",
              f"- training cohort: `{card['cohort']}`; segmenter: `{card['segmenter']}`",
+             "- sees: " + (f"the image, its mask and prompts, and the intent of a `{card['perception']}` "
+                           "(that profile's perception step: its eye, the policy's hand)" if card.get("perception")
+                           else "the image, its mask and prompts (no intent: it must find the nodule itself)"),
              f"- reward: {card['reward']}",
              f"- PPO steps: {card['steps']}; seed: {card['seeds'].get('train')}",
              f"- training wall time: {tr.get('wall_s')} s on {tr.get('cores')} cores "

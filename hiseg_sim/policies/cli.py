@@ -60,12 +60,15 @@ def train_policy_command(
     time_penalty: float = typer.Option(0.005, help="Reward lost per simulated second."),
     grid: int = typer.Option(48, help="Grid cells per viewport side for click and box coordinates."),
     viewport_px: int = typer.Option(96, help="Viewport side in pixels (the env's viewport_px)."),
+    perception: Optional[str] = typer.Option(None, help="Give the policy the intent of a person of this profile "
+                                             "(e.g. junior_medical_student) as an extra channel: their eye, its hand."),
     bc_annotator: str = typer.Option("expert_radiologist", help="Annotator whose traces are cloned."),
     bc_episodes: int = typer.Option(240, help="Demonstration episodes (0: no behaviour cloning)."),
     bc_epochs: int = typer.Option(80, help="Behaviour-cloning epochs."),
+    bc_min_dice: float = typer.Option(0.5, help="Leave out demonstration episodes whose best Dice is under this."),
     bc_lr: float = typer.Option(1e-3, help="Behaviour-cloning learning rate (the start, with --bc-schedule cosine)."),
     bc_schedule: str = typer.Option("constant", help="Behaviour-cloning learning-rate schedule: constant or cosine."),
-    bc_split: str = typer.Option("episode", help="Hold out whole 'episode's or whole 'case's of the demonstrations."),
+    bc_split: str = typer.Option("episode", help="Hold out whole 'episode's, 'case's or 'nodule's (all renderings of a nodule) of the demonstrations."),
     bc_patience: Optional[int] = typer.Option(None, help="Stop cloning after this many epochs without a better "
                                               "held-out box error; the best epoch's weights are kept."),
     network: str = typer.Option("cnn", help="cnn (ScreenCNN, dense heads) or spatial (SpatialScreenNet: "
@@ -87,8 +90,8 @@ def train_policy_command(
 
         cache_dir = Path(default_cache_dir())
     cfg = TrainConfig(name=name, env=env, cohort=cohort, segmenter=segmenter, steps=steps, n_envs=n_envs, vec=vec,
-                      seed=seed, time_penalty=time_penalty, grid=grid, bc_annotator=bc_annotator,
-                      bc_episodes=bc_episodes, bc_epochs=bc_epochs, bc_lr=bc_lr, bc_schedule=bc_schedule,
+                      seed=seed, time_penalty=time_penalty, grid=grid, perception=perception, bc_annotator=bc_annotator,
+                      bc_episodes=bc_episodes, bc_epochs=bc_epochs, bc_min_dice=bc_min_dice, bc_lr=bc_lr, bc_schedule=bc_schedule,
                       bc_split=bc_split, bc_patience=bc_patience, bc_restore_best=bc_patience is not None,
                       network=network,
                       demos_path=str(demos) if demos else None,

@@ -115,7 +115,8 @@ def collect_demos(env: gym.Env, annotator_name: str, case_ids: list[str], episod
 
     Cases are taken in order, round after round; each round is a fresh person (a new annotator
     from the registry) and uses episode seeds :func:`~hiseg_sim.annotators.harness.episode_seed`
-    ``(seed + round, case)``, so the viewports differ between rounds.
+    ``(seed + round, case)``, so the viewports differ between rounds. A progress bar shows on
+    stderr (``progress=True`` prints one line per episode instead).
     """
     from hiseg_sim.annotators.harness import episode_seed, run_episode
     from hiseg_sim.annotators.registry import build_annotator
@@ -128,7 +129,10 @@ def collect_demos(env: gym.Env, annotator_name: str, case_ids: list[str], episod
     raw_dice, raw_sec, cut_dice, cut_sec, kept = [], [], [], [], 0
     agent = None
     t0 = time.perf_counter()
-    for i in range(int(episodes)):
+    from hiseg_sim.progress import progress_iter
+
+    for i in progress_iter(range(int(episodes)), desc=f"demonstrations ({annotator_name})", unit="episode",
+                           enabled=not progress):
         rnd, cid = divmod(i, len(case_ids))
         if cid == 0 or agent is None:
             agent = build_annotator(annotator_name)

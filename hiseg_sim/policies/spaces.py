@@ -6,7 +6,9 @@ The environments keep their own spaces (:mod:`hiseg_sim.env.observation`,
 Observation (``Dict``):
 
 - ``"screen"``: ``Box(0, 255, (5, S, S), uint8)``: the viewport image, the current mask and the
-  three prompt channels (positive clicks, negative clicks, box outline), stacked channel-first.
+  three prompt channels (positive clicks, negative clicks, box outline), stacked channel-first;
+  when the env adds ``"intent"`` (:class:`~hiseg_sim.policies.intent.PerceivedIntent`), that
+  channel comes sixth.
 - ``"state"``: ``Box(0, 1, (n,), float32)``: the model's predicted IoU, the step as a share of
   the episode's step budget, the simulated seconds / :data:`SECONDS_SCALE`, whether a mask is
   shown, the mask's area as a share of the viewport; in 3-D also the slice in view as a share of
@@ -56,7 +58,8 @@ def state_size(three_d: bool) -> int:
 def observe(obs: dict, max_steps: int, three_d: bool = False) -> dict:
     """The policy's observation of an env observation (see the module docstring); pure."""
     mask = obs["mask"]
-    screen = np.concatenate([obs["image"], mask, obs["prompts"]], axis=0).astype(np.uint8, copy=False)
+    parts = [obs["image"], mask, obs["prompts"]] + ([obs["intent"]] if "intent" in obs else [])
+    screen = np.concatenate(parts, axis=0).astype(np.uint8, copy=False)
     area = float(np.count_nonzero(mask)) / mask[0].size
     st = [float(obs["iou_pred"][0]), min(1.0, float(obs["step"][0]) / max(1, max_steps)),
           min(1.0, float(obs["seconds"][0]) / SECONDS_SCALE), float(area > 0), area]
@@ -148,7 +151,8 @@ class PolicyView(gym.Wrapper):
         n_kinds = int(u.action_space.nvec[0])
         self.action_space = spaces.MultiDiscrete(np.array([n_kinds] + [self.grid] * 4, np.int64))
         self.observation_space = spaces.Dict({
-            "screen": spaces.Box(0, 255, (len(SCREEN_CHANNELS), self.size, self.size), np.uint8),
+            "screen": spaces.Box(0, 255, (len(SCREEN_CHANNELS) + int("intent" in env.observation_space.spaces),
+                                          self.size, self.size), np.uint8),
             "state": spaces.Box(0.0, 1.0, (state_size(self.three_d),), np.float32),
         })
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["POLICY_FILE", "CARD_JSON", "PolicyAnnotator", "is_policy_dir", "load_policy", "policies_dir",
+__all__ = ["POLICY_FILE", "CARD_JSON", "PolicyAnnotator", "best_ordered_pair", "is_policy_dir", "load_policy", "policies_dir",
            "policy_dir", "policy_names"]
 
 POLICY_FILE = "policy.zip"
@@ -68,10 +68,31 @@ def load_policy(name: str | Path):
     return policy, card
 
 
+BOX_KIND = 2  # hiseg_sim.env.actions.Kind.BOX
+
+
+def best_ordered_pair(lp_lo: np.ndarray, lp_hi: np.ndarray, min_gap: int = 1) -> tuple[int, int]:
+    """``argmax_{j >= i + min_gap} lp_lo[i] + lp_hi[j]``: the best pair of ordered corner cells.
+
+    >>> best_ordered_pair(np.log([0.1, 0.2, 0.7]), np.log([0.1, 0.8, 0.1]))
+    (0, 1)
+    """
+    lp_lo, lp_hi = np.asarray(lp_lo, float), np.asarray(lp_hi, float)
+    n = len(lp_lo)
+    if len(lp_hi) != n or n <= min_gap:
+        raise ValueError(f"need two score vectors of one length > min_gap; got {len(lp_lo)}, {len(lp_hi)}")
+    tot = lp_lo[:, None] + lp_hi[None, :]
+    tot[~np.triu(np.ones((n, n), bool), k=int(min_gap))] = -np.inf
+    i, j = np.unravel_index(int(np.argmax(tot)), tot.shape)
+    return int(i), int(j)
+
+
 class PolicyAnnotator:
     """A saved policy with the :class:`~hiseg_sim.annotators.protocol.Annotator` protocol.
 
-    It sees only the observation (``reads_ground_truth = False``, no intent); ``act`` maps the
+    It sees only the observation (``reads_ground_truth = False``) and, when its card names a
+    ``perception`` profile, the intent the harness's perception step draws for it as for a person
+    of that profile (:mod:`hiseg_sim.policies.intent`); ``act`` maps the
     observation through :func:`~hiseg_sim.policies.spaces.observe`, asks the policy for a grid
     action (``deterministic``: the most likely one; else sampled with the episode's generator
     seeding torch) and returns the typed env action. The policy's weights are loaded once per
@@ -89,12 +110,16 @@ class PolicyAnnotator:
         deterministic: act greedily (default) or sample.
         label: the name written in traces (default the policy's name).
         repeat_guard: replace an exact repeat of the previous prompt by ``Accept``.
+        box_decode: how a greedy policy turns its corner distributions into a box: ``"joint"``
+            (default; :meth:`_joint_box`, corners kept in order) or ``"independent"`` (each
+            corner's argmax, as evaluations before 2026-11-24 session 3 did).
     """
 
     reads_ground_truth = False
     _CACHE: dict[str, Any] = {}
 
-    def __init__(self, name: str, deterministic: bool = True, label: str | None = None, repeat_guard: bool = True):
+    def __init__(self, name: str, deterministic: bool = True, label: str | None = None, repeat_guard: bool = True,
+                 box_decode: str | None = None):
         d = policy_dir(name)
         self.path = str(d.resolve())
         self.card = json.loads((d / CARD_JSON).read_text())
@@ -107,6 +132,13 @@ class PolicyAnnotator:
         self.three_d = bool(self.card.get("three_d", False))
         self.max_steps = int(self.card.get("max_episode_steps", 20))
         self._rng: np.random.Generator | None = None
+        self.perception = self.card.get("perception")  # a profile's eye (policies.intent), or None
+        self._intent = None
+        if self.perception:  # the harness's perception step then draws this policy's intent
+            self.perception_params = self._perception_params
+        self.box_decode = box_decode if box_decode is not None else str(self.card.get("box_decode", "joint"))
+        if self.box_decode not in ("joint", "independent"):
+            raise ValueError(f"box_decode must be 'joint' or 'independent'; got {self.box_decode!r}")
 
     def __deepcopy__(self, memo):  # the weights are shared, the per-episode state is not
         new = object.__new__(type(self))
@@ -121,8 +153,17 @@ class PolicyAnnotator:
             pol = PolicyAnnotator._CACHE[self.path] = load_policy(self.path)[0]
         return pol
 
+    def _perception_params(self):
+        from hiseg_sim.policies.intent import perception_params_of
+
+        key = ("perception", self.perception)
+        if key not in PolicyAnnotator._CACHE:
+            PolicyAnnotator._CACHE[key] = perception_params_of(self.perception)
+        return PolicyAnnotator._CACHE[key]
+
     def reset(self, knowledge, rng: np.random.Generator) -> None:
         self._rng = rng
+        self._intent = getattr(knowledge, "intent", None) if self.perception else None
         self._last = None
         self.guarded = 0
 
@@ -138,11 +179,17 @@ class PolicyAnnotator:
         if obs["image"].shape[-1] != want:
             raise ValueError(f"policy {self.name!r} was trained on a {want}-px viewport; this env shows "
                              f"{obs['image'].shape[-1]} px (give the env viewport_px={want})")
+        if self.perception:
+            from hiseg_sim.policies.intent import intent_channel
+
+            obs = {**obs, "intent": intent_channel(self._intent, int(obs["image"].shape[-1]))}
         view = observe(obs, self.max_steps, self.three_d)
         if not self.deterministic:
             torch.manual_seed(int(self._rng.integers(2**31)))
         with torch.no_grad():
             a, _ = self.policy.predict(view, deterministic=self.deterministic)
+            if self.deterministic and self.box_decode == "joint" and int(np.asarray(a).reshape(-1)[0]) == BOX_KIND:
+                a = self._joint_box(view, a)
         size = int(obs["image"].shape[-1])
         arr = action_to_env(a, self.grid, size)
         if self.repeat_guard and self._last is not None and arr[0] <= 2 and np.array_equal(arr, self._last):
@@ -150,6 +197,23 @@ class PolicyAnnotator:
             arr = np.array([4, 0, 0, 0, 0], np.int64)  # Accept
         self._last = arr
         return from_array(arr)
+
+    def _joint_box(self, view: dict, a) -> np.ndarray:
+        """The most likely box with its corners in order: per axis, the pair of cells ``(lo, hi)``
+        with ``hi >= lo + 1`` that maximises ``log p(lo) + log p(hi)`` under the policy's two
+        (independent) corner distributions. Taking each corner's own argmax can give a box whose
+        corners cross or meet when the distributions are wide; the env would then see a sliver or
+        an invalid box."""
+        import torch
+
+        obs_t, _ = self.policy.obs_to_tensor(view)
+        dist = self.policy.get_distribution(obs_t)
+        lps = [torch.log_softmax(d.logits[0], dim=-1).cpu().numpy() for d in dist.distribution]
+        out = np.asarray(a, np.int64).reshape(-1).copy()
+        for lo, hi in ((1, 3), (2, 4)):
+            i, j = best_ordered_pair(lps[lo], lps[hi])
+            out[lo], out[hi] = i, j
+        return out
 
     def episode_info(self) -> dict:
         return {"repeat_guarded": int(self.guarded)}

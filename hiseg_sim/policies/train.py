@@ -75,6 +75,8 @@ class TrainConfig:
     time_penalty: float = 0.005
     grid: int = 48
     # behaviour cloning
+    # a profile whose perception gives the policy an intent channel (policies.intent); None: image only
+    perception: str | None = None
     bc_annotator: str = "expert_radiologist"
     bc_episodes: int = 240
     bc_epochs: int = 80
@@ -83,7 +85,7 @@ class TrainConfig:
     bc_schedule: str = "constant"  # or "cosine"
     bc_patience: int | None = None  # stop after this many epochs without a better held-out box error
     bc_restore_best: bool = False  # keep the weights of the best held-out epoch
-    bc_split: str = "episode"  # hold out whole "episode"s or whole "case"s of the demonstrations
+    bc_split: str = "episode"  # hold out whole "episode"s, "case"s or "nodule"s (all renderings of one) of the demos
     demos_path: str | None = None
     # start from a saved policy's weights (a name or directory; same network): no behaviour cloning
     init_policy: str | None = None
@@ -124,11 +126,13 @@ def make_training_env(cfg: TrainConfig, segmenter=None):
 def _factory(cfg: TrainConfig, segmenter=None, threads=None, workers: int = 1):
     from hiseg_sim.env.vector import EnvFactory
     from hiseg_sim.env.wrappers import EpisodeStatistics
+    from hiseg_sim.policies.intent import PerceivedIntent
     from hiseg_sim.policies.spaces import PolicyView
 
     seg = segmenter if segmenter is not None else (
         cfg.segmenter if ":" not in cfg.segmenter else SegmenterFactory(cfg.segmenter, cfg.cache_dir))
-    return EnvFactory(cfg.env_id, (EpisodeStatistics, partial(PolicyView, grid=cfg.grid)), threads, workers,
+    wrappers = (EpisodeStatistics,) + ((partial(PerceivedIntent, profile=cfg.perception),) if cfg.perception else ())
+    return EnvFactory(cfg.env_id, wrappers + (partial(PolicyView, grid=cfg.grid),), threads, workers,
                       cases=CasesFactory(cfg.cohort, cfg.case_limit), segmenter=seg, cache_dir=cfg.cache_dir,
                       time_penalty=cfg.time_penalty, **cfg.env_kwargs)
 
@@ -170,6 +174,10 @@ def _demos(cfg: TrainConfig, log):
     seg = cfg.segmenter if ":" not in cfg.segmenter else SegmenterFactory(cfg.segmenter, cfg.cache_dir)()
     env = gym.make(cfg.env_id, cases=CasesFactory(cfg.cohort, cfg.case_limit), segmenter=seg, cache_dir=cfg.cache_dir,
                    time_penalty=cfg.time_penalty, **cfg.env_kwargs)
+    if cfg.perception:
+        from hiseg_sim.policies.intent import PerceivedIntent
+
+        env = PerceivedIntent(env, cfg.perception)
     try:
         demos = collect_demos(env, cfg.bc_annotator, _case_ids(cfg), cfg.bc_episodes, seed=cfg.seed, grid=cfg.grid,
                               time_penalty=cfg.time_penalty, min_dice=cfg.bc_min_dice)
@@ -286,8 +294,14 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
             groups = None
             if cfg.bc_split == "case":  # collect_demos takes the cases in order, round after round
                 groups = demos.episode % len(_case_ids(cfg))
+            elif cfg.bc_split == "nodule":  # a nodule's renderings stay on one side (policies.cohorts)
+                from hiseg_sim.policies.cohorts import nodule_of
+
+                ids = [nodule_of(c) for c in _case_ids(cfg)]
+                index = {n: i for i, n in enumerate(dict.fromkeys(ids))}
+                groups = np.array([index[ids[e % len(ids)]] for e in demos.episode], np.int64)
             elif cfg.bc_split != "episode":
-                raise ValueError(f"bc_split must be 'episode' or 'case'; got {cfg.bc_split!r}")
+                raise ValueError(f"bc_split must be 'episode', 'case' or 'nodule'; got {cfg.bc_split!r}")
             behaviour_clone(model.policy, demos, cfg.grid, epochs=cfg.bc_epochs, lr=cfg.bc_lr, seed=cfg.seed, log=_log_bc,
                             groups=groups, schedule=cfg.bc_schedule, patience=cfg.bc_patience,
                             restore_best=cfg.bc_restore_best)
@@ -332,6 +346,7 @@ def _card(cfg: TrainConfig, model, vec, demo_stats, timing, curve, steps: int, w
         "max_episode_steps": int(getattr(spec, "max_episode_steps", 20) or 20),
         "grid": cfg.grid,
         "network": cfg.network,
+        "perception": cfg.perception,
         "viewport_px": int(cfg.env_kwargs.get("viewport_px", 96)),
         "cohort": cfg.cohort,
         "segmenter": cfg.segmenter,

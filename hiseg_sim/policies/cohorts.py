@@ -1,0 +1,85 @@
+"""Training cohorts for policies: the default cohort's nodules, rendered more than once.
+
+The default cohort has 40 nodules, each in one synthetic chest (its ``phantom_seed``). A policy
+that must find the nodule in the image learns little about "a nodule" from 40 pictures, so
+:func:`default_renderings` puts every default-cohort nodule (the same real LIDC contour) into
+``n_renderings`` synthetic chests: the shipped one and ``n_renderings - 1`` more, with phantom
+seeds drawn deterministically from the nodule id. Anatomy, vessels, noise and the nodule's place
+change; the nodule's outline does not. No holdout nodule is used (they come from other patients).
+
+Each rendering is a case of its own, ``"<nodule id>@r<k>"`` (``k = 0`` is the shipped phantom);
+:func:`nodule_of` gives the nodule back, for splits that keep a nodule's renderings together.
+All of them go through the on-disk case cache, so only the first call builds them (about 0.2 s
+each).
+
+>>> nodule_of("LIDC-IDRI-0078/n1@r3")
+'LIDC-IDRI-0078/n1'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import numpy as np
+
+__all__ = ["default_renderings", "default_renderings_4", "nodule_of", "rendering_manifest", "validation_cases"]
+
+SEP = "@r"
+
+
+def nodule_of(case_id: str) -> str:
+    """The nodule id of a rendering's case id (the id itself when it is not a rendering)."""
+    return str(case_id).split(SEP, 1)[0]
+
+
+def rendering_manifest(n_renderings: int = 8, cohort: str = "default", nodules: int | None = None) -> dict:
+    """A manifest whose cohort ``"renderings"`` lists ``n_renderings`` phantoms per nodule of
+    ``cohort`` (its first ``nodules`` nodules if given)."""
+    from hiseg_sim.data.cohort import read_manifest
+
+    if int(n_renderings) < 1:
+        raise ValueError(f"n_renderings must be >= 1; got {n_renderings!r}")
+    man = read_manifest()
+    if cohort == "holdout":
+        raise ValueError("policies are trained on the default cohort; the holdout cohort is for evaluation only")
+    cases = []
+    for entry in man["cohorts"][cohort]["cases"][: nodules]:
+        rng = np.random.default_rng([zlib.crc32(entry["nodule_id"].encode()), 7])
+        seeds = [int(entry["phantom_seed"])]
+        while len(seeds) < int(n_renderings):
+            s = int(rng.integers(10_000, 1_000_000))
+            if s not in seeds:
+                seeds.append(s)
+        cases.extend({**entry, "phantom_seed": s, "rendering": k} for k, s in enumerate(seeds))
+    return {"version": 1, "cohorts": {"renderings": {"cases": cases}}}
+
+
+def default_renderings(n_renderings: int = 8, nodules: int | None = None) -> list:
+    """Every default-cohort nodule (the first ``nodules`` if given) in ``n_renderings`` phantoms,
+    rendering by rendering (all nodules of rendering 0, then of rendering 1, ...), as cases named
+    ``"<nodule id>@r<k>"``."""
+    from hiseg_sim.data.cohort import iter_cohort
+
+    man = rendering_manifest(n_renderings, nodules=nodules)
+    out = []
+    for entry, case in zip(man["cohorts"]["renderings"]["cases"], iter_cohort("renderings", man)):
+        meta = {**case.meta, "rendering": entry["rendering"], "nodule_id": entry["nodule_id"]}
+        out.append(dataclasses.replace(case, case_id=f"{entry['nodule_id']}{SEP}{entry['rendering']}", meta=meta))
+    order = sorted(range(len(out)), key=lambda i: (out[i].meta["rendering"], i))
+    return [out[i] for i in order]
+
+
+def default_renderings_4() -> list:
+    """:func:`default_renderings` with 4 renderings (a ``"module:function"`` cohort for small runs)."""
+    return default_renderings(4)
+
+
+def validation_cases(n: int = 40) -> list:
+    """``n`` nodules of calibration patients that are in neither the default nor the holdout cohort
+    (the last ``n`` of the shipped 200-nodule pool, :mod:`hiseg_sim.downstream.pool`): for choosing
+    between policies without looking at the holdout."""
+    from hiseg_sim.downstream.pool import pool_cases
+
+    cases = pool_cases()
+    return cases[-int(n):]
