@@ -84,9 +84,10 @@ def add_evaluation(policy_dir: str | Path, evaluation: dict) -> dict:
     return card
 
 
-def plot_training_curve(curve: list[dict], path: str | Path, title: str = "") -> Path:
-    """Two panels: behaviour cloning (loss, held-out kind accuracy per epoch) and PPO (episode
-    Dice, simulated seconds and return per rollout, means over the last 32 episodes)."""
+def plot_training_curve(curve: list[dict], path: str | Path, title: str = "", demonstrator: str | None = None) -> Path:
+    """Behaviour cloning (loss, held-out kind accuracy and corner error per epoch; from
+    ``demonstrator``'s traces) and PPO (episode Dice, simulated seconds and return per rollout,
+    means over the last 32 episodes); a phase that did not run gets no panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,7 +95,9 @@ def plot_training_curve(curve: list[dict], path: str | Path, title: str = "") ->
 
     bc = [r for r in curve if r["phase"] == "bc"]
     ppo = [r for r in curve if r["phase"] == "ppo"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    n = int(bool(bc)) + int(bool(ppo)) or 1
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n + 0.5, 4), squeeze=False)
+    axes = list(axes[0])
     ax = axes[0]
     if bc:
         ep = [r["epoch"] for r in bc]
@@ -110,10 +113,10 @@ def plot_training_curve(curve: list[dict], path: str | Path, title: str = "") ->
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper right")
-        ax.set_title("behaviour cloning from expert traces")
-    else:
-        ax.text(0.5, 0.5, "no behaviour cloning", ha="center", va="center", transform=ax.transAxes)
-    ax = axes[1]
+        ax.set_title(f"behaviour cloning from {demonstrator or 'demonstration'} traces", fontsize=10)
+    elif not ppo:
+        ax.text(0.5, 0.5, "no training steps", ha="center", va="center", transform=ax.transAxes)
+    ax = axes[-1]
     if ppo:
         x = [r["timesteps"] for r in ppo]
         ax.plot(x, [r["dice"] for r in ppo], label="episode Dice", color="tab:blue")
@@ -128,9 +131,7 @@ def plot_training_curve(curve: list[dict], path: str | Path, title: str = "") ->
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower right")
-        ax.set_title("PPO fine-tuning (training cohort, sampled actions)")
-    else:
-        ax.text(0.5, 0.5, "no PPO steps", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title("PPO fine-tuning (training cohort, sampled actions)", fontsize=10)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

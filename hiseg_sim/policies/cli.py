@@ -59,6 +59,8 @@ def train_policy_command(
     seed: int = typer.Option(0, help="Seed of PPO, the demonstrations and the environments."),
     time_penalty: float = typer.Option(0.005, help="Reward lost per simulated second."),
     grid: int = typer.Option(48, help="Grid cells per viewport side for click and box coordinates."),
+    torch_threads: int = typer.Option(1, help="Intra-op threads of the learner (2 speeds up cloning when no "
+                                      "PPO environments compete for the cores)."),
     viewport_px: int = typer.Option(96, help="Viewport side in pixels (the env's viewport_px)."),
     perception: Optional[str] = typer.Option(None, help="Give the policy the intent of a person of this profile "
                                              "(e.g. junior_medical_student) as an extra channel: their eye, its hand."),
@@ -90,7 +92,7 @@ def train_policy_command(
 
         cache_dir = Path(default_cache_dir())
     cfg = TrainConfig(name=name, env=env, cohort=cohort, segmenter=segmenter, steps=steps, n_envs=n_envs, vec=vec,
-                      seed=seed, time_penalty=time_penalty, grid=grid, perception=perception, bc_annotator=bc_annotator,
+                      seed=seed, time_penalty=time_penalty, grid=grid, torch_threads=torch_threads, perception=perception, bc_annotator=bc_annotator,
                       bc_episodes=bc_episodes, bc_epochs=bc_epochs, bc_min_dice=bc_min_dice, bc_lr=bc_lr, bc_schedule=bc_schedule,
                       bc_split=bc_split, bc_patience=bc_patience, bc_restore_best=bc_patience is not None,
                       network=network,

@@ -65,7 +65,8 @@ def compare_at_equal_time(data, policy: str, arms: list[str] | None = None, n_bo
                                    seed=seed)
             paired.append({"b": b, "measure": m, **{k: res[k] for k in ("diff", "lo", "hi", "n_pairs", "p_boot")}})
     spec = getattr(data, "spec", None) or {}
-    return {"study": spec.get("name"), "cohort": (spec.get("cases") or {}).get("cohort"), "policy": policy,
+    cases = spec.get("cases") or {}
+    return {"study": spec.get("name"), "cohort": cases.get("cohort") or cases.get("source"), "policy": policy,
             "episodes": int(len(ep)), "t_star": t_star, "arms": rows, "paired": paired}
 
 
@@ -104,8 +105,8 @@ def plot_comparison(data, result: dict, path: str | Path, horizon: float | None 
         bx.errorbar(p["diff"], y, xerr=[[p["diff"] - p["lo"]], [p["hi"] - p["diff"]]], fmt="o", color=col, capsize=3)
     bx.set_yticks(ys, [f"vs {p['b']}\n{p['measure']}" for p in rows], fontsize=8)
     bx.axvline(0, color="k", lw=1)
-    bx.set_xlabel(f"paired difference, {result['policy']} − arm (95 % CI)")
-    bx.set_title("Dice at t* and final Dice")
+    bx.set_xlabel("paired difference, policy − arm (95 % CI)")
+    bx.set_title(f"{result['policy']}: Dice at t* and final Dice", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -33,7 +33,8 @@ from gymnasium import spaces
 
 from hiseg_sim.env import actions as A
 
-__all__ = ["SECONDS_SCALE", "PolicyView", "action_to_env", "action_from_env", "augment", "grid_to_px", "observe",
+__all__ = ["SECONDS_SCALE", "PolicyView", "action_to_env", "action_from_env", "augment", "corner_scores_back",
+           "grid_to_px", "observe",
            "px_to_grid", "state_size"]
 
 #: simulated seconds that map to 1.0 in the ``state`` vector (clipped above)
@@ -114,20 +115,44 @@ def augment(screen: np.ndarray, action: np.ndarray, k: int, flip: bool, grid: in
     if kind not in (A.Kind.POSITIVE, A.Kind.NEGATIVE, A.Kind.BOX):
         return np.ascontiguousarray(s), a
     pts = [(a[1], a[2])] + ([(a[3], a[4])] if kind == A.Kind.BOX else [])
-    m = grid - 1
-    new = []
-    for x, y in pts:
-        if flip:
-            x = m - x
-        for _ in range(k % 4):  # rot90 (counter-clockwise): (x, y) -> (y, m - x)
-            x, y = y, m - x
-        new.append((x, y))
+    new = [_map_point(x, y, k, flip, grid - 1) for x, y in pts]
     if kind == A.Kind.BOX:
         (x0, y0), (x1, y1) = new
         a[1:5] = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
     else:
         a[1:3] = new[0]
     return np.ascontiguousarray(s), a
+
+
+def _map_point(x: int, y: int, k: int, flip: bool, m: int) -> tuple[int, int]:
+    """A grid point under :func:`augment`'s symmetry (``m = grid - 1``)."""
+    if flip:
+        x = m - x
+    for _ in range(k % 4):  # rot90 (counter-clockwise): (x, y) -> (y, m - x)
+        x, y = y, m - x
+    return x, y
+
+
+def corner_scores_back(scores_t: list[np.ndarray], k: int, flip: bool) -> list[np.ndarray]:
+    """Box-corner scores ``[x0, y0, x1, y1]`` (each over the grid) seen on a screen transformed by
+    :func:`augment`'s ``(k, flip)``, expressed in the original screen's frame: entry ``i`` of the
+    original ``x0`` is the score the transformed screen gave to wherever cell ``i`` of the box's
+    left edge went (another edge, maybe the other axis, maybe counted from the other side). For
+    test-time augmentation: average these over the 8 symmetries. Pure."""
+    g = len(scores_t[0])
+    m = g - 1
+    xt, yt = _map_point(1, 2, k, flip, m)
+    if xt in (1, m - 1):  # x stays on the x axis (maybe reversed), y on y
+        axes = {"x": ("x", xt == m - 1), "y": ("y", yt == m - 2)}
+    else:  # a quarter turn: x went to y and y to x
+        axes = {"x": ("y", yt == m - 1), "y": ("x", xt == m - 2)}
+    lo = {"x": scores_t[0], "y": scores_t[1]}
+    hi = {"x": scores_t[2], "y": scores_t[3]}
+    out = {}
+    for ax in ("x", "y"):
+        ax_t, rev = axes[ax]
+        out[ax] = (hi[ax_t][::-1], lo[ax_t][::-1]) if rev else (lo[ax_t], hi[ax_t])
+    return [np.asarray(out["x"][0]), np.asarray(out["y"][0]), np.asarray(out["x"][1]), np.asarray(out["y"][1])]
 
 
 class PolicyView(gym.Wrapper):

@@ -113,13 +113,16 @@ class PolicyAnnotator:
         box_decode: how a greedy policy turns its corner distributions into a box: ``"joint"``
             (default; :meth:`_joint_box`, corners kept in order) or ``"independent"`` (each
             corner's argmax, as evaluations before 2026-11-24 session 3 did).
+        tta: with the joint decode, average the corner log-probabilities over the 8 symmetries
+            of the square (flips and quarter turns of the screen, mapped back) before decoding;
+            default the card's ``tta`` (off). In a study: ``overrides = {tta = true}``.
     """
 
     reads_ground_truth = False
     _CACHE: dict[str, Any] = {}
 
     def __init__(self, name: str, deterministic: bool = True, label: str | None = None, repeat_guard: bool = True,
-                 box_decode: str | None = None):
+                 box_decode: str | None = None, tta: bool | None = None):
         d = policy_dir(name)
         self.path = str(d.resolve())
         self.card = json.loads((d / CARD_JSON).read_text())
@@ -136,6 +139,7 @@ class PolicyAnnotator:
         self._intent = None
         if self.perception:  # the harness's perception step then draws this policy's intent
             self.perception_params = self._perception_params
+        self.tta = bool(self.card.get("tta", False)) if tta is None else bool(tta)
         self.box_decode = box_decode if box_decode is not None else str(self.card.get("box_decode", "joint"))
         if self.box_decode not in ("joint", "independent"):
             raise ValueError(f"box_decode must be 'joint' or 'independent'; got {self.box_decode!r}")
@@ -206,9 +210,23 @@ class PolicyAnnotator:
         an invalid box."""
         import torch
 
-        obs_t, _ = self.policy.obs_to_tensor(view)
-        dist = self.policy.get_distribution(obs_t)
-        lps = [torch.log_softmax(d.logits[0], dim=-1).cpu().numpy() for d in dist.distribution]
+        from hiseg_sim.policies.spaces import augment, corner_scores_back
+
+        def corner_lps(v):
+            obs_t, _ = self.policy.obs_to_tensor(v)
+            dist = self.policy.get_distribution(obs_t)
+            return [torch.log_softmax(d.logits[0], dim=-1).cpu().numpy() for d in dist.distribution[1:5]]
+
+        if not self.tta:
+            lps = [None] + corner_lps(view)
+        else:  # test-time augmentation: mean log-probabilities over the 8 symmetries of the square
+            acc = None
+            for flip in (False, True):
+                for k in range(4):
+                    sc, _ = augment(view["screen"], np.zeros(5, np.int64), k, flip, self.grid)
+                    back = corner_scores_back(corner_lps({"screen": sc, "state": view["state"]}), k, flip)
+                    acc = back if acc is None else [u + w for u, w in zip(acc, back)]
+            lps = [None] + [u / 8.0 for u in acc]
         out = np.asarray(a, np.int64).reshape(-1).copy()
         for lo, hi in ((1, 3), (2, 4)):
             i, j = best_ordered_pair(lps[lo], lps[hi])

@@ -321,7 +321,8 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
         vec.close()
     _write_curve(out, curve)
     if curve:
-        plot_training_curve(curve, out / "training_curve.png", title=cfg.name)
+        plot_training_curve(curve, out / "training_curve.png", title=cfg.name,
+                            demonstrator=(demo_stats or {}).get("annotator") if demo_stats else cfg.bc_annotator)
     log(f"saved {out} ({card['training']['wall_s']:.0f} s)")
     return card
 
