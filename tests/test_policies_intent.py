@@ -118,3 +118,59 @@ def test_training_with_an_eye_saves_it_in_the_card(tmp_path, one_thread):
     env = _env(**SMALL)
     obs, _ = env.reset(seed=0)
     assert observe(obs, 20)["screen"].shape[0] == 5  # the env itself has no intent: the annotator adds it
+
+
+# ---- test-time augmentation --------------------------------------------------------------------
+def test_corner_scores_map_back_from_every_symmetry():
+    from hiseg_sim.policies.spaces import augment, corner_scores_back
+
+    rng = np.random.default_rng(0)
+    g = 16
+    for _ in range(100):
+        x0, x1 = sorted(rng.choice(g, 2, replace=False))
+        y0, y1 = sorted(rng.choice(g, 2, replace=False))
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        _, moved = augment(np.zeros((1, g, g)), np.array([2, x0, y0, x1, y1]), k, flip, g)
+        back = corner_scores_back([np.eye(g)[v] for v in moved[1:5]], k, flip)
+        assert [int(np.argmax(b)) for b in back] == [x0, y0, x1, y1], (k, flip)
+
+
+def test_tta_box_of_an_equivariant_reader_is_the_square(tmp_path, monkeypatch):
+    """A stand-in policy that reads the box off a bright square (so it is exactly equivariant):
+    averaged over the 8 symmetries and mapped back, the scores still peak at the square's box."""
+    import torch
+    from types import SimpleNamespace
+
+    from hiseg_sim.policies.spaces import px_to_grid
+
+    size, g = 32, 16
+
+    class SquareReader:
+        def obs_to_tensor(self, view):
+            return view, None
+
+        def get_distribution(self, v):
+            img = np.asarray(v["screen"])[0] > 0
+            xs, ys = np.flatnonzero(img.any(0)), np.flatnonzero(img.any(1))
+
+            def one(px):
+                logits = torch.full((1, g), -10.0)
+                logits[0, px_to_grid(px, g, size)] = 0.0
+                return torch.distributions.Categorical(logits=logits)
+
+            kind = torch.distributions.Categorical(logits=torch.zeros(1, 5))
+            return SimpleNamespace(distribution=[kind, one(xs[0]), one(ys[0]), one(xs[-1]), one(ys[-1])])
+
+    d = tmp_path / "sq"
+    d.mkdir()
+    (d / "policy.zip").write_bytes(b"")
+    (d / "model_card.json").write_text(json.dumps({"name": "sq", "grid": g, "viewport_px": size}))
+    a = store.PolicyAnnotator(str(d), tta=True)
+    monkeypatch.setitem(store.PolicyAnnotator._CACHE, a.path, SquareReader())
+    screen = np.zeros((5, size, size), np.uint8)
+    screen[0, 5:12, 18:29] = 255  # x 18..28, y 5..11: off centre, not square
+    view = {"screen": screen, "state": np.zeros(5, np.float32)}
+    got = a._joint_box(view, np.array([2, 9, 9, 3, 3]))  # the greedy corners crossed: re-decoded
+    want = [px_to_grid(v, g, size) for v in (18, 5, 28, 11)]
+    assert got[0] == 2 and got[1:].tolist() == want
+    assert store.PolicyAnnotator(str(d), tta=False)._joint_box(view, np.array([2, 9, 9, 3, 3]))[1:].tolist() == want

@@ -70,7 +70,8 @@ def train_policy_command(
     bc_min_dice: float = typer.Option(0.5, help="Leave out demonstration episodes whose best Dice is under this."),
     bc_lr: float = typer.Option(1e-3, help="Behaviour-cloning learning rate (the start, with --bc-schedule cosine)."),
     bc_schedule: str = typer.Option("constant", help="Behaviour-cloning learning-rate schedule: constant or cosine."),
-    bc_split: str = typer.Option("episode", help="Hold out whole 'episode's, 'case's or 'nodule's (all renderings of a nodule) of the demonstrations."),
+    bc_split: str = typer.Option("episode", help="Hold out whole 'episode's, 'case's or 'nodule's (all renderings "
+                                 "of a nodule) of the demonstrations."),
     bc_patience: Optional[int] = typer.Option(None, help="Stop cloning after this many epochs without a better "
                                               "held-out box error; the best epoch's weights are kept."),
     network: str = typer.Option("cnn", help="cnn (ScreenCNN, dense heads) or spatial (SpatialScreenNet: "
@@ -92,8 +93,9 @@ def train_policy_command(
 
         cache_dir = Path(default_cache_dir())
     cfg = TrainConfig(name=name, env=env, cohort=cohort, segmenter=segmenter, steps=steps, n_envs=n_envs, vec=vec,
-                      seed=seed, time_penalty=time_penalty, grid=grid, torch_threads=torch_threads, perception=perception, bc_annotator=bc_annotator,
-                      bc_episodes=bc_episodes, bc_epochs=bc_epochs, bc_min_dice=bc_min_dice, bc_lr=bc_lr, bc_schedule=bc_schedule,
+                      seed=seed, time_penalty=time_penalty, grid=grid, torch_threads=torch_threads,
+                      perception=perception, bc_annotator=bc_annotator, bc_episodes=bc_episodes,
+                      bc_epochs=bc_epochs, bc_min_dice=bc_min_dice, bc_lr=bc_lr, bc_schedule=bc_schedule,
                       bc_split=bc_split, bc_patience=bc_patience, bc_restore_best=bc_patience is not None,
                       network=network,
                       demos_path=str(demos) if demos else None,

@@ -23,7 +23,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["default_renderings", "default_renderings_4", "nodule_of", "rendering_manifest", "validation_cases"]
+__all__ = ["default_renderings", "nodule_of", "rendering_manifest", "validation_cases"]
 
 SEP = "@r"
 
@@ -68,11 +68,6 @@ def default_renderings(n_renderings: int = 8, nodules: int | None = None) -> lis
         out.append(dataclasses.replace(case, case_id=f"{entry['nodule_id']}{SEP}{entry['rendering']}", meta=meta))
     order = sorted(range(len(out)), key=lambda i: (out[i].meta["rendering"], i))
     return [out[i] for i in order]
-
-
-def default_renderings_4() -> list:
-    """:func:`default_renderings` with 4 renderings (a ``"module:function"`` cohort for small runs)."""
-    return default_renderings(4)
 
 
 def validation_cases(n: int = 40) -> list:

@@ -120,6 +120,7 @@ def collect_demos(env: gym.Env, annotator_name: str, case_ids: list[str], episod
     """
     from hiseg_sim.annotators.harness import episode_seed, run_episode
     from hiseg_sim.annotators.registry import build_annotator
+    from hiseg_sim.progress import progress_iter
 
     u = env.unwrapped
     size, three_d = int(u.size), bool(u.three_d)
@@ -129,8 +130,6 @@ def collect_demos(env: gym.Env, annotator_name: str, case_ids: list[str], episod
     raw_dice, raw_sec, cut_dice, cut_sec, kept = [], [], [], [], 0
     agent = None
     t0 = time.perf_counter()
-    from hiseg_sim.progress import progress_iter
-
     for i in progress_iter(range(int(episodes)), desc=f"demonstrations ({annotator_name})", unit="episode",
                            enabled=not progress):
         rnd, cid = divmod(i, len(case_ids))

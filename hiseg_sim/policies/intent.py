@@ -17,6 +17,8 @@ person's and the policy puts it in the same channel.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -24,8 +26,10 @@ from gymnasium import spaces
 __all__ = ["PerceivedIntent", "intent_channel", "perception_params_of"]
 
 
+@lru_cache(maxsize=None)
 def perception_params_of(profile: str):
-    """The perception parameters of a fresh person of ``profile`` (a registry name)."""
+    """The perception parameters of a fresh person of ``profile`` (a registry name; read once per
+    process: the profile files are data, not state)."""
     from hiseg_sim.annotators.registry import build_annotator
 
     agent = build_annotator(profile)

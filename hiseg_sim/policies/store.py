@@ -160,10 +160,7 @@ class PolicyAnnotator:
     def _perception_params(self):
         from hiseg_sim.policies.intent import perception_params_of
 
-        key = ("perception", self.perception)
-        if key not in PolicyAnnotator._CACHE:
-            PolicyAnnotator._CACHE[key] = perception_params_of(self.perception)
-        return PolicyAnnotator._CACHE[key]
+        return perception_params_of(self.perception)
 
     def reset(self, knowledge, rng: np.random.Generator) -> None:
         self._rng = rng
