@@ -23,7 +23,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["default_renderings", "nodule_of", "rendering_manifest", "validation_cases"]
+__all__ = ["default_renderings", "nodule_of", "holdout_extra_cases", "rendering_manifest", "validation_cases"]
 
 SEP = "@r"
 
@@ -78,3 +78,22 @@ def validation_cases(n: int = 40) -> list:
 
     cases = pool_cases()
     return cases[-int(n):]
+
+
+def holdout_extra_cases(n: int = 96, seed: int = 0) -> list:
+    """``n`` more holdout-split nodules (LIDC-IDRI-0801..1012), none of them in the shipped
+    holdout cohort, stratified by size band and texture like the shipped cohorts, each in a seeded
+    phantom: a wider evaluation set for a policy chosen without them (``experiments/policy_eval_wide.toml``).
+    Deterministic in ``seed``; reads the LIDC database the first time (a few seconds)."""
+    from hiseg_sim.data.cohort import _candidates, _draw, load_cohort, read_manifest
+    from hiseg_sim.experiments.cases import _lidc_db
+
+    db = _lidc_db()
+    taken = {c["nodule_id"] for coh in read_manifest()["cohorts"].values() for c in coh["cases"]}
+    rows = [r for r in _candidates(db, "holdout") if r["nodule_id"] not in taken]
+    if any(int(r["patient_id"].split("-")[-1]) <= 800 for r in rows):  # pragma: no cover - defined by the database
+        raise ValueError("holdout candidates from calibration patients")
+    chosen, _ = _draw(rows, int(n), np.random.default_rng([int(seed), 0x40]))
+    cases = [{k: c[k] for k in ("nodule_id", "phantom_seed", "diameter_mm", "texture", "n_readers")} for c in chosen]
+    man = {"version": 1, "cohorts": {"holdout_extra": {"split": "holdout", "cases": cases}}}
+    return load_cohort("holdout_extra", manifest=man, db=db)
