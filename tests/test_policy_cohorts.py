@@ -36,3 +36,14 @@ def test_renderings_share_the_nodule_but_not_the_chest():
     assert a.gt.sum() == b.gt.sum()  # the same real contour, rasterised alike
     assert not np.array_equal(a.volume_hu, b.volume_hu)  # in another synthetic chest
     assert nodule_of("LIDC-IDRI-0078/n1") == "LIDC-IDRI-0078/n1"
+
+
+def test_extra_holdout_nodules_are_holdout_and_new():
+    from hiseg_sim.policies.cohorts import holdout_extra_cases
+
+    cases = holdout_extra_cases(4)
+    shipped = {c["nodule_id"] for coh in read_manifest()["cohorts"].values() for c in coh["cases"]}
+    ids = [c.case_id for c in cases]
+    assert len(set(ids)) == 4 and not set(ids) & shipped
+    assert all(801 <= int(i.split("-")[2][:4]) <= 1012 for i in ids)  # LIDC-IDRI-0801..1012 only
+    assert [c.case_id for c in holdout_extra_cases(4)] == ids  # deterministic

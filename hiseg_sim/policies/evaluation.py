@@ -79,8 +79,8 @@ def plot_comparison(data, result: dict, path: str | Path, horizon: float | None 
     import matplotlib.pyplot as plt
 
     ep = data.episodes
-    if horizon is None:
-        horizon = float(np.nanpercentile(ep["seconds_total"], 90))
+    if horizon is None:  # long enough for the slowest arm's typical episode (90th percentile per arm)
+        horizon = float(ep.groupby("annotator")["seconds_total"].quantile(0.9).max())
     curves = dice_time_curves(data.actions, ep, horizon=horizon, n_grid=161, n_boot=500, seed=0)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.5, 1]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
