@@ -68,9 +68,6 @@ def load_policy(name: str | Path):
     return policy, card
 
 
-BOX_KIND = 2  # hiseg_sim.env.actions.Kind.BOX
-
-
 def best_ordered_pair(lp_lo: np.ndarray, lp_hi: np.ndarray, min_gap: int = 1) -> tuple[int, int]:
     """``argmax_{j >= i + min_gap} lp_lo[i] + lp_hi[j]``: the best pair of ordered corner cells.
 
@@ -171,7 +168,7 @@ class PolicyAnnotator:
     def act(self, obs: dict, info: dict):
         import torch
 
-        from hiseg_sim.env.actions import from_array
+        from hiseg_sim.env.actions import Kind, from_array
         from hiseg_sim.policies.spaces import action_to_env, observe
 
         if self._rng is None:
@@ -189,7 +186,7 @@ class PolicyAnnotator:
             torch.manual_seed(int(self._rng.integers(2**31)))
         with torch.no_grad():
             a, _ = self.policy.predict(view, deterministic=self.deterministic)
-            if self.deterministic and self.box_decode == "joint" and int(np.asarray(a).reshape(-1)[0]) == BOX_KIND:
+            if self.deterministic and self.box_decode == "joint" and int(np.asarray(a).reshape(-1)[0]) == Kind.BOX:
                 a = self._joint_box(view, a)
         size = int(obs["image"].shape[-1])
         arr = action_to_env(a, self.grid, size)
@@ -215,19 +212,17 @@ class PolicyAnnotator:
             return [torch.log_softmax(d.logits[0], dim=-1).cpu().numpy() for d in dist.distribution[1:5]]
 
         if not self.tta:
-            lps = [None] + corner_lps(view)
+            lps = corner_lps(view)  # x0, y0, x1, y1
         else:  # test-time augmentation: mean log-probabilities over the 8 symmetries of the square
-            acc = None
+            backs = []
             for flip in (False, True):
                 for k in range(4):
-                    sc, _ = augment(view["screen"], np.zeros(5, np.int64), k, flip, self.grid)
-                    back = corner_scores_back(corner_lps({"screen": sc, "state": view["state"]}), k, flip)
-                    acc = back if acc is None else [u + w for u, w in zip(acc, back)]
-            lps = [None] + [u / 8.0 for u in acc]
+                    sc = augment(view["screen"], np.zeros(5, np.int64), k, flip, self.grid)[0]
+                    backs.append(corner_scores_back(corner_lps({"screen": sc, "state": view["state"]}), k, flip))
+            lps = [np.mean([b[c] for b in backs], axis=0) for c in range(4)]
         out = np.asarray(a, np.int64).reshape(-1).copy()
-        for lo, hi in ((1, 3), (2, 4)):
-            i, j = best_ordered_pair(lps[lo], lps[hi])
-            out[lo], out[hi] = i, j
+        out[1], out[3] = best_ordered_pair(lps[0], lps[2])
+        out[2], out[4] = best_ordered_pair(lps[1], lps[3])
         return out
 
     def episode_info(self) -> dict:

@@ -155,8 +155,16 @@ def _vec_env(cfg: TrainConfig):
     return DummyVecEnv([_factory(cfg, segmenter=seg) for _ in range(cfg.n_envs)])
 
 
+_CASE_IDS: dict[tuple, list[str]] = {}
+
+
 def _case_ids(cfg: TrainConfig) -> list[str]:
-    return [c.case_id for c in CasesFactory(cfg.cohort, cfg.case_limit)()]
+    """The training cases' ids in order (built once per cohort and limit: a cohort of renderings
+    is 320 phantoms, read back from the case cache)."""
+    key = (cfg.cohort, cfg.case_limit)
+    if key not in _CASE_IDS:
+        _CASE_IDS[key] = [c.case_id for c in CasesFactory(cfg.cohort, cfg.case_limit)()]
+    return _CASE_IDS[key]
 
 
 def _demos(cfg: TrainConfig, log):
@@ -322,7 +330,7 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
     _write_curve(out, curve)
     if curve:
         plot_training_curve(curve, out / "training_curve.png", title=cfg.name,
-                            demonstrator=(demo_stats or {}).get("annotator") if demo_stats else cfg.bc_annotator)
+                            demonstrator=(demo_stats or {}).get("annotator", cfg.bc_annotator))
     log(f"saved {out} ({card['training']['wall_s']:.0f} s)")
     return card
 
