@@ -180,3 +180,20 @@ def test_gap_interval_is_a_bootstrap_over_nodules():
     lo2, hi2 = C.gap_interval(outlier, shifted + [[{"dice": 0.8}]])
     assert lo2 == pytest.approx(0.1) and hi2 > 0.3  # one reader pair far off the model widens the band
     assert C.gap_interval(nods[:1], shifted[:1]) is None
+
+
+def _fake(nid, diameter, texture, real):
+    return C.CalibrationNodule(nid, C.size_band(diameter), diameter, 2, texture, "consensus", None,
+                               {"dice": real, "z_end_mm": 0.0, "log_volume": 0.0})
+
+
+def test_texture_gap_is_taken_below_and_above_10_mm():
+    # small: solid 0.8 vs ground glass 0.7 (real gap 0.1); large: solid 0.9 vs ground glass 0.5 (0.4)
+    nods = [_fake("s1", 5, 5, 0.8), _fake("g1", 5, 1, 0.7), _fake("s2", 25, 5, 0.9), _fake("g2", 25, 2, 0.5)]
+    sims = [[{"dice": d, "z_end_mm": 0.0, "log_volume": 0.0}] for d in (0.8, 0.6, 0.9, 0.8)]
+    e = C.compare(nods, sims)["extra"]
+    assert e["texture_gap_by_size"]["<10"] == pytest.approx({"real": 0.1, "sim": 0.2, "n_ggo": 1})
+    assert e["texture_gap_by_size"][">=10"] == pytest.approx({"real": 0.4, "sim": 0.1, "n_ggo": 1})
+    terms = C._objective_terms(C.compare(nods, sims))
+    assert terms["texture_gap[<10]"] == pytest.approx((0.1 / 0.02) ** 2)
+    assert terms["texture_gap[>=10]"] == pytest.approx((0.3 / 0.02) ** 2)

@@ -15,6 +15,7 @@ from hiseg_sim.annotators.perception import (
     estimate_texture,
     intended_mask,
     sample_intents,
+    shift_scale,
 )
 from hiseg_sim.metrics import dice
 
@@ -153,6 +154,21 @@ def test_ground_glass_and_difficulty_widen_the_shift(scene):
 
     assert mean_dice(texture=1) < mean_dice(texture=5)
     assert mean_dice(texture=5, difficulty_z=1.5) < mean_dice(texture=5, difficulty_z=-1.5)
+
+
+def test_ggo_size_exp_makes_the_ground_glass_extra_grow_with_size():
+    flat = PerceptionParams(ggo_gain=0.5, ggo_size_exp=0.0)
+    grows = flat.replace(ggo_size_exp=1.0)
+
+    def ggo_over_solid(p, d):
+        return shift_scale(d, 1.0, p) / shift_scale(d, 5.0, p)
+
+    # without the exponent ground glass is 1.5x a solid edge at every size
+    assert ggo_over_solid(flat, 5.0) == pytest.approx(1.5) and ggo_over_solid(flat, 30.0) == pytest.approx(1.5)
+    # with it the extra scales as D / 10 mm: 1.25x at 5 mm, 1.5x at 10 mm, 2.5x at 30 mm
+    assert [ggo_over_solid(grows, d) for d in (5.0, 10.0, 30.0)] == pytest.approx([1.25, 1.5, 2.5])
+    # a solid nodule (texture 5) is not touched by it
+    assert shift_scale(30.0, 5.0, grows) == pytest.approx(shift_scale(30.0, 5.0, flat))
 
 
 def test_z_extent_moves_by_whole_slices_and_keeps_the_key_slice():

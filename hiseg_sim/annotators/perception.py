@@ -18,7 +18,8 @@ Readers contour slice by slice, so the edge is modelled per slice, in mm:
    ``b ~ N(0, 1)`` once per draw (this person, this nodule: draws outside or inside), ``G`` a
    smooth unit-variance Gaussian random field with covariance ``exp(-d^2 / (2 corr_len_mm^2))``
    (``d`` in mm across the slice and across slices), and the scale
-   ``s = (D / 10 mm) ** size_exp * (1 + ggo_gain * (5 - texture) / 4)``: ``D`` the reference's
+   ``s = (D / 10 mm) ** size_exp * (1 + ggo_gain * (5 - texture) / 4 * (D / 10 mm) ** ggo_size_exp)``:
+   ``D`` the reference's
    largest in-plane diameter on its largest slice (LIDC's size convention), ``texture`` the LIDC
    rating 1 (ground glass) ... 5 (solid), times the case's difficulty
    ``exp(difficulty_sd * (D / 10 mm) ** difficulty_size_exp * z)`` (one ``z ~ N(0, 1)`` per
@@ -103,7 +104,11 @@ class PerceptionParams:
     - ``shift_sd_mm``: SD of the smooth local shift field at 10 mm.
     - ``corr_len_mm``: correlation length of that field (Gaussian covariance length, mm).
     - ``size_exp``: shift ~ ``(D / 10 mm) ** size_exp``; 0 = the same mm for every size.
-    - ``ggo_gain``: extra shift for ground glass: x ``(1 + ggo_gain)`` at texture 1, x 1 at 5.
+    - ``ggo_gain``: extra shift for ground glass: x ``(1 + ggo_gain)`` at texture 1, x 1 at 5
+      (at 10 mm).
+    - ``ggo_size_exp``: how that extra grows with size, ``* (D / 10 mm) ** ggo_size_exp`` (0: the
+      same factor at every size). A ground-glass rim is a band of the nodule's own width, so
+      where to draw it differs more, relative to a solid edge, the larger the nodule.
     - ``z_sd_mm``: SD of each z end's shift (mm, at 10 mm) beyond the global one.
     - ``difficulty_sd``: SD (at 10 mm) of the log of the case's difficulty, a multiplier on every
       shift that is the same for everyone who annotates the case (how hard this edge is to
@@ -131,6 +136,7 @@ class PerceptionParams:
     corr_len_mm: float = 0.7
     size_exp: float = 0.5
     ggo_gain: float = 0.33
+    ggo_size_exp: float = 0.0
     z_sd_mm: float = 0.51
     difficulty_sd: float = 0.21
     difficulty_size_exp: float = 0.84
@@ -244,11 +250,12 @@ def estimate_texture(image_hu: np.ndarray, reference: np.ndarray, spacing=None) 
 
 def shift_scale(diameter_mm: float, texture: float | None, params: PerceptionParams,
                 difficulty_z: float = 0.0) -> float:
-    """The scale ``s`` of every shift: ``(D / 10 mm) ** size_exp * (1 + ggo_gain * (5 - texture) / 4)
-    * max(exp(difficulty_sd * (D / 10 mm) ** difficulty_size_exp * difficulty_z), difficulty_floor)``."""
+    """The scale ``s`` of every shift, with ``r = D / 10 mm``: ``r ** size_exp * (1 + ggo_gain *
+    (5 - texture) / 4 * r ** ggo_size_exp) * max(exp(difficulty_sd * r ** difficulty_size_exp *
+    difficulty_z), difficulty_floor)``."""
     r = max(float(diameter_mm), 1.0) / REFERENCE_DIAMETER_MM
     t = 5.0 if texture is None else float(np.clip(texture, 1.0, 5.0))
-    s = r ** params.size_exp * (1.0 + params.ggo_gain * (5.0 - t) / 4.0)
+    s = r ** params.size_exp * (1.0 + params.ggo_gain * (5.0 - t) / 4.0 * r ** params.ggo_size_exp)
     if difficulty_z and params.difficulty_sd:
         s *= max(math.exp(params.difficulty_sd * r ** params.difficulty_size_exp * float(difficulty_z)),
                  params.difficulty_floor)
