@@ -106,6 +106,31 @@ def test_simulate_panel_with_rng_is_deterministic():
     assert len(a) == 3 and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def test_a_one_pass_simulation_keeps_no_draws_and_a_shared_bank_reuses_them(monkeypatch):
+    na, nb = _fake_pair()
+    recs = C.load_calibration_set("calibration", db=FakeDb([na, nb]))
+    bank = C._DrawBank(recs, reps=3, seed=4)
+    shared = C.simulate_set(recs, C.START, reps=3, seed=4, bank=bank)
+    kept = [bank._draws[i] for i in range(len(recs))]
+    assert all(d is not None for d in kept)  # a bank handed in keeps its draws for the next call
+    assert C.simulate_set(recs, C.START, reps=3, seed=4, bank=bank) == shared
+    assert all(bank._draws[i] is kept[i] for i in range(len(recs)))  # not redrawn
+    # a bank made inside is used once: same numbers, draws dropped per nodule (memory stays flat)
+    made = []
+
+    class Recorded(C._DrawBank):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(C, "_DrawBank", Recorded)
+    assert C.simulate_set(recs, C.START, reps=3, seed=4) == shared
+    assert len(made) == 1 and all(d is None for d in made[0]._draws)
+    bank.release(0)
+    assert bank._draws[0] is None
+    assert C.simulate_set(recs, C.START, reps=3, seed=4, bank=bank) == shared  # rebuilt identically
+
+
 @pytest.fixture(scope="module")
 def lidc_db():
     from hiseg_sim.data.lidc import LidcDatabase
