@@ -129,7 +129,8 @@ def calibrate(
     split: str = typer.Option("calibration", help="calibration: fit the expert perception model and save it; "
                               "holdout: report the saved fit against the holdout readers (never fits)."),
     fit: Optional[bool] = typer.Option(None, "--fit/--no-fit", help="Fit (default on the calibration split only)."),
-    reps: int = typer.Option(10, help="Simulated reader panels per nodule in the report."),
+    reps: int = typer.Option(100, help="Simulated reader panels per nodule in the report (fewer is faster; "
+                             "the KS then carries more simulation noise)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     progress: bool = typer.Option(True, help="Print progress."),
 ) -> None:

