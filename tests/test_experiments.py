@@ -55,6 +55,22 @@ def serial_run(tmp_path_factory, cache_dir):
     return run_study(_spec(episode_fn=HARNESS), out, executor="serial", cache_dir=cache_dir, progress=False)
 
 
+def test_a_serial_run_with_its_own_thread_count_gives_the_process_its_setting_back(tmp_path, cache_dir):
+    import torch
+
+    from hiseg_sim.segmenters.threads import get_threads, set_threads
+
+    set_threads(2)
+    try:
+        data = run_study(_spec(episode_fn=HARNESS), tmp_path, executor="serial", cache_dir=cache_dir,
+                         progress=False, threads=1)
+        assert data.meta["sessions"][-1]["executor"] == "serial" and len(data.episodes)
+        # the run used one thread, but the next serial run in this process starts from two again
+        assert torch.get_num_threads() == 2 and get_threads() == 2
+    finally:
+        set_threads(None)
+
+
 # ---- specs ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", sorted(shipped_specs_dir().glob("*.toml")), ids=lambda p: p.stem)
 def test_shipped_studies_validate(path):

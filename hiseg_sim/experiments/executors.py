@@ -8,7 +8,8 @@ leaves no half-written file behind a worker's back.
 =========  ===============================================================================
 name       what runs the units
 =========  ===============================================================================
-serial     the calling process; torch keeps its own thread count
+serial     the calling process; torch keeps its own thread count (a ``threads`` given for
+           the run holds for that run only)
 process    (default) ``concurrent.futures.ProcessPoolExecutor`` with a ``forkserver`` (or
            ``spawn``) context, ``workers`` processes (default all cores); each builds its
            context once in the pool initializer, with intra-op threads ``max(1, cores //
@@ -65,14 +66,19 @@ def _threads_for(workers: int) -> int:
 
 
 def run_serial(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) -> Iterator[UnitResult]:
-    """Run ``units`` one after another in this process."""
-    ctx = WorkerContext({**cfg, "threads": cfg.get("threads"), "workers": 1})
-    for u in units:
-        try:
-            yield ctx.run_unit(u)
-        except Exception as exc:
-            raise UnitFailed(f"unit {u.unit_id} ({u.segmenter}, cases {list(u.case_ids)[:3]}) failed: "
-                             f"{type(exc).__name__}: {exc}") from exc
+    """Run ``units`` one after another in this process. A thread count in ``cfg`` holds for this
+    run only: the process's own setting comes back afterwards (else a ``serial:1`` benchmark run
+    would leave every later serial run in the process on one thread)."""
+    from hiseg_sim.segmenters.threads import restored_threads
+
+    with restored_threads():
+        ctx = WorkerContext({**cfg, "threads": cfg.get("threads"), "workers": 1})
+        for u in units:
+            try:
+                yield ctx.run_unit(u)
+            except Exception as exc:
+                raise UnitFailed(f"unit {u.unit_id} ({u.segmenter}, cases {list(u.case_ids)[:3]}) failed: "
+                                 f"{type(exc).__name__}: {exc}") from exc
 
 
 #: Modules the forkserver imports once, so each pool worker is forked with them already loaded

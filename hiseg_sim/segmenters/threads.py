@@ -32,6 +32,7 @@ cores of issue 7, one LiteMedSAM decode took 70 ms in ONNX Runtime with 1 thread
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -91,6 +92,19 @@ def set_threads(n: int | None = None, *, workers: int | None = None) -> int:
         pass
     _state["threads"] = n
     return n
+
+
+@contextlib.contextmanager
+def restored_threads():
+    """Put this process's thread setting (torch's intra-op threads and :func:`get_threads`'s
+    choice for new ONNX Runtime sessions) back as it was on leaving the block, whatever
+    :func:`set_threads` did inside it."""
+    before = (torch.get_num_threads(), _state["threads"])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        _state["threads"] = before[1]
 
 
 def get_threads() -> int:
