@@ -516,7 +516,8 @@ def fit_expert(split: str = "calibration", n_nodules: int | None = None, seed: i
             "split": split, "n_nodules": len(allset), "n_nodules_search": len(fitset), "min_readers": min_readers,
             "reference": reference, "replicates_search": reps, "seed": seed,
             "objective": "sum over size bands of ((mean sim - mean real)/0.01)^2 + (KS/0.05)^2, "
-                         "+ ((texture gap sim - real)/0.02)^2 + ((z-end disagreement sim - real)/0.1 mm)^2 "
+                         "+ sum over D < 10, >= 10 mm of ((texture gap sim - real)/0.02)^2 "
+                         "+ ((z-end disagreement sim - real)/0.1 mm)^2 "
                          "+ ((mean log volume ratio sim - real)/0.03)^2; per-nodule mean pairwise Dice of "
                          "k = n_readers simulated experts from one reference vs the real readers'",
             "optimiser": f"grid over corr_len_mm {list(corr_grid)}, then Nelder-Mead (adaptive, maxfev "

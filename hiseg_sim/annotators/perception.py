@@ -18,11 +18,10 @@ Readers contour slice by slice, so the edge is modelled per slice, in mm:
    ``b ~ N(0, 1)`` once per draw (this person, this nodule: draws outside or inside), ``G`` a
    smooth unit-variance Gaussian random field with covariance ``exp(-d^2 / (2 corr_len_mm^2))``
    (``d`` in mm across the slice and across slices), and the scale
-   ``s = (D / 10 mm) ** size_exp * (1 + ggo_gain * (5 - texture) / 4 * (D / 10 mm) ** ggo_size_exp)``:
-   ``D`` the reference's
-   largest in-plane diameter on its largest slice (LIDC's size convention), ``texture`` the LIDC
-   rating 1 (ground glass) ... 5 (solid), times the case's difficulty
-   ``exp(difficulty_sd * (D / 10 mm) ** difficulty_size_exp * z)`` (one ``z ~ N(0, 1)`` per
+   ``s = r ** size_exp * (1 + ggo_gain * (5 - texture) / 4 * r ** ggo_size_exp)`` with
+   ``r = D / 10 mm``: ``D`` the reference's largest in-plane diameter on its largest slice
+   (LIDC's size convention), ``texture`` the LIDC rating 1 (ground glass) ... 5 (solid), times
+   the case's difficulty ``exp(difficulty_sd * r ** difficulty_size_exp * z)`` (one ``z ~ N(0, 1)`` per
    case, shared by everyone who annotates it: how hard this edge is beyond size and texture).
    Faint ground-glass and large nodules have wider disagreement in mm, as LIDC readers do.
 3. The extent along z: each end moves by ``e = s * (bias_mm + bias_sd_mm * b + z_sd_mm * n)`` mm
@@ -128,19 +127,20 @@ class PerceptionParams:
       (share ``p_pleura_leak``) or stop ``pleura_mm`` short of it.
     """
 
-    # boundary defaults: the LIDC expert fit of 2026-11-24 (agents/calibration/expert_perception.json,
-    # calibration split, 1,512 nodules), rounded; expert_params() reads the file itself
+    # boundary defaults: the LIDC expert fit of 2026-11-24 with the size x texture term
+    # (agents/calibration/expert_perception.json, calibration split, 1,512 nodules), rounded;
+    # expert_params() reads the file itself
     bias_mm: float = -0.13
-    bias_sd_mm: float = 0.21
-    shift_sd_mm: float = 0.43
+    bias_sd_mm: float = 0.22
+    shift_sd_mm: float = 0.47
     corr_len_mm: float = 0.7
-    size_exp: float = 0.5
-    ggo_gain: float = 0.33
-    ggo_size_exp: float = 0.0
-    z_sd_mm: float = 0.51
+    size_exp: float = 0.52
+    ggo_gain: float = 0.29
+    ggo_size_exp: float = 0.81
+    z_sd_mm: float = 0.45
     difficulty_sd: float = 0.21
-    difficulty_size_exp: float = 0.84
-    difficulty_floor: float = 0.5
+    difficulty_size_exp: float = 0.57
+    difficulty_floor: float = 0.4
     p_wrong_spot: float = 0.0
     p_include_vessel: float = 0.0
     p_miss_ggo_rim: float = 0.0

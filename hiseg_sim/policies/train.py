@@ -273,7 +273,9 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
                                  net_arch=dict(pi=[128], vf=[128]))
         else:
             raise ValueError(f"network must be 'cnn' or 'spatial'; got {cfg.network!r}")
-        model = PPO(policy_cls, vec, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.n_epochs,
+        # a rollout shorter than a minibatch (short smoke runs) is one minibatch, not a truncated one
+        batch_size = min(cfg.batch_size, cfg.n_steps * cfg.n_envs)
+        model = PPO(policy_cls, vec, n_steps=cfg.n_steps, batch_size=batch_size, n_epochs=cfg.n_epochs,
                     learning_rate=cfg.learning_rate, clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, gamma=cfg.gamma, target_kl=cfg.target_kl,
                     gae_lambda=cfg.gae_lambda, policy_kwargs=policy_kwargs, seed=cfg.seed, device="cpu", verbose=0)
         demo_stats = None
