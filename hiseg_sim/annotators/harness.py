@@ -90,8 +90,9 @@ def make_knowledge(env: gym.Env, annotator: Any, rng: np.random.Generator | None
     image = _viewport_hu(u)
     sp = tuple(float(s) for s in u.case.spacing_zyx)
     spacing = sp if three_d else sp[1:]
-    gt = u._gt_crop if three_d else u._gt_crop[0]  # the perception step / robots only
-    start = int(getattr(u, "_cur", 0))
+    ref = u.scoring_reference()  # the perception step / robots only
+    gt = ref if three_d else ref[0]
+    start = u.current_slice
     perceive = getattr(annotator, "perception_params", None)
     if intent is not None:
         intent = np.array(intent, bool)
@@ -197,7 +198,8 @@ def run_episode(env: gym.Env, annotator: Annotator, *, case_id: str, seed: int, 
     dice_k = [r["dice"] for r in trace]
     sec_k = [r["seconds_total"] for r in trace]
     extra = annotator.episode_info() if callable(getattr(annotator, "episode_info", None)) else {}
-    gt = u._gt_crop if knowledge.three_d else u._gt_crop[0]
+    ref = u.scoring_reference()
+    gt = ref if knowledge.three_d else ref[0]
     summary = {
         "env": u.env_id,
         "case_id": case_id,

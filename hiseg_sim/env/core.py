@@ -418,6 +418,24 @@ class NoduleSegBase(gym.Env):
         return self._episode_time_model if self._episode_time_model is not None else self.time_model
 
     # ---- views for people and for analysis --------------------------------------------------
+    @property
+    def current_slice(self) -> int:
+        """The slab index in view (0 in 2-D); after ``reset`` it is the episode's start slice."""
+        if not self._started:
+            raise ResetNeeded("call reset() before reading current_slice")
+        return int(self._cur)
+
+    def scoring_reference(self) -> np.ndarray:
+        """``bool`` ``(n_slices, H, W)``: the ground truth the env scores against, in viewport pixels.
+
+        Only for what the design allows to read it: the harness's perception step (which turns it
+        into a person's noisy intent) and the click robots of the literature, which are defined by
+        reading it. A copy; changing it changes nothing in the env.
+        """
+        if not self._started:
+            raise ResetNeeded("call reset() before reading scoring_reference()")
+        return np.array(self._gt_crop, dtype=bool)
+
     def current_mask(self) -> np.ndarray:
         """``bool`` ``(H, W)``: the mask on the slice in view (all False if none)."""
         st = self._top(self._cur)
