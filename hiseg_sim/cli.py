@@ -39,7 +39,7 @@ def demo(
     time and prompts per group and writes a Markdown/HTML report with figures to OUT. About 2-5
     minutes on two cores (longer the very first time, while the ONNX files and embeddings are made).
     """
-    from hiseg_sim.experiments.quick import run_and_report
+    from hiseg_sim.studies import run_and_report
     from hiseg_sim.experiments.spec import load_spec, spec_from_dict
 
     spec = _study_errors(lambda: load_spec("demo"))
@@ -112,7 +112,7 @@ def lidc_readers(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Inter-reader Dice of the real LIDC radiologists: overall, by size band and by texture."""
-    from hiseg_sim.data.lidc import inter_reader_dice
+    from hiseg_sim.data.lidc_agreement import inter_reader_dice
 
     res = inter_reader_dice(split=split, min_readers=min_readers, progress=progress)
     if as_json:
@@ -138,7 +138,7 @@ def calibrate(
 
     Simulated expert intents come from the image and ONE reference mask per nodule; their pairwise
     Dice is compared with the real readers' (mean and KS, by size band)."""
-    from hiseg_sim.annotators import calibration
+    from hiseg_sim.annotators.behaviour import calibration
 
     do_fit = (split == "calibration") if fit is None else fit
     if do_fit and split == "holdout":
@@ -173,16 +173,6 @@ def _study_errors(fn):
         raise typer.Exit(2) from exc
 
 
-def _print_headline(rep, out) -> None:
-    if rep is None:
-        typer.echo(f"rows in {out}")
-        return
-    for name, g in (rep.headline.get("groups") or {}).items():
-        typer.echo(f"{name:>28}: Dice {g['dice']:.3f} [{g['dice_lo']:.3f}, {g['dice_hi']:.3f}]  "
-                   f"{g['seconds']:.1f} s  {g['prompts']:.1f} prompts  (n={g['n']})")
-    typer.echo(f"report: {rep.html_path} ({rep.md_path.name}, {len(rep.figures)} figures)")
-
-
 @app.command()
 def run(
     spec: str = typer.Argument(..., help="A study: experiments/<name>.toml, or just <name>."),
@@ -195,19 +185,15 @@ def run(
     report: bool = typer.Option(True, help="Write the Markdown/HTML report after the run."),
 ) -> None:
     """Run a named study (resumable: an interrupted run continues where it stopped) and report it."""
-    from hiseg_sim.experiments.quick import run_and_report
+    from hiseg_sim.studies import run_and_report
 
     kw = {k: v for k, v in dict(executor=executor, workers=workers, fresh=fresh, max_units=max_units,
                                 cache_dir=str(cache_dir) if cache_dir else None).items() if v is not None}
-    from hiseg_sim.downstream.study import is_downstream
+    from hiseg_sim.experiments.spec import STUDY_KINDS, load_spec
 
-    if is_downstream(spec):  # kind = "downstream": annotate, train on each label set, test (hiseg_sim.downstream)
-        from hiseg_sim.downstream.study import print_summary, run_downstream
-
-        print_summary(_study_errors(lambda: run_downstream(spec, out, report=report, **kw)), typer.echo)
-        return
-    data, rep = _study_errors(lambda: run_and_report(spec, out, report=report, **kw))
-    _print_headline(rep, data.dir)
+    loaded = _study_errors(lambda: load_spec(spec))
+    kind = STUDY_KINDS.get(loaded.kind)
+    kind.print_summary(_study_errors(lambda: run_and_report(loaded, out, report=report, **kw)), typer.echo)
 
 
 @app.command()
@@ -221,12 +207,13 @@ def simulate(
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/simulate)."),
 ) -> None:
     """Simulate some annotators on a cohort without writing a study file."""
-    from hiseg_sim.experiments.quick import quick_spec, run_and_report
+    from hiseg_sim.experiments.quick import quick_spec
+    from hiseg_sim.experiments.spec import STUDY_KINDS
+    from hiseg_sim.studies import run_and_report
 
     spec = _study_errors(lambda: quick_spec(annotators, cohort=cohort, limit=limit, replicates=replicates, seed=seed,
                                             segmenters=(segmenter,)))
-    data, rep = _study_errors(lambda: run_and_report(spec, out))
-    _print_headline(rep, data.dir)
+    STUDY_KINDS.get(spec.kind).print_summary(_study_errors(lambda: run_and_report(spec, out)), typer.echo)
 
 
 @app.command("report")
@@ -238,8 +225,12 @@ def report_cmd(
     """(Re)build the Markdown/HTML report of a run."""
     from hiseg_sim.analysis.report import build_report
 
+    from types import SimpleNamespace
+
+    from hiseg_sim.experiments.spec import STUDY_KINDS
+
     rep = build_report(run_dir, n_boot=n_boot, seed=seed)
-    _print_headline(rep, run_dir)
+    STUDY_KINDS.get(rep.headline.get("kind", "groups")).print_summary((SimpleNamespace(dir=run_dir), rep), typer.echo)
 
 
 @app.command()

@@ -1,5 +1,20 @@
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+# The test-stubs plugin (tests/plugins/*.dist-info): the stub segmenter, cases, annotator and episode
+# functions are registered by entry points, exactly as a third-party package registers its own. On
+# sys.path for this process and its pool workers, on PYTHONPATH for subprocesses and Ray workers.
+_ROOT = Path(__file__).resolve().parents[1]
+_PLUGINS = str(_ROOT / "tests" / "plugins")
+for _p in (_PLUGINS, str(_ROOT)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_PLUGINS, str(_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 
 @pytest.fixture(scope="session")

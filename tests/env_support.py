@@ -17,7 +17,7 @@ from hiseg_sim.data.case import Case
 from hiseg_sim.segmenters.base import LOW_RES
 from tests.stubs import StubSegmenter
 
-__all__ = ["EnvStubSegmenter", "SHAPE", "SPACING", "synthetic_case", "synthetic_cases"]
+__all__ = ["EnvStubSegmenter", "build_env_stub", "SHAPE", "SPACING", "synthetic_case", "synthetic_cases"]
 
 
 class EnvStubSegmenter(StubSegmenter):
@@ -91,3 +91,8 @@ def synthetic_cases() -> tuple[Case, ...]:
         synthetic_case("synth-1", (20, 30, 70), 4.0, 1),
         synthetic_case("synth-edge", (26, 60, 6), 5.0, 2),
     )
+
+
+def build_env_stub(checkpoint=None, cache=None) -> EnvStubSegmenter:
+    """The segmenter entry ``stub_env`` of the test-stubs plugin (``tests/plugins``): TEST STUB."""
+    return EnvStubSegmenter(cache=cache)

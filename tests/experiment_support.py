@@ -1,13 +1,14 @@
 """Test helpers for the experiment runner: tiny synthetic cases, a stub segmenter factory, a stub
 annotator and stub episode functions. All named as stubs: they are not models of anything.
 
-Import paths used by the study specs in the tests (workers import them by name):
+Names the study specs in the tests use, registered by the test-stubs plugin in ``tests/plugins``
+(entry points, as any plugin package registers its own; ``tests/conftest.py`` puts it on the path):
 
-- ``tests.experiment_support:synthetic_study_cases`` — case source (6 small volumes)
-- ``tests.env_support:EnvStubSegmenter`` — segmenter (TEST STUB)
-- ``tests.experiment_support:StubBoxAnnotator`` — annotator (TEST STUB, looks at the image only)
-- ``tests.experiment_support:stub_episode`` — episode function (TEST STUB of the harness's run_episode)
-- ``tests.experiment_support:slow_stub_episode`` — the same, ``$HISEG_STUB_DELAY_S`` slower (the kill test)
+- ``stub_study_cases`` (``synthetic_study_cases``) — case source (6 small volumes)
+- ``stub_env`` (``tests.env_support.EnvStubSegmenter``) — segmenter (TEST STUB)
+- ``stub_box`` (``StubBoxAnnotator``) — annotator (TEST STUB, looks at the image only)
+- ``stub`` (``stub_episode``) — episode function (TEST STUB of the harness's run_episode)
+- ``stub_slow`` (``slow_stub_episode``) — the same, ``$HISEG_STUB_DELAY_S`` slower (the kill test)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from hiseg_sim.annotators.base import Annotator
 from hiseg_sim.env import Accept, BoxAction, PointAction
 from tests.env_support import synthetic_case
 
@@ -43,7 +45,7 @@ def synthetic_study_cases(n: int = 6):
     return list(_cases(int(n)))
 
 
-class StubBoxAnnotator:
+class StubBoxAnnotator(Annotator):
     """TEST STUB annotator: a box around the viewport centre (half-size drawn from ``rng``), then a
     positive click at the centre, then accept. Reads only the observation."""
 
@@ -55,7 +57,7 @@ class StubBoxAnnotator:
         self.clicks = int(clicks)
         self.cases_seen = 0
 
-    def reset(self, knowledge, rng: np.random.Generator) -> None:
+    def begin_case(self, knowledge, rng: np.random.Generator) -> None:
         self.rng = rng
         self.t = 0
 
@@ -89,7 +91,7 @@ class StubResult:
 def stub_episode(env, annotator, *, case_id, seed, feedback="none"):
     """TEST STUB of ``harness.run_episode``: reset with the seed, act until done, summarise."""
     obs, info = env.reset(seed=seed, options={"case_id": case_id})
-    annotator.reset(None, np.random.default_rng(seed))
+    annotator.begin_case(None, np.random.default_rng(seed))
     trace, done, n_prompts = [], False, 0
     while not done:
         a = annotator.act(obs, info)
@@ -119,16 +121,16 @@ def slow_stub_episode(env, annotator, *, case_id, seed, feedback="none"):
 def stub_spec_dict(name: str = "stub_study", n_cases: int = 6, replicates: int = 2, episode_fn: str | None = None,
                    design: str = "crossed", length: int | None = None) -> dict:
     """A study spec (as parsed TOML) over the synthetic cases with the stub segmenter and annotators."""
-    run = {"replicates": replicates, "design": design, "episode_fn": episode_fn or "tests.experiment_support:stub_episode"}
+    run = {"replicates": replicates, "design": design, "episode_fn": episode_fn or "stub"}
     if length is not None:
         run["length"] = length
     return {
         "study": {"name": name, "seed": 7, "kind": "groups"},
-        "cases": {"source": "tests.experiment_support:synthetic_study_cases", "kwargs": {"n": n_cases}},
-        "segmenters": {"names": ["tests.env_support:EnvStubSegmenter"]},
+        "cases": {"source": "stub_study_cases", "kwargs": {"n": n_cases}},
+        "segmenters": {"names": ["stub_env"]},
         "annotators": [
-            {"name": "tests.experiment_support:StubBoxAnnotator", "label": "tight", "overrides": {"half_px": [6, 10]}},
-            {"name": "tests.experiment_support:StubBoxAnnotator", "label": "loose",
+            {"name": "stub_box", "label": "tight", "overrides": {"half_px": [6, 10]}},
+            {"name": "stub_box", "label": "loose",
              "overrides": {"half_px": [14, 22], "clicks": 2}},
         ],
         "run": run,

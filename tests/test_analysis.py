@@ -11,7 +11,7 @@ from hiseg_sim.analysis import crowd as C
 from hiseg_sim.analysis import learning as L
 from hiseg_sim.analysis import metrics as M
 from hiseg_sim.analysis.stats import bootstrap_ci, paired_bootstrap
-from hiseg_sim.experiments.episode import pack_mask, unpack_mask
+from hiseg_sim.codec import pack_mask, unpack_mask
 
 
 # ---- hand-made episodes ---------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def test_reports_from_stub_runs(tmp_path):
     from hiseg_sim.experiments import run_study, spec_from_dict
     from tests.experiment_support import stub_spec_dict
 
-    d = stub_spec_dict(n_cases=4, replicates=4, episode_fn="hiseg_sim.experiments.episode:harness_episode")
+    d = stub_spec_dict(n_cases=4, replicates=4, episode_fn="harness")
     d["study"]["kind"] = "crowd"
     d["analysis"] = {"worker": "loose", "reference": "tight", "ks": [1, 2, 3], "draws": 5, "n_boot": 100}
     run = run_study(spec_from_dict(d), tmp_path / "crowd", executor="serial", cache_dir=str(tmp_path / "c"),

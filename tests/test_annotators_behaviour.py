@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import hiseg_sim  # noqa: F401
-from hiseg_sim.annotators import execution as X
-from hiseg_sim.annotators import judgement as J
-from hiseg_sim.annotators.behaviour import BehaviourAnnotator
+from hiseg_sim.annotators.behaviour import execution as X
+from hiseg_sim.annotators.behaviour import judgement as J
+from hiseg_sim.annotators.behaviour.person import BehaviourAnnotator
 from hiseg_sim.annotators.harness import evaluate, make_env, run_episode
-from hiseg_sim.annotators.learning import PromptValues, relative_gain, softmax_choice
-from hiseg_sim.annotators.protocol import Feedback, Knowledge
+from hiseg_sim.annotators.behaviour.learning import PromptValues, relative_gain, softmax_choice
+from hiseg_sim.annotators.base import Feedback, Knowledge
 from hiseg_sim.annotators.registry import build_annotator
 from hiseg_sim.env.actions import Accept, BoxAction, PointAction, Undo
 from hiseg_sim.segmenters.base import LOW_RES
@@ -150,7 +150,7 @@ def test_scripted_judgement_accepts_corrects_and_undoes():
     intent[30:60, 30:60] = True
     a = build_annotator("expert_radiologist", judgement__quality_sd=0.0)
     k = Knowledge("t", np.zeros((96, 96), np.float32), (0.7, 0.7), intent=intent)
-    a.reset(k, np.random.default_rng(0))
+    a.begin_case(k, np.random.default_rng(0))
     first = a.act(_obs(np.zeros_like(intent)), {"invalid_action": ""})
     assert isinstance(first, BoxAction)  # the expert's prior
     half = intent.copy()
@@ -169,7 +169,7 @@ def test_scripted_judgement_accepts_corrects_and_undoes():
 def test_needs_intent():
     a = build_annotator("non_medical")
     with pytest.raises(ValueError, match="intent"):
-        a.reset(Knowledge("t", np.zeros((8, 8)), (1.0, 1.0)), np.random.default_rng(0))
+        a.begin_case(Knowledge("t", np.zeros((8, 8)), (1.0, 1.0)), np.random.default_rng(0))
 
 
 # ---- whole episodes ---------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_feedback_moves_the_values_of_standing_prompts():
     intent = np.zeros((96, 96), bool)
     intent[30:60, 30:60] = True
     a = BehaviourAnnotator(build_annotator("expert_radiologist").profile)
-    a.reset(Knowledge("t", np.zeros((96, 96), np.float32), (0.7, 0.7), intent=intent), np.random.default_rng(0))
+    a.begin_case(Knowledge("t", np.zeros((96, 96), np.float32), (0.7, 0.7), intent=intent), np.random.default_rng(0))
     a.act(_obs(np.zeros_like(intent)), {"invalid_action": ""})  # a box
     a.act(_obs(intent), {"invalid_action": ""})  # accept
     v_box = a.values["box"]

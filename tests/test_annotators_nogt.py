@@ -19,18 +19,18 @@ import numpy as np
 import pytest
 
 import hiseg_sim  # noqa: F401
-from hiseg_sim.annotators import behaviour, execution, judgement, learning, strategy
+from hiseg_sim.annotators.behaviour import person, execution, judgement, learning, strategy
 from hiseg_sim.annotators.harness import make_env, run_episode
-from hiseg_sim.annotators.protocol import Knowledge, RobotKnowledge
+from hiseg_sim.annotators.base import DelegatingAnnotator, Knowledge, RobotKnowledge
 from hiseg_sim.annotators.registry import available_annotators, build_annotator, ROBOT_NAMES
 from hiseg_sim.data.case import Case
 from tests.env_support import EnvStubSegmenter, synthetic_cases
 
-DECISION_MODULES = [behaviour, strategy, execution, judgement, learning]
+DECISION_MODULES = [person, strategy, execution, judgement, learning]
 FORBIDDEN_ATTRS = {"gt", "_gt_crop", "_gt_full", "_gt_total", "case", "cases", "reader_masks", "volume_hu", "meta",
                    "unwrapped", "env", "_inter", "_stacks", "key_slice", "gt_slices"}
 FORBIDDEN_NAMES = {"RobotKnowledge", "gt", "ground_truth"}
-FORBIDDEN_IMPORTS = ("hiseg_sim.annotators.robots", "hiseg_sim.annotators.robot_agents", "hiseg_sim.data",
+FORBIDDEN_IMPORTS = ("hiseg_sim.annotators.robots.rules", "hiseg_sim.annotators.robots.agents", "hiseg_sim.data",
                      "hiseg_sim.env.core", "hiseg_sim.env.scoring", "hiseg_sim.annotators.harness", ".robots",
                      ".robot_agents", "hiseg_sim.metrics")
 
@@ -73,26 +73,16 @@ def test_knowledge_has_no_ground_truth_and_behaviour_models_do_not_ask_for_it():
         assert a.reads_ground_truth is (name in ROBOT_NAMES), name
 
 
-class _Spy:
+class _Spy(DelegatingAnnotator):
     """Wraps an annotator and records the type of the Knowledge it is handed."""
 
     def __init__(self, inner):
-        self.inner = inner
-        self.name = inner.name
-        self.reads_ground_truth = inner.reads_ground_truth
+        super().__init__(inner)
         self.seen = []
-        if hasattr(inner, "perception_params"):
-            self.perception_params = inner.perception_params
 
-    def reset(self, knowledge, rng):
+    def begin_case(self, knowledge, rng):
         self.seen.append(type(knowledge))
-        self.inner.reset(knowledge, rng)
-
-    def act(self, obs, info):
-        return self.inner.act(obs, info)
-
-    def end_case(self, feedback):
-        self.inner.end_case(feedback)
+        self.inner.begin_case(knowledge, rng)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import warnings
 
 import pytest
 
-from hiseg_sim.annotators.behaviour import BehaviourAnnotator
-from hiseg_sim.annotators.profiles import SECTIONS, SOURCE_KINDS, ProfileError, apply_overrides, load_profile_file
+from hiseg_sim.annotators.behaviour.person import BehaviourAnnotator
+from hiseg_sim.annotators.behaviour.profiles import SECTIONS, SOURCE_KINDS, ProfileError, apply_overrides, load_profile_file
 from hiseg_sim.annotators.registry import ROBOT_NAMES, available_annotators, build_annotator, load_profile
-from hiseg_sim.annotators.protocol import Annotator
+from hiseg_sim.annotators.base import Annotator
 
 GROUPS = ["non_medical", "non_medical_trained", "crowd_worker", "junior_medical_student", "trainee_resident",
           "expert_radiologist"]
@@ -114,7 +114,8 @@ def test_perception_params_scale_the_expert_fit():
     assert n.p_include_vessel > 0 and e.p_include_vessel == 0
 
 
-@pytest.mark.parametrize("module", ["learning", "execution", "judgement", "registry", "strategy", "harness"])
+@pytest.mark.parametrize("module", ["behaviour.learning", "behaviour.execution", "behaviour.judgement", "registry",
+                                    "behaviour.strategy", "harness"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import hiseg_sim  # noqa: F401
-from hiseg_sim.annotators import robots as R
-from hiseg_sim.annotators.harness import make_env, make_knowledge, run_episode, seed_streams
-from hiseg_sim.annotators.protocol import Knowledge, RobotKnowledge
+from hiseg_sim.annotators.robots import rules as R
+from hiseg_sim.annotators.harness import make_env, make_knowledge, run_episode
+from hiseg_sim.seeding import episode_streams as seed_streams
+from hiseg_sim.annotators.base import Knowledge, RobotKnowledge
 from hiseg_sim.annotators.registry import build_annotator
 from hiseg_sim.env.actions import Accept, BoxAction, PointAction
 from tests.env_support import EnvStubSegmenter, synthetic_cases
@@ -31,7 +32,7 @@ def _rollout(env, agent, case_id, seed=0):
     obs, info = env.reset(seed=seed, options={"case_id": case_id})
     k = make_knowledge(env, agent)
     assert isinstance(k, RobotKnowledge) and k.gt is not None
-    agent.reset(k, np.random.default_rng(seed))
+    agent.begin_case(k, np.random.default_rng(seed))
     steps = []
     done = False
     while not done:
@@ -151,4 +152,4 @@ def test_auto_box_is_centred_on_a_noisy_detection(env, cases):
 def test_robots_refuse_plain_knowledge():
     agent = build_annotator("robot_ritm")
     with pytest.raises(TypeError, match="RobotKnowledge"):
-        agent.reset(Knowledge("x", np.zeros((8, 8)), (1.0, 1.0)), np.random.default_rng(0))
+        agent.begin_case(Knowledge("x", np.zeros((8, 8)), (1.0, 1.0)), np.random.default_rng(0))

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from hiseg_sim.annotators import calibration as C
-from hiseg_sim.annotators.perception import EXPERT_PARAMS_PATH, PerceptionParams, expert_params
+from hiseg_sim.annotators.behaviour import calibration as C
+from hiseg_sim.annotators.behaviour.perception import EXPERT_PARAMS_PATH, PerceptionParams, expert_params
 
 BANDS = ["<6", "6-10", "10-20", ">=20"]
 

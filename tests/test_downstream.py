@@ -11,10 +11,10 @@ import torch
 from hiseg_sim.downstream import labels as L
 from hiseg_sim.downstream.pseudo import confidence_weights, pack_rounds, round_spread, unpack_rounds
 from hiseg_sim.downstream.slices import case_crops, crop_origin, volume_mask_slice
-from hiseg_sim.downstream.study import arm_table, is_downstream, settings_of, _specialist_configs
+from hiseg_sim.downstream.study import arm_table, settings_of, _specialist_configs
 from hiseg_sim.downstream.unet import TinyUNet
 from hiseg_sim.downstream.training import TrainConfig, _loss, augment_batch, dice_scores, shift2d, train_unet
-from hiseg_sim.experiments.episode import pack_mask
+from hiseg_sim.codec import pack_mask
 from tests.env_support import synthetic_cases
 
 
@@ -106,7 +106,7 @@ def test_volume_mask_slice_roundtrips_pack_mask():
     m = np.zeros((1,) + case.shape[1:], bool)
     m[0, 40:50, 45:52] = True
     rec = pack_mask(m, (case.key_slice, 0, 0))
-    from hiseg_sim.experiments.episode import unpack_mask
+    from hiseg_sim.codec import unpack_mask
 
     crop, org = unpack_mask(rec)
     assert np.array_equal(volume_mask_slice(crop, org, case.shape, case.key_slice), m[0])
@@ -172,7 +172,7 @@ def test_shipped_study_is_downstream_with_four_specialists():
     from hiseg_sim.experiments.spec import load_spec
 
     spec = load_spec("experiments/downstream.toml")
-    assert is_downstream(spec) and not is_downstream("experiments/hiseg_groups.toml")
+    assert spec.kind == "downstream" and load_spec("experiments/hiseg_groups.toml").kind == "groups"
     cfgs = _specialist_configs(spec)
     assert sorted(c.n_labelled for c in cfgs.values()) == [1, 2, 4, 8]
     st = settings_of(spec)

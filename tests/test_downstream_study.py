@@ -14,17 +14,17 @@ import pytest
 from hiseg_sim.downstream.study import run_downstream
 from hiseg_sim.experiments.spec import spec_from_dict
 
-STUB = "tests.experiment_support:StubBoxAnnotator"
+STUB = "stub_box"
 TRAIN = {"steps": 3, "base": 4, "batch": 2, "patch_px": 32}
 
 
 def _spec(cache_dir: str) -> dict:
-    sp = {"cohort": "tests.experiment_support:synthetic_study_cases", "train": TRAIN, "cache_dir": cache_dir,
+    sp = {"cohort": "stub_study_cases", "train": TRAIN, "cache_dir": cache_dir,
           "rounds": 3}
     return {
         "study": {"name": "ds_stub", "kind": "downstream", "seed": 3},
-        "cases": {"source": "tests.experiment_support:synthetic_study_cases", "kwargs": {"n": 6}},
-        "segmenters": {"names": ["tests.env_support:EnvStubSegmenter"]},
+        "cases": {"source": "stub_study_cases", "kwargs": {"n": 6}},
+        "segmenters": {"names": ["stub_env"]},
         "annotators": [
             {"name": STUB, "label": "exp", "overrides": {"half_px": [6, 10]}},
             {"name": STUB, "label": "crowd", "replicates": 2, "overrides": {"half_px": [8, 16]}},
@@ -34,7 +34,7 @@ def _spec(cache_dir: str) -> dict:
         ],
         "run": {"replicates": 1, "executor": "serial"},
         "analysis": {"seeds": [0], "train_steps": 4, "train": {"base": 4, "batch": 2, "patch_px": 32}, "crowd_k": 2,
-                     "test_cohort": "tests.env_support:synthetic_cases", "test_neighbours": 1, "n_boot": 200,
+                     "test_cohort": "stub_synthetic_cases", "test_neighbours": 1, "n_boot": 200,
                      "train_workers": 1,
                      "arms": {"expert": "exp", "crowd": "crowd", "novice": "novice", "specialist": "sp_n2"}},
     }

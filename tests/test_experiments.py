@@ -1,6 +1,6 @@
 """The study runner: specs, seeds, executors, shards, resume after SIGKILL, corrupt shards.
 
-Every run here uses the TEST STUB segmenter (tests.env_support:EnvStubSegmenter), stub
+Every run here uses the TEST STUB segmenter (``stub_env``, tests.env_support.EnvStubSegmenter), stub
 annotators and six small synthetic cases, so a whole study takes about a second serially.
 """
 
@@ -27,7 +27,7 @@ from hiseg_sim.experiments.units import episode_seed, plan_units, sequence_order
 from tests.experiment_support import stub_spec_dict
 
 REPO = Path(__file__).resolve().parents[1]
-HARNESS = "hiseg_sim.experiments.episode:harness_episode"
+HARNESS = "harness"
 
 
 def _spec(**kw):
@@ -84,7 +84,10 @@ def test_shipped_studies_validate(path):
     (lambda d: d["run"].update(workers="two"), "[run] workers: must be an integer >= 0"),
     (lambda d: d["run"].update(executor="threads"), "[run] executor: must be one of serial, process, ray"),
     (lambda d: d["study"].pop("name"), "[study] name: missing"),
-    (lambda d: d["study"].update(kind="survey"), "[study] kind: must be one of"),
+    (lambda d: d["study"].update(kind="survey"), "[study] kind: unknown study kind 'survey'. Study kinds:"),
+    (lambda d: d.update(analysis={"draw": 30}), "[analysis] unknown key 'draw'"),
+    (lambda d: d.update(analysis={"refrence": "tight"}), "[analysis] unknown key 'refrence'; did you mean 'reference'?"),
+    (lambda d: d.update(analysis={"reference": "nobody"}), "[analysis] reference: 'nobody' is not an arm label"),
     (lambda d: d["annotators"][1].update(label="tight"), "label: 'tight' is used by more than one arm"),
     (lambda d: d["annotators"][0].update(name="expert_radiolgist"),
      "[annotators #1] name: unknown annotator 'expert_radiolgist'; did you mean 'expert_radiologist'?"),
@@ -145,7 +148,7 @@ def test_serial_run_tables(serial_run):
     assert meta["status"] == "complete" and meta["units_complete"] == 6
     assert {"python", "numpy", "torch", "hiseg_sim"} <= set(meta["versions"])
     assert meta["seeds"]["study_seed"] == 7 and "SeedSequence" in meta["seeds"]["scheme"]
-    assert meta["segmenters"]["tests.env_support:EnvStubSegmenter"]["weights_sha256"] == "0" * 64
+    assert meta["segmenters"]["stub_env"]["weights_sha256"] == "0" * 64
 
 
 def test_process_pool_gives_the_serial_rows(serial_run, tmp_path, cache_dir):
@@ -173,7 +176,7 @@ _KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_sigkill_midway_then_resume_gives_the_uninterrupted_rows(tmp_path, cache_dir):
-    spec_d = stub_spec_dict(n_cases=8, episode_fn="tests.experiment_support:slow_stub_episode")
+    spec_d = stub_spec_dict(n_cases=8, episode_fn="stub_slow")
     out = tmp_path / "killed"
     script = tmp_path / "run.py"
     script.write_text(_KILL_SCRIPT)
@@ -287,3 +290,23 @@ def test_segmenter_runtime_suffix_is_validated():
     d["segmenters"]["names"] = ["litemedsam@tpu"]
     with pytest.raises(SpecError, match="unknown runtime 'tpu'"):
         spec_from_dict(d)
+
+
+@pytest.mark.parametrize("field", ["source", "annotator", "segmenter", "episode_fn"])
+def test_a_spec_naming_a_python_callable_is_refused_before_anything_runs(field, tmp_path):
+    """``os:system`` in any field that names a component is a one-line spec error; nothing is called."""
+    marker = tmp_path / "ran"
+    d = stub_spec_dict()
+    if field == "source":
+        d["cases"] = {"source": "os:system", "kwargs": {"command": f"touch {marker}"}}
+    elif field == "annotator":
+        d["annotators"][0].update(name="os:system", overrides={"command": f"touch {marker}"})
+    elif field == "segmenter":
+        d["segmenters"]["names"] = ["os:system"]
+    else:
+        d["run"]["episode_fn"] = "os:system"
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(d, "x.toml")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("x.toml: ") and "'os:system'" in msg, msg
+    assert not marker.exists()

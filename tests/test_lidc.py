@@ -7,8 +7,9 @@ import sqlite3
 import numpy as np
 import pytest
 
-from hiseg_sim.data import lidc
-from hiseg_sim.data.lidc import LidcDatabase, pairwise_dice, split_of
+from hiseg_sim.data import lidc, lidc_agreement
+from hiseg_sim.data.lidc import LidcDatabase, split_of
+from hiseg_sim.data.lidc_raster import pairwise_dice
 from hiseg_sim.data.lidc_raster import cluster_annotations, consensus_mask, parse_coords, rasterise_contours
 
 
@@ -152,7 +153,7 @@ def test_clustering_splits_oversized_groups_only():
 
 
 def test_inter_reader_dice_schema(db):
-    out = lidc.inter_reader_dice("calibration", db=db, patients=["LIDC-IDRI-0078", "LIDC-IDRI-0069"])
+    out = lidc_agreement.inter_reader_dice("calibration", db=db, patients=["LIDC-IDRI-0078", "LIDC-IDRI-0069"])
     assert set(out) == {"n_nodules", "pairwise_dice_mean", "pairwise_dice_median", "by_size", "by_texture",
                         "n_by_size", "n_by_texture"}
     assert list(out["by_size"]) == ["<6", "6-10", "10-20", ">=20"] == list(out["n_by_size"])
@@ -161,10 +162,10 @@ def test_inter_reader_dice_schema(db):
     assert 0.6 < out["pairwise_dice_mean"] < 1.0
     assert all((v is None) == (out["n_by_size"][k] == 0) for k, v in out["by_size"].items())
     json.dumps(out, allow_nan=False)
-    assert lidc.inter_reader_dice("holdout", db=db, limit=2)["n_nodules"] == 2
+    assert lidc_agreement.inter_reader_dice("holdout", db=db, limit=2)["n_nodules"] == 2
 
 
 @pytest.mark.slow
 def test_inter_reader_dice_whole_calibration_split(db):
-    out = lidc.inter_reader_dice("calibration", db=db)
+    out = lidc_agreement.inter_reader_dice("calibration", db=db)
     assert out["n_nodules"] > 1400 and 0.7 < out["pairwise_dice_median"] < 0.9

@@ -7,8 +7,8 @@ import inspect
 import numpy as np
 import pytest
 
-from hiseg_sim.annotators import perception_errors as E
-from hiseg_sim.annotators.perception import (
+from hiseg_sim.annotators.behaviour import perception_errors as E
+from hiseg_sim.annotators.behaviour.perception import (
     PerceptionParams,
     ReferenceGeometry,
     case_difficulty,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from hiseg_sim.annotators import robots as R
-from hiseg_sim.annotators.robots import Click
+from hiseg_sim.annotators.robots import rules as R
+from hiseg_sim.annotators.robots.rules import Click
 
 
 def box_mask(shape, *slices):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hiseg_sim.annotators.harness import make_env, make_knowledge, run_episode
-from hiseg_sim.annotators.protocol import Knowledge, RobotKnowledge
+from hiseg_sim.annotators.base import Knowledge, RobotKnowledge
 from hiseg_sim.annotators.registry import available_annotators, build_annotator
 from hiseg_sim.downstream import specialist as sp
 from hiseg_sim.downstream.pseudo import unpack_rounds

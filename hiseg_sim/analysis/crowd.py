@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from hiseg_sim.analysis.stats import bootstrap_ci
-from hiseg_sim.experiments.episode import unpack_mask
+from hiseg_sim.codec import unpack_mask
+from hiseg_sim.metrics import dice as _dice
 
 __all__ = ["fuse_majority", "fuse_staple", "FUSERS", "case_masks", "crowd_draws", "crowd_curve", "workers_needed",
            "saturation_k", "single_arm_reference"]
@@ -70,10 +71,6 @@ def fuse_staple(masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 FUSERS = {"majority": fuse_majority, "staple": fuse_staple}
 
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
 
 
 def case_masks(episodes: pd.DataFrame, case_row) -> tuple[np.ndarray, np.ndarray]:

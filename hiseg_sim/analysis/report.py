@@ -4,7 +4,7 @@
 >>> rep = build_report("runs/hiseg_groups")              # doctest: +SKIP
 >>> rep.headline["groups"]["expert_radiologist"]["dice"] # doctest: +SKIP
 
-What a report holds depends on the study's ``kind`` (:mod:`hiseg_sim.analysis.sections`); every
+What a report holds depends on the study's ``kind`` (:mod:`hiseg_sim.studies`); every
 report opens with the run's facts (config hash, versions, seeds, episodes) and writes:
 
 - ``report.md`` and ``report.html`` (self-contained but for the PNGs beside it),
@@ -18,25 +18,18 @@ import html
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from hiseg_sim.analysis.section import Section
+from hiseg_sim.codec import json_default
+from hiseg_sim.experiments.spec import STUDY_KINDS
 from hiseg_sim.experiments.storage import load_run
 
-__all__ = ["Section", "Report", "build_report", "fmt_ci", "md_table"]
-
-
-@dataclass
-class Section:
-    """A part of a report: a heading, paragraphs (Markdown inline syntax), tables and figures."""
-
-    title: str
-    paragraphs: list[str] = field(default_factory=list)
-    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
-    figures: list[tuple[str, Path]] = field(default_factory=list)
+__all__ = ["Report", "build_report", "md_table"]
 
 
 @dataclass
@@ -45,16 +38,6 @@ class Report:
     html_path: Path
     figures: list[Path]
     headline: dict
-
-
-def fmt_ci(est, lo, hi, digits: int = 3) -> str:
-    """``"0.853 [0.831, 0.874]"`` (``"–"`` for NaN)."""
-    if est is None or (isinstance(est, float) and not math.isfinite(est)):
-        return "–"
-    f = f"{{:.{digits}f}}"
-    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
-        return f.format(est)
-    return f"{f.format(est)} [{f.format(lo)}, {f.format(hi)}]"
 
 
 def _cell(v) -> str:
@@ -167,8 +150,6 @@ def build_report(run_dir, out_dir=None, n_boot: int | None = None, seed: int | N
         n_boot: bootstrap replicates (default: the spec's ``[analysis] n_boot``, else 2000).
         seed: bootstrap seed (default: the spec's ``[analysis] seed``, else 0).
     """
-    from hiseg_sim.analysis import sections
-
     data = load_run(run_dir)
     if data.episodes.empty:
         raise ValueError(f"{run_dir}: no finished episodes to report on")
@@ -183,7 +164,7 @@ def build_report(run_dir, out_dir=None, n_boot: int | None = None, seed: int | N
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     kind = spec.get("kind", "groups")
-    body, headline = sections.KINDS[kind](data, settings, out)
+    body, headline = STUDY_KINDS.get(kind).sections(data, settings, out)
     secs = [_overview(data, spec)] + body
     for sec in secs:
         for cap, df in sec.tables:
@@ -193,14 +174,7 @@ def build_report(run_dir, out_dir=None, n_boot: int | None = None, seed: int | N
     md, htmlp = render(title.replace("`", ""), secs, out)
     headline = {"study": spec.get("name"), "kind": kind, "episodes": int(len(data.episodes)),
                 "config_hash": data.meta.get("config_hash"), **headline}
-    (out / "headline.json").write_text(json.dumps(headline, indent=1, default=_json_default) + "\n")
+    (out / "headline.json").write_text(json.dumps(headline, indent=1, default=json_default) + "\n")
     figs = [p for s in secs for _, p in s.figures]
     return Report(md, htmlp, figs, headline)
 
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return str(o)

@@ -2,24 +2,22 @@
 
 >>> from hiseg_sim.annotators import available_annotators, build_annotator, run_episode, evaluate
 
-- :mod:`~hiseg_sim.annotators.protocol`: the one protocol for everything that acts (Knowledge
+- :mod:`~hiseg_sim.annotators.base`: the one protocol for everything that acts (Knowledge
   without ground truth; RobotKnowledge for robots only).
 - :mod:`~hiseg_sim.annotators.registry`: annotators by name (profiles in ``agents/profiles`` and robots).
 - :mod:`~hiseg_sim.annotators.harness`: ``run_episode`` (the perception step happens there) and ``evaluate``.
-- The behaviour model: :mod:`~hiseg_sim.annotators.behaviour` over
-  :mod:`~hiseg_sim.annotators.strategy`, :mod:`~hiseg_sim.annotators.execution`,
-  :mod:`~hiseg_sim.annotators.judgement`, :mod:`~hiseg_sim.annotators.learning`, with
-  :mod:`~hiseg_sim.annotators.perception` and :mod:`~hiseg_sim.annotators.profiles`.
-- Robots: :mod:`~hiseg_sim.annotators.robots` (pure functions) and
-  :mod:`~hiseg_sim.annotators.robot_agents` (as agents). Robots read the ground truth — that is
-  what they are.
-- :mod:`~hiseg_sim.annotators.study`: ``group_table``, ``learning_curves``, ``ritm_noc``.
+- The behaviour model: :mod:`~hiseg_sim.annotators.behaviour.person` over
+  :mod:`~hiseg_sim.annotators.behaviour.strategy`, :mod:`~hiseg_sim.annotators.behaviour.execution`,
+  :mod:`~hiseg_sim.annotators.behaviour.judgement`, :mod:`~hiseg_sim.annotators.behaviour.learning`, with
+  :mod:`~hiseg_sim.annotators.behaviour.perception` and :mod:`~hiseg_sim.annotators.behaviour.profiles`.
+- Robots: :mod:`~hiseg_sim.annotators.robots` (rules as pure functions, and as agents). Robots read the
+  ground truth — that is what they are.
 """
 
 from .harness import EpisodeResult, evaluate, run_episode
-from .protocol import Annotator, Feedback, Knowledge, RobotKnowledge, SB3PolicyAdapter
+from .base import Annotator, Feedback, Knowledge, RobotKnowledge, SB3PolicyAdapter
 from .registry import available_annotators, build_annotator, load_profile
-from .robots import (
+from .robots.rules import (
     Click,
     clicks_to_sam,
     deepgrow_click,

@@ -3,12 +3,12 @@
 The harness is the only place on a simulated person's side where the ground truth is read, and
 it reads it for one thing: the *perception step*. Before the episode, the case's ground truth in
 the viewport goes through the person's perception model
-(:func:`hiseg_sim.annotators.perception.intended_mask` with their
-:class:`~hiseg_sim.annotators.perception.PerceptionParams`) and comes out as their intent, their
-own noisy idea of the nodule. The annotator receives :class:`~hiseg_sim.annotators.protocol.Knowledge`
+(:func:`hiseg_sim.annotators.behaviour.perception.intended_mask` with their
+:class:`~hiseg_sim.annotators.behaviour.perception.PerceptionParams`) and comes out as their intent, their
+own noisy idea of the nodule. The annotator receives :class:`~hiseg_sim.annotators.base.Knowledge`
 (image, pixel size, intent; no ground truth). Only an annotator that declares
 ``reads_ground_truth = True`` (a click robot) receives
-:class:`~hiseg_sim.annotators.protocol.RobotKnowledge`, which adds ``gt``.
+:class:`~hiseg_sim.annotators.base.RobotKnowledge`, which adds ``gt``.
 
 Seeds: ``seed`` fixes everything. The env is reset with it; the perception draw and the
 annotator's own generator come from ``numpy.random.SeedSequence([seed, crc32(case_id), ...])``, so
@@ -23,18 +23,20 @@ filled in from the annotator (how good the mask in that step's observation looke
 from __future__ import annotations
 
 import copy
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import gymnasium as gym
 import numpy as np
 
-from hiseg_sim.annotators.protocol import Annotator, Feedback, Knowledge, RobotKnowledge
+from hiseg_sim.annotators.base import Annotator, Feedback, Knowledge, RobotKnowledge
+from hiseg_sim.annotators.behaviour.perception import case_difficulty, intended_mask
 from hiseg_sim.env.actions import action_to_dict, coerce_action
 from hiseg_sim.env.viewport import AIR_HU, crop2d
+from hiseg_sim.metrics import dice as _dice
+from hiseg_sim.seeding import episode_streams, person_episode_seed
 
-__all__ = ["DICE_LEVELS", "EpisodeResult", "episode_seed", "evaluate", "make_env", "make_knowledge", "run_episode", "seed_streams"]
+__all__ = ["DICE_LEVELS", "EpisodeResult", "evaluate", "make_env", "make_knowledge", "run_episode"]
 
 #: Dice levels of ``summary["time_to_dice"]``.
 DICE_LEVELS = (0.7, 0.8, 0.85, 0.9)
@@ -57,21 +59,10 @@ class EpisodeResult:
     summary: dict = field(default_factory=dict)
 
 
-def seed_streams(seed: int, case_id: str, n: int = 2) -> list[np.random.Generator]:
-    """``n`` independent generators for (seed, case): [perception, annotator, ...]."""
-    ss = np.random.SeedSequence([int(seed), zlib.crc32(str(case_id).encode()), 0x5EED])
-    return [np.random.default_rng(s) for s in ss.spawn(n)]
-
-
 def _viewport_hu(u) -> np.ndarray:
     """The viewport slab in HU, ``(n_slices, S, S)`` (as the env shows it, padded with air)."""
     vp, case, S = u.viewport, u.case, u.size
     return np.stack([crop2d(case.volume_hu[vp.z0 + i], vp.y0, vp.x0, S, fill=AIR_HU) for i in range(vp.n_slices)])
-
-
-def episode_seed(person_seed: int, case_id: str) -> int:
-    """The episode seed of ``case_id`` for the person of ``person_seed`` (order-independent)."""
-    return int(person_seed) * 100003 + zlib.crc32(str(case_id).encode()) % 100003
 
 
 def make_knowledge(env: gym.Env, annotator: Any, rng: np.random.Generator | None = None,
@@ -86,30 +77,27 @@ def make_knowledge(env: gym.Env, annotator: Any, rng: np.random.Generator | None
     (``reads_ground_truth``) get :class:`RobotKnowledge` with the ground truth.
     """
     u = env.unwrapped
-    three_d = bool(getattr(u, "three_d", False))
+    three_d = bool(u.three_d)
     image = _viewport_hu(u)
     sp = tuple(float(s) for s in u.case.spacing_zyx)
     spacing = sp if three_d else sp[1:]
     ref = u.scoring_reference()  # the perception step / robots only
     gt = ref if three_d else ref[0]
     start = u.current_slice
-    perceive = getattr(annotator, "perception_params", None)
+    params = annotator.perception_params()
     if intent is not None:
         intent = np.array(intent, bool)
         if intent.shape != np.shape(gt):
             raise ValueError(f"intent has shape {intent.shape}; the viewport's is {np.shape(gt)}")
-    elif callable(perceive):
-        from hiseg_sim.annotators.perception import case_difficulty, intended_mask
-
+    elif params is not None:
         if rng is None:
             raise ValueError("the perception step needs an rng")
-        params = perceive()
         img = image if three_d else image[0]
         intent = intended_mask(gt, spacing, params, rng, image_hu=img,
                                difficulty_z=case_difficulty(key=u.case.case_id))
     kw = dict(case_id=u.case.case_id, image_hu=image if three_d else image[0], spacing_mm=spacing, intent=intent,
               three_d=three_d, start_slice=start, extra={"viewport": u.viewport.to_dict()})
-    if getattr(annotator, "reads_ground_truth", False):
+    if annotator.reads_ground_truth:
         return RobotKnowledge(gt=np.array(gt, bool), **kw)
     return Knowledge(**kw)
 
@@ -129,10 +117,6 @@ def _find_case(u, case_id: str):
     raise ValueError(f"case {case_id!r} is not among the env's {len(u.cases)} case(s)")
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
-
 
 def run_episode(env: gym.Env, annotator: Annotator, *, case_id: str, seed: int, feedback: bool = False,
                 options: dict | None = None, intent: np.ndarray | None = None) -> EpisodeResult:
@@ -141,11 +125,9 @@ def run_episode(env: gym.Env, annotator: Annotator, *, case_id: str, seed: int, 
     Args:
         env: a NoduleSeg env (``gym.make`` output, wrappers allowed; a ``TraceRecorder`` in the
             stack gets the perceived quality of each step).
-        annotator: anything with the :class:`~hiseg_sim.annotators.protocol.Annotator` protocol.
-            Optional hooks: ``perception_params()`` (the perception step makes its intent),
-            ``time_model_for(spacing_yx, base)`` (its group's time model, passed to the env as
-            ``options["time_model"]``), ``perceived_quality`` (read after each ``act``),
-            ``episode_info()`` (extra summary keys).
+        annotator: an :class:`~hiseg_sim.annotators.base.Annotator` (its hooks say what it
+            needs: ``perception_params()`` for the perception step, ``time_model_for`` for its
+            group's time model, passed to the env as ``options["time_model"]``).
         case_id: the case to reset on.
         seed: fixes the env's draws, the perception draw and the annotator's generator.
         feedback: pass :class:`Feedback` with the scored Dice and seconds to ``end_case``
@@ -160,14 +142,18 @@ def run_episode(env: gym.Env, annotator: Annotator, *, case_id: str, seed: int, 
     u = env.unwrapped
     opts = dict(options or {})
     opts["case_id"] = case_id
-    tmf = getattr(annotator, "time_model_for", None)
-    if callable(tmf) and "time_model" not in opts:
+    if not isinstance(annotator, Annotator):
+        raise TypeError(f"{type(annotator).__name__} is not an annotator: subclass "
+                        "hiseg_sim.annotators.base.Annotator and implement act(obs, info)")
+    if "time_model" not in opts:
         case = _find_case(u, case_id)
-        opts["time_model"] = tmf(tuple(case.spacing_zyx[1:]), u.time_model)
+        tm = annotator.time_model_for(tuple(case.spacing_zyx[1:]), u.time_model)
+        if tm is not None:
+            opts["time_model"] = tm
     obs, info = env.reset(seed=int(seed), options=opts)
-    rng_perc, rng_agent = seed_streams(seed, case_id)
+    rng_perc, rng_agent = episode_streams(seed, case_id)
     knowledge = make_knowledge(env, annotator, rng_perc, intent=intent)
-    annotator.reset(knowledge, rng_agent)
+    annotator.begin_case(knowledge, rng_agent)
     set_q: Callable | None = None
     try:
         set_q = env.get_wrapper_attr("set_perceived_quality")
@@ -179,7 +165,7 @@ def run_episode(env: gym.Env, annotator: Annotator, *, case_id: str, seed: int, 
     terminated = truncated = False
     while not (terminated or truncated):
         action = annotator.act(obs, info)
-        q = getattr(annotator, "perceived_quality", None)
+        q = annotator.perceived_quality
         if trace:
             trace[-1]["perceived_quality"] = None if q is None else float(q)
             if set_q is not None and q is not None:
@@ -193,11 +179,11 @@ def run_episode(env: gym.Env, annotator: Annotator, *, case_id: str, seed: int, 
                    terminated=bool(terminated), truncated=bool(truncated))
         trace.append(rec)
     if trace and trace[-1]["action"]["kind"] == "accept":
-        q = getattr(annotator, "perceived_quality", None)
+        q = annotator.perceived_quality
         trace[-1]["perceived_quality"] = None if q is None else float(q)
     dice_k = [r["dice"] for r in trace]
     sec_k = [r["seconds_total"] for r in trace]
-    extra = annotator.episode_info() if callable(getattr(annotator, "episode_info", None)) else {}
+    extra = dict(annotator.episode_info())
     ref = u.scoring_reference()
     gt = ref if knowledge.three_d else ref[0]
     summary = {
@@ -217,7 +203,7 @@ def run_episode(env: gym.Env, annotator: Annotator, *, case_id: str, seed: int, 
         "seconds_after_k": sec_k,
         "time_to_dice": _time_to(DICE_LEVELS, dice_k, sec_k),
         "intent_dice": None if knowledge.intent is None else _dice(np.asarray(knowledge.intent, bool), gt),
-        "perceived_quality": getattr(annotator, "perceived_quality", None),
+        "perceived_quality": annotator.perceived_quality,
     }
     summary.update(extra)
     fb = Feedback(dice=float(info["dice"]), seconds=float(info["seconds_total"])) if feedback else None
@@ -244,7 +230,7 @@ def evaluate(annotator: Annotator, env_or_id: gym.Env | str, cases: Iterable, se
             case objects given, when they are :class:`~hiseg_sim.data.case.Case`).
         cases: case ids, or :class:`~hiseg_sim.data.case.Case` objects.
         seeds: one pass over the cases per seed; the episode of case ``c`` for seed ``s`` uses
-            :func:`episode_seed` ``(s, c)`` (independent of the order, so every group meets the same
+            :func:`hiseg_sim.seeding.person_episode_seed` ``(s, c)`` (independent of the order, so every group meets the same
             viewports and the embedding cache serves them all).
         feedback: give the scored Dice back after each case (:class:`Feedback`).
         progress: print one line per episode.
@@ -265,7 +251,7 @@ def evaluate(annotator: Annotator, env_or_id: gym.Env | str, cases: Iterable, se
         for s in seeds:
             agent = copy.deepcopy(annotator) if fresh_per_seed else annotator
             for i, cid in enumerate(ids):
-                res = run_episode(env, agent, case_id=cid, seed=episode_seed(s, cid), feedback=feedback)
+                res = run_episode(env, agent, case_id=cid, seed=person_episode_seed(s, cid), feedback=feedback)
                 res.summary["person_seed"] = int(s)
                 res.summary["order"] = i
                 out.append(res)

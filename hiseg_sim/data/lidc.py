@@ -42,13 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hiseg_sim.data.lidc_agreement import inter_reader_dice, pairwise_dice
 from hiseg_sim.data.lidc_raster import cluster_annotations, consensus_mask, parse_coords, rasterise_contours
 from hiseg_sim.metrics import max_diameter_mm
 
 __all__ = [
     "SPLITS", "RATING_NAMES", "IMAGE_SIZE", "database_path", "patient_number", "split_of",
-    "ScanInfo", "ReaderAnnotation", "Nodule", "LidcDatabase", "pairwise_dice", "inter_reader_dice",
+    "ScanInfo", "ReaderAnnotation", "Nodule", "LidcDatabase",
 ]
 
 SPLITS: dict[str, tuple[int, int]] = {"calibration": (1, 800), "holdout": (801, 1012)}

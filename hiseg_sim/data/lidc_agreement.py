@@ -13,14 +13,10 @@ outline pixels as nodule (``LidcDatabase(include_boundary=True)``) gives 0.795 a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
+from hiseg_sim.data.lidc import LidcDatabase
 from hiseg_sim.data.lidc_raster import pairwise_dice
-
-if TYPE_CHECKING:
-    from hiseg_sim.data.lidc import LidcDatabase
 
 __all__ = ["pairwise_dice", "inter_reader_dice", "size_band", "SIZE_BANDS"]
 
@@ -69,8 +65,6 @@ def inter_reader_dice(split: str | None = "calibration", min_readers: int = 2, d
     if min_readers < 2:
         raise ValueError(f"min_readers must be >= 2 (a single reader has no pair); got {min_readers}")
     if db is None:
-        from hiseg_sim.data.lidc import LidcDatabase
-
         db = LidcDatabase()
     per_nodule: list[float] = []
     by_size: dict[str, list[float]] = {k: [] for k in SIZE_BANDS}

@@ -24,7 +24,7 @@ import pandas as pd
 from hiseg_sim.analysis.crowd import fuse_staple
 from hiseg_sim.downstream.pseudo import confidence_weights, round_spread, unpack_rounds
 from hiseg_sim.downstream.slices import CROP_PX, crop_of, crop_origin, volume_mask_slice
-from hiseg_sim.experiments.episode import unpack_mask
+from hiseg_sim.codec import unpack_mask
 
 __all__ = ["LabelSet", "episode_key_mask", "specialist_weights_slice", "build_label_sets", "label_quality"]
 

@@ -13,7 +13,7 @@ phantoms are rebuilt from the LIDC database and kept in the on-disk case cache
 :func:`training_cases` is a ``[cases] source`` for the runner::
 
     [cases]
-    source = "hiseg_sim.downstream.pool:training_cases"
+    source = "downstream_training"
     kwargs = { n_pool = 160 }
 
 It returns the ``default`` cohort followed by the first ``n_pool`` pool cases (the pool's order is
@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
+from hiseg_sim.seeding import keyed_rng
 
 __all__ = ["POOL_PATH", "POOL_COHORT", "build_pool_manifest", "write_pool_manifest", "pool_cases", "training_cases"]
 
@@ -48,7 +48,7 @@ def build_pool_manifest(n: int = 200, seed: int = 0, db=None) -> dict:
     bad = [r["nodule_id"] for r in rows if int(r["patient_id"].split("-")[-1]) > 800]
     if bad:  # pragma: no cover - the split is defined by the database
         raise ValueError(f"calibration candidates outside LIDC-IDRI-0001..0800: {bad[:3]}")
-    rng = np.random.default_rng([int(seed), 0xD0])
+    rng = keyed_rng(seed, 0xD0)
     chosen, take = _draw(rows, int(n), rng)
     order = rng.permutation(len(chosen))
     cases = [{k: chosen[i][k] for k in ("nodule_id", "phantom_seed", "diameter_mm", "texture", "n_readers",

@@ -10,7 +10,7 @@ lower threshold when nothing passes. Its proposal becomes prompts for the frozen
 few rounds (SemiSAM+, arXiv 2502.20749):
 
 1. a box: the proposal's bounding box grown by ``box_pad_px`` (LiteMedSAM was trained with boxes);
-2. up to ``rounds - 1`` points by the RITM rule (:func:`~hiseg_sim.annotators.robots_points.ritm_click`)
+2. up to ``rounds - 1`` points by the RITM rule (:func:`~hiseg_sim.annotators.robots.points.ritm_click`)
    applied to the *proposal* in place of ground truth: the deepest pixel of the larger region
    where the segmenter's mask and the proposal disagree, positive if the proposal has it. The
    env feeds the previous round's low-resolution logits back with each point (its
@@ -19,7 +19,7 @@ few rounds (SemiSAM+, arXiv 2502.20749):
 3. the annotator judges each round by its Dice with the proposal, undoes back to the round that
    agrees best (points after a box often make LiteMedSAM worse) and accepts.
 
-It reads no ground truth: :class:`~hiseg_sim.annotators.protocol.Knowledge` gives it the viewport in
+It reads no ground truth: :class:`~hiseg_sim.annotators.base.Knowledge` gives it the viewport in
 HU and nothing else it uses. The masks of every round are kept; :meth:`episode_info` returns them
 (bit-packed) with the proposal, so the runner stores them beside the final mask and
 :mod:`hiseg_sim.downstream.labels` can build a pseudo-label whose pixels are weighted by the spread
@@ -44,11 +44,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from hiseg_sim.annotators.robots_points import Click, ritm_click
+from hiseg_sim.annotators.robots.points import Click, ritm_click
 from hiseg_sim.downstream.pseudo import pack_rounds
 from hiseg_sim.downstream.training import TrainConfig, train_unet
 from hiseg_sim.downstream.unet import TinyUNet, predict_prob
 from hiseg_sim.env.actions import Accept, BoxAction, PointAction, Undo
+from hiseg_sim.metrics import dice as _dice
+from hiseg_sim.seeding import keyed_rng
+from hiseg_sim.annotators.base import Annotator
 
 __all__ = ["SpecialistConfig", "SpecialistAnnotator", "labelled_ids", "specialist_net", "proposal_mask",
            "specialist_prompt_box", "build_specialist", "cohort_cases", "weights_path"]
@@ -87,7 +90,7 @@ def labelled_ids(case_ids, n: int, seed: int = 0) -> list[str]:
     ids = sorted(case_ids)
     if not 1 <= int(n) <= len(ids):
         raise ValueError(f"n_labelled must be in [1, {len(ids)}]; got {n}")
-    order = np.random.default_rng([int(seed), 0x1AB]).permutation(len(ids))
+    order = keyed_rng(seed, 0x1AB).permutation(len(ids))
     return [ids[i] for i in order[: int(n)]]
 
 
@@ -95,19 +98,15 @@ _NETS: dict[str, TinyUNet] = {}
 
 
 def cohort_cases(cohort: str, allow_holdout: bool = False) -> list:
-    """The cases of a shipped cohort, or of a ``"module:function"`` returning cases (tests, your own data).
+    """The cases of a manifest cohort or a registered case source (:func:`hiseg_sim.data.sources.load_cases`).
 
     The specialist's cohort must not be the holdout (``allow_holdout=False``): it is for reporting only.
     """
     if not allow_holdout and "holdout" in str(cohort):
         raise ValueError("the specialist is trained on the calibration split only; the holdout is for reporting")
-    if ":" in str(cohort):
-        from hiseg_sim.experiments.cases import import_object
+    from hiseg_sim.data.sources import load_cases
 
-        return list(import_object(str(cohort))())
-    from hiseg_sim.data.cohort import load_cohort
-
-    return load_cohort(cohort)
+    return load_cases(str(cohort))
 
 
 def weights_path(cfg: SpecialistConfig, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -187,12 +186,8 @@ def specialist_prompt_box(mask: np.ndarray, pad_px: float = 2.0) -> BoxAction:
     return BoxAction(float(x0), float(y0), float(x1), float(y1))
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
-
-class SpecialistAnnotator:
+class SpecialistAnnotator(Annotator):
     """The specialist prompting the frozen segmenter in ``NoduleSeg2D-v0``; see the module docstring.
 
     Args:
@@ -239,7 +234,7 @@ class SpecialistAnnotator:
         return self._net
 
     # ---- protocol ---------------------------------------------------------------------------
-    def reset(self, knowledge, rng: np.random.Generator) -> None:
+    def begin_case(self, knowledge, rng: np.random.Generator) -> None:
         if getattr(knowledge, "three_d", False):
             raise ValueError("the specialist annotator works in NoduleSeg2D-v0 (one slice)")
         img = np.asarray(knowledge.image_hu, np.float32)

@@ -34,7 +34,6 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -43,8 +42,9 @@ from hiseg_sim.downstream.labels import build_label_sets, label_quality
 from hiseg_sim.downstream.slices import case_crops
 from hiseg_sim.downstream.specialist import SpecialistConfig, cohort_cases, labelled_ids, specialist_net, weights_path
 from hiseg_sim.downstream.training import TrainConfig, dice_scores, train_unet
+from hiseg_sim.codec import json_default
 
-__all__ = ["DEFAULTS", "is_downstream", "run_downstream", "train_and_test", "specialist_curve", "arm_table"]
+__all__ = ["DEFAULTS", "run_downstream", "train_and_test", "specialist_curve", "arm_table"]
 
 DEFAULTS = {"seeds": [0, 1], "train_steps": 400, "crowd_k": 3, "test_cohort": "holdout", "test_neighbours": 2,
             "weight_floor": 0.2, "n_boot": 2000, "train_workers": 2,
@@ -52,17 +52,6 @@ DEFAULTS = {"seeds": [0, 1], "train_steps": 400, "crowd_k": 3, "test_cohort": "h
                      "specialist": "specialist_n8"}}
 ARM_TITLES = {"gt": "(a) ground truth", "expert": "(b) expert + SAM", "crowd": "(c) crowd (STAPLE) + SAM",
               "novice": "(d) non-medical + SAM", "specialist": "(e) specialist pseudo-labels"}
-
-
-def is_downstream(spec) -> bool:
-    """Whether ``spec`` (a path, name or :class:`StudySpec`) is a ``kind = "downstream"`` study."""
-    from hiseg_sim.experiments.spec import StudySpec, load_spec
-
-    try:
-        s = spec if isinstance(spec, StudySpec) else load_spec(spec)
-    except Exception:  # noqa: BLE001 - the normal path reports spec errors
-        return False
-    return s.kind == "downstream"
 
 
 def settings_of(spec) -> dict:
@@ -250,7 +239,7 @@ def run_downstream(spec, out_dir=None, *, executor=None, workers=None, cache_dir
     from hiseg_sim.downstream.report import example_sets, save_examples
 
     save_examples(example_sets(sets), run_dir / "downstream_examples.npz")
-    (run_dir / "downstream.json").write_text(json.dumps(summary, indent=2, default=_json))
+    (run_dir / "downstream.json").write_text(json.dumps(summary, indent=2, default=json_default))
     if report:
         from hiseg_sim.downstream.report import write_report
 
@@ -263,13 +252,6 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
             for r in df.to_dict("records")]
 
-
-def _json(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    return str(o)
 
 
 def print_summary(summary: dict, echo=print) -> None:

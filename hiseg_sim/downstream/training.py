@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from hiseg_sim.downstream.unet import TinyUNet, predict_prob, to_input
+from hiseg_sim.seeding import keyed_rng
 
 __all__ = ["TrainConfig", "augment_batch", "train_unet", "dice_scores", "shift2d"]
 
@@ -133,7 +134,7 @@ def train_unet(images_hu: np.ndarray, labels: np.ndarray, weights: np.ndarray | 
     torch.set_num_threads(max(1, int(cfg.threads)))
     try:
         torch.manual_seed(int(seed))
-        rng = np.random.default_rng([int(seed), 0x5E6])
+        rng = keyed_rng(seed, 0x5E6)
         net = TinyUNet(cfg.base, cfg.prior)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr * 0.05)

@@ -13,32 +13,14 @@ it runs (:meth:`CaseSource.load`, remembered for the worker's later units).
 
 from __future__ import annotations
 
-import importlib
 from collections import OrderedDict
 from typing import Any
 
 from hiseg_sim.experiments.spec import CasesSpec, SpecError
 
-__all__ = ["CaseSource", "case_meta", "import_object"]
+__all__ = ["CaseSource", "case_meta"]
 
 META_KEYS = ("case_id", "diameter_mm", "texture", "size_band", "texture_group", "n_readers")
-
-
-def import_object(dotted: str) -> Any:
-    """``"package.module:attr.sub"`` → the object."""
-    if ":" not in dotted:
-        raise ValueError(f"expected 'module:attribute'; got {dotted!r}")
-    mod_name, attr = dotted.split(":", 1)
-    try:
-        obj = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ImportError(f"cannot import {mod_name!r} (from {dotted!r}): {exc}") from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ImportError(f"{mod_name!r} has no attribute {attr!r} (from {dotted!r})") from None
-    return obj
 
 
 def case_meta(case) -> dict:
@@ -123,8 +105,9 @@ class CaseSource:
 
     def _source_cases(self) -> dict:
         if self._all is None:
-            fn = import_object(self.spec.source)
-            cases = list(fn(**self.spec.kwargs))
+            from hiseg_sim.data.sources import load_cases
+
+            cases = load_cases(self.spec.source, **self.spec.kwargs)
             ids = [c.case_id for c in cases]
             if len(set(ids)) != len(ids):
                 raise SpecError(f"[cases] source {self.spec.source!r} returned duplicate case ids")

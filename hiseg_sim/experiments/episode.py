@@ -13,15 +13,14 @@ can be done afterwards without re-running anything.
 
 from __future__ import annotations
 
-import json
-from typing import Any
 
 import numpy as np
 
 from hiseg_sim import metrics
+from hiseg_sim.codec import jsonable, pack_mask
+from hiseg_sim.annotators.base import Annotator, DelegatingAnnotator, Feedback
 
-__all__ = ["harness_episode", "final_mask_record", "pack_mask", "unpack_mask", "case_record", "trace_rows",
-           "jsonable", "NSD_TOLERANCE_MM"]
+__all__ = ["harness_episode", "final_mask_record", "case_record", "trace_rows", "NSD_TOLERANCE_MM"]
 
 #: tolerance of the NSD column ``nsd`` (mm): about one pixel of the default cohort (0.5–0.9 mm)
 NSD_TOLERANCE_MM = 1.0
@@ -42,61 +41,20 @@ def harness_episode(env, annotator, *, case_id: str, seed: int, feedback: str = 
     return run_episode(env, annotator, case_id=case_id, seed=seed, feedback=feedback != "none")
 
 
-class _WorkedExampleTeacher:
-    """Forwards everything to the annotator; adds the reference mask to the feedback at ``end_case``."""
+class _WorkedExampleTeacher(DelegatingAnnotator):
+    """The annotator, with the scoring reference added to the feedback at ``end_case``."""
 
-    def __init__(self, inner, env) -> None:
-        self._inner = inner
+    def __init__(self, inner: Annotator, env) -> None:
+        super().__init__(inner)
         self._env = env
 
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
     def end_case(self, feedback) -> None:
-        from hiseg_sim.annotators.protocol import Feedback
-
         u = self._env.unwrapped
-        S = u.size
-        vp = u.viewport
-        from hiseg_sim.env.viewport import crop2d
-
-        ref = np.stack([crop2d(u.case.gt[vp.z0 + i], vp.y0, vp.x0, S, fill=False) for i in range(vp.n_slices)])
-        expert = ref if getattr(u, "three_d", False) else ref[0]
+        ref = u.scoring_reference()
+        expert = ref if u.three_d else ref[0]
         fb = Feedback(dice=getattr(feedback, "dice", None), seconds=getattr(feedback, "seconds", None),
                       expert_mask=expert)
-        self._inner.end_case(fb)
-
-
-# ---- masks ------------------------------------------------------------------------------------
-def pack_mask(mask: np.ndarray, origin=(0, 0, 0), prefix: str = "mask") -> dict:
-    """The tight bounding-box crop of a ``bool`` ``(Z, Y, X)`` mask placed at ``origin`` (volume
-    indices of ``mask[0, 0, 0]``), as row fields ``{prefix}_z0/_y0/_x0`` (volume indices of the
-    crop's corner), ``{prefix}_dz/_dy/_dx`` (crop shape; 0 for an empty mask) and
-    ``{prefix}_bits`` (``np.packbits`` of the crop, C order)."""
-    m = np.asarray(mask, bool)
-    if m.ndim != 3:
-        raise ValueError(f"pack_mask takes a (Z, Y, X) mask; got shape {m.shape}")
-    idx = np.argwhere(m)
-    if idx.size == 0:
-        lo, shape, crop = np.asarray(origin), (0, 0, 0), np.zeros((0,), bool)
-    else:
-        a, b = idx.min(0), idx.max(0) + 1
-        crop = m[a[0]:b[0], a[1]:b[1], a[2]:b[2]]
-        lo, shape = np.asarray(origin) + a, crop.shape
-    out = {f"{prefix}_{k}0": int(v) for k, v in zip("zyx", lo)}
-    out.update({f"{prefix}_d{k}": int(v) for k, v in zip("zyx", shape)})
-    out[f"{prefix}_bits"] = np.packbits(crop.ravel()).tobytes()
-    return out
-
-
-def unpack_mask(row, prefix: str = "mask") -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Inverse of :func:`pack_mask`: ``(crop, (z0, y0, x0))`` from a row (dict or pandas Series)."""
-    shape = tuple(int(row[f"{prefix}_d{k}"]) for k in "zyx")
-    origin = tuple(int(row[f"{prefix}_{k}0"]) for k in "zyx")
-    n = int(np.prod(shape))
-    bits = np.frombuffer(row[f"{prefix}_bits"], np.uint8)
-    crop = np.unpackbits(bits, count=n).astype(bool).reshape(shape) if n else np.zeros(shape, bool)
-    return crop, origin
+        self.inner.end_case(fb)
 
 
 def final_mask_record(env, case) -> dict:
@@ -141,25 +99,6 @@ def case_record(case) -> dict:
 
 
 # ---- rows -------------------------------------------------------------------------------------
-def jsonable(v: Any) -> Any:
-    """A Parquet-friendly scalar: numpy scalars → Python, containers → canonical JSON text."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, (dict, list, tuple, np.ndarray)):
-        return json.dumps(v, sort_keys=True, default=_json_default)
-    return v
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if hasattr(o, "__dict__"):
-        return {k: v for k, v in vars(o).items() if not k.startswith("_")}
-    return str(o)
-
-
 _TRACE_DROP = {"env", "case", "annotator", "episode", "seed", "viewport", "start_slice"}
 
 

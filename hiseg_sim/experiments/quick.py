@@ -1,4 +1,4 @@
-"""Ad-hoc studies without a TOML file (what ``hiseg-sim simulate`` runs), and run-then-report in one call.
+"""Ad-hoc studies without a TOML file (what ``hiseg-sim simulate`` runs).
 
 >>> from hiseg_sim.experiments.quick import quick_spec
 >>> spec = quick_spec(["expert_radiologist", "robot_ritm"], cohort="default", limit=4, replicates=2)
@@ -8,12 +8,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from hiseg_sim.experiments.spec import StudySpec, spec_from_dict
 
-__all__ = ["quick_spec", "run_and_report"]
+__all__ = ["quick_spec"]
 
 
 def quick_spec(annotators: Sequence[str], *, name: str = "simulate", cohort: str = "default", limit: int | None = None,
@@ -40,17 +39,3 @@ def quick_spec(annotators: Sequence[str], *, name: str = "simulate", cohort: str
            "annotators": [{"name": a} for a in annotators],
            "run": {"replicates": int(replicates), "executor": executor, "workers": int(workers), "design": design}}
     return spec_from_dict(doc, f"simulate({', '.join(annotators)})")
-
-
-def run_and_report(spec, out_dir: str | os.PathLike | None = None, *, report: bool = True, **run_kwargs):
-    """:func:`~hiseg_sim.experiments.runner.run_study`, then :func:`~hiseg_sim.analysis.report.build_report`
-    on the same directory; returns ``(RunData, Report | None)``."""
-    from hiseg_sim.experiments.runner import run_study
-
-    data = run_study(spec, out_dir, **run_kwargs)
-    rep = None
-    if report:
-        from hiseg_sim.analysis.report import build_report
-
-        rep = build_report(data.dir)
-    return data, rep

@@ -10,36 +10,40 @@ is read, and an error names the file, the table and the key::
 The file's tables (``experiments/hiseg_groups.toml`` is a worked example):
 
 ``[study]``
-    ``name`` (str, required: also the run directory ``runs/<name>/``), ``kind`` (``"groups"``,
-    ``"crowd"``, ``"training"``, ``"protocols"``: which analysis the report shows), ``description``,
-    ``seed`` (int, the study seed every episode seed is derived from), ``env`` (``"2d"``, ``"3d"``
-    or a registered Gymnasium id), ``env_kwargs`` (table passed to ``gym.make``).
+    ``name`` (str, required: a plain name, also the run directory ``runs/<name>/``), ``kind`` (a
+    registered study kind: ``"groups"``, ``"crowd"``, ``"training"``, ``"protocols"``,
+    ``"downstream"`` or a plugin's; see :mod:`hiseg_sim.studies`), ``description``, ``seed`` (int,
+    the study seed every episode seed is derived from), ``env`` (``"2d"``, ``"3d"`` or a registered
+    Gymnasium id), ``env_kwargs`` (table passed to ``gym.make``).
 ``[cases]``
-    ``cohort`` (a cohort of ``data_manifests/phantom-lidc.json``) or ``source``
-    (``"module:function"`` returning a list of :class:`~hiseg_sim.data.case.Case`, called with
-    ``kwargs``); ``ids`` (only these), ``per_stratum`` (cohorts: at most this many per size band x
-    texture group, in manifest order), ``limit`` (first N after the other filters).
+    ``cohort`` (a cohort of ``data_manifests/phantom-lidc.json``) or ``source`` (a registered case
+    source, :mod:`hiseg_sim.data.sources`, called with ``kwargs``); ``ids`` (only these),
+    ``per_stratum`` (cohorts: at most this many per size band x texture group, in manifest order),
+    ``limit`` (first N after the other filters).
 ``[segmenters]``
-    ``names`` (registry names or ``"module:callable"``; default ``["litemedsam"]``),
+    ``names`` (registered segmenter names, optionally ``name@runtime``; default ``["litemedsam"]``),
     ``optional`` (names run only when their checkpoint is given), ``checkpoints`` (name → path).
 ``[[annotators]]`` (one table per arm)
-    ``name`` (a registry name of :mod:`hiseg_sim.annotators.registry` or ``"module:callable"``),
-    ``label`` (how rows and reports call the arm; default ``name``; unique), ``overrides``
-    (profile parameters passed to ``build_annotator``), ``replicates`` (episodes per case for this
-    arm; default ``[run] replicates``), ``feedback`` (``"none"``, ``"score"`` or
-    ``"worked_example"``: what a teacher shows after each case), ``practice`` (sequence design:
-    how many leading cases get that feedback; the rest are test cases without feedback).
+    ``name`` (a registered annotator name, :mod:`hiseg_sim.annotators.registry`), ``label`` (how
+    rows and reports call the arm; default ``name``; unique), ``overrides`` (profile parameters
+    passed to ``build_annotator``), ``replicates`` (episodes per case for this arm; default
+    ``[run] replicates``), ``feedback`` (``"none"``, ``"score"`` or ``"worked_example"``: what a
+    teacher shows after each case), ``practice`` (sequence design: how many leading cases get that
+    feedback; the rest are test cases without feedback).
 ``[run]``
     ``replicates`` (default 1), ``design`` (``"crossed"``: every arm on every case, a fresh person
     per episode; ``"sequence"``: each replicate is one person working through ``length`` cases in
     a replicate-specific order, learning as they go), ``length`` (sequence design: cases per
     person; default all the study's cases), ``executor`` (``"serial"``,
     ``"process"``, ``"ray"``), ``workers`` (0 = all cores), ``cache_dir`` (on-disk embedding
-    cache; default :func:`hiseg_sim.segmenters.default_cache_dir`), ``episode_fn``
-    (``"module:function"``, default :func:`hiseg_sim.experiments.episode.harness_episode`).
+    cache; default :func:`hiseg_sim.segmenters.default_cache_dir`), ``episode_fn`` (a registered
+    episode function, default ``"harness"``: :func:`hiseg_sim.experiments.episode.harness_episode`).
 ``[analysis]``
-    free-form settings read by :mod:`hiseg_sim.analysis` (thresholds, bootstrap size, reference
-    arm, crowd ``ks``, ...); changing them never invalidates the stored episodes.
+    the settings the study kind reads (each kind lists its keys; an unknown key is an error);
+    changing them never invalidates the stored episodes.
+
+Every name in a spec is looked up in a registry (:mod:`hiseg_sim.registry`); nothing in a spec is
+imported or called by a dotted path.
 
 Only what changes the episodes enters :meth:`StudySpec.config_hash` (not the executor, worker
 count, cache directory, description or analysis settings), so a run may be resumed on another
@@ -56,6 +60,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from hiseg_sim.registry import Registry
+
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -63,16 +69,19 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "SpecError", "AnnotatorSpec", "CasesSpec", "RunSpec", "StudySpec", "load_spec", "spec_from_dict",
-    "ENV_ALIASES", "KINDS", "FEEDBACK_MODES", "DESIGNS", "EXECUTORS", "DEFAULT_EPISODE_FN",
+    "ENV_ALIASES", "EPISODES", "STUDY_KINDS", "FEEDBACK_MODES", "DESIGNS", "EXECUTORS", "DEFAULT_EPISODE_FN",
 ]
 
 ENV_ALIASES = {"2d": "hiseg_sim/NoduleSeg2D-v0", "3d": "hiseg_sim/NoduleSeg3D-v0"}
-KINDS = ("groups", "crowd", "training", "protocols", "downstream")  # downstream: hiseg_sim.downstream.study
+#: Kinds of study by name (entry-point group ``hiseg_sim.study_kinds``; see :mod:`hiseg_sim.studies`).
+STUDY_KINDS: Registry[Any] = Registry("study_kinds", "study kind")
+#: Episode functions by name (entry-point group ``hiseg_sim.episodes``; ``harness`` is the default:
+#: :func:`hiseg_sim.experiments.episode.harness_episode`).
+EPISODES: Registry[Callable[..., Any]] = Registry("episodes", "episode function")
 FEEDBACK_MODES = ("none", "score", "worked_example")
 DESIGNS = ("crossed", "sequence")
 EXECUTORS = ("serial", "process", "ray")
-DEFAULT_EPISODE_FN = "hiseg_sim.experiments.episode:harness_episode"
-_DOTTED = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+DEFAULT_EPISODE_FN = "harness"
 _LABEL = re.compile(r"^[A-Za-z0-9_.+@-]+$")
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -96,7 +105,7 @@ class AnnotatorSpec:
 
 @dataclass(frozen=True)
 class CasesSpec:
-    """Where the cases come from (a shipped cohort, or a ``module:function``) and which of them."""
+    """Where the cases come from (a manifest cohort, or a registered case source) and which of them."""
 
     cohort: str | None = "default"
     source: str | None = None
@@ -267,7 +276,9 @@ def spec_from_dict(data: dict, where: str = "study spec") -> StudySpec:
                 "a non-empty name of letters, digits, '_', '.', '+' or '-' (it names runs/<name>/)", where, "study")
     if name is None:
         raise SpecError(f"{where}: [study] name: missing (the study's name; it names runs/<name>/)")
-    kind = _get(study, "kind", lambda v: v in KINDS, f"one of {', '.join(KINDS)}", where, "study", "groups")
+    kind = _get(study, "kind", _is_str, "a study kind such as 'groups'", where, "study", "groups")
+    if kind not in STUDY_KINDS:
+        raise SpecError(f"{where}: [study] kind: {STUDY_KINDS.unknown_message(kind)}")
     desc = _get(study, "description", lambda v: isinstance(v, str), "a string", where, "study", "")
     seed = _get(study, "seed", _nonneg_int, "an integer >= 0", where, "study", 0)
     env = _get(study, "env", _is_str, "'2d', '3d' or a registered Gymnasium id", where, "study", "2d")
@@ -298,18 +309,18 @@ def spec_from_dict(data: dict, where: str = "study spec") -> StudySpec:
     spec = StudySpec(name=name, kind=kind, description=desc.strip(), seed=seed, env_id=env_id, env_kwargs=env_kwargs,
                      cases=cases, segmenters=segs, optional_segmenters=optional, checkpoints=ckpts, annotators=arms,
                      run=run, analysis=analysis, path=where if where != "study spec" else None)
-    if kind == "crowd" and "worker" in analysis and analysis["worker"] not in labels:
-        raise SpecError(f"{where}: [analysis] worker: {analysis['worker']!r} is not an arm label; arms: {labels}")
-    for key in ("reference", "learner", "target"):
-        if key in analysis and isinstance(analysis[key], str) and analysis[key] not in labels:
-            raise SpecError(f"{where}: [analysis] {key}: {analysis[key]!r} is not an arm label; arms: {labels}")
+    STUDY_KINDS.get(kind).validate(spec, where)
     return spec
 
 
 def _parse_cases(t: dict, where: str) -> CasesSpec:
     _no_unknown(t, _CASES, where, "cases")
-    source = _get(t, "source", lambda v: _is_str(v) and _DOTTED.match(v) is not None,
-                  "'module:function' returning a list of Case", where, "cases")
+    source = _get(t, "source", _is_str, "the name of a registered case source", where, "cases")
+    if source is not None:
+        from hiseg_sim.data.sources import CASE_SOURCES
+
+        if source not in CASE_SOURCES:
+            raise SpecError(f"{where}: [cases] source: {CASE_SOURCES.unknown_message(source)}")
     cohort = _get(t, "cohort", _is_str, "a cohort name such as 'default' or 'holdout'", where, "cases")
     if source and cohort:
         raise SpecError(f"{where}: [cases] give either cohort or source, not both")
@@ -324,20 +335,19 @@ def _parse_cases(t: dict, where: str) -> CasesSpec:
 
 
 def _is_seg_name(v) -> bool:
-    return _is_str(v) and (_DOTTED.match(v) is not None or re.match(r"^[A-Za-z0-9_.-]+(@[A-Za-z0-9_]+)?$", v) is not None)
+    return _is_str(v) and re.match(r"^[A-Za-z0-9_.-]+(@[A-Za-z0-9_]+)?$", v) is not None
 
 
 def _parse_segmenters(t: dict, where: str):
     _no_unknown(t, _SEGS, where, "segmenters")
     names = _get(t, "names", lambda v: isinstance(v, list) and v and all(_is_seg_name(s) for s in v),
-                 "a non-empty list of registry names or 'module:callable'", where, "segmenters", ["litemedsam"])
+                 "a non-empty list of segmenter names (optionally name@runtime)", where, "segmenters", ["litemedsam"])
     optional = _get(t, "optional", lambda v: isinstance(v, list) and all(_is_seg_name(s) for s in v),
                     "a list of registry names", where, "segmenters", [])
     ckpts = _get(t, "checkpoints", lambda v: _is_table(v) and all(_is_str(p) for p in v.values()),
                  "a table of name = \"path\"", where, "segmenters", {})
     for n in list(names) + list(optional):
-        if ":" not in n:
-            _check_segmenter_name(n, where)
+        _check_segmenter_name(n, where)
     ckpts = {k: str(Path(v).expanduser()) for k, v in ckpts.items()}
     for k, p in ckpts.items():
         if k in (set(names) | set(optional)) and not Path(p).is_file():
@@ -348,10 +358,8 @@ def _parse_segmenters(t: dict, where: str):
 
 
 def _check_segmenter_name(name: str, where: str) -> None:
-    try:
-        from hiseg_sim import segmenters
-    except Exception:  # pragma: no cover - a broken install is reported when the segmenter is built
-        return
+    from hiseg_sim import segmenters
+
     known = segmenters.available()
     base, _, runtime = name.partition("@")
     if base not in known:
@@ -360,31 +368,20 @@ def _check_segmenter_name(name: str, where: str) -> None:
         raise SpecError(f"{where}: [segmenters] {name!r}: unknown runtime {runtime!r}; one of {', '.join(segmenters.RUNTIMES)}")
 
 
-def _annotator_names() -> list[str] | None:
-    try:
-        from hiseg_sim.annotators.registry import available_annotators
-    except ImportError:
-        return None
-    return list(available_annotators())
-
-
 def _parse_arm(t: dict, i: int, where: str, run: RunSpec) -> AnnotatorSpec:
     tname = f"annotators #{i + 1}"
     _no_unknown(t, _ARM, where, tname)
-    name = _get(t, "name", _is_str, "an annotator registry name or 'module:callable'", where, tname)
+    name = _get(t, "name", _is_str, "a registered annotator name", where, tname)
     if name is None:
         raise SpecError(f"{where}: [{tname}] name: missing (a profile such as 'expert_radiologist', or a robot)")
-    if ":" in name:
-        if not _DOTTED.match(name):
-            raise SpecError(f"{where}: [{tname}] name: {name!r} is neither a registry name nor 'module:callable'")
-    else:
-        known = _annotator_names()
-        if known is not None and name not in known:
-            raise SpecError(f"{where}: [{tname}] name: unknown annotator {name!r}{_suggest(name, known)}")
+    from hiseg_sim.annotators.registry import ANNOTATORS
+
+    if name not in ANNOTATORS:
+        raise SpecError(f"{where}: [{tname}] name: {ANNOTATORS.unknown_message(name)}")
     label = _get(t, "label", lambda v: _is_str(v) and _LABEL.match(v) is not None,
                  "a label of letters, digits, '_', '.', '+', '@' or '-'", where, tname, None)
     if label is None:
-        label = name if _LABEL.match(name) else name.rsplit(":", 1)[-1].replace(":", ".")
+        label = name
     fb = _get(t, "feedback", lambda v: v in FEEDBACK_MODES, f"one of {', '.join(FEEDBACK_MODES)}", where, tname, "none")
     practice = _get(t, "practice", _nonneg_int, "an integer >= 0", where, tname)
     if practice is not None and run.design != "sequence":
@@ -405,9 +402,11 @@ def _parse_run(t: dict, where: str) -> RunSpec:
         executor=_get(t, "executor", lambda v: v in EXECUTORS, f"one of {', '.join(EXECUTORS)}", where, "run", "process"),
         workers=_get(t, "workers", _nonneg_int, "an integer >= 0 (0 = all cores)", where, "run", 0),
         cache_dir=_get(t, "cache_dir", _is_str, "a directory path", where, "run"),
-        episode_fn=_get(t, "episode_fn", lambda v: _is_str(v) and _DOTTED.match(v) is not None,
-                        "'module:function'", where, "run", DEFAULT_EPISODE_FN),
+        episode_fn=_get(t, "episode_fn", _is_str, "a registered episode function", where, "run",
+                        DEFAULT_EPISODE_FN),
     )
+    if run.episode_fn not in EPISODES:
+        raise SpecError(f"{where}: [run] episode_fn: {EPISODES.unknown_message(run.episode_fn)}")
     if run.length is not None and run.design != "sequence":
         raise SpecError(f"{where}: [run] length: only with design = \"sequence\"")
     return run

@@ -21,9 +21,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-import numpy as np
 
 from hiseg_sim.experiments.spec import StudySpec
+from hiseg_sim.seeding import episode_seed, sequence_rng, stable_int
 
 __all__ = ["EpisodePlan", "WorkUnit", "stable_int", "episode_seed", "sequence_order", "plan_units"]
 
@@ -53,27 +53,12 @@ class WorkUnit:
     replicate: int | None = None
 
 
-def stable_int(text: str) -> int:
-    """A 64-bit integer of ``text`` that is the same in every process and Python version (unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-
-
-def episode_seed(study_seed: int, arm: str, case_id: str, replicate: int) -> int:
-    """The seed of one episode: ``SeedSequence([study_seed, h(arm), h(case_id), replicate])`` → uint32.
-
-    >>> episode_seed(0, "expert", "LIDC-IDRI-0001/n1", 0) == episode_seed(0, "expert", "LIDC-IDRI-0001/n1", 0)
-    True
-    """
-    ss = np.random.SeedSequence([int(study_seed), stable_int(arm), stable_int(case_id), int(replicate)])
-    return int(ss.generate_state(1, dtype=np.uint32)[0])
-
-
 def sequence_order(study_seed: int, case_ids: list[str], replicate: int, length: int) -> list[str]:
     """The cases replicate ``replicate`` of a sequence study works through: a seeded permutation,
     the same for every arm (so arms are compared on the same order), first ``length``."""
     if length > len(case_ids):
         raise ValueError(f"[run] length = {length} but the study has only {len(case_ids)} case(s)")
-    rng = np.random.default_rng(np.random.SeedSequence([int(study_seed), stable_int("sequence-order"), int(replicate)]))
+    rng = sequence_rng(study_seed, replicate)
     return [case_ids[i] for i in rng.permutation(len(case_ids))[:length]]
 
 

@@ -12,15 +12,15 @@ one env around the shared segmenter.
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hiseg_sim.experiments.cases import CaseSource, import_object
-from hiseg_sim.experiments.episode import case_record, final_mask_record, jsonable, trace_rows
-from hiseg_sim.experiments.spec import StudySpec, spec_from_dict
+from hiseg_sim.experiments.cases import CaseSource
+from hiseg_sim.codec import jsonable
+from hiseg_sim.experiments.episode import case_record, final_mask_record, trace_rows
+from hiseg_sim.experiments.spec import EPISODES, StudySpec, spec_from_dict
 from hiseg_sim.experiments.units import WorkUnit
 
 __all__ = ["UnitResult", "WorkerContext", "worker_config", "build_segmenter", "build_annotator_for"]
@@ -44,36 +44,15 @@ def worker_config(spec: StudySpec, cache_dir: str | None, threads: int | None, w
 
 def build_segmenter(name: str, cache_dir: str | None, checkpoint: str | None = None):
     """A segmenter by registry name (``"litemedsam"``, or ``"litemedsam@torch"`` to pick the prompt
-    decoder's runtime), or by ``"module:callable"`` (test stubs, custom models).
+    decoder's runtime); see :mod:`hiseg_sim.segmenters`."""
+    from hiseg_sim import segmenters
 
-    A callable is given what its signature names of ``cache_dir`` / ``cache`` / ``checkpoint``.
-    """
-    if ":" not in name:
-        from hiseg_sim import segmenters
-
-        base, _, runtime = name.partition("@")
-        return segmenters.build(base, checkpoint=checkpoint, cache_dir=cache_dir, runtime=runtime or "auto")
-    factory = import_object(name)
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        params = {}
-    kwargs: dict[str, Any] = {}
-    if "cache_dir" in params:
-        kwargs["cache_dir"] = cache_dir
-    elif "cache" in params:
-        from hiseg_sim.segmenters.cache import EmbeddingCache
-
-        kwargs["cache"] = EmbeddingCache(disk_dir=cache_dir)
-    if "checkpoint" in params and checkpoint is not None:
-        kwargs["checkpoint"] = checkpoint
-    return factory(**kwargs)
+    base, _, runtime = name.partition("@")
+    return segmenters.build(base, checkpoint=checkpoint, cache_dir=cache_dir, runtime=runtime or "auto")
 
 
 def build_annotator_for(arm) -> Any:
-    """The annotator of an arm: ``build_annotator(name, **overrides)``, or ``module:callable(**overrides)``."""
-    if ":" in arm.name:
-        return import_object(arm.name)(**arm.overrides)
+    """The annotator of an arm: ``build_annotator(name, **overrides)`` (a registered name)."""
     from hiseg_sim.annotators.registry import build_annotator
 
     return build_annotator(arm.name, **arm.overrides)
@@ -91,7 +70,7 @@ class WorkerContext:
             self.threads = _set_threads(int(cfg["threads"]))
         self.cases = CaseSource(self.spec.cases)
         self._segs: dict[str, Any] = {}
-        self.episode_fn = import_object(self.spec.run.episode_fn)
+        self.episode_fn = EPISODES.get(self.spec.run.episode_fn)
         self._meta = None
 
     def segmenter(self, name: str):

@@ -22,6 +22,7 @@ import dataclasses
 import zlib
 
 import numpy as np
+from hiseg_sim.seeding import keyed_rng
 
 __all__ = ["default_renderings", "nodule_of", "holdout_extra_cases", "rendering_manifest", "validation_cases"]
 
@@ -93,7 +94,7 @@ def holdout_extra_cases(n: int = 96, seed: int = 0) -> list:
     rows = [r for r in _candidates(db, "holdout") if r["nodule_id"] not in taken]
     if any(int(r["patient_id"].split("-")[-1]) <= 800 for r in rows):  # pragma: no cover - defined by the database
         raise ValueError("holdout candidates from calibration patients")
-    chosen, _ = _draw(rows, int(n), np.random.default_rng([int(seed), 0x40]))
+    chosen, _ = _draw(rows, int(n), keyed_rng(seed, 0x40))
     cases = [{k: c[k] for k in ("nodule_id", "phantom_seed", "diameter_mm", "texture", "n_readers")} for c in chosen]
     man = {"version": 1, "cohorts": {"holdout_extra": {"split": "holdout", "cases": cases}}}
     return load_cohort("holdout_extra", manifest=man, db=db)

@@ -114,11 +114,12 @@ def collect_demos(env: gym.Env, annotator_name: str, case_ids: list[str], episod
     """Run ``annotator_name`` for ``episodes`` episodes on ``env`` and return the cut demonstrations.
 
     Cases are taken in order, round after round; each round is a fresh person (a new annotator
-    from the registry) and uses episode seeds :func:`~hiseg_sim.annotators.harness.episode_seed`
+    from the registry) and uses episode seeds :func:`~hiseg_sim.seeding.person_episode_seed`
     ``(seed + round, case)``, so the viewports differ between rounds. A progress bar shows on
     stderr (``progress=True`` prints one line per episode instead).
     """
-    from hiseg_sim.annotators.harness import episode_seed, run_episode
+    from hiseg_sim.annotators.harness import run_episode
+    from hiseg_sim.seeding import person_episode_seed
     from hiseg_sim.annotators.registry import build_annotator
     from hiseg_sim.progress import progress_iter
 
@@ -136,7 +137,7 @@ def collect_demos(env: gym.Env, annotator_name: str, case_ids: list[str], episod
         if cid == 0 or agent is None:
             agent = build_annotator(annotator_name)
         case_id = case_ids[cid]
-        res = run_episode(rec, agent, case_id=case_id, seed=episode_seed(seed + rnd, case_id))
+        res = run_episode(rec, agent, case_id=case_id, seed=person_episode_seed(seed + rnd, case_id))
         raw_dice.append(res.summary["final_dice"])
         raw_sec.append(res.summary["seconds_total"])
         pairs, best, secs = best_prefix(rec.steps, rec.last_obs)

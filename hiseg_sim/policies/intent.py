@@ -22,6 +22,8 @@ from functools import lru_cache
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from hiseg_sim.seeding import keyed_rng
+from hiseg_sim.annotators.base import Annotator
 
 __all__ = ["PerceivedIntent", "intent_channel", "perception_params_of"]
 
@@ -32,12 +34,11 @@ def perception_params_of(profile: str):
     process: the profile files are data, not state)."""
     from hiseg_sim.annotators.registry import build_annotator
 
-    agent = build_annotator(profile)
-    fn = getattr(agent, "perception_params", None)
-    if not callable(fn):
+    params = build_annotator(profile).perception_params()
+    if params is None:
         raise ValueError(f"{profile!r} has no perception model (robots and policies have none); "
                          "give a behaviour profile such as 'junior_medical_student'")
-    return fn()
+    return params
 
 
 def intent_channel(intent: np.ndarray | None, size: int) -> np.ndarray:
@@ -50,7 +51,7 @@ def intent_channel(intent: np.ndarray | None, size: int) -> np.ndarray:
     return (m.astype(np.uint8) * 255)[None]
 
 
-class _Perceiver:
+class _Perceiver(Annotator):
     """The minimum the harness's perception step needs: ``perception_params()``."""
 
     def __init__(self, params):
@@ -64,7 +65,7 @@ class PerceivedIntent(gym.Wrapper):
     """Add ``obs["intent"]``: the intent of a person of ``profile``, drawn at each reset (2-D env).
 
     With a reset ``seed`` the draw uses the harness's perception stream for ``(seed, case)``
-    (:func:`~hiseg_sim.annotators.harness.seed_streams`), so a demonstration recorded here sees the
+    (:func:`~hiseg_sim.seeding.episode_streams`), so a demonstration recorded here sees the
     intent a study would give; without one (vectorised training) a generator seeded on the first
     reset carries on.
     """
@@ -83,13 +84,14 @@ class PerceivedIntent(gym.Wrapper):
                                               "intent": spaces.Box(0, 255, (1, self.size, self.size), np.uint8)})
 
     def reset(self, *, seed=None, options=None):
-        from hiseg_sim.annotators.harness import make_knowledge, seed_streams
+        from hiseg_sim.annotators.harness import make_knowledge
+        from hiseg_sim.seeding import episode_streams
 
         obs, info = self.env.reset(seed=seed, options=options)
         case_id = self.env.unwrapped.case.case_id
         if seed is not None:
-            rng = seed_streams(int(seed), case_id)[0]
-            self._rng = np.random.default_rng([int(seed), 17])
+            rng = episode_streams(int(seed), case_id)[0]
+            self._rng = keyed_rng(seed, 17)
         else:
             if self._rng is None:
                 self._rng = np.random.default_rng(17)

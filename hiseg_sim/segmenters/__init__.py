@@ -17,6 +17,7 @@ import inspect
 import os
 from typing import Callable
 
+from hiseg_sim.registry import Registry, RegistryError
 from hiseg_sim.segmenters.base import (
     LUNG_WINDOW,
     Embedding,
@@ -33,27 +34,31 @@ from hiseg_sim.segmenters.threads import get_threads, set_threads, threads_for
 
 __all__ = [
     "LUNG_WINDOW", "CorruptCacheWarning", "Embedding", "EmbeddingCache", "Prediction", "Prompt", "PromptError",
-    "RUNTIMES", "RuntimeFallbackWarning", "Segmenter", "SegmenterError", "available", "build", "default_cache_dir",
+    "RUNTIMES", "RuntimeFallbackWarning", "SEGMENTERS", "Segmenter", "SegmenterError", "available", "build", "default_cache_dir",
     "get_threads", "register", "set_threads", "threads_for", "window_to_unit",
 ]
 
-_REGISTRY: dict[str, Callable[..., Segmenter]] = {}
+#: Segmenters by name: entry points of the group ``hiseg_sim.segmenters`` (hiseg-sim's own are in
+#: :mod:`hiseg_sim.segmenters.builtin`), plus any added with :func:`register`.
+SEGMENTERS: Registry[Callable[..., Segmenter]] = Registry("segmenters", "segmenter")
 
 
 def register(name: str) -> Callable[[Callable[..., Segmenter]], Callable[..., Segmenter]]:
-    """Decorator: make ``builder(**kwargs) -> Segmenter`` available as ``build(name)``."""
+    """Decorator: make ``builder(**kwargs) -> Segmenter`` available as ``build(name)`` in this process
+    (a package makes it available everywhere with an entry point in ``hiseg_sim.segmenters``)."""
 
     def deco(builder: Callable[..., Segmenter]) -> Callable[..., Segmenter]:
-        if name in _REGISTRY:
-            raise ValueError(f"segmenter {name!r} is already registered")
-        _REGISTRY[name] = builder
+        try:
+            SEGMENTERS.register(name, builder)
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from None
         return builder
 
     return deco
 
 
 def available() -> list[str]:
-    return list(_REGISTRY)
+    return SEGMENTERS.names()
 
 
 def _make_cache(cache: EmbeddingCache | None, cache_dir: str | os.PathLike | None, max_items: int) -> EmbeddingCache:
@@ -81,14 +86,14 @@ def build(name: str = "litemedsam", *, checkpoint: str | os.PathLike | None = No
 
     ``$HISEG_THREADS``, if set, is applied here (see :func:`set_threads`).
     """
-    if name not in _REGISTRY:
-        raise SegmenterError(f"unknown segmenter {name!r}; available: {', '.join(available())}")
+    if name not in SEGMENTERS:
+        raise SegmenterError(SEGMENTERS.unknown_message(name))
     if runtime not in RUNTIMES:
         raise SegmenterError(f"unknown runtime {runtime!r}; one of {', '.join(RUNTIMES)}")
     from hiseg_sim.segmenters.threads import apply_env
 
     apply_env()
-    builder = _REGISTRY[name]
+    builder = SEGMENTERS.get(name)
     kwargs: dict = {"checkpoint": checkpoint, "cache": _make_cache(cache, cache_dir, max_cached)}
     params = inspect.signature(builder).parameters
     if "runtime" in params:
@@ -96,23 +101,3 @@ def build(name: str = "litemedsam", *, checkpoint: str | os.PathLike | None = No
     elif runtime == "onnx":
         raise SegmenterError(f"segmenter {name!r} has no ONNX runtime; use runtime='torch' or 'auto'")
     return builder(**kwargs)
-
-
-@register("litemedsam")
-def _build_litemedsam(checkpoint=None, cache=None, runtime="auto", onnx_dir=None) -> Segmenter:
-    from hiseg_sim.segmenters.litemedsam import LiteMedSAM
-
-    return LiteMedSAM(checkpoint=checkpoint, cache=cache, runtime=runtime, onnx_dir=onnx_dir)
-
-
-def _sam_builder(model_type: str):
-    def builder(checkpoint=None, cache=None, runtime="auto", onnx_dir=None) -> Segmenter:
-        from hiseg_sim.segmenters.sam import SAM
-
-        return SAM(model_type=model_type, checkpoint=checkpoint, cache=cache, runtime=runtime, onnx_dir=onnx_dir)
-
-    return builder
-
-
-for _t in ("vit_b", "vit_l", "vit_h"):
-    register(f"sam_{_t}")(_sam_builder(_t))

@@ -18,12 +18,9 @@ import tempfile
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from hiseg_sim.segmenters.base import Embedding
+from hiseg_sim.segmenters.types import Embedding
 
 __all__ = ["EmbeddingCache", "CorruptCacheWarning", "default_cache_dir"]
 
@@ -43,7 +40,7 @@ def _digest(arr: np.ndarray) -> str:
 
 
 class EmbeddingCache:
-    """LRU of :class:`~hiseg_sim.segmenters.base.Embedding` objects, optionally backed by disk.
+    """LRU of :class:`~hiseg_sim.segmenters.types.Embedding` objects, optionally backed by disk.
 
     Args:
         max_items: embeddings kept in memory (each about 4 MB for the SAM family).
@@ -101,8 +98,6 @@ class EmbeddingCache:
             self._mem.popitem(last=False)
 
     def _load(self, key: str) -> Embedding | None:
-        from hiseg_sim.segmenters.base import Embedding
-
         path = self.path_for(key)
         if not path.exists():
             return None

@@ -34,9 +34,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..metrics import dice, iou
-from .robots_boxes import gt_box, medsam_box, sam_noisy_box
-from .robots_points import (
+from hiseg_sim.metrics import dice, iou
+from hiseg_sim.annotators.robots.boxes import gt_box, medsam_box, sam_noisy_box
+from hiseg_sim.annotators.robots.points import (
     Click,
     clicks_to_sam,
     deepgrow_click,

@@ -1,16 +1,16 @@
 """A simulated person prompting a Segment Anything model: perception → strategy → execution → judgement → stop.
 
 :class:`BehaviourAnnotator` puts the parts together for one annotator group
-(a :class:`~hiseg_sim.annotators.profiles.Profile`):
+(a :class:`~hiseg_sim.annotators.behaviour.profiles.Profile`):
 
 1. *perception* happens before the episode, in the harness
    (:func:`hiseg_sim.annotators.harness.make_knowledge`): the annotator exposes
    :meth:`~BehaviourAnnotator.perception_params` and receives its intent in
-   :class:`~hiseg_sim.annotators.protocol.Knowledge` (never the ground truth);
-2. *strategy* (:mod:`~hiseg_sim.annotators.strategy`): opening, then corrections, chosen by the
+   :class:`~hiseg_sim.annotators.base.Knowledge` (never the ground truth);
+2. *strategy* (:mod:`~hiseg_sim.annotators.behaviour.strategy`): opening, then corrections, chosen by the
    values the person holds for each prompt type;
-3. *execution* (:mod:`~hiseg_sim.annotators.execution`): aim, motor noise, box looseness;
-4. *judgement* (:mod:`~hiseg_sim.annotators.judgement`): after each prompt the mask is judged
+3. *execution* (:mod:`~hiseg_sim.annotators.behaviour.execution`): aim, motor noise, box looseness;
+4. *judgement* (:mod:`~hiseg_sim.annotators.behaviour.judgement`): after each prompt the mask is judged
    against the intent; a prompt that made it look worse is undone; the person accepts when it
    looks good enough, or gives up when patience or the time budget run out, or when
    ``stall_limit`` prompts in a row did not help *and* every kind of prompt has been tried on the
@@ -18,14 +18,14 @@
    click-first novice whose clicks produce nothing comes to draw a box);
 5. *time*: the env charges each action with the group's :class:`~hiseg_sim.timing.TimeModel`
    (:meth:`~BehaviourAnnotator.time_model_for`, passed by the harness as ``options["time_model"]``);
-6. *learning* (:mod:`~hiseg_sim.annotators.learning`): each judged prompt updates the value of
+6. *learning* (:mod:`~hiseg_sim.annotators.behaviour.learning`): each judged prompt updates the value of
    its type; the values stay with the person from case to case; :meth:`end_case` with a teacher's
-   :class:`~hiseg_sim.annotators.protocol.Feedback` updates the types that made the final mask,
+   :class:`~hiseg_sim.annotators.base.Feedback` updates the types that made the final mask,
    and a worked example (``Feedback.expert_mask``) improves the person's perception
-   (:func:`~hiseg_sim.annotators.learning.practised_perception`).
+   (:func:`~hiseg_sim.annotators.behaviour.learning.practised_perception`).
 
 Decisions read only the observation (the mask shown, the seconds spent), the env's flag for a
-refused action, and the :class:`~hiseg_sim.annotators.protocol.Knowledge` (image, pixel size,
+refused action, and the :class:`~hiseg_sim.annotators.base.Knowledge` (image, pixel size,
 intent); ``reads_ground_truth`` is False and a test checks this module never touches the case or
 the ground truth.
 
@@ -42,12 +42,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hiseg_sim.annotators import execution as X
-from hiseg_sim.annotators import judgement as J
-from hiseg_sim.annotators import strategy as S
-from hiseg_sim.annotators.learning import PROMPT_TYPES, PromptValues, practised_perception, relative_gain
-from hiseg_sim.annotators.profiles import Profile
-from hiseg_sim.annotators.protocol import Feedback, Knowledge
+from hiseg_sim.annotators.behaviour import execution as X
+from hiseg_sim.annotators.behaviour import judgement as J
+from hiseg_sim.annotators.behaviour import strategy as S
+from hiseg_sim.annotators.behaviour.learning import PROMPT_TYPES, PromptValues, practised_perception, relative_gain
+from hiseg_sim.annotators.behaviour.profiles import Profile
+from hiseg_sim.annotators.base import Annotator, Feedback, Knowledge
 from hiseg_sim.env.actions import Accept, NextSlice, PrevSlice, Propagate, Undo
 from hiseg_sim.timing import TimeModel
 
@@ -77,7 +77,7 @@ class _Slice:
         return any(k in ("box", "rebox", "propagate") for k, _ in self.stack)
 
 
-class BehaviourAnnotator:
+class BehaviourAnnotator(Annotator):
     """A simulated annotator of one group; see the module docstring.
 
     Args:
@@ -102,7 +102,7 @@ class BehaviourAnnotator:
 
     # ---- hooks the harness calls ------------------------------------------------------------
     def perception_params(self):
-        """This person's :class:`~hiseg_sim.annotators.perception.PerceptionParams` (the perception
+        """This person's :class:`~hiseg_sim.annotators.behaviour.perception.PerceptionParams` (the perception
         step): the group's, improved by the worked examples seen so far."""
         return practised_perception(self.profile.perception, self.perception_skill).params()
 
@@ -111,7 +111,7 @@ class BehaviourAnnotator:
         return X.time_model_for(self.profile.execution, self.profile.time, spacing_yx, base)
 
     # ---- protocol ---------------------------------------------------------------------------
-    def reset(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
+    def begin_case(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
         if knowledge.intent is None:
             raise ValueError(f"{self.name}: a behaviour model needs Knowledge.intent (made by the harness's "
                              "perception step, hiseg_sim.annotators.harness.make_knowledge)")

@@ -1,9 +1,9 @@
-"""The literature's click and box robots as :class:`~hiseg_sim.annotators.protocol.Annotator` agents.
+"""The literature's click and box robots as :class:`~hiseg_sim.annotators.base.Annotator` agents.
 
 Robots read the ground truth — that is what they are. Each agent here declares
 ``reads_ground_truth = True``, so the harness hands it
-:class:`~hiseg_sim.annotators.protocol.RobotKnowledge` (the ground truth in viewport
-coordinates); it applies a rule of :mod:`hiseg_sim.annotators.robots` to the mask in the
+:class:`~hiseg_sim.annotators.base.RobotKnowledge` (the ground truth in viewport
+coordinates); it applies a rule of :mod:`hiseg_sim.annotators.robots.rules` to the mask in the
 observation and acts in the environment with typed actions. They are exact baselines, never a model
 of a person.
 
@@ -41,10 +41,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hiseg_sim.annotators.protocol import Feedback, Knowledge, RobotKnowledge
-from hiseg_sim.annotators.robots import _call_robot
-from hiseg_sim.annotators.robots_boxes import gt_box, medsam_box, sam_noisy_box
-from hiseg_sim.annotators.robots_points import (
+from hiseg_sim.annotators.base import Annotator, Feedback, Knowledge, RobotKnowledge
+from hiseg_sim.annotators.robots.rules import _call_robot
+from hiseg_sim.annotators.robots.boxes import gt_box, medsam_box, sam_noisy_box
+from hiseg_sim.annotators.robots.points import (
     Click,
     deepgrow_click,
     medsegfm_click,
@@ -78,13 +78,13 @@ def _clip_box(box, size: int) -> BoxAction:
     return BoxAction(x0, y0, x1, y1)
 
 
-class ClickRobotAgent:
+class ClickRobotAgent(Annotator):
     """A click robot in the env. Robots read the ground truth — that is what they are.
 
     Args:
         name: agent name (written in traces).
-        click_fn: a robot of :mod:`hiseg_sim.annotators.robots_points`, called as in
-            :func:`~hiseg_sim.annotators.robots.run_click_protocol` (``rng=``/``previous=`` when
+        click_fn: a robot of :mod:`hiseg_sim.annotators.robots.points`, called as in
+            :func:`~hiseg_sim.annotators.robots.rules.run_click_protocol` (``rng=``/``previous=`` when
             its signature names them); returns a Click, a list of Clicks or None.
         target_iou: Accept once the IoU reaches it (checked after each robot step); None: never
             early, only at ``max_clicks`` or when no error is left.
@@ -103,7 +103,7 @@ class ClickRobotAgent:
         self.initial_box = bool(initial_box)
         self.ious: list[float] = []
 
-    def reset(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
+    def begin_case(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
         self.gt = _gt_slice(knowledge, self.name)
         self.size = int(self.gt.shape[-1])
         self.rng = rng
@@ -149,7 +149,7 @@ class ClickRobotAgent:
         return {"robot_ious": list(self.ious), "stop": self.stop_reason}
 
 
-class BoxRobotAgent:
+class BoxRobotAgent(Annotator):
     """One box from a robot's rule on the ground truth, then Accept. Robots read the ground truth —
     that is what they are.
 
@@ -164,7 +164,7 @@ class BoxRobotAgent:
         self.name = name
         self.box_fn = box_fn
 
-    def reset(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
+    def begin_case(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
         self.gt = _gt_slice(knowledge, self.name)
         self.size = int(self.gt.shape[-1])
         self.rng = rng
@@ -197,8 +197,8 @@ class AutoBoxAgent(BoxRobotAgent):
         self.detection_sd_mm = float(detection_sd_mm)
         self.size_log_sd = float(size_log_sd)
 
-    def reset(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
-        super().reset(knowledge, rng)
+    def begin_case(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
+        super().begin_case(knowledge, rng)
         self.spacing_yx = tuple(float(v) for v in knowledge.spacing_mm[-2:])
 
     def _box(self, gt2d: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:

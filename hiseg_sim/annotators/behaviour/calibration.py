@@ -1,6 +1,6 @@
 """Calibrating the expert's perception against LIDC readers (issue 8, item 5).
 
-What is tested is the *parametric* boundary model of :mod:`hiseg_sim.annotators.perception`, the
+What is tested is the *parametric* boundary model of :mod:`hiseg_sim.annotators.behaviour.perception`, the
 one that must serve on scans with no reader masks; sampling real readers' masks would match them
 by construction. For every LIDC nodule with ``min_readers`` or more readers:
 
@@ -86,7 +86,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import optimize, stats
 
-from hiseg_sim.annotators.perception import (
+from hiseg_sim.annotators.behaviour.perception import (
     EXPERT_PARAMS_PATH,
     PerceptionParams,
     ReferenceGeometry,
@@ -400,7 +400,7 @@ def _objective_terms(cmp: dict[str, Any]) -> dict[str, float]:
 
 def _code_version() -> str:
     try:
-        root = Path(__file__).resolve().parents[2]
+        root = Path(__file__).resolve().parents[3]
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "hiseg_sim/annotators"],
@@ -454,7 +454,7 @@ def fit_expert(split: str = "calibration", n_nodules: int | None = None, seed: i
         maxfev: objective evaluations per Nelder-Mead run.
         corr_grid: correlation lengths tried (mm) with the other parameters at ``start``;
             Nelder-Mead runs at the ``nm_runs`` best.
-        save: ``True`` writes :data:`~hiseg_sim.annotators.perception.EXPERT_PARAMS_PATH`; a path
+        save: ``True`` writes :data:`~hiseg_sim.annotators.behaviour.perception.EXPERT_PARAMS_PATH`; a path
             writes there; ``False`` writes nothing.
         db: an open :class:`~hiseg_sim.data.lidc.LidcDatabase` (default: a new one).
         limit: read only the first ``limit`` nodules of the split (tests).
@@ -556,7 +556,7 @@ def evaluate(split: str = "holdout", params: PerceptionParams | None = None, *, 
              progress: bool = False, db=None, limit: int | None = None) -> dict[str, Any]:
     """Simulated expert intents against the real readers of ``split`` (default: the holdout).
 
-    ``params``: default the saved expert fit (:func:`~hiseg_sim.annotators.perception.expert_params`).
+    ``params``: default the saved expert fit (:func:`~hiseg_sim.annotators.behaviour.perception.expert_params`).
     Each nodule gets ``reps`` simulated panels of ``n_readers`` experts from its one reference;
     the per-nodule real mean pairwise Dice (one value per nodule) is compared with the simulated
     ones (``reps`` per nodule) by their means and the two-sample KS statistic, overall and per size
@@ -570,7 +570,7 @@ def evaluate(split: str = "holdout", params: PerceptionParams | None = None, *, 
     0.134-0.144 and 0.127-0.150 across seeds 0-3 (about 2 min, 1 GB).
     """
     if params is None:
-        from hiseg_sim.annotators.perception import expert_params
+        from hiseg_sim.annotators.behaviour.perception import expert_params
 
         params = expert_params()
     nodules = load_calibration_set(split, min_readers, reference, seed, db=db, progress=progress, limit=limit)

@@ -15,15 +15,15 @@ Corrections (once a mask is there and it does not look good enough):
 - ``point``: a click in the largest part the person thinks is wrong: *positive* in the largest
   missing part (intent minus mask) or *negative* in the largest leak (mask minus intent),
   whichever is larger in area (a person notices area, not the depth a click robot measures),
-  aimed inside it (:func:`hiseg_sim.annotators.execution.aim_point`);
+  aimed inside it (:func:`hiseg_sim.annotators.behaviour.execution.aim_point`);
 - ``box``: draw a first box (when only clicks were given so far);
 - ``rebox``: redraw the box ``box_step_mm`` tighter per side when the leak is larger than the
   missing part, looser otherwise.
 
 Undo is not chosen here: the judgement takes back a prompt that made things look worse
-(:func:`hiseg_sim.annotators.judgement.looks_worse`).
+(:func:`hiseg_sim.annotators.behaviour.judgement.looks_worse`).
 
-``V`` are the person's values of the prompt types (:mod:`hiseg_sim.annotators.learning`); the
+``V`` are the person's values of the prompt types (:mod:`hiseg_sim.annotators.behaviour.learning`); the
 choice is softmax with the group's ``temperature`` and ``epsilon`` exploration. Clicks are always
 available only when there is something to click on; a box is always available.
 """
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hiseg_sim.annotators.judgement import PerceivedErrors
-from hiseg_sim.annotators.learning import PromptValues, softmax_choice
+from hiseg_sim.annotators.behaviour.judgement import PerceivedErrors
+from hiseg_sim.annotators.behaviour.learning import PromptValues, softmax_choice
 
 __all__ = ["OPENINGS", "StrategyParams", "available_corrections", "choose_correction", "choose_opening", "correction_click",
            "rebox_step_mm"]

@@ -35,7 +35,7 @@ Readers contour slice by slice, so the edge is modelled per slice, in mm:
    overlaps it; islands that touch no part of the reference go. Should nothing be
    left, the reference's deepest voxel is returned: a person always intends something.
 
-Semantic errors (:mod:`hiseg_sim.annotators.perception_errors`), each with a probability per
+Semantic errors (:mod:`hiseg_sim.annotators.behaviour.perception_errors`), each with a probability per
 case, for group profiles: ``p_wrong_spot`` (intend another bright blob instead: a missed
 nodule), ``p_include_vessel``, ``p_miss_ggo_rim``, ``p_pleura_error``. They need ``image_hu``;
 without it they do nothing.
@@ -45,7 +45,7 @@ uniforms for the semantic errors, the case difficulty's normal, the wrong spot's
 happens, then the boundary model and the pleura error's side), so one seed gives one mask.
 
 The expert values come from the LIDC calibration fit
-(``agents/calibration/expert_perception.json``, :mod:`hiseg_sim.annotators.calibration`);
+(``agents/calibration/expert_perception.json``, :mod:`hiseg_sim.annotators.behaviour.calibration`);
 :func:`expert_params` loads them.
 """
 
@@ -62,7 +62,9 @@ import numpy as np
 from scipy import ndimage
 
 from hiseg_sim.resources import shipped_path
-from hiseg_sim.metrics import max_diameter_mm
+from hiseg_sim.annotators.behaviour import perception_errors as E
+from hiseg_sim.annotators.behaviour.geometry import reference_diameter_mm
+from hiseg_sim.seeding import case_key_rng
 
 __all__ = [
     "PerceptionParams",
@@ -85,7 +87,7 @@ __all__ = [
 
 #: The size at which the shift parameters are quoted (mm): ``s = (D / 10 mm) ** size_exp``.
 REFERENCE_DIAMETER_MM = 10.0
-#: Where :mod:`hiseg_sim.annotators.calibration` saves the expert fit.
+#: Where :mod:`hiseg_sim.annotators.behaviour.calibration` saves the expert fit.
 # In a checkout: agents/calibration/; in an installed wheel: the bundled copy.
 EXPERT_PARAMS_PATH = shipped_path("agents", "calibration", "expert_perception.json")
 _TAPER = 0.7  # an added end slice j keeps (0.7 ** j) of the end slice's inscribed radius
@@ -190,7 +192,7 @@ def expert_params(path: str | Path | None = None) -> PerceptionParams:
     p = Path(path) if path is not None else EXPERT_PARAMS_PATH
     if not p.is_file():
         raise FileNotFoundError(f"no calibrated perception parameters at {p}; run `hiseg-sim calibrate` "
-                                "(hiseg_sim.annotators.calibration.fit_expert) to make them")
+                                "(hiseg_sim.annotators.behaviour.calibration.fit_expert) to make them")
     return PerceptionParams.from_dict(json.loads(p.read_text())["params"])
 
 
@@ -213,14 +215,6 @@ def _as3d(reference, spacing) -> tuple[np.ndarray, tuple[float, float, float], b
     if not all(s > 0 and math.isfinite(s) for s in sp):
         raise ValueError(f"spacing must be positive mm; got {spacing}")
     return ref, sp, False
-
-
-def reference_diameter_mm(reference: np.ndarray, spacing_zyx) -> float:
-    """Largest in-plane diameter (mm) of a ``(Z, Y, X)`` mask on its largest slice (LIDC convention)."""
-    areas = reference.sum(axis=(1, 2))
-    if areas.max() == 0:
-        return 0.0
-    return max_diameter_mm(reference[int(areas.argmax())], spacing_zyx[1:])
 
 
 #: (median HU of the nodule's inner half, texture) pairs: ground glass ~ -600 HU, part-solid
@@ -550,17 +544,14 @@ def intended_mask(reference, spacing, params: PerceptionParams | None = None, rn
     zd = float(rng.standard_normal())  # the case difficulty, used when none is given
     difficulty_z = zd if difficulty_z is None else float(difficulty_z)
     if img is not None and u[0] < params.p_wrong_spot:
-        from hiseg_sim.annotators.perception_errors import wrong_spot
 
-        alt = wrong_spot(ref, img, sp, params, rng)
+        alt = E.wrong_spot(ref, img, sp, params, rng)
         if alt is not None:
             ref = alt
     if texture is None and img is not None:
         texture = estimate_texture(img, ref, sp)
     mask = boundary_intent(ref, sp, params, rng, texture, allow_z=not was2d, difficulty_z=difficulty_z)
     if img is not None and (u[1:] < (params.p_include_vessel, params.p_miss_ggo_rim, params.p_pleura_error)).any():
-        from hiseg_sim.annotators import perception_errors as E
-
         if u[1] < params.p_include_vessel:
             mask = E.include_vessel(mask, img, sp, params)
         if u[2] < params.p_miss_ggo_rim:
@@ -577,9 +568,7 @@ def case_difficulty(rng: np.random.Generator | None = None, key: str | None = No
     if (rng is None) == (key is None):
         raise ValueError("case_difficulty takes exactly one of rng or key")
     if rng is None:
-        import zlib
-
-        rng = np.random.default_rng(zlib.crc32(str(key).encode()))
+        rng = case_key_rng(str(key))
     return float(rng.standard_normal())
 
 

@@ -4,7 +4,7 @@ A simulated person keeps one *value* per prompt type: ``"point"`` (a click), ``"
 box on a slice, whether it opens the case or comes after clicks) and ``"rebox"`` (redrawing an
 existing box tighter or looser): how much of the remaining error, as they see it, a prompt of that
 type usually fixes. Every prompt they make is
-judged (:mod:`hiseg_sim.annotators.judgement`) and its *relative gain*
+judged (:mod:`hiseg_sim.annotators.behaviour.judgement`) and its *relative gain*
 
     g = (q_after - q_before) / (1 - q_before)          (q: perceived quality, 0 ... 1)
 
@@ -19,7 +19,7 @@ poor point mask opens the next case with a box).
 The gain is relative so one scale serves openings and corrections: an opening starts from an empty
 mask (``q_before = 0``, so ``g = q_after``), a correction from a mask that is already partly right.
 
-With a teacher's feedback at the end of a case (:class:`~hiseg_sim.annotators.protocol.Feedback`,
+With a teacher's feedback at the end of a case (:class:`~hiseg_sim.annotators.base.Feedback`,
 the Dice the environment scored), the prompt types that made the *final* mask (the prompts still
 standing after any undo) move toward that Dice by ``feedback_rate``: the person learns what the
 work they kept was really worth, not only what it looked like to them.
@@ -162,7 +162,7 @@ def softmax_choice(preferences: Mapping[str, float], temperature: float, epsilon
 def practised_perception(spec, skill: float):
     """A group's perception spec after practice ``skill`` in [0, 1] (see the module docstring).
 
-    ``spec`` is a :class:`~hiseg_sim.annotators.profiles.PerceptionSpec`; returns a new one.
+    ``spec`` is a :class:`~hiseg_sim.annotators.behaviour.profiles.PerceptionSpec`; returns a new one.
     """
     from dataclasses import replace
 

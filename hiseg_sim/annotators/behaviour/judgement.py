@@ -1,7 +1,7 @@
 """Judgement: how good the mask looks to the person, and whether they accept, go on or give up.
 
 A person cannot score the mask against the ground truth; they compare it with what they mean to
-outline (their *intent*, made by :mod:`hiseg_sim.annotators.perception`) and they do that
+outline (their *intent*, made by :mod:`hiseg_sim.annotators.behaviour.perception`) and they do that
 imperfectly. The perceived quality is
 
     q = Dice(mask, intent) + e,     e ~ N(0, quality_sd),   clipped to [0, 1]
@@ -15,7 +15,7 @@ Stopping (:func:`decide`): accept when ``q >= accept_threshold``; give up (accep
 there) when the actions taken reach ``patience``, the seconds spent reach ``time_budget_s``, or
 ``stall_limit`` prompts in a row brought no visible improvement, or when the improvement they
 expect from their best correction, ``(1 - q) x`` its learned value (the share of the remaining
-error it usually fixes, :mod:`hiseg_sim.annotators.learning`), is below ``min_expected_gain``
+error it usually fixes, :mod:`hiseg_sim.annotators.behaviour.learning`), is below ``min_expected_gain``
 (satisficing: a person who has learned that corrections rarely help stops sooner); otherwise go on. After a prompt that made the mask look worse by more than ``undo_margin``, the
 person takes it back (:func:`looks_worse`).
 """
@@ -29,7 +29,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 from scipy import ndimage
 
-from hiseg_sim.annotators.execution import depth_mm
+from hiseg_sim.annotators.behaviour.execution import depth_mm
 
 __all__ = ["JudgementParams", "PerceivedErrors", "decide", "looks_worse", "perceived_errors", "perceived_quality",
            "intent_dice"]

@@ -24,11 +24,11 @@ from and must begin with one of :data:`SOURCE_KINDS`:
 - ``"assumption: "`` a guess, named as one, with its reason.
 
 Sections and their parameters are the fields of :class:`PerceptionSpec`, and of
-:class:`~hiseg_sim.annotators.strategy.StrategyParams`,
-:class:`~hiseg_sim.annotators.learning.LearningParams`,
-:class:`~hiseg_sim.annotators.execution.ExecutionParams`,
-:class:`~hiseg_sim.annotators.judgement.JudgementParams` and
-:class:`~hiseg_sim.annotators.execution.TimeParams`. Every field must be given (a profile states
+:class:`~hiseg_sim.annotators.behaviour.strategy.StrategyParams`,
+:class:`~hiseg_sim.annotators.behaviour.learning.LearningParams`,
+:class:`~hiseg_sim.annotators.behaviour.execution.ExecutionParams`,
+:class:`~hiseg_sim.annotators.behaviour.judgement.JudgementParams` and
+:class:`~hiseg_sim.annotators.behaviour.execution.TimeParams`. Every field must be given (a profile states
 all its values and their sources); an unknown or missing key, a value of the wrong type, a source
 without a known kind or a value its section rejects raises :class:`ProfileError` naming the file
 and the key.
@@ -44,10 +44,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from hiseg_sim.annotators.execution import ExecutionParams, TimeParams
-from hiseg_sim.annotators.judgement import JudgementParams
-from hiseg_sim.annotators.learning import LearningParams
-from hiseg_sim.annotators.strategy import StrategyParams
+from hiseg_sim.annotators.behaviour.execution import ExecutionParams, TimeParams
+from hiseg_sim.annotators.behaviour.judgement import JudgementParams
+from hiseg_sim.annotators.behaviour.learning import LearningParams
+from hiseg_sim.annotators.behaviour.strategy import StrategyParams
 
 __all__ = ["SOURCE_KINDS", "SECTIONS", "PerceptionSpec", "Profile", "ProfileError", "load_profile_file",
            "profiles_dir", "profile_names", "apply_overrides"]
@@ -65,8 +65,8 @@ class PerceptionSpec:
     """How a group's perception departs from the calibrated expert's.
 
     Attributes:
-        base: ``"expert_fit"`` (the LIDC fit, :func:`hiseg_sim.annotators.perception.expert_params`)
-            or ``"defaults"`` (:class:`~hiseg_sim.annotators.perception.PerceptionParams` defaults).
+        base: ``"expert_fit"`` (the LIDC fit, :func:`hiseg_sim.annotators.behaviour.perception.expert_params`)
+            or ``"defaults"`` (:class:`~hiseg_sim.annotators.behaviour.perception.PerceptionParams` defaults).
         edge_sd_scale: multiplies the base's boundary SDs (``bias_sd_mm``, ``shift_sd_mm``,
             ``z_sd_mm``): how much more a group's edge wanders than a radiologist's.
         bias_mm: added to the base's mean edge shift (+ outward).
@@ -94,13 +94,13 @@ class PerceptionSpec:
                 raise ValueError(f"PerceptionSpec.{name} is a probability in [0, 1]; got {getattr(self, name)}")
 
     def params(self):
-        """The :class:`~hiseg_sim.annotators.perception.PerceptionParams` of this group."""
+        """The :class:`~hiseg_sim.annotators.behaviour.perception.PerceptionParams` of this group."""
         return _perception_params(self)
 
 
 @lru_cache(maxsize=64)
 def _perception_params(spec: PerceptionSpec):
-    from hiseg_sim.annotators import perception as P
+    from hiseg_sim.annotators.behaviour import perception as P
 
     if spec.base == "expert_fit":
         try:

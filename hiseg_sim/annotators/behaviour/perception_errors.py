@@ -2,8 +2,8 @@
 
 Each is a pure function of a mask (the intent so far, or for :func:`wrong_spot` the person's
 idea of the nodule), the image a person would look at, and the spacing; none sees the ground
-truth. :func:`hiseg_sim.annotators.perception.intended_mask` applies them with the per-case
-probabilities of :class:`~hiseg_sim.annotators.perception.PerceptionParams`:
+truth. :func:`hiseg_sim.annotators.behaviour.perception.intended_mask` applies them with the per-case
+probabilities of :class:`~hiseg_sim.annotators.behaviour.perception.PerceptionParams`:
 
 ==================  ===============================================================================
 error               what changes
@@ -36,6 +36,8 @@ import math
 
 import numpy as np
 from scipy import ndimage
+
+from hiseg_sim.annotators.behaviour.geometry import reference_diameter_mm
 
 __all__ = ["include_vessel", "miss_ggo_rim", "pleura_error", "wrong_spot", "TUBE_MAX_RADIUS_MM",
            "WALL_MIN_RADIUS_MM", "CONTACT_MM", "CORE_MIN_SHARE", "GGO_KEEP", "SEARCH_MM"]
@@ -208,8 +210,6 @@ def wrong_spot(reference: np.ndarray, image_hu: np.ndarray, spacing, params, rng
     to its densest pixel within a disc of ``max(D / 2, 1.5 mm) x 1.5`` around it, on as many
     slices above and below as the nodule had. ``None`` when there is no candidate.
     """
-    from hiseg_sim.annotators.perception import reference_diameter_mm
-
     if not reference.any():
         return None
     dz, py, px = spacing
