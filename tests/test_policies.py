@@ -23,8 +23,8 @@ from hiseg_sim.policies.spaces import (PolicyView, action_from_env, action_to_en
 from tests.env_support import EnvStubSegmenter, synthetic_cases  # noqa: E402
 from tests.policy_support import one_thread, square_demos  # noqa: E402,F401
 
-CASES = "tests.env_support:synthetic_cases"
-STUB = "tests.env_support:EnvStubSegmenter"
+CASES = "stub_synthetic_cases"
+STUB = "stub_env"
 
 
 # ---- the policy's view -------------------------------------------------------------------------
@@ -179,16 +179,21 @@ def trained(tmp_path_factory):
 def test_training_saves_policy_card_and_curve(trained):
     root, card = trained
     d = root / "smoke2d"
-    for f in ("policy.zip", "model_card.json", "model_card.md", "training_curve.csv", "training_curve.png"):
-        assert (d / f).is_file(), f
-    assert (root / "smoke2d_bc" / "policy.zip").is_file()
+    assert sorted(f.name for f in d.iterdir()) == ["model_card.json", "model_card.md", "policy.pt", "training_curve.csv",
+                                                   "training_curve.png"]
+    assert sorted(f.name for f in (root / "smoke2d_bc").iterdir()) == ["model_card.json", "model_card.md", "policy.pt"]
     saved = json.loads((d / "model_card.json").read_text())
     assert saved["steps"] >= 256 and saved["cohort"] == CASES and saved["seeds"]["train"] == 0
     assert saved["demonstrations"]["episodes"] == 6 and saved["demonstrations"]["samples"] > 0
     assert "0.005 x simulated seconds" in saved["reward"]
+    # the card says how to rebuild the network; the weights file is the one it names
+    assert saved["architecture"]["features_extractor"] == "ScreenCNN"
+    assert saved["architecture"]["features_extractor_kwargs"] == {"features_dim": 32, "channels": 32}
+    assert saved["architecture"]["action_space"]["nvec"] == [5, 24, 24, 24, 24]
+    assert saved["weights"]["file"] == "policy.pt" and len(saved["weights"]["sha256"]) == 64
     curve = pd.read_csv(d / "training_curve.csv")
     assert set(curve["phase"]) == {"bc", "ppo"} and curve["timesteps"].max() >= 256
-    assert (d / "policy.zip").stat().st_size < 5_000_000
+    assert (d / "policy.pt").stat().st_size < 5_000_000
 
 
 def test_saved_policy_is_an_annotator_by_name(trained, monkeypatch, one_thread):
@@ -211,7 +216,7 @@ def test_saved_policy_is_an_annotator_by_name(trained, monkeypatch, one_thread):
     pol, card = store.load_policy("smoke2d")
     env = _env(**SMALL)
     obs, info = env.reset(seed=1)
-    a.reset(type("K", (), {"image_hu": np.zeros((48, 48))})(), np.random.default_rng(0))
+    a.begin_case(type("K", (), {"image_hu": np.zeros((48, 48))})(), np.random.default_rng(0))
     want, _ = pol.predict(observe(obs, 20), deterministic=True)
     got = action_from_env(a.act(obs, info), card["grid"], 48)
     kind = int(want[0])
@@ -234,12 +239,12 @@ def test_repeat_guard_turns_an_identical_prompt_into_accept(trained, monkeypatch
     for guard, second in ((True, Accept()), (False, BoxAction(9, 9, 31, 31))):
         a = store.PolicyAnnotator(str(root / "smoke2d"), repeat_guard=guard, box_decode="independent")
         monkeypatch.setitem(store.PolicyAnnotator._CACHE, a.path, SameBox())
-        a.reset(knowledge, np.random.default_rng(0))
+        a.begin_case(knowledge, np.random.default_rng(0))
         first = a.act(obs, info)
         assert first == BoxAction(9, 9, 31, 31)
         assert a.act(obs, info) == second
         assert a.episode_info()["repeat_guarded"] == int(guard)
-        a.reset(knowledge, np.random.default_rng(0))  # a new episode forgets the last action
+        a.begin_case(knowledge, np.random.default_rng(0))  # a new episode forgets the last action
         assert a.act(obs, info) == first
 
 
@@ -251,9 +256,9 @@ def test_runner_runs_a_saved_policy_by_name(trained, monkeypatch, tmp_path, one_
     monkeypatch.setattr(store, "policies_dir", lambda: root)
     spec = spec_from_dict({
         "study": {"name": "policy_smoke", "seed": 1, "env_kwargs": SMALL},
-        "cases": {"source": "tests.experiment_support:synthetic_study_cases", "kwargs": {"n": 2}},
+        "cases": {"source": "stub_study_cases", "kwargs": {"n": 2}},
         "segmenters": {"names": [STUB]},
-        "annotators": [{"name": "smoke2d"}, {"name": "tests.experiment_support:StubBoxAnnotator", "label": "stub"}],
+        "annotators": [{"name": "smoke2d"}, {"name": "stub_box", "label": "stub"}],
         "run": {"replicates": 1, "executor": "serial"},
     })
     data = run_study(spec, tmp_path / "run", progress=False)
@@ -277,7 +282,7 @@ def test_train_policy_cli_3d(tmp_path):
     a = store.PolicyAnnotator(str(tmp_path / "smoke3d"))
     env = gym.make("hiseg_sim/NoduleSeg3D-v0", cases=synthetic_cases(), segmenter=EnvStubSegmenter(), **SMALL)
     obs, info = env.reset(seed=0)
-    a.reset(type("K", (), {"image_hu": np.zeros((48, 48, 48))})(), np.random.default_rng(0))
+    a.begin_case(type("K", (), {"image_hu": np.zeros((48, 48, 48))})(), np.random.default_rng(0))
     act = a.act(obs, info)
     env.step(act)  # a legal 3-D action (kinds 0-8)
 

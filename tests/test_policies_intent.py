@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("stable_baselines3")
 
 import hiseg_sim  # noqa: F401,E402
-from hiseg_sim.annotators.harness import make_knowledge, run_episode, seed_streams  # noqa: E402
+from hiseg_sim.annotators.harness import make_knowledge, run_episode  # noqa: E402
+from hiseg_sim.seeding import episode_streams as seed_streams  # noqa: E402
 from hiseg_sim.annotators.registry import build_annotator  # noqa: E402
 from hiseg_sim.policies import store  # noqa: E402
 from hiseg_sim.policies.intent import PerceivedIntent, intent_channel  # noqa: E402
@@ -21,8 +22,8 @@ from tests.env_support import EnvStubSegmenter, synthetic_cases  # noqa: E402
 from tests.policy_support import one_thread  # noqa: E402,F401
 
 SMALL = {"viewport_px": 48}
-CASES = "tests.env_support:synthetic_cases"
-STUB = "tests.env_support:EnvStubSegmenter"
+CASES = "stub_synthetic_cases"
+STUB = "stub_env"
 
 
 def _env(**kw):
@@ -71,7 +72,7 @@ def test_policy_with_an_eye_gets_its_intent_from_the_harness(tmp_path, monkeypat
     screen it is given holds, as its sixth channel, the intent the harness drew."""
     d = tmp_path / "eye"
     d.mkdir()
-    (d / "policy.zip").write_bytes(b"")  # never loaded: a stand-in policy is cached below
+    (d / "policy.pt").write_bytes(b"")  # never loaded: a stand-in policy is cached below
     (d / "model_card.json").write_text(json.dumps({"name": "eye", "grid": 24, "perception": "junior_medical_student",
                                                    "network": "spatial", "viewport_px": 48}))
     seen = []
@@ -83,7 +84,7 @@ def test_policy_with_an_eye_gets_its_intent_from_the_harness(tmp_path, monkeypat
 
     a = store.PolicyAnnotator(str(d))
     monkeypatch.setitem(store.PolicyAnnotator._CACHE, a.path, Recorder())
-    assert callable(getattr(a, "perception_params", None))
+    assert a.perception_params() is not None
     env = _env(**SMALL)
     res = run_episode(env, a, case_id=synthetic_cases()[0].case_id, seed=3)
     assert res.summary["intent_dice"] is not None  # the harness perceived for it
@@ -94,7 +95,7 @@ def test_policy_with_an_eye_gets_its_intent_from_the_harness(tmp_path, monkeypat
     (d / "model_card.json").write_text(json.dumps({"name": "eye", "grid": 24, "network": "spatial", "viewport_px": 48}))
     b = store.PolicyAnnotator(str(d))
     monkeypatch.setitem(store.PolicyAnnotator._CACHE, b.path, Recorder())
-    assert getattr(b, "perception_params", None) is None
+    assert b.perception_params() is None
     res = run_episode(env, b, case_id=synthetic_cases()[0].case_id, seed=3)
     assert seen[-1].shape == (5, 48, 48) and res.summary["intent_dice"] is None
 
@@ -163,7 +164,7 @@ def test_tta_box_of_an_equivariant_reader_is_the_square(tmp_path, monkeypatch):
 
     d = tmp_path / "sq"
     d.mkdir()
-    (d / "policy.zip").write_bytes(b"")
+    (d / "policy.pt").write_bytes(b"")  # never loaded: a stand-in policy is cached below
     (d / "model_card.json").write_text(json.dumps({"name": "sq", "grid": g, "viewport_px": size}))
     a = store.PolicyAnnotator(str(d), tta=True)
     monkeypatch.setitem(store.PolicyAnnotator._CACHE, a.path, SquareReader())

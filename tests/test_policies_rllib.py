@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("ray.rllib")
 
-CONFIG = {"cases": "tests.env_support:synthetic_cases", "segmenter": "tests.env_support:EnvStubSegmenter",
+CONFIG = {"cases": "stub_synthetic_cases", "segmenter": "stub_env",
           "viewport_px": 32, "grid": 16, "time_penalty": 0.005}
 
 

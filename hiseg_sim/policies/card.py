@@ -1,11 +1,20 @@
-"""Model cards of saved policies (``model_card.json`` and ``model_card.md``) and the training-curve plot."""
+"""Model cards of saved policies (``model_card.json`` and ``model_card.md``) and the training-curve plot.
+
+Besides what was trained on what and how it did, the JSON card holds the two sections a policy is
+loaded from (:mod:`hiseg_sim.policies.store`): ``architecture``, everything needed to rebuild the
+network (:func:`hiseg_sim.policies.network.describe_policy`), and ``weights``, the file of tensors
+(``policy.pt``), its SHA-256, and its tensor and parameter counts.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-__all__ = ["write_card", "card_markdown", "plot_training_curve", "add_evaluation"]
+__all__ = ["CARD_JSON", "CARD_MD", "add_evaluation", "card_markdown", "plot_training_curve", "read_card", "write_card"]
+
+CARD_JSON = "model_card.json"
+CARD_MD = "model_card.md"
 
 
 def _fmt(v) -> str:
@@ -26,6 +35,7 @@ def card_markdown(card: dict) -> str:
                            "(that profile's perception step: its eye, the policy's hand)" if card.get("perception")
                            else "the image, its mask and prompts (no intent: it must find the nodule itself)"),
              f"- reward: {card['reward']}",
+             *_network_lines(card),
              f"- PPO steps: {card['steps']}; seed: {card['seeds'].get('train')}",
              f"- training wall time: {tr.get('wall_s')} s on {tr.get('cores')} cores "
              f"(demonstrations {tr.get('demos_s', 0)} s, behaviour cloning {tr.get('bc_s', 0)} s, PPO {tr.get('ppo_s', 0)} s; "
@@ -69,16 +79,42 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _network_lines(card: dict) -> list[str]:
+    arch, w = card.get("architecture"), card.get("weights")
+    if not arch or not w:
+        return []
+    scr, st = arch["observation_space"]["screen"]["shape"], arch["observation_space"]["state"]["shape"]
+    kw = ", ".join(f"{k}={v}" for k, v in arch["features_extractor_kwargs"].items())
+    network = (f"- network: `{arch['policy_class']}` over `{arch['features_extractor']}({kw})`, heads "
+               f"{arch['net_arch']}, on a {'x'.join(map(str, scr))} screen and {st[0]} state values; actions "
+               f"MultiDiscrete {arch['action_space']['nvec']}")
+    weights = (f"- weights: `{w['file']}` ({w['parameters']} parameters, {w['tensors']} state-dict entries; "
+               f"sha256 {w['sha256']})")
+    return [network, weights]
+
+
+def read_card(policy_dir: str | Path) -> dict:
+    """The JSON card of a policy directory (a one-line error when it is not a JSON object)."""
+    path = Path(policy_dir) / CARD_JSON
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable JSON model card ({exc}); restore it from the policy's source") from exc
+    if not isinstance(card, dict):
+        raise ValueError(f"{path}: the model card must be a JSON object; got {type(card).__name__}")
+    return card
+
+
 def write_card(out_dir: str | Path, card: dict) -> None:
     out = Path(out_dir)
-    (out / "model_card.json").write_text(json.dumps(card, indent=1, default=str) + "\n")
-    (out / "model_card.md").write_text(card_markdown(card))
+    (out / CARD_JSON).write_text(json.dumps(card, indent=1, default=str) + "\n")
+    (out / CARD_MD).write_text(card_markdown(card))
 
 
 def add_evaluation(policy_dir: str | Path, evaluation: dict) -> dict:
     """Put ``evaluation`` into a saved policy's card (both files); returns the card."""
     d = Path(policy_dir)
-    card = json.loads((d / "model_card.json").read_text())
+    card = read_card(d)
     card["evaluation"] = evaluation
     write_card(d, card)
     return card

@@ -12,9 +12,14 @@ Steps (all optional but the last two):
    (``SubprocVecEnv``) sharing the on-disk embedding cache, with the env's reward
    ``ΔDice − time_penalty × seconds``, through :class:`~hiseg_sim.policies.spaces.PolicyView`
    and the :class:`~hiseg_sim.policies.network.ScreenCNN` extractor.
-4. Save to ``<out_root>/<name>/``: ``policy.zip``, ``model_card.json`` / ``.md``,
+4. Save to ``<out_root>/<name>/``: ``policy.pt`` (the weights) and ``model_card.json`` / ``.md``
+   (with the architecture they are rebuilt into: :func:`hiseg_sim.policies.store.save_policy`),
    ``training_curve.csv`` / ``.png``; with ``save_bc``, the behaviour-cloned policy alone as
    ``<name>_bc`` beside it (to see what PPO added).
+
+With ``init_policy``, PPO starts from a saved policy: the SB3 model is constructed fresh from the
+config and the saved state dict (read with ``weights_only=True``) is copied into it, after checking
+that the card's architecture is the one the config builds.
 """
 
 from __future__ import annotations
@@ -33,21 +38,15 @@ __all__ = ["CasesFactory", "SegmenterFactory", "TrainConfig", "train_policy", "m
 
 
 class CasesFactory:
-    """Picklable ``() -> [Case]``: a cohort name (``"default"``) or ``"module:function"``."""
+    """Picklable ``() -> [Case]``: a manifest cohort or a registered case source, by name."""
 
     def __init__(self, source: str, limit: int | None = None):
         self.source, self.limit = source, limit
 
     def __call__(self):
-        if ":" in self.source:
-            from hiseg_sim.experiments.cases import import_object
+        from hiseg_sim.data.sources import load_cases
 
-            cases = list(import_object(self.source)())
-        else:
-            from hiseg_sim.data.cohort import load_cohort
-
-            cases = load_cohort(self.source)
-        return cases[: self.limit] if self.limit else cases
+        return load_cases(self.source, limit=self.limit)
 
 
 class SegmenterFactory:
@@ -217,14 +216,38 @@ def _ppo_curve_callback(rows: list[dict], t0: float):
     return _Curve()
 
 
-def save_policy(policy, out_dir: Path, card: dict) -> None:
-    """Write ``policy.zip`` and the model card (JSON and Markdown) to ``out_dir``."""
-    from hiseg_sim.policies.card import write_card
-    from hiseg_sim.policies.store import POLICY_FILE
+def save_policy(policy, out_dir: Path, card: dict) -> dict:
+    """Write ``policy.pt`` and the model card (JSON and Markdown) to ``out_dir``
+    (:func:`hiseg_sim.policies.store.save_policy`); returns the card as written."""
+    from hiseg_sim.policies.store import save_policy as _save
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    policy.save(str(out_dir / POLICY_FILE))
-    write_card(out_dir, card)
+    return _save(policy, out_dir, card)
+
+
+def _check_out_dirs(cfg: TrainConfig, out: Path) -> None:
+    """Refuse, before any training, output directories the loader would refuse afterwards (an old
+    ``policy.zip`` or a stray file in them)."""
+    from hiseg_sim.policies.store import check_policy_files
+
+    for d in (out, out.parent / f"{cfg.name}_bc") if cfg.save_bc else (out,):
+        if d.is_dir():
+            check_policy_files(d)
+
+
+def _init_weights(cfg: TrainConfig, model, log) -> dict:
+    """Copy the saved policy ``cfg.init_policy``'s weights into ``model``'s fresh policy; its card."""
+    from hiseg_sim.policies.network import describe_policy
+    from hiseg_sim.policies.store import load_policy_weights
+
+    state, card = load_policy_weights(cfg.init_policy)
+    want, have = card["architecture"], describe_policy(model.policy)
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        raise ValueError(f"init_policy {cfg.init_policy!r} has another network than this config builds (differs in "
+                         f"{', '.join(diff)}); give the same network, grid, perception and viewport")
+    model.policy.load_state_dict(state, strict=True)
+    log(f"initial weights: {cfg.init_policy} ({card.get('kind')})")
+    return card
 
 
 def train_policy(cfg: TrainConfig, log=print) -> dict:
@@ -253,6 +276,7 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
     from hiseg_sim.policies.network import ScreenCNN, SpatialActorCriticPolicy, SpatialScreenNet
 
     out = Path(cfg.out_root) / cfg.name
+    _check_out_dirs(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     curve: list[dict] = []
     timing: dict[str, float] = {}
@@ -280,13 +304,9 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
                     gae_lambda=cfg.gae_lambda, policy_kwargs=policy_kwargs, seed=cfg.seed, device="cpu", verbose=0)
         demo_stats = None
         if cfg.init_policy:
-            from hiseg_sim.policies.store import load_policy
-
-            init, init_card = load_policy(cfg.init_policy)
-            model.policy.load_state_dict(init.state_dict())
+            init_card = _init_weights(cfg, model, log)
             demo_stats = init_card.get("demonstrations")
             timing["init_bc_s"] = float((init_card.get("training") or {}).get("bc_s", 0.0))
-            log(f"initial weights: {cfg.init_policy} ({init_card.get('kind')})")
         elif cfg.bc_episodes > 0 and cfg.bc_epochs > 0:
             t = time.perf_counter()
             demos = _demos(cfg, log)
@@ -326,7 +346,7 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
         timing["ppo_s"] = time.perf_counter() - t
         wall = time.perf_counter() - t_start
         card = _card(cfg, model, vec, demo_stats, timing, curve, steps=int(model.num_timesteps), wall=wall)
-        save_policy(model.policy, out, card)
+        card = save_policy(model.policy, out, card)
     finally:
         vec.close()
     _write_curve(out, curve)
