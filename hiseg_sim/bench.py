@@ -8,7 +8,7 @@ same process under the same load, so their ratio is what the environment costs o
 model. It also counts encoder runs over all workers against the distinct slices touched: with the
 shared on-disk cache and its per-key lock, every slice is encoded exactly once.
 
-Targets (issue 3): ``ratio <= 1.15`` and ``encoder_calls == slices`` (with a fresh cache; with a
+Targets: ``ratio <= 1.15`` and ``encoder_calls == slices`` (with a fresh cache; with a
 warm ``cache_dir`` fewer encoder calls than slices are expected).
 """
 
@@ -157,10 +157,10 @@ def full_bench(n_envs: int = 4, n_steps: int = 40, segmenter: str = "litemedsam"
                decoder_samples: int = 40, seed: int = 0, progress: bool = False) -> dict:
     """Everything ``hiseg-sim bench --json`` reports, measured in one run.
 
-    1. A ``n_envs``-worker vector env on the default runtime with a fresh shared cache (issue 3):
+    1. A ``n_envs``-worker vector env on the default runtime with a fresh shared cache:
        ``env_step_ms``, ``decoder_ms``, ``ratio``, ``encoder_calls``, ``slices``.
     2. The decoder alone on both runtimes, the counted FLOPs of one decode and this machine's
-       matmul rate (issue 7): ``eager_decoder_ms``, ``onnx_decoder_ms``, ``limit_ms``.
+       matmul rate: ``eager_decoder_ms``, ``onnx_decoder_ms``, ``limit_ms``.
     3. One env (2 threads, no contention from other workers) on the ONNX and on the eager path,
        back to back on the now warm cache: ``single_env`` with both step times and the ratios
        the targets are stated in (ONNX step ≤ 1.6 × ``limit_ms`` and ≤ 0.65 × eager step).
@@ -198,3 +198,76 @@ def full_bench(n_envs: int = 4, n_steps: int = 40, segmenter: str = "litemedsam"
         "limit_ms": dec["limit_ms"], "flops": dec["flops"], "matmul_gflops": dec["matmul_gflops"],
         "single_env": single, "vector_env": {k: vec[k] for k in ("n_envs", "mode", "torch_threads", "samples", "wall_s")},
     }
+
+
+def cohort_parity(segmenter_name: str = "litemedsam", n_cases: int | None = None, steps: int = 8, seed: int = 0,
+                  env_id: str = "hiseg_sim/NoduleSeg2D-v0") -> dict:
+    """ONNX vs torch on every prompt of a default-cohort sweep through the environment.
+
+    Each case gets one episode of ``steps`` actions (a jittered box around the viewport centre,
+    then positive and negative clicks near it, as ``hiseg_sim.bench`` drives it); the environment
+    builds each prompt (accumulated clicks, the previous mask fed back) and decodes it with ONNX
+    Runtime; the same prompt on the same embedding is decoded again with PyTorch (decoder parity),
+    and on the slice encoded by PyTorch too (the whole chain, for models whose ONNX runtime also
+    runs the encoder).
+
+    Returns ``{"prompts", "cases", "max_abs_logit_diff", "pct_identical_pixels",
+    "min_pct_identical_one_prompt", "chain_max_abs_logit_diff", "chain_pct_identical_pixels"}``.
+    """
+    import hiseg_sim  # noqa: F401  (registers the ids)
+    from hiseg_sim import segmenters
+    from hiseg_sim.data.cohort import load_cohort
+    from hiseg_sim.segmenters.perf import _max_diff
+
+    seg = segmenters.build(segmenter_name, runtime="onnx")
+    if seg.runtime != "onnx":
+        raise RuntimeError("cohort_parity needs onnxruntime (pip install 'hiseg-sim[onnx]')")
+    eager = segmenters.build(segmenter_name, runtime="torch", cache=segmenters.EmbeddingCache())
+    slices: dict[str, tuple] = {}
+    onnx_encode = seg.encode
+
+    def recording_encode(image_hu, window=segmenters.LUNG_WINDOW):
+        emb = onnx_encode(image_hu, window)
+        slices[emb.key] = (np.array(image_hu, copy=True), window)
+        return emb
+
+    seg.encode = recording_encode  # this diagnostic's own segmenter: remember which slice each key is
+    chain_worst, chain_same = 0.0, 0
+    cases = load_cohort("default", limit=n_cases)
+    env = gym.make(env_id, cases=cases, segmenter=seg, max_episode_steps=steps + 1)
+    u = env.unwrapped
+    rng = np.random.default_rng(seed)
+    worst, same, total, n, min_frac = 0.0, 0, 0, 0, 1.0
+    for i in range(len(cases)):
+        env.reset(seed=seed + i, options={"case_index": i})
+        size = int(env.action_space.nvec[1])
+        c = size // 2
+        for t in range(steps):
+            if t == 0:
+                r0, r1 = rng.integers(size // 10, size // 4, size=2)
+                action = np.array([2, c - r0, c - r1, c + r1, c + r0], np.int64)
+            else:
+                x, y = np.clip(c + rng.integers(-size // 6, size // 6 + 1, size=2), 0, size - 1)
+                action = np.array([int(rng.integers(0, 2)), x, y, 0, 0], np.int64)
+            seg.set_runtime("onnx")
+            env.step(action)
+            if u.last_decode is None:
+                continue
+            emb, prompt = u.last_decode
+            a = seg.decode(emb, prompt)
+            seg.set_runtime("torch")
+            b = seg.decode(emb, prompt)
+            worst = max(worst, _max_diff(a, b))
+            k = int((a.mask == b.mask).sum())
+            same, total, n = same + k, total + a.mask.size, n + 1
+            min_frac = min(min_frac, k / a.mask.size)
+            e = eager.decode(eager.encode(*slices[emb.key]), prompt)
+            chain_worst = max(chain_worst, float(np.abs(a.logits - e.logits).max()))
+            chain_same += int((a.mask == e.mask).sum())
+    seg.set_runtime("onnx")
+    env.close()
+    return {"prompts": n, "cases": len(cases), "max_abs_logit_diff": float(f"{worst:.3g}"),
+            "pct_identical_pixels": round(100.0 * same / max(1, total), 4),
+            "min_pct_identical_one_prompt": round(100.0 * min_frac, 4),
+            "chain_max_abs_logit_diff": float(f"{chain_worst:.3g}"),
+            "chain_pct_identical_pixels": round(100.0 * chain_same / max(1, total), 4)}

@@ -11,7 +11,7 @@ An episode runs as::
         obs, reward, term, trunc, info = env.step(action)
     agent.end_case(feedback)             # learning across cases (feedback: None, or what a teacher shows)
 
-The ground-truth rule of ``../shared/DESIGN.md`` is enforced here: :class:`Knowledge` — what a
+The ground-truth rule (a person sees the image, never the reference) is enforced here: :class:`Knowledge` — what a
 person may know of a case — has no ground-truth field. It holds the viewport image they see, its
 pixel size, and their *own* idea of the nodule (``intent``), which the perception model made
 before the episode. Only agents that declare ``reads_ground_truth = True`` (the click robots of

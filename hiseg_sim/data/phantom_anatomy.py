@@ -12,7 +12,7 @@ Geometry and units
   ``dz / K`` mm (:class:`Grid`), so that thin oblique vessels do not alias. The slice
   sensitivity profile (a Gaussian with FWHM = slice thickness, :func:`slice_weights`) then
   integrates the fine planes into the output slices: the partial-volume effect along z.
-- HU figures cite ``../shared/calibration/targets.md`` ("CT appearance"): inflated lung
+- HU figures are the standard CT attenuation values: inflated lung
   -850…-910, fat -50…-100, soft tissue +25…+60, blood +30…+70, bone 700+.
 """
 

@@ -2,7 +2,7 @@
 
 Pure functions on the nodule's crop grid ``(z, y, x)``.
 
-Density by LIDC texture rating (``../shared/calibration/targets.md``, "CT appearance": ground-glass
+Density by LIDC texture rating (typical CT attenuation of lung nodules: ground-glass
 nodules around -600 HU, a solid component above -160 HU, solid nodules roughly 0 to +70 HU):
 
 ====  ==========================  ===========================================

@@ -1,4 +1,4 @@
-"""Automatic annotators and what labels cost downstream (issue 6).
+"""Automatic annotators and what labels cost downstream.
 
 - :mod:`~hiseg_sim.downstream.unet`: a CPU-sized 2-D U-Net (the specialist and the downstream model),
   optionally with a centre-prior channel (the viewport is centred on a detection).

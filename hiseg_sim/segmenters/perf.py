@@ -9,9 +9,9 @@ prompt encoder + mask decoder (:func:`hiseg_sim.limits.count_flops`, box prompt)
 run and the same conditions.
 
 :func:`encoder_bench` does the same for the image encoder on one 256² (LiteMedSAM) slice;
-:func:`cohort_parity` checks ONNX against PyTorch on every prompt of a default-cohort sweep.
+:func:`hiseg_sim.bench.cohort_parity` checks ONNX against PyTorch on every prompt of a default-cohort sweep.
 
-Measured for issue 7 on 2 AMD EPYC cores shared with other jobs (load average in brackets):
+Measured on 2 AMD EPYC cores shared with other jobs (load average in brackets):
 
 - decoder, 2 threads [~3]: PyTorch 59-82 ms, ONNX Runtime 34-36 ms, the network's own modules
   103-109 ms; matmul 151-169 GFLOP/s, 3.62 GFLOP → limit 21-24 ms; ONNX / limit 1.43-1.67.
@@ -36,7 +36,7 @@ import torch
 from hiseg_sim import limits
 from hiseg_sim.segmenters.base import Prompt, Segmenter
 
-__all__ = ["bench_prompts", "bench_slice", "cohort_parity", "decoder_bench", "encoder_bench"]
+__all__ = ["bench_prompts", "bench_slice", "decoder_bench", "encoder_bench"]
 
 
 def bench_slice(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -198,77 +198,3 @@ def encoder_bench(segmenter_name: str = "litemedsam", n: int = 5, *, checkpoint=
                 times[rt].append(time.perf_counter() - t0)
     return {"eager_encoder_ms": round(_median_ms(times["torch"]), 1), "onnx_encoder_ms": round(_median_ms(times["onnx"]), 1),
             "max_abs_feature_diff": float(f"{diff:.3g}"), "n": n, "segmenter": seg.name}
-
-
-def cohort_parity(segmenter_name: str = "litemedsam", n_cases: int | None = None, steps: int = 8, seed: int = 0,
-                  env_id: str = "hiseg_sim/NoduleSeg2D-v0") -> dict:
-    """ONNX vs torch on every prompt of a default-cohort sweep through the environment.
-
-    Each case gets one episode of ``steps`` actions (a jittered box around the viewport centre,
-    then positive and negative clicks near it, as ``hiseg_sim.bench`` drives it); the environment
-    builds each prompt (accumulated clicks, the previous mask fed back) and decodes it with ONNX
-    Runtime; the same prompt on the same embedding is decoded again with PyTorch (decoder parity),
-    and on the slice encoded by PyTorch too (the whole chain, for models whose ONNX runtime also
-    runs the encoder).
-
-    Returns ``{"prompts", "cases", "max_abs_logit_diff", "pct_identical_pixels",
-    "min_pct_identical_one_prompt", "chain_max_abs_logit_diff", "chain_pct_identical_pixels"}``.
-    """
-    import gymnasium as gym
-
-    import hiseg_sim  # noqa: F401  (registers the ids)
-    from hiseg_sim import segmenters
-    from hiseg_sim.data.cohort import load_cohort
-
-    seg = segmenters.build(segmenter_name, runtime="onnx")
-    if seg.runtime != "onnx":
-        raise RuntimeError("cohort_parity needs onnxruntime (pip install 'hiseg-sim[onnx]')")
-    eager = segmenters.build(segmenter_name, runtime="torch", cache=segmenters.EmbeddingCache())
-    slices: dict[str, tuple] = {}
-    onnx_encode = seg.encode
-
-    def recording_encode(image_hu, window=segmenters.LUNG_WINDOW):
-        emb = onnx_encode(image_hu, window)
-        slices[emb.key] = (np.array(image_hu, copy=True), window)
-        return emb
-
-    seg.encode = recording_encode  # this diagnostic's own segmenter: remember which slice each key is
-    chain_worst, chain_same = 0.0, 0
-    cases = load_cohort("default", limit=n_cases)
-    env = gym.make(env_id, cases=cases, segmenter=seg, max_episode_steps=steps + 1)
-    u = env.unwrapped
-    rng = np.random.default_rng(seed)
-    worst, same, total, n, min_frac = 0.0, 0, 0, 0, 1.0
-    for i in range(len(cases)):
-        env.reset(seed=seed + i, options={"case_index": i})
-        size = int(env.action_space.nvec[1])
-        c = size // 2
-        for t in range(steps):
-            if t == 0:
-                r0, r1 = rng.integers(size // 10, size // 4, size=2)
-                action = np.array([2, c - r0, c - r1, c + r1, c + r0], np.int64)
-            else:
-                x, y = np.clip(c + rng.integers(-size // 6, size // 6 + 1, size=2), 0, size - 1)
-                action = np.array([int(rng.integers(0, 2)), x, y, 0, 0], np.int64)
-            seg.set_runtime("onnx")
-            env.step(action)
-            if u.last_decode is None:
-                continue
-            emb, prompt = u.last_decode
-            a = seg.decode(emb, prompt)
-            seg.set_runtime("torch")
-            b = seg.decode(emb, prompt)
-            worst = max(worst, _max_diff(a, b))
-            k = int((a.mask == b.mask).sum())
-            same, total, n = same + k, total + a.mask.size, n + 1
-            min_frac = min(min_frac, k / a.mask.size)
-            e = eager.decode(eager.encode(*slices[emb.key]), prompt)
-            chain_worst = max(chain_worst, float(np.abs(a.logits - e.logits).max()))
-            chain_same += int((a.mask == e.mask).sum())
-    seg.set_runtime("onnx")
-    env.close()
-    return {"prompts": n, "cases": len(cases), "max_abs_logit_diff": float(f"{worst:.3g}"),
-            "pct_identical_pixels": round(100.0 * same / max(1, total), 4),
-            "min_pct_identical_one_prompt": round(100.0 * min_frac, 4),
-            "chain_max_abs_logit_diff": float(f"{chain_worst:.3g}"),
-            "chain_pct_identical_pixels": round(100.0 * chain_same / max(1, total), 4)}

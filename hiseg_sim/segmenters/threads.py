@@ -19,8 +19,8 @@ Without either, torch keeps its own default and ONNX Runtime sessions use the sa
 sessions follow a later :func:`set_threads` (and a fork into a pool worker): they are remade with
 the new count on their next call.
 
-On a machine that other jobs keep busy, fewer threads win: with a load average near 7 on the 2
-cores of issue 7, one LiteMedSAM decode took 70 ms in ONNX Runtime with 1 thread and 105 ms with
+On a machine that other jobs keep busy, fewer threads win: with a load average near 7 on 2
+shared AMD EPYC cores, one LiteMedSAM decode took 70 ms in ONNX Runtime with 1 thread and 105 ms with
 2, and 123 ms vs 820 ms in PyTorch (whose thread pool waits on descheduled threads). Set
 ``HISEG_THREADS=1`` there.
 

@@ -23,7 +23,7 @@ __all__ = [
     "window_to_unit",
 ]
 
-#: (level, width) in HU: the lung window of ``../shared/calibration/targets.md`` (W 1500, L -600).
+#: (level, width) in HU: the usual lung window (width 1500, level -600; -500 to -750 are in use).
 LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)
 
 #: Side of the low-resolution mask logits of every SAM-family decoder.

@@ -1,4 +1,4 @@
-"""Calibrating the expert's perception against LIDC readers (issue 8, item 5).
+"""Calibrating the expert's perception against LIDC readers.
 
 What is tested is the *parametric* boundary model of :mod:`hiseg_sim.annotators.behaviour.perception`, the
 one that must serve on scans with no reader masks; sampling real readers' masks would match them

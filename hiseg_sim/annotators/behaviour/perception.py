@@ -218,7 +218,7 @@ def _as3d(reference, spacing) -> tuple[np.ndarray, tuple[float, float, float], b
 
 
 #: (median HU of the nodule's inner half, texture) pairs: ground glass ~ -600 HU, part-solid
-#: mixed, solid 0 ... +70 HU (targets.md, "CT appearance"; phantom_nodule.TEXTURE_HU).
+#: mixed, solid 0 ... +70 HU (the phantom's densities, :data:`hiseg_sim.data.phantom_nodule.TEXTURE_HU`).
 _TEXTURE_HU = ((-610.0, 1.0), (-450.0, 2.0), (-300.0, 3.0), (-55.0, 4.0), (30.0, 5.0))
 
 

@@ -24,7 +24,7 @@ error               what changes
 ==================  ===============================================================================
 
 Thresholds are HU of the image smoothed in plane with a 0.5-mm Gaussian (CT noise would
-otherwise decide). HU figures follow ``targets.md`` ("CT appearance": lung -850 to -910, ground
+otherwise decide). HU figures are the standard CT attenuation values (lung -850 to -910, ground
 glass about -600, solid component above -400, soft tissue +25 to +60, fat -50 to -100).
 Masks are ``bool`` ``(Z, Y, X)``; spacing ``(z, y, x)`` mm (a 2-D call reaches here as one
 slice with a huge z spacing, so nothing connects along z).

@@ -17,7 +17,7 @@ A profile is a TOML file ``agents/profiles/<name>.toml``::
 Every parameter is a table ``{value = ..., source = "..."}``. The source says where the value came
 from and must begin with one of :data:`SOURCE_KINDS`:
 
-- ``"literature: "`` a figure of ``shared/calibration/targets.md``: name the paper *and* the number
+- ``"literature: "`` a published figure: name the paper *and* the number
   (e.g. ``"literature: KLM, Card, Moran & Newell 1980: M = 1.35 s"``); a digit is required;
 - ``"calibration: "`` a fit (e.g. ``agents/calibration/expert_perception.json``);
 - ``"derived: "`` worked out from figures (say from which);

@@ -12,7 +12,7 @@ name                   what it does in the env
 =====================  ============================================================================
 ``robot_ritm``         RITM: first click by its rule on the empty prediction, then the next click
                        against the current mask; Accept at the target IoU (0.90; 0.85 with
-                       ``target_iou=0.85``) or after 20 clicks (RITM's protocol, targets.md)
+                       ``target_iou=0.85``) or after 20 clicks (RITM's NoC protocol, Sofiiuk et al. 2022)
 ``robot_microsam``     micro-sam iterative prompting: the ground-truth box, then one positive and
                        one negative click per iteration (7 iterations: its 8 prompting rounds)
 ``robot_deepgrow``     MONAI DeepGrow clicks (probability ∝ exp(distance) − 1 in the larger
