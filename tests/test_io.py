@@ -11,18 +11,27 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 
 from hiseg_sim.data.case import Case, CaseError
 from hiseg_sim.data.io import (
+    UnreadableFileError,
     case_from_files,
     crop_to_mask,
     iter_lidc_dicom,
     iter_msd_lung,
+    iter_series_dirs,
+    list_dicom_series,
     margin_voxels,
     read_dicom_series,
     read_image,
     read_itk,
+    read_label_image,
     read_nifti,
 )
 
@@ -180,6 +189,147 @@ def test_no_dicom_and_missing_paths(tmp_path):
         case_from_files(missing, tmp_path / "m.nii.gz")
 
 
+# ----------------------------------------------------------------------------- DICOM: no slice lost
+
+
+def six_slices(folder):
+    """A 6-slice series at z = 0, 2.5 ... 12.5 mm; returns its files in z order (first = lowest z)."""
+    write_series(folder, ramp((6, 4, 5)), [2.5 * k for k in range(6)])
+    _, _, meta = read_dicom_series(folder)
+    return [Path(f) for f in meta["files"]]
+
+
+def truncate(path, keep):
+    raw = path.read_bytes()
+    path.write_bytes(raw[: keep if keep >= 0 else len(raw) + keep])
+
+
+@pytest.mark.parametrize("keep", [-3, -40, 300, 140, 0], ids=["in-pixels", "before-pixels", "in-header",
+                                                             "after-preamble", "empty"])
+def test_truncated_last_slice_is_an_error_naming_the_file(tmp_path, keep):
+    files = six_slices(tmp_path)
+    truncate(files[-1], keep)
+    with pytest.raises(UnreadableFileError, match=files[-1].name) as err:
+        read_dicom_series(tmp_path)
+    assert err.value.path == files[-1] and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["header-noise", "marker-and-header-noise", "zeroed"])
+def test_garbled_first_slice_is_an_error_naming_the_file(tmp_path, damage):
+    files = six_slices(tmp_path)
+    raw = bytearray(files[0].read_bytes())
+    noise = np.random.default_rng(5).integers(0, 256, len(raw), dtype=np.uint8).tobytes()
+    if damage == "header-noise":
+        raw[132:400] = noise[132:400]
+    elif damage == "marker-and-header-noise":  # no DICM marker left: the .dcm suffix still claims DICOM
+        raw[128:400] = noise[128:400]
+    else:
+        raw[:] = bytes(len(raw))
+    files[0].write_bytes(bytes(raw))
+    with pytest.raises(UnreadableFileError, match=files[0].name):
+        read_dicom_series(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".dcm", ""], ids=["dcm", "no-suffix"])
+@pytest.mark.parametrize("where", [0, 5], ids=["first", "last"])
+def test_six_files_never_read_as_five_slices(tmp_path, suffix, where):
+    files = six_slices(tmp_path)
+    if suffix != ".dcm":
+        files = [f.rename(f.with_suffix(suffix)) for f in files]
+    vol, _, _ = read_dicom_series(tmp_path)
+    assert vol.shape[0] == 6
+    truncate(files[where], 300)  # SeriesInstanceUID and everything after it cut off
+    with pytest.raises(UnreadableFileError, match=files[where].name):
+        read_dicom_series(tmp_path)
+    with pytest.raises(UnreadableFileError, match=files[where].name):
+        read_dicom_series(sorted(tmp_path.iterdir()))
+
+
+def test_every_file_of_a_folder_is_read_or_named(tmp_path, caplog):
+    files = six_slices(tmp_path)
+    files[2].rename(tmp_path / "slice2.txt")  # a DICOM slice under a misleading suffix is still a slice
+    (tmp_path / "README.txt").write_text("scanned 2024")
+    (tmp_path / "notes.bin").write_bytes(b"\x01\x02" * 100)
+    other = write_series(tmp_path / "o", ramp((1, 4, 5)), [0.0])
+    (tmp_path / "o" / "IM0000.dcm").rename(tmp_path / "scout.dcm")
+    (tmp_path / "o").rmdir()
+    caplog.set_level("INFO", logger="hiseg_sim.data.io_dicom")
+    with pytest.raises(CaseError, match="2 DICOM series"):
+        read_dicom_series(tmp_path)
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    with pytest.warns(UserWarning, match=r"2 file\(s\) beside it were not read") as rec:
+        vol, _, meta = read_dicom_series(tmp_path, series_uid=uid)
+    assert vol.shape[0] == 6 and (tmp_path / "slice2.txt") in [Path(f) for f in meta["files"]]
+    warned = " ".join(str(w.message) for w in rec)
+    assert "scout.dcm" in warned and other in warned and "notes.bin" in warned
+    assert "README.txt" in caplog.text
+    accounted = {Path(f) for f in meta["files"]} | {Path(f) for f in meta["ignored_files"]}
+    assert accounted == set(tmp_path.iterdir())
+    assert meta["ignored_files"][str(tmp_path / "README.txt")].startswith("not DICOM")
+
+
+def test_hole_in_the_series_names_the_files_beside_it(tmp_path):
+    files = six_slices(tmp_path)
+    files[3].unlink()
+    with pytest.raises(CaseError, match="missing slice") as err:
+        read_dicom_series(tmp_path)
+    assert files[2].name in str(err.value) and files[4].name in str(err.value)
+
+
+def test_slices_with_and_without_positions_are_an_error(tmp_path):
+    files = six_slices(tmp_path)
+    ds = pydicom.dcmread(files[4])
+    del ds.ImagePositionPatient
+    ds.save_as(files[4])
+    with pytest.raises(CaseError, match=f"1 of 6 slices have no ImagePositionPatient.*{files[4].name}"):
+        read_dicom_series(tmp_path)
+
+
+def test_garbled_header_value_names_the_file(tmp_path):
+    files = six_slices(tmp_path)
+    raw = files[1].read_bytes()
+    assert raw.count(b"-120.0") == 1  # the y of ImagePositionPatient, as write_slice stores it
+    files[1].write_bytes(raw.replace(b"-120.0", b"-12x.0"))  # same length: only the value is garbled
+    with pytest.raises(UnreadableFileError, match=f"{files[1].name}: its ImagePositionPatient cannot be read"):
+        read_dicom_series(tmp_path)
+
+
+def test_ct_small_series_with_a_truncated_end_slice(tmp_path):
+    """pydicom's real CT slice as a 6-slice series: whole, it reads; a cut end slice is an error."""
+    from pydicom.data import get_testdata_file
+
+    src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    uid = generate_uid()
+    for k in range(6):
+        src.SeriesInstanceUID = uid
+        src.SOPInstanceUID = generate_uid()
+        src.ImagePositionPatient = [-158.135803, -179.035797, -75.699997 + 5.0 * k]
+        src.save_as(tmp_path / f"ct{k}")  # no suffix: found by its DICM marker
+    vol, spacing, meta = read_dicom_series(tmp_path)
+    assert vol.shape == (6, 128, 128) and spacing[0] == pytest.approx(5.0) and meta["ignored_files"] == {}
+    truncate(tmp_path / "ct5", -1000)
+    with pytest.raises(UnreadableFileError, match="ct5.*pixels"):
+        read_dicom_series(tmp_path)
+
+
+def test_listing_functions_do_not_pass_over_damaged_files(tmp_path):
+    files = six_slices(tmp_path / "s")
+    for f in files:
+        truncate(f, 200)
+    with pytest.raises(UnreadableFileError, match=r"IM\d{4}\.dcm: looks like DICOM"):
+        list_dicom_series(tmp_path / "s")
+    with pytest.raises(UnreadableFileError, match=r"IM\d{4}\.dcm: looks like DICOM"):
+        list(iter_series_dirs(tmp_path))
+
+
+def test_unreadable_file_error_keeps_its_path_across_processes():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(UnreadableFileError("x.dcm: truncated; re-copy it", "x.dcm")))
+    assert isinstance(err, CaseError) and isinstance(err, ValueError)
+    assert err.path == Path("x.dcm") and str(err) == "x.dcm: truncated; re-copy it"
+
+
 # ----------------------------------------------------------------------------- NIfTI / ITK
 
 
@@ -236,6 +386,39 @@ def test_bad_nifti_is_a_case_error(tmp_path, data, zooms, match):
     nib.save(img, str(tmp_path / "bad.nii.gz"))
     with pytest.raises(CaseError, match=match):
         read_nifti(tmp_path / "bad.nii.gz")
+
+
+@pytest.mark.parametrize("name", ["v.nii.gz", "v.nii"])
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.1], ids=["half", "tail", "head"])
+def test_truncated_nifti_is_an_error_naming_the_file(tmp_path, name, keep):
+    p = save_nifti(tmp_path / name, ramp((6, 7, 8)), (0.7, 0.7, 2.5))
+    raw = p.read_bytes()
+    p.write_bytes(raw[: int(len(raw) * keep)])
+    for read in (read_nifti, read_image, read_label_image):
+        with pytest.raises(UnreadableFileError, match=f"{name}.*(truncated|damaged).*re-download") as err:
+            read(p)
+        assert err.value.path == p and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["v.nii.gz", "v.nii"])
+def test_nifti_header_asking_for_more_voxels_than_the_file_holds(tmp_path, name):
+    """A damaged dim field is refused before any voxel buffer is allocated (no 10 GB bytearray)."""
+    import gzip
+    import struct
+
+    raw = bytearray(save_nifti(tmp_path / "ok.nii", ramp((6, 7, 8)), (1.0, 1.0, 1.0)).read_bytes())
+    raw[42:46] = struct.pack("<hh", 30000, 30000)  # dim[1], dim[2]
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(bytes(raw)) if name.endswith(".gz") else bytes(raw))
+    with pytest.raises(UnreadableFileError, match=f"{name}: the NIfTI header asks for 14400000000 bytes"):
+        read_nifti(p)
+
+
+def test_unreadable_itk_file_names_it(tmp_path):
+    p = tmp_path / "v.mha"
+    p.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = LOCAL\n")
+    with pytest.raises(UnreadableFileError, match="v.mha"):
+        read_image(p)
 
 
 def test_unknown_suffix(tmp_path):
@@ -369,6 +552,25 @@ def test_msd_errors(tmp_path):
         next(iter_msd_lung(root))
     with pytest.raises(ValueError, match="no labels"):
         next(iter_msd_lung(root, split="test"))
+
+
+def test_msd_damaged_files_are_named(tmp_path):
+    root = make_msd(tmp_path / "t", n=2)
+    img = root / "imagesTr" / "lung_002.nii.gz"
+    img.write_bytes(img.read_bytes()[:-20])
+    cases = iter_msd_lung(root)
+    assert next(cases).case_id == "lung_001/c1"
+    with pytest.raises(UnreadableFileError, match="lung_002.nii.gz.*truncated"):
+        list(cases)
+    (root / "dataset.json").write_bytes(b"\xff\xfe{garbled")
+    with pytest.raises(UnreadableFileError, match="dataset.json is not valid JSON"):
+        next(iter_msd_lung(root))
+    (root / "dataset.json").write_text(json.dumps(["not", "an", "object"]))
+    with pytest.raises(CaseError, match="no 'training' list"):
+        next(iter_msd_lung(root))
+    (root / "dataset.json").write_text(json.dumps({"training": [{"image": 3, "label": None}]}))
+    with pytest.raises(CaseError, match=r"training\[0\]"):
+        next(iter_msd_lung(root))
 
 
 # ----------------------------------------------------------------------------- LIDC on user DICOM

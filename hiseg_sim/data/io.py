@@ -20,6 +20,13 @@ are transposed and their spacing reversed there, and nowhere else).
 :func:`iter_lidc_dicom`           the user's LIDC-IDRI DICOM + annotation database → one Case per nodule
 ================================  =======================================================
 
+Errors: a missing path is a ``FileNotFoundError``; a file that cannot be read (truncated,
+corrupt, a DICOM slice without its pixels) is an :class:`UnreadableFileError`; anything else
+that cannot make a valid volume is a :class:`~hiseg_sim.data.case.CaseError`.
+``UnreadableFileError`` is a ``CaseError``, which is a ``ValueError``. Each message is one line
+that names the file, the problem and what to do. No reader drops a file silently: a DICOM folder
+is read whole, every file not read is listed in ``meta["ignored_files"]`` with its reason.
+
 Example::
 
     from hiseg_sim.data.io import case_from_files, iter_msd_lung, read_dicom_series
@@ -28,12 +35,24 @@ Example::
     cases = list(iter_msd_lung("Task06_Lung", crop_margin_mm=20))
 """
 
-from hiseg_sim.data.io_cases import bbox_with_margin, case_from_files, crop_to_mask, iter_msd_lung, margin_voxels
-from hiseg_sim.data.io_dicom import iter_series_dirs, list_dicom_series, read_dicom_series
+from hiseg_sim.data.io_cases import (
+    bbox_with_margin,
+    case_from_files,
+    crop_to_mask,
+    iter_msd_lung,
+    margin_voxels,
+)
+from hiseg_sim.data.io_dicom import (
+    UnreadableFileError,
+    iter_series_dirs,
+    list_dicom_series,
+    read_dicom_series,
+)
 from hiseg_sim.data.io_lidc import iter_lidc_dicom, match_z
 from hiseg_sim.data.io_volume import read_image, read_itk, read_label_image, read_nifti
 
 __all__ = [
+    "UnreadableFileError",
     "bbox_with_margin",
     "case_from_files",
     "crop_to_mask",

@@ -17,9 +17,10 @@ import numpy as np
 from scipy import ndimage
 
 from hiseg_sim.data.case import Case, CaseError, validate_mask
+from hiseg_sim.data.io_dicom import UnreadableFileError, short_reason
 from hiseg_sim.data.io_volume import _suffix, read_image, read_label_image, read_nifti
 
-__all__ = ["crop_to_mask", "case_from_files", "iter_msd_lung", "margin_voxels", "bbox_with_margin"]
+__all__ = ["bbox_with_margin", "case_from_files", "crop_to_mask", "iter_msd_lung", "margin_voxels"]
 
 
 def margin_voxels(
@@ -152,20 +153,26 @@ def _msd_entries(root: Path, split: str) -> list[tuple[Path, Path]]:
             f"{js} not found: an MSD task folder (e.g. Task06_Lung/) holds dataset.json, imagesTr/ and labelsTr/"
         )
     try:
-        desc = json.loads(js.read_text())
-    except json.JSONDecodeError as exc:
-        raise CaseError(f"{js} is not valid JSON: {exc}") from exc
+        desc = json.loads(js.read_bytes())
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or bytes that are not UTF-8 text
+        raise UnreadableFileError(
+            f"{js} is not valid JSON ({short_reason(exc)}); re-download the dataset or fix the file", js
+        ) from exc
     if split in ("test", "testing"):
         raise ValueError("the MSD test split has no labels, so it cannot give Cases; use split='train'")
     if split not in ("train", "training"):
         raise ValueError(f"split must be 'train'; got {split!r}")
-    training = desc.get("training")
+    training = desc.get("training") if isinstance(desc, dict) else None
     if not isinstance(training, list) or not training:
-        raise CaseError(f"{js} has no 'training' list of {{'image': ..., 'label': ...}} entries")
+        raise CaseError(
+            f"{js} has no 'training' list of {{'image': ..., 'label': ...}} entries; is it an MSD dataset.json?"
+        )
     pairs, missing = [], []
     for i, entry in enumerate(training):
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise CaseError(f"{js}: training[{i}] is {entry!r}; expected {{'image': ..., 'label': ...}}")
+        if not (isinstance(entry, dict) and isinstance(entry.get("image"), str) and isinstance(entry.get("label"), str)):
+            raise CaseError(
+                f"{js}: training[{i}] is {entry!r:.120}; expected {{'image': 'path', 'label': 'path'}} (paths as text)"
+            )
         img, lab = root / entry["image"], root / entry["label"]
         missing += [str(p) for p in (img, lab) if not p.is_file()]
         pairs.append((img, lab))
@@ -194,6 +201,11 @@ def iter_msd_lung(
     component of at least ``min_voxels`` voxels gives a Case cropped to its bounding box plus
     ``crop_margin_mm``, ``gt`` = that component only, ``case_id`` = ``"lung_001/c1"``, ``c2`` …
     in scipy's label order (raster order of each component's first voxel).
+
+    Raises FileNotFoundError for a missing folder, ``dataset.json`` or listed file;
+    :class:`~hiseg_sim.data.io_dicom.UnreadableFileError` naming the file for a ``dataset.json``
+    that is not JSON or a truncated/corrupt NIfTI; CaseError for a malformed ``training`` list or an
+    image and label on different grids.
     """
     root = Path(root)
     pairs = _msd_entries(root, split)

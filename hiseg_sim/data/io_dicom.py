@@ -13,237 +13,527 @@ Geometry, as the DICOM standard defines it (patient coordinates are LPS, in mm):
 
 Pixels are never resampled or reoriented: voxel ``[k, i, j]`` is row ``i``, column ``j`` of the
 ``k``-th slice in ascending order.
+
+Every file is accounted for. Each file of a folder is either a slice of the volume
+(``meta["files"]``) or listed in ``meta["ignored_files"]`` with the reason it is not part of the
+series. Files a user would not expect to be left out (DICOM images of another series, files that
+are not recognisably DICOM) are also named in a warning; the expected ones (a DICOMDIR, an
+``.xml``/``.txt`` beside the images, a structured report) in a ``logging.INFO`` record of the
+logger ``hiseg_sim.data.io_dicom``. A file that claims to be DICOM (``DICM`` at byte 128, or a
+``.dcm``/``.dicom``/``.ima`` suffix) but cannot be read, and a slice of the series whose pixels
+are missing or short (a truncated copy), is an :class:`UnreadableFileError` naming that file:
+nothing is skipped silently, so a damaged first or last slice can never shorten the volume.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
 from hiseg_sim.data.case import CaseError, validate_spacing, validate_volume
 
-__all__ = ["read_dicom_series", "list_dicom_series", "iter_series_dirs"]
+__all__ = ["UnreadableFileError", "iter_series_dirs", "list_dicom_series", "read_dicom_series"]
 
-#: Files that are never DICOM, skipped without opening (LIDC series folders hold one ``.xml``).
-_NOT_DICOM = {".xml", ".json", ".txt", ".csv", ".md", ".nii", ".gz", ".png", ".jpg", ".jpeg", ".zip", ".py"}
+log = logging.getLogger(__name__)
+
+#: Suffixes that mark a file as DICOM even when it lacks the ``DICM`` marker.
+_DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
+#: Files that are not DICOM and are expected beside a series (LIDC folders hold one ``.xml``):
+#: left unopened unless they carry the ``DICM`` marker.
+_NOT_DICOM = {".xml", ".json", ".txt", ".csv", ".md", ".nii", ".gz", ".png", ".jpg", ".jpeg", ".zip", ".py", ".pdf"}
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+#: ``MediaStorageSOPClassUID`` of a DICOMDIR (the index of a DICOM disc, no image).
+_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
+_RECOPY = "re-copy it from the source, or move it out of the folder"
 
 
-def _candidates(directory: Path, recursive: bool) -> list[Path]:
-    it = directory.rglob("*") if recursive else directory.iterdir()
-    return sorted(
-        p for p in it
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in _NOT_DICOM and p.name != "DICOMDIR"
+class UnreadableFileError(CaseError):
+    """A file that should hold image data cannot be read: truncated, corrupt, or not what it claims.
+
+    The one-line message names the file, says what is wrong and what to do; ``path`` is the file.
+    Raised by every reader of :mod:`hiseg_sim.data.io` (DICOM, NIfTI, ITK formats).
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+
+    def __reduce__(self):  # keeps ``path`` when the error crosses a process boundary
+        return type(self), (str(self), self.path)
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """``"Type: message"`` of ``exc`` on one line, cut to ``limit`` characters."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ----------------------------------------------------------------------------- one file
+
+
+@dataclass(frozen=True)
+class _Ignored:
+    """Why a file is not part of the series; ``surprising`` ones are named in a warning.
+
+    ``series_uid``: the series a DICOM object that is not an image names, if any.
+    """
+
+    reason: str
+    surprising: bool
+    series_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """What the volume needs from one DICOM file, every value converted (and so checked) once.
+
+    ``position``: ``ImagePositionPatient`` LPS ``(x, y, z)`` mm; ``orientation``: the six direction
+    cosines ``(r, c)``; ``pixel_spacing``: ``(y, x)`` mm. ``None`` where the file has no such tag.
+    """
+
+    path: Path
+    ds: pydicom.Dataset
+    series_uid: str
+    sop_class: str
+    is_image: bool
+    has_pixels: bool
+    rows: int | None
+    cols: int | None
+    pixel_spacing: tuple[float, float] | None
+    position: np.ndarray | None
+    orientation: np.ndarray | None
+    instance: int | None
+    samples: int
+    frames: int
+    slope: float
+    intercept: float
+    slice_thickness: float | None
+    between_slices: float | None
+    modality: str
+    series_description: str
+    study_uid: str
+    patient_id: str
+
+
+def _claims_dicom(path: Path) -> bool:
+    """``DICM`` at byte 128 (the DICOM file format's marker) or a DICOM suffix."""
+    if path.suffix.lower() in _DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError as exc:
+        raise UnreadableFileError(f"{path}: cannot be opened ({short_reason(exc)}); check its permissions", path) from exc
+
+
+def _open(path: Path, *, must_be_dicom: bool, header_only: bool) -> pydicom.Dataset | _Ignored:
+    """The dataset in ``path``, or why the file belongs to no series.
+
+    ``header_only`` stops before the pixels; otherwise pixel data is deferred (read when decoded).
+    Raises :class:`UnreadableFileError` for a file that claims to be DICOM (or ``must_be_dicom``)
+    but cannot be read or names no series.
+    """
+    if path.name.upper() == "DICOMDIR":
+        return _Ignored("a DICOMDIR (the index of a DICOM disc, no image)", False)
+    if path.name.startswith("."):
+        return _Ignored("a hidden file", False)
+    marked = _claims_dicom(path)
+    claims = must_be_dicom or marked
+    if not claims and path.suffix.lower() in _NOT_DICOM:
+        return _Ignored(f"not DICOM (a {path.suffix.lower()} file)", False)
+    kw: dict[str, Any] = {"stop_before_pixels": True} if header_only else {"defer_size": 4096}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's complaints about a damaged file: reported below, in one line
+            ds = pydicom.dcmread(path, force=True, **kw)
+            file_meta = getattr(ds, "file_meta", None)
+            media_sop = str(file_meta.get("MediaStorageSOPClassUID", "") if file_meta is not None else "")
+            uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+            sop = str(ds.get("SOPClassUID", "") or "").strip()
+        if media_sop == _DIRECTORY_SOP_CLASS:
+            return _Ignored("a DICOMDIR (the index of a DICOM disc, no image)", False)
+    except Exception as exc:  # any parser failure means the file cannot be used
+        if claims:
+            raise UnreadableFileError(
+                f"{path}: cannot be read as DICOM ({short_reason(exc)}); the file is truncated or damaged: {_RECOPY}",
+                path,
+            ) from exc
+        return _Ignored("not DICOM (no DICOM header)", True)
+    if uid and (sop or claims) and uid.isprintable() and " " not in uid:
+        return ds
+    if not claims:
+        return _Ignored("not DICOM (no DICOM header)", True)
+    problem = f"SeriesInstanceUID {uid!r} is not a valid UID" if uid else "it has no SeriesInstanceUID"
+    claim = "looks like DICOM" if marked else "was passed as a DICOM file (it has no DICM marker)"
+    raise UnreadableFileError(
+        f"{path}: {claim} but {problem}, so it cannot be placed in a series; "
+        f"the file is truncated, damaged or not DICOM: {_RECOPY}",
+        path,
     )
 
 
-def _dcmread(path: Path, strict: bool, **kw: Any) -> pydicom.Dataset | None:
-    """Read a DICOM file; ``None`` for a file that is not DICOM (when not ``strict``)."""
+def _get(path: Path, ds: pydicom.Dataset, key: str, convert: Callable[[Any], Any]) -> Any:
+    """``convert(ds[key])``, ``None`` when the tag is missing or empty; a bad value names the file."""
     try:
-        return pydicom.dcmread(path, **kw)
-    except InvalidDicomError:
-        pass  # no "DICM" preamble: old files may still be DICOM, try once more below
-    except Exception as exc:  # truncated or corrupt
-        raise CaseError(f"cannot read DICOM file {path}: {exc}") from exc
-    try:
-        ds = pydicom.dcmread(path, force=True, **kw)
-        if "SOPClassUID" in ds and "SeriesInstanceUID" in ds:
-            return ds
-    except Exception:
-        pass
-    if strict:
-        raise CaseError(f"{path} is not a DICOM file")
-    return None
+        v = ds.get(key)
+        if v is None or (isinstance(v, (str, bytes)) and not v.strip()):
+            return None
+        return convert(v)
+    except Exception as exc:  # a garbled value of any kind
+        raise UnreadableFileError(
+            f"{path}: its {key} cannot be read ({short_reason(exc)}); the file is damaged: {_RECOPY}", path
+        ) from exc
+
+
+def _finite(v: Any) -> float:
+    out = float(v)
+    if not np.isfinite(out):
+        raise ValueError(f"{out} is not a finite number")
+    return out
+
+
+def _vector(n: int) -> Callable[[Any], np.ndarray]:
+    """A converter of a multi-valued tag to ``n`` finite floats."""
+
+    def convert(v: Any) -> np.ndarray:
+        out = np.asarray([float(x) for x in (v if isinstance(v, (list, tuple, MultiValue)) else [v])])
+        if out.shape != (n,) or not np.all(np.isfinite(out)):
+            raise ValueError(f"expected {n} finite numbers, got {out.tolist()}")
+        return out
+
+    return convert
+
+
+def _slice(path: Path, ds: pydicom.Dataset) -> _Slice:
+    """The checked facts of one DICOM file (see :class:`_Slice`); nothing reads ``ds`` after this but
+    the pixel decoder, so a garbled tag anywhere in the header names the file here."""
+    sop = _get(path, ds, "SOPClassUID", str) or ""
+    rows = _get(path, ds, "Rows", int)
+    has_pixels = any(t in ds for t in _PIXEL_TAGS)
+    sop_name = UID(sop).name if sop else ""
+    spacing = _get(path, ds, "PixelSpacing", _vector(2))
+    return _Slice(
+        path=path,
+        ds=ds,
+        series_uid=str(ds.SeriesInstanceUID).strip(),
+        sop_class=sop_name or "unknown SOP class",
+        is_image=rows is not None or has_pixels or "Image Storage" in sop_name,
+        has_pixels=has_pixels,
+        rows=rows,
+        cols=_get(path, ds, "Columns", int),
+        pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
+        position=_get(path, ds, "ImagePositionPatient", _vector(3)),
+        orientation=_get(path, ds, "ImageOrientationPatient", _vector(6)),
+        instance=_get(path, ds, "InstanceNumber", int),
+        samples=_get(path, ds, "SamplesPerPixel", int) or 1,
+        frames=_get(path, ds, "NumberOfFrames", int) or 1,
+        slope=_get(path, ds, "RescaleSlope", _finite) or 1.0,
+        intercept=_get(path, ds, "RescaleIntercept", _finite) or 0.0,
+        slice_thickness=_get(path, ds, "SliceThickness", _finite),
+        between_slices=_get(path, ds, "SpacingBetweenSlices", _finite),
+        modality=_get(path, ds, "Modality", str) or "",
+        series_description=_get(path, ds, "SeriesDescription", str) or "",
+        study_uid=_get(path, ds, "StudyInstanceUID", str) or "",
+        patient_id=_get(path, ds, "PatientID", str) or "",
+    )
+
+
+# ----------------------------------------------------------------------------- a folder
 
 
 def _resolve_files(path: str | os.PathLike | Sequence[str | os.PathLike], recursive: bool) -> tuple[list[Path], bool]:
-    """Return the candidate files and whether the caller named them explicitly."""
+    """Every file under ``path`` (sorted) and whether the caller named them explicitly."""
     if isinstance(path, (str, os.PathLike)):
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"DICOM path does not exist: {p}")
         if p.is_file():
             return [p], True
-        files = _candidates(p, recursive)
+        files = sorted(q for q in (p.rglob("*") if recursive else p.iterdir()) if q.is_file())
         if not files:
             subdirs = sum(1 for q in p.iterdir() if q.is_dir())
-            hint = f" (it has {subdirs} subfolder(s): pass one series folder, or recursive=True)" if subdirs else ""
-            raise CaseError(f"no DICOM files found in {p}{hint}")
+            hint = f"; it has {subdirs} subfolder(s): pass one series folder, or recursive=True" if subdirs else ""
+            raise CaseError(f"no DICOM files found in {p}: the folder holds no file{hint}")
         return files, False
     files = [Path(f) for f in path]
     if not files:
-        raise CaseError("no DICOM files found: the list of files is empty")
+        raise CaseError("no DICOM files found: the list of files is empty; pass the files of one series")
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"DICOM file does not exist: {f}")
     return files, True
 
 
-def _describe_series(groups: dict[str, list[tuple[Path, pydicom.Dataset]]]) -> str:
-    lines = []
+def _scan(files: list[Path], explicit: bool, *, header_only: bool) -> tuple[list[_Slice], dict[Path, _Ignored]]:
+    """Open every file: the image slices found, and every other file with the reason it is left out."""
+    slices: list[_Slice] = []
+    ignored: dict[Path, _Ignored] = {}
+    for f in files:
+        got = _open(f, must_be_dicom=explicit, header_only=header_only)
+        if isinstance(got, _Ignored):
+            if explicit:
+                raise CaseError(f"{f} is {got.reason}, not a DICOM image; pass only the image files of one series")
+            ignored[f] = got
+            continue
+        s = _slice(f, got)
+        if not s.is_image:
+            if explicit:
+                raise CaseError(f"{f} holds no image ({s.sop_class}): missing pixel data; pass only the image files")
+            ignored[f] = _Ignored(f"a DICOM {s.sop_class} object, not an image", False, s.series_uid)
+            continue
+        slices.append(s)
+    return slices, ignored
+
+
+def _group(slices: list[_Slice]) -> dict[str, list[_Slice]]:
+    groups: dict[str, list[_Slice]] = {}
+    for s in slices:
+        groups.setdefault(s.series_uid, []).append(s)
+    return groups
+
+
+def _describe_series(groups: dict[str, list[_Slice]]) -> str:
+    """One line: each series' UID, file count, modality, description and one file."""
+    parts = []
     for uid, items in groups.items():
-        ds = items[0][1]
-        lines.append(
-            f"  {uid}  ({len(items)} file(s), modality {ds.get('Modality', '?')}, "
-            f"'{ds.get('SeriesDescription', '')}', e.g. {items[0][0].name})"
+        s = items[0]
+        parts.append(
+            f"{uid} ({len(items)} file(s), modality {s.modality or '?'}, "
+            f"'{s.series_description}', e.g. {s.path.name})"
         )
-    return "\n".join(lines)
+    return "; ".join(parts)
+
+
+def _names(paths: Sequence[Path], limit: int = 8) -> str:
+    shown = ", ".join(p.name for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _report_ignored(ignored: dict[Path, _Ignored], uid: str) -> None:
+    """Name every file left out: surprising ones in a warning, expected ones in a log record."""
+    if not ignored:
+        return
+    by_reason: dict[str, list[Path]] = {}
+    for f, r in ignored.items():
+        if r.surprising:
+            by_reason.setdefault(r.reason, []).append(f)
+    if by_reason:
+        n = sum(len(fs) for fs in by_reason.values())
+        warnings.warn(
+            f"series {uid}: {n} file(s) beside it were not read: "
+            + "; ".join(f"{reason}: {_names(fs)}" for reason, fs in by_reason.items())
+            + "; meta['ignored_files'] lists them all",
+            stacklevel=3,
+        )
+    for f, r in ignored.items():
+        if not r.surprising:
+            log.info("series %s: %s is not part of it: %s", uid, f, r.reason)
 
 
 def list_dicom_series(path: str | os.PathLike, recursive: bool = False) -> dict[str, list[Path]]:
-    """Map each ``SeriesInstanceUID`` found under ``path`` to its files (headers only are read)."""
-    files, _ = _resolve_files(path, recursive)
-    out: dict[str, list[Path]] = {}
-    for f in files:
-        ds = _dcmread(f, False, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "SOPClassUID"])
-        if ds is not None:
-            out.setdefault(str(ds.get("SeriesInstanceUID", "<none>")), []).append(f)
-    return out
+    """Map each ``SeriesInstanceUID`` found under ``path`` to its image files (headers only are read).
+
+    Raises :class:`UnreadableFileError` for a file that claims to be DICOM but cannot be read.
+    """
+    files, explicit = _resolve_files(path, recursive)
+    slices, _ = _scan(files, explicit, header_only=True)
+    return {uid: [s.path for s in items] for uid, items in _group(slices).items()}
 
 
 def iter_series_dirs(root: str | os.PathLike) -> Iterator[tuple[Path, str]]:
-    """Walk ``root`` and yield ``(folder, SeriesInstanceUID)`` for every folder holding DICOM.
+    """Walk ``root`` and yield ``(folder, SeriesInstanceUID)`` for every folder holding DICOM images.
 
-    Cheap: only the first DICOM file of each folder is opened, headers only
-    (``stop_before_pixels=True``). It assumes one series per folder, as TCIA downloads are laid
-    out; :func:`read_dicom_series` with ``series_uid=`` still picks the right files from a folder
-    that mixes several. Folders are visited in sorted order.
+    Cheap: files of each folder are opened (headers only) until one names its series. It assumes
+    one series per folder, as TCIA downloads are laid out; :func:`read_dicom_series` with
+    ``series_uid=`` picks the right files from a folder that mixes several and reports the rest.
+    Folders are visited in sorted order. A damaged file is passed over here (the reader names it);
+    a folder whose DICOM files are all damaged raises the first file's :class:`UnreadableFileError`.
     """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"DICOM root does not exist: {root}")
-    for dirpath, dirnames, _ in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        for f in _candidates(Path(dirpath), recursive=False):
-            ds = _dcmread(f, False, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "SOPClassUID"])
-            if ds is not None and "SeriesInstanceUID" in ds:
-                yield Path(dirpath), str(ds.SeriesInstanceUID)
+        first_error: UnreadableFileError | None = None
+        for name in sorted(filenames):
+            f = Path(dirpath) / name
+            try:
+                got = _open(f, must_be_dicom=False, header_only=True)
+                if isinstance(got, _Ignored):
+                    continue
+                s = _slice(f, got)
+            except UnreadableFileError as exc:
+                first_error = first_error or exc
+                continue
+            if s.is_image:
+                yield Path(dirpath), s.series_uid
                 break
+        else:
+            if first_error is not None:
+                raise first_error
 
 
-def _floats(ds: pydicom.Dataset, key: str) -> np.ndarray | None:
-    v = ds.get(key)
-    return None if v is None else np.asarray([float(x) for x in v], dtype=np.float64)
+def _select_series(
+    path, series_uid: str | None, recursive: bool
+) -> tuple[str, list[_Slice], dict[Path, _Ignored]]:
+    """Open every file under ``path``, group the images by series and return the one asked for,
+    with every other file and why it is left out."""
+    files, explicit = _resolve_files(path, recursive)
+    slices, ignored = _scan(files, explicit, header_only=False)
+    groups = _group(slices)
+    if not groups:
+        seen = "; ".join(f"{f.name}: {r.reason}" for f, r in list(ignored.items())[:5])
+        raise CaseError(
+            f"no DICOM image files found in {path} ({len(files)} file(s) looked at: {seen}); "
+            "pass the folder of one DICOM series"
+        )
+    if series_uid is None:
+        if len(groups) > 1:
+            raise CaseError(
+                f"{path} holds {len(groups)} DICOM series; pass series_uid= one of: {_describe_series(groups)}"
+            )
+        uid = next(iter(groups))
+    else:
+        uid = str(series_uid)
+        if uid not in groups:
+            raise CaseError(
+                f"series {uid} not found in {path}; pass series_uid= one of: {_describe_series(groups)}"
+            )
+    for other, items in groups.items():
+        if other != uid:
+            for s in items:
+                ignored[s.path] = _Ignored(f"an image of another series, {other}", True)
+    for f, r in ignored.items():
+        if r.series_uid == uid:  # an object without pixels in an image series: a damaged slice, or odd data
+            ignored[f] = _Ignored(f"{r.reason} (in this series)", True, uid)
+    return uid, groups[uid], ignored
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def _check_uniform(items: list[_Slice], uid: str) -> tuple[tuple[int, int], tuple[float, float]]:
+    """Every slice has pixels, one frame, the same size and PixelSpacing: return ``(rows, cols), (sy, sx)``."""
+    for s in items:
+        if not s.has_pixels:
+            raise UnreadableFileError(
+                f"{s.path} has no pixel data but is a slice of series {uid} (a truncated copy?); {_RECOPY}", s.path
+            )
+        if s.rows is None or s.cols is None:
+            raise UnreadableFileError(
+                f"{s.path} has no Rows/Columns but is a slice of series {uid}; the file is damaged: {_RECOPY}", s.path
+            )
+        if s.samples != 1:
+            raise CaseError(f"series {uid}: {s.path} has {s.samples} samples per pixel (colour); CT is greyscale")
+        if s.frames > 1:
+            raise CaseError(
+                f"series {uid}: {s.path} is a multi-frame (enhanced) DICOM with {s.frames} frames; "
+                "not supported: convert it to NIfTI (e.g. with dcm2niix) and use read_nifti"
+            )
+    sizes: dict[tuple[int, int], list[Path]] = {}
+    for s in items:
+        sizes.setdefault((int(s.rows), int(s.cols)), []).append(s.path)  # type: ignore[arg-type]
+    if len(sizes) > 1:
+        desc = ", ".join(f"(rows, columns) = {k} in {len(fs)} file(s), e.g. {fs[0].name}" for k, fs in sizes.items())
+        raise CaseError(f"series {uid}: mixed slice sizes: {desc}; a series holds slices of one size")
+    missing = [s.path for s in items if s.pixel_spacing is None]
+    if missing:
+        raise CaseError(
+            f"series {uid}: PixelSpacing is missing in {len(missing)} file(s) ({_names(missing)}); "
+            "cannot know the voxel size in mm"
+        )
+    spacings: dict[tuple[float, float], list[Path]] = {}
+    for s in items:
+        spacings.setdefault(tuple(np.round(s.pixel_spacing, 6)), []).append(s.path)  # type: ignore[arg-type]
+    if len(spacings) > 1:
+        desc = ", ".join(f"{k} mm in {len(fs)} file(s), e.g. {fs[0].name}" for k, fs in spacings.items())
+        raise CaseError(f"series {uid}: slices have different PixelSpacing: {desc}")
+    sy, sx = next(iter(spacings))
+    return next(iter(sizes)), (float(sy), float(sx))
 
 
 def _order_slices(
-    items: list[tuple[Path, pydicom.Dataset]], uid: str
+    items: list[_Slice], uid: str
 ) -> tuple[list[int], np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """Return (order, sorted z positions or projected distances, positions (Z, 3), orientation, normal)."""
-    ipp = [_floats(ds, "ImagePositionPatient") for _, ds in items]
-    iop = [_floats(ds, "ImageOrientationPatient") for _, ds in items]
-    if all(p is not None and len(p) == 3 for p in ipp) and all(o is not None and len(o) == 6 for o in iop):
-        iop0 = iop[0]
-        for (f, _), o in zip(items, iop):
+    """Return (order, sorted z positions or NaN, positions (Z, 3) as sorted, orientation, normal)."""
+    placed = [s.position is not None and s.orientation is not None for s in items]
+    if all(placed):
+        orients = [s.orientation for s in items if s.orientation is not None]
+        iop0 = orients[0]
+        for s, o in zip(items, orients):
             if not np.allclose(o, iop0, atol=1e-3):
                 raise CaseError(
                     f"series {uid}: slices have different ImageOrientationPatient: {iop0.tolist()} in "
-                    f"{items[0][0].name}, {o.tolist()} in {f.name}"
+                    f"{items[0].path.name}, {o.tolist()} in {s.path.name}"
                 )
         normal = np.cross(iop0[:3], iop0[3:])
-        normal /= np.linalg.norm(normal)
+        norm = float(np.linalg.norm(normal))
+        if norm < 1e-6:
+            raise UnreadableFileError(
+                f"{items[0].path}: its ImageOrientationPatient {iop0.tolist()} has parallel row and column "
+                f"directions; the file is damaged: {_RECOPY}",
+                items[0].path,
+            )
+        normal /= norm
         if normal[np.argmax(np.abs(normal))] < 0:
             normal = -normal
-        pos = np.stack(ipp)
+        pos = np.stack([s.position for s in items if s.position is not None])
         d = pos @ normal
-        order = list(np.argsort(d, kind="stable"))
+        order = [int(i) for i in np.argsort(d, kind="stable")]
         return order, d[order], pos[order], iop0, normal
+    if any(placed):
+        lost = [s.path for s, ok in zip(items, placed) if not ok]
+        raise CaseError(
+            f"series {uid}: {len(lost)} of {len(items)} slices have no ImagePositionPatient/ImageOrientationPatient "
+            f"({_names(lost)}), so they cannot be placed; re-copy them, or move them out of the folder"
+        )
     if len(items) == 1:
         return [0], np.zeros(1), None, None, None
-    inst = [ds.get("InstanceNumber") for _, ds in items]
-    if any(i is None for i in inst):
+    no_number = [s.path for s in items if s.instance is None]
+    if no_number:
         raise CaseError(
             f"series {uid}: cannot order {len(items)} slices: ImagePositionPatient/ImageOrientationPatient "
-            "and InstanceNumber are missing"
+            f"are missing, and so is InstanceNumber in {_names(no_number)}"
         )
     warnings.warn(
         f"series {uid}: no ImagePositionPatient/ImageOrientationPatient; slices ordered by InstanceNumber "
         "and z spacing taken from SpacingBetweenSlices or SliceThickness",
         stacklevel=3,
     )
-    order = list(np.argsort([int(i) for i in inst], kind="stable"))
+    order = [int(i) for i in np.argsort([s.instance or 0 for s in items], kind="stable")]  # none is None here
     return order, np.full(len(items), np.nan), None, None, None
 
 
-def _nominal_dz(ds: pydicom.Dataset, *keys: str) -> float:
-    for k in keys:
-        v = ds.get(k)
-        if v not in (None, "") and float(v) > 0:
+def _positive(*values: float | None) -> float:
+    for v in values:
+        if v is not None and np.isfinite(v) and v > 0:
             return float(v)
     return 1.0
 
 
-def _select_series(
-    path, series_uid: str | None, recursive: bool
-) -> tuple[str, list[tuple[Path, pydicom.Dataset]]]:
-    """Read the headers under ``path``, group them by series and return the one asked for."""
-    files, explicit = _resolve_files(path, recursive)
-    groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
-    for f in files:
-        ds = _dcmread(f, explicit, defer_size=4096)  # pixel bytes are read later, for this series only
-        if ds is None:
-            continue
-        if "Rows" not in ds and not any(t in ds for t in _PIXEL_TAGS):
-            if explicit:
-                raise CaseError(f"{f} holds no image (SOP class {ds.get('SOPClassUID', '?')}): missing pixel data")
-            continue  # DICOMDIR, structured reports ... beside the images
-        groups.setdefault(str(ds.get("SeriesInstanceUID", "<no SeriesInstanceUID>")), []).append((f, ds))
-    if not groups:
-        raise CaseError(f"no DICOM image files found in {path} ({len(files)} file(s) looked at)")
-    if series_uid is None:
-        if len(groups) > 1:
-            raise CaseError(
-                f"{path} holds {len(groups)} DICOM series; pass series_uid= one of:\n" + _describe_series(groups)
-            )
-        uid = next(iter(groups))
-    else:
-        uid = str(series_uid)
-        if uid not in groups:
-            raise CaseError(f"series {uid} not found in {path}; series found:\n" + _describe_series(groups))
-    return uid, groups[uid]
+def _z_spacing(items: list[_Slice], uid, z, pos, normal, gap_tolerance_mm: float, allow_irregular: bool
+               ) -> tuple[np.ndarray, float]:
+    """Slice positions (mm, ascending) and the z spacing of the sorted slices; checks the gaps.
 
-
-def _check_uniform(items: list[tuple[Path, pydicom.Dataset]], uid: str) -> tuple[tuple[int, int], tuple[float, float]]:
-    """Every slice has pixels, one frame, the same size and PixelSpacing: return ``(rows, cols), (sy, sx)``."""
-    for f, ds in items:
-        if not any(t in ds for t in _PIXEL_TAGS):
-            raise CaseError(f"series {uid}: {f} has no pixel data")
-        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-            raise CaseError(f"series {uid}: {f} has {ds.SamplesPerPixel} samples per pixel (colour); CT is greyscale")
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise CaseError(
-                f"series {uid}: {f} is a multi-frame (enhanced) DICOM with {ds.NumberOfFrames} frames; "
-                "not supported: convert it to NIfTI (e.g. with dcm2niix) and use read_nifti"
-            )
-    sizes: dict[tuple[int, int], list[Path]] = {}
-    for f, ds in items:
-        sizes.setdefault((int(ds.Rows), int(ds.Columns)), []).append(f)
-    if len(sizes) > 1:
-        desc = ", ".join(f"(rows, columns) = {s} in {len(fs)} file(s), e.g. {fs[0].name}" for s, fs in sizes.items())
-        raise CaseError(f"series {uid}: mixed slice sizes: {desc}")
-    spacings = {tuple(np.round(_floats(ds, "PixelSpacing"), 6)) if "PixelSpacing" in ds else None for _, ds in items}
-    if None in spacings:
-        raise CaseError(f"series {uid}: PixelSpacing is missing; cannot know the voxel size in mm")
-    if len(spacings) > 1:
-        raise CaseError(f"series {uid}: slices have different PixelSpacing: {sorted(spacings)}")
-    sy, sx = next(iter(spacings))
-    return next(iter(sizes)), (float(sy), float(sx))
-
-
-def _z_spacing(items, uid, z, pos, normal, gap_tolerance_mm: float, allow_irregular: bool) -> tuple[np.ndarray, float]:
-    """Slice positions (mm, ascending) and the z spacing of the sorted slices; checks the gaps."""
+    ``items`` are sorted; a gap that is not the median (a hole left by a missing slice) names the
+    files on both sides of it.
+    """
     n = len(items)
     if n == 1:
-        return z, _nominal_dz(items[0][1], "SliceThickness")
+        return z, _positive(items[0].slice_thickness)
     if pos is None:
-        dz = _nominal_dz(items[0][1], "SpacingBetweenSlices", "SliceThickness")
+        dz = _positive(items[0].between_slices, items[0].slice_thickness)
         return np.arange(n) * dz, dz
     gaps = np.diff(z)
     dup = np.flatnonzero(gaps < 1e-3)
@@ -251,7 +541,7 @@ def _z_spacing(items, uid, z, pos, normal, gap_tolerance_mm: float, allow_irregu
         i = int(dup[0])
         raise CaseError(
             f"series {uid}: {dup.size} duplicate slice position(s), e.g. z = {z[i]:.3f} mm in both "
-            f"{items[i][0].name} and {items[i + 1][0].name}"
+            f"{items[i].path.name} and {items[i + 1].path.name}; move the duplicate copy out of the folder"
         )
     dz = float(np.median(gaps))
     dev = np.abs(gaps - dz)
@@ -259,21 +549,70 @@ def _z_spacing(items, uid, z, pos, normal, gap_tolerance_mm: float, allow_irregu
         i = int(np.argmax(dev))
         msg = (
             f"series {uid}: irregular slice gaps from {gaps.min():.3f} to {gaps.max():.3f} mm (median "
-            f"{dz:.3f}); e.g. {gaps[i]:.3f} mm between z = {z[i]:.3f} and {z[i + 1]:.3f} mm "
-            "(a missing slice?)"
+            f"{dz:.3f}); e.g. {gaps[i]:.3f} mm between z = {z[i]:.3f} ({items[i].path.name}) and "
+            f"{z[i + 1]:.3f} mm ({items[i + 1].path.name}) (a missing slice?)"
         )
         if not allow_irregular:
             raise CaseError(msg + "; pass allow_irregular=True to read it anyway with the median gap")
         warnings.warn(msg + "; spacing_zyx[0] is the median gap", stacklevel=3)
     span = pos[-1] - pos[0]
     shear = span - (span @ normal) * normal
-    if np.linalg.norm(shear) > 1e-2 * max(np.linalg.norm(span), 1e-6):
+    if float(np.linalg.norm(shear)) > 1e-2 * max(float(np.linalg.norm(span)), 1e-6):
         warnings.warn(
             f"series {uid}: slices are not stacked along their normal (gantry tilt?); "
             "the volume is not resampled, so it is sheared",
             stacklevel=3,
         )
     return z, dz
+
+
+def _check_numbering(items: list[_Slice], uid: str) -> None:
+    """Warn when ``InstanceNumber`` (in slice order) skips numbers: a slice may be missing where the
+    positions cannot show it (two slices have one gap, and no median to compare it with).
+
+    Only when every slice has a distinct number and the numbers run monotonically with position;
+    a warning, not an error, since some scanners number a series with gaps.
+    """
+    numbers = [s.instance for s in items]
+    if len(items) < 2 or any(n is None for n in numbers) or len(set(numbers)) != len(numbers):
+        return
+    steps = np.diff(np.asarray(numbers, dtype=np.int64))
+    if not (np.all(steps > 0) or np.all(steps < 0)):
+        return
+    holes = np.flatnonzero(np.abs(steps) > 1)
+    if holes.size:
+        i = int(holes[0])
+        warnings.warn(
+            f"series {uid}: InstanceNumber skips from {numbers[i]} ({items[i].path.name}) to {numbers[i + 1]} "
+            f"({items[i + 1].path.name}), {int(np.sum(np.abs(steps) - 1))} number(s) missing in all: is a slice lost? "
+            "Check the folder against the source; meta['files'] lists the slices read",
+            stacklevel=3,
+        )
+
+
+def _pixels(s: _Slice, uid: str, shape: tuple[int, int]) -> np.ndarray:
+    """The slice's stored pixels ``(rows, cols)``; a short or undecodable pixel block names the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a failure is raised below; a longer-than-needed block is harmless
+            px = s.ds.pixel_array
+    except Exception as exc:  # truncated data, unknown transfer syntax, garbled pixel header
+        try:
+            ts = str(getattr(getattr(s.ds, "file_meta", None), "TransferSyntaxUID", "?"))
+        except Exception:  # noqa: BLE001 - a garbled file meta: the error below still names the file
+            ts = "?"
+        raise UnreadableFileError(
+            f"{s.path}: cannot decode its pixels (series {uid}, transfer syntax {ts}): {short_reason(exc)}; "
+            "the file is truncated or damaged (re-copy it), or needs a decoder plugin such as pylibjpeg",
+            s.path,
+        ) from exc
+    if px.shape != shape:
+        raise UnreadableFileError(
+            f"{s.path}: its pixels decode to shape {px.shape}, not (rows, columns) = {shape} as in series {uid}; "
+            f"the file is damaged: {_RECOPY}",
+            s.path,
+        )
+    return px
 
 
 def read_dicom_series(
@@ -287,9 +626,11 @@ def read_dicom_series(
     """Read one DICOM series into HU.
 
     Args:
-        path: a folder holding the series, a list of its files, or one file.
+        path: a folder holding the series, a list of its files, or one file. Every file of a
+            folder is opened (whatever its suffix), so none is left out unnoticed.
         series_uid: which ``SeriesInstanceUID`` to read when the folder holds several; without
-            it several series are an error that lists them.
+            it several series are an error that lists them. The other series' files are named
+            in a warning.
         recursive: also look in subfolders.
         gap_tolerance_mm: largest allowed deviation of any gap between sorted slice positions
             from their median (a missing slice, or a series mixing two reconstructions).
@@ -298,25 +639,33 @@ def read_dicom_series(
 
     Returns:
         ``volume_hu``: ``float32`` ``(Z, Y, X)``, ``pixel * RescaleSlope + RescaleIntercept``,
-        slices in ascending position along the slice normal.
+        slices in ascending position along the slice normal; ``Z`` is the number of files of
+        the series.
         ``spacing_zyx``: ``(z, y, x)`` mm; ``y, x`` from ``PixelSpacing`` (row, column spacing).
         For a single slice ``z`` is ``SliceThickness``, or 1.0 when that is missing.
         ``meta``: ``series_uid``, ``study_uid``, ``patient_id``, ``modality``,
         ``series_description``, ``z_positions`` (mm, ascending, one per slice, as sorted),
         ``origin`` (``ImagePositionPatient`` of slice 0: LPS ``(x, y, z)`` mm), ``orientation``
-        (the 6 direction cosines), ``slice_normal``, ``files`` (in slice order), ``source``.
+        (the 6 direction cosines), ``slice_normal``, ``files`` (in slice order),
+        ``ignored_files`` (``{path: why it is not a slice of this series}`` for every other
+        file looked at), ``source``.
 
     Raises:
         FileNotFoundError: ``path`` (or a listed file) does not exist.
-        CaseError: no DICOM files; several series and no (or an unknown) ``series_uid``; mixed
-            slice sizes, orientations or pixel spacings; missing pixel data; duplicate slice
-            positions; irregular gaps; multi-frame files; a volume with NaN.
+        UnreadableFileError: a file that claims to be DICOM cannot be read; a slice of the
+            series has no or short pixel data (truncated) or a garbled header value.
+        CaseError: no DICOM image files; several series and no (or an unknown) ``series_uid``;
+            mixed slice sizes, orientations or pixel spacings; slices with and without
+            positions; duplicate slice positions; irregular gaps (a missing slice); multi-frame
+            files; a volume with NaN. Every message is one line naming the file(s).
 
     A modality other than ``CT`` only warns: the rescale is applied, but the values may not be HU.
+    So does an ``InstanceNumber`` sequence that skips numbers between slices (a lost slice the
+    positions cannot show, e.g. two slices left of three).
     """
-    uid, items = _select_series(path, series_uid, recursive)
+    uid, items, ignored = _select_series(path, series_uid, recursive)
     (rows, cols), (sy, sx) = _check_uniform(items, uid)
-    modality = str(items[0][1].get("Modality", ""))
+    modality = items[0].modality
     if modality != "CT":
         warnings.warn(
             f"series {uid}: modality is {modality or 'missing'!r}, not CT; RescaleSlope/Intercept are applied "
@@ -326,33 +675,31 @@ def read_dicom_series(
     order, z, pos, iop, normal = _order_slices(items, uid)
     items = [items[i] for i in order]
     z, dz = _z_spacing(items, uid, z, pos, normal, gap_tolerance_mm, allow_irregular)
-    n = len(items)
+    if pos is not None:  # ordered by position: numbering can still reveal a lost slice
+        _check_numbering(items, uid)
 
-    vol = np.empty((n, rows, cols), np.float32)
-    for k, (f, ds) in enumerate(items):
-        try:
-            px = ds.pixel_array
-        except Exception as exc:
-            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
-            raise CaseError(f"series {uid}: cannot decode the pixels of {f} (transfer syntax {ts}): {exc}") from exc
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        vol[k] = px.astype(np.float64) * slope + intercept
+    first_px = _pixels(items[0], uid, (rows, cols))  # decoded before allocating: its size is now known to be real
+    vol = np.empty((len(items), rows, cols), np.float32)
+    for k, s in enumerate(items):
+        px = first_px if k == 0 else _pixels(s, uid, (rows, cols))
+        vol[k] = px.astype(np.float64) * s.slope + s.intercept
+    _report_ignored(ignored, uid)
 
-    first = items[0][1]
+    first = items[0]
     vol = validate_volume(vol, f"DICOM series {uid}")
     spacing = validate_spacing((dz, sy, sx), 3, f"DICOM series {uid}: spacing_zyx")
     meta = {
         "source": "dicom",
         "series_uid": uid,
-        "study_uid": str(first.get("StudyInstanceUID", "")),
-        "patient_id": str(first.get("PatientID", "")),
+        "study_uid": first.study_uid,
+        "patient_id": first.patient_id,
         "modality": modality,
-        "series_description": str(first.get("SeriesDescription", "")),
+        "series_description": first.series_description,
         "z_positions": [float(v) for v in z],
         "origin": None if pos is None else [float(v) for v in pos[0]],
         "orientation": None if iop is None else [float(v) for v in iop],
         "slice_normal": None if normal is None else [float(v) for v in normal],
-        "files": [str(f) for f, _ in items],
+        "files": [str(s.path) for s in items],
+        "ignored_files": {str(f): r.reason for f, r in ignored.items()},
     }
     return vol, spacing, meta  # type: ignore[return-value]

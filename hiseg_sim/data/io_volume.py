@@ -10,20 +10,36 @@ origin and direction (LPS). Axis order is the only thing changed: NIfTI and ITK 
 A consequence worth knowing: a NIfTI written by a converter that flipped rows (``"LAS"``, common
 with dcm2niix) shows the patient upside-down relative to the DICOM viewer. Segment Anything does not
 care, but a mask must come from the same file family as its image (see ``case_from_files``).
+
+A file that cannot be read (truncated, corrupt gzip stream, a header asking for more voxels than
+the file holds) is an :class:`~hiseg_sim.data.io_dicom.UnreadableFileError` (a ``CaseError``,
+so a ``ValueError``) whose one-line message names the file, never a bare ``EOFError`` or
+``zlib.error``. The size check comes before any voxel is read, so a damaged header cannot make
+the reader allocate memory the file could not fill.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from hiseg_sim.data.case import CaseError, validate_spacing, validate_volume
-from hiseg_sim.data.io_dicom import read_dicom_series
+from hiseg_sim.data.io_dicom import UnreadableFileError, read_dicom_series, short_reason
 
-__all__ = ["read_nifti", "read_itk", "read_image", "read_label_image", "NIFTI_SUFFIXES", "ITK_SUFFIXES"]
+__all__ = [
+    "ITK_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "UnreadableFileError",
+    "read_image",
+    "read_itk",
+    "read_label_image",
+    "read_nifti",
+]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".img", ".hdr")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
@@ -40,6 +56,60 @@ def _exists(path: str | os.PathLike, what: str) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"{what} does not exist: {p}")
     return p
+
+
+def _damaged(p: Path, what: str, exc: BaseException) -> UnreadableFileError:
+    return UnreadableFileError(
+        f"{p}: cannot read this {what} file ({short_reason(exc)}); it is truncated or damaged "
+        "(a partial download or copy?): re-download or re-export it",
+        p,
+    )
+
+
+def _load_nifti(p: Path):
+    """``(nibabel image, bytes the file holds after decompression)``; a truncated or corrupt file names itself.
+
+    A ``.nii.gz`` is decompressed whole first, so its gzip CRC and length are checked (nibabel alone
+    reads only as many bytes as the header asks for and can miss a damaged tail).
+    """
+    import nibabel as nib
+
+    try:
+        if _suffix(p) == ".nii.gz":
+            raw = gzip.decompress(p.read_bytes())
+            sizeof_hdr = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
+            big = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else 0
+            cls = nib.Nifti2Image if 540 in (sizeof_hdr, big) else nib.Nifti1Image
+            return cls.from_bytes(raw), len(raw)
+        img = nib.load(str(p))
+        data_file = img.file_map["image"].filename
+        return img, os.path.getsize(data_file) if data_file else p.stat().st_size
+    except Exception as exc:  # EOFError, zlib.error, BadGzipFile, nibabel's ImageFileError ...
+        raise _damaged(p, "NIfTI", exc) from exc
+
+
+def _check_data_size(p: Path, img, available: int) -> None:
+    """The voxels the header asks for fit in the file: checked before reading them, so a damaged
+    header cannot make the reader allocate more memory than the file could fill. Bytes left over
+    after the voxels (a damaged ``dim`` or ``datatype`` asking for fewer) are named in a warning."""
+    hdr = img.header
+    need = int(np.prod(hdr.get_data_shape(), dtype=np.float64) * hdr.get_data_dtype().itemsize)
+    single = _suffix(p) in (".nii", ".nii.gz")  # header and voxels in one file: voxels start after the header
+    offset = max(int(hdr.get_data_offset()), int(getattr(hdr, "single_vox_offset", 0))) if single else 0
+    if offset + need > available:
+        raise UnreadableFileError(
+            f"{p}: the NIfTI header asks for {need} bytes of voxels ({hdr.get_data_shape()} x "
+            f"{hdr.get_data_dtype()}) after byte {offset}, but the file holds {available}; it is truncated "
+            "or its header is damaged: re-download or re-export it",
+            p,
+        )
+    if offset + need < available:  # writers end the file with the voxels: a smaller dim/datatype was garbled
+        warnings.warn(
+            f"{p}: {available - offset - need} bytes follow the voxels its NIfTI header describes "
+            f"({hdr.get_data_shape()} x {hdr.get_data_dtype()}); if the volume looks cut, the header is damaged: "
+            "re-download or re-export it",
+            stacklevel=4,
+        )
 
 
 def _reject_zero_pixdim(p: Path, img) -> None:
@@ -61,36 +131,40 @@ def _reject_zero_pixdim(p: Path, img) -> None:
 
 def _nifti_raw(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, float], dict]:
     """NIfTI voxels as stored (scaled by ``scl_slope``/``scl_inter``), transposed to ``(Z, Y, X)``."""
-    import nibabel as nib
-
-    p = _exists(path, "NIfTI file")
-    img = nib.load(str(p))
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise CaseError(
-            f"{p}: NIfTI image has {len(img.shape)} dimension(s), shape (x, y, z, ...) = {img.shape}; "
-            "a Case needs one 3-D volume"
-        )
-    data = np.asanyarray(img.dataobj).reshape(shape)
-    arr = np.ascontiguousarray(data.transpose(2, 1, 0))  # (x, y, z) -> (z, y, x)
-    _reject_zero_pixdim(p, img)
-    unit = img.header.get_xyzt_units()[0]
-    scale = _UNIT_TO_MM.get(unit, 1.0)  # "unknown" is taken as mm, as every CT converter writes
-    # zooms are float32 in the header: take their shortest decimal (0.7, not 0.699999988)
-    zx, zy, zz = (float(str(np.float32(v))) * scale for v in img.header.get_zooms()[:3])
-    spacing = validate_spacing((zz, zy, zx), 3, f"{p}: spacing_zyx (NIfTI zooms reversed)")
     import nibabel.orientations as nio
 
-    meta = {
-        "source": "nifti",
-        "path": str(p),
-        "affine": np.asarray(img.affine, dtype=float).round(6).tolist(),
-        "axcodes_xyz": "".join(str(c) for c in nio.aff2axcodes(img.affine)),
-        "qform_code": int(img.header["qform_code"]) if "qform_code" in img.header else None,
-        "sform_code": int(img.header["sform_code"]) if "sform_code" in img.header else None,
-    }
+    p = _exists(path, "NIfTI file")
+    img, available = _load_nifti(p)
+    try:
+        shape = img.shape
+        if len(shape) == 4 and shape[3] == 1:
+            shape = shape[:3]
+        if len(shape) != 3:
+            raise CaseError(
+                f"{p}: NIfTI image has {len(img.shape)} dimension(s), shape (x, y, z, ...) = {img.shape}; "
+                "a Case needs one 3-D volume"
+            )
+        _check_data_size(p, img, available)
+        data = np.asanyarray(img.dataobj).reshape(shape)
+        arr = np.ascontiguousarray(data.transpose(2, 1, 0))  # (x, y, z) -> (z, y, x)
+        _reject_zero_pixdim(p, img)
+        unit = img.header.get_xyzt_units()[0]
+        scale = _UNIT_TO_MM.get(unit, 1.0)  # "unknown" is taken as mm, as every CT converter writes
+        # zooms are float32 in the header: take their shortest decimal (0.7, not 0.699999988)
+        zx, zy, zz = (float(str(np.float32(v))) * scale for v in img.header.get_zooms()[:3])
+        spacing = validate_spacing((zz, zy, zx), 3, f"{p}: spacing_zyx (NIfTI zooms reversed)")
+        meta = {
+            "source": "nifti",
+            "path": str(p),
+            "affine": np.asarray(img.affine, dtype=float).round(6).tolist(),
+            "axcodes_xyz": "".join(str(c) for c in nio.aff2axcodes(img.affine)),
+            "qform_code": int(img.header["qform_code"]) if "qform_code" in img.header else None,
+            "sform_code": int(img.header["sform_code"]) if "sform_code" in img.header else None,
+        }
+    except CaseError:
+        raise
+    except Exception as exc:  # short voxel data, garbled header fields
+        raise _damaged(p, "NIfTI", exc) from exc
     return arr, spacing, meta  # type: ignore[return-value]
 
 
@@ -106,8 +180,9 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float,
     voxel ``[z, y, x]`` of the returned array is ``(i, j, k) = (x, y, z)``), ``axcodes_xyz``,
     ``qform_code``, ``sform_code``. Nothing is reoriented (see the module docstring).
 
-    Raises FileNotFoundError for a missing file, CaseError for a 2-D or multi-volume image, a
-    non-positive zoom, or NaN/inf voxels.
+    Raises FileNotFoundError for a missing file; :class:`UnreadableFileError` (a CaseError) naming
+    the file for a truncated or corrupt one (a cut ``.nii.gz``, a header asking for more voxels than
+    the file holds); CaseError for a 2-D or multi-volume image, a non-positive zoom, or NaN/inf voxels.
     """
     arr, spacing, meta = _nifti_raw(path)
     return validate_volume(arr, f"{meta['path']}: volume"), spacing, meta
@@ -117,7 +192,11 @@ def _itk_raw(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, f
     import SimpleITK as sitk
 
     p = _exists(path, "image file")
-    img = sitk.ReadImage(str(p))
+    try:
+        img = sitk.ReadImage(str(p))
+    except Exception as exc:  # SimpleITK raises RuntimeError with ITK's multi-line report
+        first = next((ln.strip() for ln in str(exc).splitlines() if "Exception" in ln or "rror" in ln), str(exc))
+        raise _damaged(p, "image", RuntimeError(first)) from exc
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise CaseError(f"{p}: image has {img.GetNumberOfComponentsPerPixel()} components per voxel; need a scalar")
     if img.GetDimension() != 3:
@@ -138,7 +217,8 @@ def read_itk(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, f
 
     Returns ``volume_hu`` ``float32`` ``(Z, Y, X)`` (SimpleITK's array order), ``spacing_zyx``
     (SimpleITK's ``(x, y, z)`` spacing reversed) and ``meta`` with ``origin`` ``(x, y, z)`` and
-    ``direction`` (row-major 3×3), both LPS, as ITK stores them.
+    ``direction`` (row-major 3×3), both LPS, as ITK stores them. A file SimpleITK cannot read is an
+    :class:`UnreadableFileError` naming it.
     """
     arr, spacing, meta = _itk_raw(path)
     return validate_volume(arr, f"{meta['path']}: volume"), spacing, meta
