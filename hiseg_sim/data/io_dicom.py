@@ -30,224 +30,25 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pydicom
-from pydicom.multival import MultiValue
-from pydicom.uid import UID
 
 from hiseg_sim.data.case import CaseError, validate_spacing, validate_volume
+from hiseg_sim.data.dicom_file import (
+    RECOPY,
+    DicomSlice,
+    Ignored,
+    UnreadableFileError,
+    open_dicom,
+    read_slice,
+    short_reason,
+)
 
 __all__ = ["UnreadableFileError", "iter_series_dirs", "list_dicom_series", "read_dicom_series"]
 
 log = logging.getLogger(__name__)
-
-#: Suffixes that mark a file as DICOM even when it lacks the ``DICM`` marker.
-_DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
-#: Files that are not DICOM and are expected beside a series (LIDC folders hold one ``.xml``):
-#: left unopened unless they carry the ``DICM`` marker.
-_NOT_DICOM = {".xml", ".json", ".txt", ".csv", ".md", ".nii", ".gz", ".png", ".jpg", ".jpeg", ".zip", ".py", ".pdf"}
-_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-#: ``MediaStorageSOPClassUID`` of a DICOMDIR (the index of a DICOM disc, no image).
-_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
-_RECOPY = "re-copy it from the source, or move it out of the folder"
-
-
-class UnreadableFileError(CaseError):
-    """A file that should hold image data cannot be read: truncated, corrupt, or not what it claims.
-
-    The one-line message names the file, says what is wrong and what to do; ``path`` is the file.
-    Raised by every reader of :mod:`hiseg_sim.data.io` (DICOM, NIfTI, ITK formats).
-    """
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
-        super().__init__(message)
-        self.path = None if path is None else Path(path)
-
-    def __reduce__(self):  # keeps ``path`` when the error crosses a process boundary
-        return type(self), (str(self), self.path)
-
-
-def short_reason(exc: BaseException, limit: int = 160) -> str:
-    """``"Type: message"`` of ``exc`` on one line, cut to ``limit`` characters."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# ----------------------------------------------------------------------------- one file
-
-
-@dataclass(frozen=True)
-class _Ignored:
-    """Why a file is not part of the series; ``surprising`` ones are named in a warning.
-
-    ``series_uid``: the series a DICOM object that is not an image names, if any.
-    """
-
-    reason: str
-    surprising: bool
-    series_uid: str | None = None
-
-
-@dataclass(frozen=True)
-class _Slice:
-    """What the volume needs from one DICOM file, every value converted (and so checked) once.
-
-    ``position``: ``ImagePositionPatient`` LPS ``(x, y, z)`` mm; ``orientation``: the six direction
-    cosines ``(r, c)``; ``pixel_spacing``: ``(y, x)`` mm. ``None`` where the file has no such tag.
-    """
-
-    path: Path
-    ds: pydicom.Dataset
-    series_uid: str
-    sop_class: str
-    is_image: bool
-    has_pixels: bool
-    rows: int | None
-    cols: int | None
-    pixel_spacing: tuple[float, float] | None
-    position: np.ndarray | None
-    orientation: np.ndarray | None
-    instance: int | None
-    samples: int
-    frames: int
-    slope: float
-    intercept: float
-    slice_thickness: float | None
-    between_slices: float | None
-    modality: str
-    series_description: str
-    study_uid: str
-    patient_id: str
-
-
-def _claims_dicom(path: Path) -> bool:
-    """``DICM`` at byte 128 (the DICOM file format's marker) or a DICOM suffix."""
-    if path.suffix.lower() in _DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError as exc:
-        raise UnreadableFileError(f"{path}: cannot be opened ({short_reason(exc)}); check its permissions", path) from exc
-
-
-def _open(path: Path, *, must_be_dicom: bool, header_only: bool) -> pydicom.Dataset | _Ignored:
-    """The dataset in ``path``, or why the file belongs to no series.
-
-    ``header_only`` stops before the pixels; otherwise pixel data is deferred (read when decoded).
-    Raises :class:`UnreadableFileError` for a file that claims to be DICOM (or ``must_be_dicom``)
-    but cannot be read or names no series.
-    """
-    if path.name.upper() == "DICOMDIR":
-        return _Ignored("a DICOMDIR (the index of a DICOM disc, no image)", False)
-    if path.name.startswith("."):
-        return _Ignored("a hidden file", False)
-    marked = _claims_dicom(path)
-    claims = must_be_dicom or marked
-    if not claims and path.suffix.lower() in _NOT_DICOM:
-        return _Ignored(f"not DICOM (a {path.suffix.lower()} file)", False)
-    kw: dict[str, Any] = {"stop_before_pixels": True} if header_only else {"defer_size": 4096}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom's complaints about a damaged file: reported below, in one line
-            ds = pydicom.dcmread(path, force=True, **kw)
-            file_meta = getattr(ds, "file_meta", None)
-            media_sop = str(file_meta.get("MediaStorageSOPClassUID", "") if file_meta is not None else "")
-            uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
-            sop = str(ds.get("SOPClassUID", "") or "").strip()
-        if media_sop == _DIRECTORY_SOP_CLASS:
-            return _Ignored("a DICOMDIR (the index of a DICOM disc, no image)", False)
-    except Exception as exc:  # any parser failure means the file cannot be used
-        if claims:
-            raise UnreadableFileError(
-                f"{path}: cannot be read as DICOM ({short_reason(exc)}); the file is truncated or damaged: {_RECOPY}",
-                path,
-            ) from exc
-        return _Ignored("not DICOM (no DICOM header)", True)
-    if uid and (sop or claims) and uid.isprintable() and " " not in uid:
-        return ds
-    if not claims:
-        return _Ignored("not DICOM (no DICOM header)", True)
-    problem = f"SeriesInstanceUID {uid!r} is not a valid UID" if uid else "it has no SeriesInstanceUID"
-    claim = "looks like DICOM" if marked else "was passed as a DICOM file (it has no DICM marker)"
-    raise UnreadableFileError(
-        f"{path}: {claim} but {problem}, so it cannot be placed in a series; "
-        f"the file is truncated, damaged or not DICOM: {_RECOPY}",
-        path,
-    )
-
-
-def _get(path: Path, ds: pydicom.Dataset, key: str, convert: Callable[[Any], Any]) -> Any:
-    """``convert(ds[key])``, ``None`` when the tag is missing or empty; a bad value names the file."""
-    try:
-        v = ds.get(key)
-        if v is None or (isinstance(v, (str, bytes)) and not v.strip()):
-            return None
-        return convert(v)
-    except Exception as exc:  # a garbled value of any kind
-        raise UnreadableFileError(
-            f"{path}: its {key} cannot be read ({short_reason(exc)}); the file is damaged: {_RECOPY}", path
-        ) from exc
-
-
-def _finite(v: Any) -> float:
-    out = float(v)
-    if not np.isfinite(out):
-        raise ValueError(f"{out} is not a finite number")
-    return out
-
-
-def _vector(n: int) -> Callable[[Any], np.ndarray]:
-    """A converter of a multi-valued tag to ``n`` finite floats."""
-
-    def convert(v: Any) -> np.ndarray:
-        out = np.asarray([float(x) for x in (v if isinstance(v, (list, tuple, MultiValue)) else [v])])
-        if out.shape != (n,) or not np.all(np.isfinite(out)):
-            raise ValueError(f"expected {n} finite numbers, got {out.tolist()}")
-        return out
-
-    return convert
-
-
-def _slice(path: Path, ds: pydicom.Dataset) -> _Slice:
-    """The checked facts of one DICOM file (see :class:`_Slice`); nothing reads ``ds`` after this but
-    the pixel decoder, so a garbled tag anywhere in the header names the file here."""
-    sop = _get(path, ds, "SOPClassUID", str) or ""
-    rows = _get(path, ds, "Rows", int)
-    has_pixels = any(t in ds for t in _PIXEL_TAGS)
-    sop_name = UID(sop).name if sop else ""
-    spacing = _get(path, ds, "PixelSpacing", _vector(2))
-    return _Slice(
-        path=path,
-        ds=ds,
-        series_uid=str(ds.SeriesInstanceUID).strip(),
-        sop_class=sop_name or "unknown SOP class",
-        is_image=rows is not None or has_pixels or "Image Storage" in sop_name,
-        has_pixels=has_pixels,
-        rows=rows,
-        cols=_get(path, ds, "Columns", int),
-        pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
-        position=_get(path, ds, "ImagePositionPatient", _vector(3)),
-        orientation=_get(path, ds, "ImageOrientationPatient", _vector(6)),
-        instance=_get(path, ds, "InstanceNumber", int),
-        samples=_get(path, ds, "SamplesPerPixel", int) or 1,
-        frames=_get(path, ds, "NumberOfFrames", int) or 1,
-        slope=_get(path, ds, "RescaleSlope", _finite) or 1.0,
-        intercept=_get(path, ds, "RescaleIntercept", _finite) or 0.0,
-        slice_thickness=_get(path, ds, "SliceThickness", _finite),
-        between_slices=_get(path, ds, "SpacingBetweenSlices", _finite),
-        modality=_get(path, ds, "Modality", str) or "",
-        series_description=_get(path, ds, "SeriesDescription", str) or "",
-        study_uid=_get(path, ds, "StudyInstanceUID", str) or "",
-        patient_id=_get(path, ds, "PatientID", str) or "",
-    )
-
 
 # ----------------------------------------------------------------------------- a folder
 
@@ -275,35 +76,35 @@ def _resolve_files(path: str | os.PathLike | Sequence[str | os.PathLike], recurs
     return files, True
 
 
-def _scan(files: list[Path], explicit: bool, *, header_only: bool) -> tuple[list[_Slice], dict[Path, _Ignored]]:
+def _scan(files: list[Path], explicit: bool, *, header_only: bool) -> tuple[list[DicomSlice], dict[Path, Ignored]]:
     """Open every file: the image slices found, and every other file with the reason it is left out."""
-    slices: list[_Slice] = []
-    ignored: dict[Path, _Ignored] = {}
+    slices: list[DicomSlice] = []
+    ignored: dict[Path, Ignored] = {}
     for f in files:
-        got = _open(f, must_be_dicom=explicit, header_only=header_only)
-        if isinstance(got, _Ignored):
+        got = open_dicom(f, must_be_dicom=explicit, header_only=header_only)
+        if isinstance(got, Ignored):
             if explicit:
                 raise CaseError(f"{f} is {got.reason}, not a DICOM image; pass only the image files of one series")
             ignored[f] = got
             continue
-        s = _slice(f, got)
+        s = read_slice(f, got)
         if not s.is_image:
             if explicit:
                 raise CaseError(f"{f} holds no image ({s.sop_class}): missing pixel data; pass only the image files")
-            ignored[f] = _Ignored(f"a DICOM {s.sop_class} object, not an image", False, s.series_uid)
+            ignored[f] = Ignored(f"a DICOM {s.sop_class} object, not an image", False, s.series_uid)
             continue
         slices.append(s)
     return slices, ignored
 
 
-def _group(slices: list[_Slice]) -> dict[str, list[_Slice]]:
-    groups: dict[str, list[_Slice]] = {}
+def _group(slices: list[DicomSlice]) -> dict[str, list[DicomSlice]]:
+    groups: dict[str, list[DicomSlice]] = {}
     for s in slices:
         groups.setdefault(s.series_uid, []).append(s)
     return groups
 
 
-def _describe_series(groups: dict[str, list[_Slice]]) -> str:
+def _describe_series(groups: dict[str, list[DicomSlice]]) -> str:
     """One line: each series' UID, file count, modality, description and one file."""
     parts = []
     for uid, items in groups.items():
@@ -320,7 +121,7 @@ def _names(paths: Sequence[Path], limit: int = 8) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def _report_ignored(ignored: dict[Path, _Ignored], uid: str) -> None:
+def _report_ignored(ignored: dict[Path, Ignored], uid: str) -> None:
     """Name every file left out: surprising ones in a warning, expected ones in a log record."""
     if not ignored:
         return
@@ -369,10 +170,10 @@ def iter_series_dirs(root: str | os.PathLike) -> Iterator[tuple[Path, str]]:
         for name in sorted(filenames):
             f = Path(dirpath) / name
             try:
-                got = _open(f, must_be_dicom=False, header_only=True)
-                if isinstance(got, _Ignored):
+                got = open_dicom(f, must_be_dicom=False, header_only=True)
+                if isinstance(got, Ignored):
                     continue
-                s = _slice(f, got)
+                s = read_slice(f, got)
             except UnreadableFileError as exc:
                 first_error = first_error or exc
                 continue
@@ -386,7 +187,7 @@ def iter_series_dirs(root: str | os.PathLike) -> Iterator[tuple[Path, str]]:
 
 def _select_series(
     path, series_uid: str | None, recursive: bool
-) -> tuple[str, list[_Slice], dict[Path, _Ignored]]:
+) -> tuple[str, list[DicomSlice], dict[Path, Ignored]]:
     """Open every file under ``path``, group the images by series and return the one asked for,
     with every other file and why it is left out."""
     files, explicit = _resolve_files(path, recursive)
@@ -413,26 +214,26 @@ def _select_series(
     for other, items in groups.items():
         if other != uid:
             for s in items:
-                ignored[s.path] = _Ignored(f"an image of another series, {other}", True)
+                ignored[s.path] = Ignored(f"an image of another series, {other}", True)
     for f, r in ignored.items():
         if r.series_uid == uid:  # an object without pixels in an image series: a damaged slice, or odd data
-            ignored[f] = _Ignored(f"{r.reason} (in this series)", True, uid)
+            ignored[f] = Ignored(f"{r.reason} (in this series)", True, uid)
     return uid, groups[uid], ignored
 
 
 # ----------------------------------------------------------------------------- geometry
 
 
-def _check_uniform(items: list[_Slice], uid: str) -> tuple[tuple[int, int], tuple[float, float]]:
+def _check_uniform(items: list[DicomSlice], uid: str) -> tuple[tuple[int, int], tuple[float, float]]:
     """Every slice has pixels, one frame, the same size and PixelSpacing: return ``(rows, cols), (sy, sx)``."""
     for s in items:
         if not s.has_pixels:
             raise UnreadableFileError(
-                f"{s.path} has no pixel data but is a slice of series {uid} (a truncated copy?); {_RECOPY}", s.path
+                f"{s.path} has no pixel data but is a slice of series {uid} (a truncated copy?); {RECOPY}", s.path
             )
         if s.rows is None or s.cols is None:
             raise UnreadableFileError(
-                f"{s.path} has no Rows/Columns but is a slice of series {uid}; the file is damaged: {_RECOPY}", s.path
+                f"{s.path} has no Rows/Columns but is a slice of series {uid}; the file is damaged: {RECOPY}", s.path
             )
         if s.samples != 1:
             raise CaseError(f"series {uid}: {s.path} has {s.samples} samples per pixel (colour); CT is greyscale")
@@ -464,7 +265,7 @@ def _check_uniform(items: list[_Slice], uid: str) -> tuple[tuple[int, int], tupl
 
 
 def _order_slices(
-    items: list[_Slice], uid: str
+    items: list[DicomSlice], uid: str
 ) -> tuple[list[int], np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Return (order, sorted z positions or NaN, positions (Z, 3) as sorted, orientation, normal)."""
     placed = [s.position is not None and s.orientation is not None for s in items]
@@ -482,7 +283,7 @@ def _order_slices(
         if norm < 1e-6:
             raise UnreadableFileError(
                 f"{items[0].path}: its ImageOrientationPatient {iop0.tolist()} has parallel row and column "
-                f"directions; the file is damaged: {_RECOPY}",
+                f"directions; the file is damaged: {RECOPY}",
                 items[0].path,
             )
         normal /= norm
@@ -522,7 +323,7 @@ def _positive(*values: float | None) -> float:
     return 1.0
 
 
-def _z_spacing(items: list[_Slice], uid, z, pos, normal, gap_tolerance_mm: float, allow_irregular: bool
+def _z_spacing(items: list[DicomSlice], uid, z, pos, normal, gap_tolerance_mm: float, allow_irregular: bool
                ) -> tuple[np.ndarray, float]:
     """Slice positions (mm, ascending) and the z spacing of the sorted slices; checks the gaps.
 
@@ -566,7 +367,7 @@ def _z_spacing(items: list[_Slice], uid, z, pos, normal, gap_tolerance_mm: float
     return z, dz
 
 
-def _check_numbering(items: list[_Slice], uid: str) -> None:
+def _check_numbering(items: list[DicomSlice], uid: str) -> None:
     """Warn when ``InstanceNumber`` (in slice order) skips numbers: a slice may be missing where the
     positions cannot show it (two slices have one gap, and no median to compare it with).
 
@@ -590,7 +391,7 @@ def _check_numbering(items: list[_Slice], uid: str) -> None:
         )
 
 
-def _pixels(s: _Slice, uid: str, shape: tuple[int, int]) -> np.ndarray:
+def _pixels(s: DicomSlice, uid: str, shape: tuple[int, int]) -> np.ndarray:
     """The slice's stored pixels ``(rows, cols)``; a short or undecodable pixel block names the file."""
     try:
         with warnings.catch_warnings():
@@ -609,7 +410,7 @@ def _pixels(s: _Slice, uid: str, shape: tuple[int, int]) -> np.ndarray:
     if px.shape != shape:
         raise UnreadableFileError(
             f"{s.path}: its pixels decode to shape {px.shape}, not (rows, columns) = {shape} as in series {uid}; "
-            f"the file is damaged: {_RECOPY}",
+            f"the file is damaged: {RECOPY}",
             s.path,
         )
     return px
