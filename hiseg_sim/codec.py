@@ -25,12 +25,13 @@ def pack_mask(mask: np.ndarray, origin=(0, 0, 0), prefix: str = "mask") -> dict:
         raise ValueError(f"pack_mask takes a (Z, Y, X) mask; got shape {m.shape}")
     idx = np.argwhere(m)
     if idx.size == 0:
-        lo, shape, crop = np.asarray(origin), (0, 0, 0), np.zeros((0,), bool)
+        shape: tuple[int, ...] = (0, 0, 0)
+        lo, crop = np.asarray(origin), np.zeros((0,), bool)
     else:
         a, b = idx.min(0), idx.max(0) + 1
         crop = m[a[0]:b[0], a[1]:b[1], a[2]:b[2]]
-        lo, shape = np.asarray(origin) + a, crop.shape
-    out = {f"{prefix}_{k}0": int(v) for k, v in zip("zyx", lo)}
+        lo, shape = np.asarray(origin) + a, tuple(int(v) for v in crop.shape)
+    out: dict[str, int | bytes] = {f"{prefix}_{k}0": int(v) for k, v in zip("zyx", lo)}
     out.update({f"{prefix}_d{k}": int(v) for k, v in zip("zyx", shape)})
     out[f"{prefix}_bits"] = np.packbits(crop.ravel()).tobytes()
     return out
@@ -38,8 +39,9 @@ def pack_mask(mask: np.ndarray, origin=(0, 0, 0), prefix: str = "mask") -> dict:
 
 def unpack_mask(row, prefix: str = "mask") -> tuple[np.ndarray, tuple[int, int, int]]:
     """Inverse of :func:`pack_mask`: ``(crop, (z0, y0, x0))`` from a row (dict or pandas Series)."""
-    shape = tuple(int(row[f"{prefix}_d{k}"]) for k in "zyx")
-    origin = tuple(int(row[f"{prefix}_{k}0"]) for k in "zyx")
+    dz, dy, dx = (int(row[f"{prefix}_d{k}"]) for k in "zyx")
+    z0, y0, x0 = (int(row[f"{prefix}_{k}0"]) for k in "zyx")
+    shape, origin = (dz, dy, dx), (z0, y0, x0)
     n = int(np.prod(shape))
     bits = np.frombuffer(row[f"{prefix}_bits"], np.uint8)
     crop = np.unpackbits(bits, count=n).astype(bool).reshape(shape) if n else np.zeros(shape, bool)

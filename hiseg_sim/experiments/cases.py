@@ -56,7 +56,7 @@ class CaseSource:
         return {"spec": self.spec, "max_cached": self.max_cached}
 
     def __setstate__(self, state):
-        self.__init__(state["spec"], state["max_cached"])
+        CaseSource.__init__(self, state["spec"], state["max_cached"])
 
     # ---- which cases ----------------------------------------------------------------------
     def catalogue(self) -> list[dict]:
@@ -107,6 +107,7 @@ class CaseSource:
         if self._all is None:
             from hiseg_sim.data.sources import load_cases
 
+            assert self.spec.source is not None  # the caller checked
             cases = load_cases(self.spec.source, **self.spec.kwargs)
             ids = [c.case_id for c in cases]
             if len(set(ids)) != len(ids):
@@ -139,6 +140,7 @@ class CaseSource:
         from hiseg_sim.data.cohort import load_cohort, read_manifest
 
         man = read_manifest()
+        assert self.spec.cohort is not None  # a spec has a cohort or a source
         coh = man["cohorts"][self.spec.cohort]
         entries = {e["nodule_id"]: e for e in coh["cases"]}
         missing = [i for i in ids if i not in entries]

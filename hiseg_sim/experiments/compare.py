@@ -54,7 +54,8 @@ def compare_executors(spec: StudySpec | str, executors=("serial", "process"), ou
     root = Path(out_root)
     if warmup:
         run_study(spec, root / "warmup", executor="serial", cache_dir=cache_dir, fresh=True, progress=progress)
-    runs, data = [], {}
+    runs: list = []
+    data: dict = {}
     for r in range(int(rounds)):
         for ex in executors:
             name, _, th = ex.partition(":")

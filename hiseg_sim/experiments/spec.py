@@ -295,7 +295,7 @@ def spec_from_dict(data: dict, where: str = "study spec") -> StudySpec:
     cases = _parse_cases(_get(data, "cases", _is_table, "a table", where, "top level", {}), where)
     segs, optional, ckpts = _parse_segmenters(_get(data, "segmenters", _is_table, "a table", where, "top level", {}), where)
     run = _parse_run(_get(data, "run", _is_table, "a table", where, "top level", {}), where)
-    arms_raw = _get(data, "annotators", lambda v: isinstance(v, list) and v and all(isinstance(a, dict) for a in v),
+    arms_raw = _get(data, "annotators", lambda v: isinstance(v, list) and bool(v) and all(isinstance(a, dict) for a in v),
                     "a non-empty array of tables ([[annotators]])", where, "top level")
     if arms_raw is None:
         raise SpecError(f"{where}: missing [[annotators]]: at least one table with name = \"<profile or robot>\"")
@@ -340,7 +340,7 @@ def _is_seg_name(v) -> bool:
 
 def _parse_segmenters(t: dict, where: str):
     _no_unknown(t, _SEGS, where, "segmenters")
-    names = _get(t, "names", lambda v: isinstance(v, list) and v and all(_is_seg_name(s) for s in v),
+    names = _get(t, "names", lambda v: isinstance(v, list) and bool(v) and all(_is_seg_name(s) for s in v),
                  "a non-empty list of segmenter names (optionally name@runtime)", where, "segmenters", ["litemedsam"])
     optional = _get(t, "optional", lambda v: isinstance(v, list) and all(_is_seg_name(s) for s in v),
                     "a list of registry names", where, "segmenters", [])

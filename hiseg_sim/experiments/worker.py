@@ -71,7 +71,7 @@ class WorkerContext:
         self.cases = CaseSource(self.spec.cases)
         self._segs: dict[str, Any] = {}
         self.episode_fn = EPISODES.get(self.spec.run.episode_fn)
-        self._meta = None
+        self._meta: dict | None = None
 
     def segmenter(self, name: str):
         if name not in self._segs:
@@ -102,7 +102,10 @@ class WorkerContext:
         env = self.make_env(cases, seg)
         arms = {a.label: a for a in self.spec.annotators}
         episodes, actions = [], []
-        persistent = build_annotator_for(arms[unit.arm]) if unit.design == "sequence" else None
+        persistent = None
+        if unit.design == "sequence":
+            assert unit.arm is not None  # a sequence unit is one person of one arm
+            persistent = build_annotator_for(arms[unit.arm])
         try:
             for ep in unit.episodes:
                 arm = arms[ep.arm]

@@ -49,26 +49,22 @@ def _unavailable(*_args, **_kwargs):
 
 
 def _stand_in_modules() -> dict[str, types.ModuleType]:
-    timm = types.ModuleType("timm")
-    models = types.ModuleType("timm.models")
-    layers = types.ModuleType("timm.models.layers")
-    registry = types.ModuleType("timm.models.registry")
-    layers.DropPath = _DropPath
-    layers.to_2tuple = _to_2tuple
-    layers.trunc_normal_ = nn.init.trunc_normal_
-    registry.register_model = _register_model
-    timm.models = models
-    models.layers = layers
-    models.registry = registry
-    tv = types.ModuleType("torchvision")
-    tvt = types.ModuleType("torchvision.transforms")
-    tvf = types.ModuleType("torchvision.transforms.functional")
-    tvf.resize = tvf.to_pil_image = _unavailable
-    tvo = types.ModuleType("torchvision.ops")
-    tvob = types.ModuleType("torchvision.ops.boxes")
-    tvob.batched_nms = tvob.box_area = _unavailable
-    tv.transforms, tvt.functional, tv.ops, tvo.boxes = tvt, tvf, tvo, tvob
-    return {"torchvision.ops": tvo, "torchvision.ops.boxes": tvob,"timm": timm, "timm.models": models, "timm.models.layers": layers, "timm.models.registry": registry,
+    def module(name: str, **attrs: object) -> types.ModuleType:
+        m = types.ModuleType(name)
+        for k, v in attrs.items():
+            setattr(m, k, v)
+        return m
+
+    layers = module("timm.models.layers", DropPath=_DropPath, to_2tuple=_to_2tuple, trunc_normal_=nn.init.trunc_normal_)
+    registry = module("timm.models.registry", register_model=_register_model)
+    models = module("timm.models", layers=layers, registry=registry)
+    timm = module("timm", models=models)
+    tvf = module("torchvision.transforms.functional", resize=_unavailable, to_pil_image=_unavailable)
+    tvt = module("torchvision.transforms", functional=tvf)
+    tvob = module("torchvision.ops.boxes", batched_nms=_unavailable, box_area=_unavailable)
+    tvo = module("torchvision.ops", boxes=tvob)
+    tv = module("torchvision", transforms=tvt, ops=tvo)
+    return {"torchvision.ops": tvo, "torchvision.ops.boxes": tvob, "timm": timm, "timm.models": models, "timm.models.layers": layers, "timm.models.registry": registry,
             "torchvision": tv, "torchvision.transforms": tvt, "torchvision.transforms.functional": tvf}
 
 

@@ -162,7 +162,7 @@ class Segmenter(ABC):
         h, w = emb.image_hw
         s = self._scale_xy(emb)
         coords = labels = box = mask_in = None
-        if prompt.points is not None:
+        if prompt.points is not None and prompt.labels is not None:
             coords = torch.from_numpy(prompt.points * s)[None]
             labels = torch.from_numpy(prompt.labels.astype(np.int64))[None]
         if prompt.box is not None:

@@ -136,7 +136,7 @@ def check_encoder(path: Path, encoder: torch.nn.Module, input_size: int) -> floa
 def encoder_onnx(encoder: torch.nn.Module, input_size: int, name: str, weights_sha256: str,
                  onnx_dir: str | os.PathLike | None = None) -> Path:
     """The cached ONNX export of ``encoder`` on ``(1, 3, input_size, input_size)`` inputs."""
-    key = onnx_export.export_key(weights_sha256, [inspect.getsourcefile(type(encoder))])
+    key = onnx_export.export_key(weights_sha256, [p for p in [inspect.getsourcefile(type(encoder))] if p])
     example = (torch.rand(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)),)
     return onnx_export.cached_export(
         f"{name}-encoder", key,

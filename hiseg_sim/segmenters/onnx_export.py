@@ -122,8 +122,10 @@ def export_bytes(module: torch.nn.Module, example_inputs: tuple, input_names: Se
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings and the legacy exporter's deprecation notice
-        torch.onnx.export(module, example_inputs, buf, dynamo=False, opset_version=OPSET, input_names=list(input_names),
-                          output_names=list(output_names), dynamic_axes=dynamic_axes or {}, do_constant_folding=True)
+        # torch's annotation omits file objects, which the legacy exporter writes to
+        torch.onnx.export(module, example_inputs, buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
+                          input_names=list(input_names), output_names=list(output_names),
+                          dynamic_axes=dynamic_axes or {}, do_constant_folding=True)
     return buf.getvalue()
 
 

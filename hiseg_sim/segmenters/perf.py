@@ -35,6 +35,7 @@ import torch
 
 from hiseg_sim import limits
 from hiseg_sim.segmenters.base import Prompt, Segmenter
+from hiseg_sim.segmenters.sam_family import SamFamilySegmenter
 
 __all__ = ["bench_prompts", "bench_slice", "decoder_bench", "encoder_bench"]
 
@@ -54,22 +55,24 @@ def bench_prompts(gt: np.ndarray, mask_logits: np.ndarray | None = None) -> list
     """The prompt kinds an episode uses: box; box + clicks; clicks alone; with a mask prompt, also
     box + five clicks (a late step of a corrective episode)."""
     ys, xs = np.nonzero(gt)
-    box = [xs.min() - 2, ys.min() - 2, xs.max() + 2, ys.max() + 2]
+    box = np.array([xs.min() - 2, ys.min() - 2, xs.max() + 2, ys.max() + 2], np.float32)
     cx, cy = float(xs.mean()), float(ys.mean())
-    inside, outside = [[cx, cy]], [[min(gt.shape[1] - 1, xs.max() + 4.0), cy]]
+    inside = np.array([[cx, cy]], np.float32)
+    both = np.array([[cx, cy], [min(gt.shape[1] - 1, xs.max() + 4.0), cy]], np.float32)
+    one, two = np.array([1]), np.array([1, 0])
     out = [Prompt(box=box),
-           Prompt(box=box, points=inside, labels=[1]),
-           Prompt(box=box, points=inside + outside, labels=[1, 0]),
-           Prompt(points=inside, labels=[1]),
-           Prompt(points=inside + outside, labels=[1, 0])]
+           Prompt(box=box, points=inside, labels=one),
+           Prompt(box=box, points=both, labels=two),
+           Prompt(points=inside, labels=one),
+           Prompt(points=both, labels=two)]
     if mask_logits is not None:
         h, w = gt.shape
-        clicks = [[cx, cy], [min(w - 1.0, cx + 3), cy], [cx, min(h - 1.0, cy + 3)], outside[0],
-                  [cx, max(0.0, ys.min() - 4.0)]]
+        clicks = np.array([[cx, cy], [min(w - 1.0, cx + 3), cy], [cx, min(h - 1.0, cy + 3)], both[1],
+                           [cx, max(0.0, ys.min() - 4.0)]], np.float32)
         m = mask_logits
-        out += [Prompt(box=box, mask_logits=m), Prompt(box=box, points=inside, labels=[1], mask_logits=m),
-                Prompt(points=inside, labels=[1], mask_logits=m),
-                Prompt(box=box, points=clicks, labels=[1, 1, 1, 0, 0], mask_logits=m)]
+        out += [Prompt(box=box, mask_logits=m), Prompt(box=box, points=inside, labels=one, mask_logits=m),
+                Prompt(points=inside, labels=one, mask_logits=m),
+                Prompt(box=box, points=clicks, labels=np.array([1, 1, 1, 0, 0]), mask_logits=m)]
     return out
 
 
@@ -82,7 +85,7 @@ def _median_ms(xs: list[float]) -> float:
     return float(np.median(xs) * 1e3)
 
 
-def decoder_bench(segmenter_name: str = "litemedsam", n: int = 40, *, seg: Segmenter | None = None,
+def decoder_bench(segmenter_name: str = "litemedsam", n: int = 40, *, seg: SamFamilySegmenter | None = None,
                   checkpoint=None, onnx_dir=None, slice_size: int = 96, matmul_size: int = 2048,
                   warmup: int = 3) -> dict:
     """Time the prompt decoder on both runtimes and compare it with this machine's limit.
@@ -109,7 +112,10 @@ def decoder_bench(segmenter_name: str = "litemedsam", n: int = 40, *, seg: Segme
     from hiseg_sim.segmenters.sam_family import reference_decode
 
     if seg is None:
-        seg = segmenters.build(segmenter_name, checkpoint=checkpoint, onnx_dir=onnx_dir, runtime="auto")
+        built = segmenters.build(segmenter_name, checkpoint=checkpoint, onnx_dir=onnx_dir, runtime="auto")
+        if not isinstance(built, SamFamilySegmenter):
+            raise TypeError(f"decoder_bench needs a SAM-family segmenter (two decoder runtimes); {segmenter_name!r} is not")
+        seg = built
     auto_runtime, before = seg.runtime, seg.runtime
     img, gt = bench_slice(slice_size)
     emb = seg.encode(img)

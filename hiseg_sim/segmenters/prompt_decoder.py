@@ -30,6 +30,7 @@ arithmetic is regrouped, not changed (checked against the original modules in th
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ def pack_prompt(coords: np.ndarray | None, labels: np.ndarray | None, box: np.nd
             "mask_input": np.ascontiguousarray(mi), "has_mask_input": has}
 
 
-def _convT_as_matmul(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+def _convT_as_matmul(conv: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """A kernel-2 stride-2 transposed conv as ``(C_in, 4*C_out)`` weights ordered ``(dy, dx, c_out)``."""
     assert conv.kernel_size == (2, 2) and conv.stride == (2, 2) and conv.padding == (0, 0)
     w = conv.weight.detach()                                   # (C_in, C_out, 2, 2)
@@ -94,9 +95,20 @@ class PromptDecoder(nn.Module):
     LiteMedSAM, 1024 for SAM), before the half-pixel shift the encoder applies.
     """
 
-    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+    # re-laid-out constants, registered as buffers in __init__
+    coord_div: torch.Tensor
+    image_pe: torch.Tensor
+    up_w1: torch.Tensor
+    up_b1: torch.Tensor
+    up_w2: torch.Tensor
+    up_b2: torch.Tensor
+    mask_w2: torch.Tensor
+
+    def __init__(self, prompt_encoder: Any, mask_decoder: Any) -> None:
         super().__init__()
-        self.prompt_encoder, self.mask_decoder = prompt_encoder, mask_decoder
+        # segment-anything's modules, read by attribute (torch types every attribute ``Tensor | Module``)
+        self.prompt_encoder: Any = prompt_encoder
+        self.mask_decoder: Any = mask_decoder
         pe, md = prompt_encoder, mask_decoder
         h, w = pe.input_image_size
         with torch.no_grad():
@@ -110,7 +122,7 @@ class PromptDecoder(nn.Module):
             consts["mask_w2"] = conv2.weight.detach().permute(2, 3, 1, 0).reshape(-1, conv2.out_channels).contiguous()
         for k, v in consts.items():   # re-laid-out copies of weights; not saved in state dicts
             self.register_buffer(k, v, persistent=False)
-        self.emb_hw = tuple(pe.image_embedding_size)
+        self.emb_hw: tuple[int, int] = (int(pe.image_embedding_size[0]), int(pe.image_embedding_size[1]))
         self.mask_size = int(pe.mask_input_size[0])
 
     # ---- prompt encoder ---------------------------------------------------------------------
@@ -145,7 +157,7 @@ class PromptDecoder(nn.Module):
 
     # ---- attention, re-associated -----------------------------------------------------------
     @staticmethod
-    def _tokens_to_image(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _tokens_to_image(attn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Few queries ``q (1, T, C)`` attend to many keys ``k, v (1, N, C)``."""
         nh = attn.num_heads
         dh = attn.internal_dim // nh
@@ -159,7 +171,7 @@ class PromptDecoder(nn.Module):
         return attn.out_proj(o.transpose(0, 1).reshape(1, -1, nh * dh))
 
     @staticmethod
-    def _image_to_tokens(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _image_to_tokens(attn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Many queries ``q (1, N, C)`` attend to few keys ``k, v (1, T, C)``."""
         nh = attn.num_heads
         dh = attn.internal_dim // nh

@@ -78,10 +78,9 @@ class Prompt:
                 raise PromptError(f"{pts.shape[0]} point(s) but {lab.shape[0]} label(s)")
             if not np.isin(lab, (0, 1)).all():
                 raise PromptError(f"labels must be 0 or 1; got {np.unique(lab).tolist()}")
-            if pts.shape[0] == 0:
-                pts, lab = None, None
-            object.__setattr__(self, "points", pts)
-            object.__setattr__(self, "labels", lab)
+            empty = pts.shape[0] == 0
+            object.__setattr__(self, "points", None if empty else pts)
+            object.__setattr__(self, "labels", None if empty else lab)
         elif self.labels is not None and np.size(self.labels):
             raise PromptError("labels given without points")
         else:
