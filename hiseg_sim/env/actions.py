@@ -24,10 +24,20 @@ the pixel grid); :func:`to_array` rounds them to the nearest pixel. Going back a
 
 Anything outside the space (a kind the environment does not have, a coordinate outside
 ``[0, W-1] x [0, H-1]``, NaN) raises :class:`InvalidActionError`: the space check fails.
+
+Typed actions check their own fields when made: coordinates are real numbers (``int`` or
+``float``, numpy scalars included; not ``bool``, not strings) and finite; ``positive`` is a
+``bool`` or the integer 0 or 1 (stored as a ``bool``); ``Propagate.direction`` is the integer +1
+or -1. A field of the wrong type raises :class:`ActionTypeError` (a ``TypeError`` and an
+:class:`InvalidActionError`); a bad value :class:`InvalidActionError` (a ``ValueError``). Both
+name the field.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any, Union
@@ -38,6 +48,7 @@ from gymnasium import spaces
 __all__ = [
     "Accept",
     "Action",
+    "ActionTypeError",
     "BoxAction",
     "InvalidActionError",
     "Kind",
@@ -55,8 +66,48 @@ __all__ = [
 ]
 
 
+#: Coordinates at or beyond this magnitude are not pixel indices (and would wrap round in int64).
+_INT_LIMIT = 2.0**53
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for one-line messages."""
+    r = " ".join(repr(value).split())
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
 class InvalidActionError(ValueError):
-    """An action outside the environment's action space (fails the space check)."""
+    """An action outside the environment's action space (fails the space check), or a bad field value."""
+
+
+class ActionTypeError(InvalidActionError, TypeError):
+    """A typed action's field of the wrong type, e.g. a string coordinate (also an :class:`InvalidActionError`)."""
+
+
+def _coordinate(owner: str, name: str, value: Any) -> int | float:
+    """``value`` as a Python ``int`` or ``float`` (the same number), after checking it is a finite real."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ActionTypeError(f"{owner}.{name} must be a real number (viewport pixels); "
+                              f"got {type(value).__name__} {_show(value)}")
+    v = int(value) if isinstance(value, numbers.Integral) else float(value)
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise InvalidActionError(f"{owner}.{name} must be a finite number (viewport pixels); got {_show(value)}")
+    return v
+
+
+def _flag(owner: str, name: str, value: Any) -> bool:
+    """``value`` as a ``bool``: a ``bool``, a numpy bool or the integer 0 or 1."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        if int(value) in (0, 1):
+            return bool(value)
+        raise InvalidActionError(f"{owner}.{name} must be True or False (or 1 / 0); got {_show(value)}")
+    raise ActionTypeError(f"{owner}.{name} must be True or False (or 1 / 0); got {type(value).__name__} {_show(value)}")
 
 
 class Kind(IntEnum):
@@ -85,6 +136,11 @@ class PointAction:
     y: float
     positive: bool = True
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "x", _coordinate("PointAction", "x", self.x))
+        object.__setattr__(self, "y", _coordinate("PointAction", "y", self.y))
+        object.__setattr__(self, "positive", _flag("PointAction", "positive", self.positive))
+
     @property
     def kind(self) -> Kind:
         return Kind.POSITIVE if self.positive else Kind.NEGATIVE
@@ -101,6 +157,10 @@ class BoxAction:
     y0: float
     x1: float
     y1: float
+
+    def __post_init__(self) -> None:
+        for name in ("x0", "y0", "x1", "y1"):
+            object.__setattr__(self, name, _coordinate("BoxAction", name, getattr(self, name)))
 
     @property
     def kind(self) -> Kind:
@@ -163,8 +223,12 @@ class Propagate:
     direction: int = 1
 
     def __post_init__(self) -> None:
-        if self.direction not in (1, -1):
-            raise InvalidActionError(f"Propagate.direction must be +1 or -1; got {self.direction!r}")
+        d = self.direction
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
+            raise ActionTypeError(f"Propagate.direction must be the integer +1 or -1; got {type(d).__name__} {_show(d)}")
+        if d not in (1, -1):
+            raise InvalidActionError(f"Propagate.direction must be +1 or -1; got {_show(d)}")
+        object.__setattr__(self, "direction", int(d))
 
     @property
     def kind(self) -> Kind:
@@ -188,8 +252,22 @@ def action_space(n_kinds: int, width: int, height: int) -> spaces.MultiDiscrete:
 
 
 def from_array(a: Any) -> Action:
-    """Typed action of a ``[kind, x, y, x2, y2]`` array (no range check; see :func:`coerce_action`)."""
-    k, x, y, x2, y2 = (int(v) for v in np.asarray(a).reshape(-1)[:5])
+    """Typed action of a ``[kind, x, y, x2, y2]`` array (no range check of x, y; see :func:`coerce_action`).
+
+    Raises :class:`InvalidActionError` unless ``a`` holds 5 integral numbers and a known kind.
+    """
+    try:
+        flat = np.asarray(a).reshape(-1)
+        ok = flat.shape == (5,) and (np.issubdtype(flat.dtype, np.integer)
+                                     or (np.issubdtype(flat.dtype, np.floating) and bool(np.all(np.isfinite(flat)))
+                                         and bool(np.all(flat == np.rint(flat)))))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InvalidActionError(f"action {_show(a)} is not 5 integers [kind, x, y, x2, y2]")
+    k, x, y, x2, y2 = (int(v) for v in flat)
+    if not 0 <= k < len(Kind):
+        raise InvalidActionError(f"action kind {k} is not one of 0..{len(Kind) - 1}")
     kind = Kind(k)
     if kind in (Kind.POSITIVE, Kind.NEGATIVE):
         return PointAction(x, y, kind == Kind.POSITIVE)
@@ -201,12 +279,19 @@ def from_array(a: Any) -> Action:
 
 def to_array(action: Action) -> np.ndarray:
     """``[kind, x, y, x2, y2]`` int64 of a typed action; coordinates rounded to the nearest pixel."""
+    if not isinstance(action, _TYPED):
+        raise ActionTypeError(f"to_array takes a typed action; got {type(action).__name__}")
     out = np.zeros(5, dtype=np.int64)
     out[0] = int(action.kind)
     if isinstance(action, PointAction):
-        out[1:3] = np.rint([action.x, action.y])
+        xy = np.rint([action.x, action.y])
     elif isinstance(action, BoxAction):
-        out[1:5] = np.rint([action.x0, action.y0, action.x1, action.y1])
+        xy = np.rint([action.x0, action.y0, action.x1, action.y1])
+    else:
+        return out
+    if not np.all(np.abs(xy) < _INT_LIMIT):  # beyond this the int64 cast would wrap round
+        raise InvalidActionError(f"{type(action).__name__} coordinates {xy.tolist()} do not fit a pixel index")
+    out[1:1 + xy.size] = xy
     return out
 
 
@@ -222,17 +307,24 @@ def action_to_dict(action: Action) -> dict:
 
 
 def action_from_dict(d: dict) -> Action:
-    """Inverse of :func:`action_to_dict`."""
+    """Inverse of :func:`action_to_dict`; the fields are checked as the typed action checks them."""
+    if not isinstance(d, Mapping):
+        raise ActionTypeError(f"an action dict is needed, e.g. {{'kind': 'undo'}}; got {type(d).__name__}")
     kind = d.get("kind")
+    fields = {"point": ("x", "y"), "box": ("x0", "y0", "x1", "y1")}.get(kind, ())
+    missing = [f for f in fields if f not in d]
+    if missing:
+        raise InvalidActionError(f"{kind} action dict lacks {', '.join(missing)}: {_show(d)}")
     if kind == "point":
-        return PointAction(d["x"], d["y"], bool(d.get("positive", True)))
+        return PointAction(d["x"], d["y"], d.get("positive", True))
     if kind == "box":
         return BoxAction(d["x0"], d["y0"], d["x1"], d["y1"])
     if kind == "propagate":
-        return Propagate(int(d.get("direction", 1)))
+        return Propagate(d.get("direction", 1))
     simple = {"undo": Undo, "accept": Accept, "next": NextSlice, "prev": PrevSlice}
-    if kind not in simple:
-        raise InvalidActionError(f"unknown action kind {kind!r} in {d!r}")
+    if not isinstance(kind, str) or kind not in simple:
+        raise InvalidActionError(f"unknown action kind {_show(kind)} in {_show(d)}; one of "
+                                 f"point, box, {', '.join(simple)}, propagate")
     return simple[kind]()
 
 
@@ -263,14 +355,15 @@ def coerce_action(action: Any, space: spaces.MultiDiscrete) -> Action:
         return action
     try:
         arr = np.asarray(action)
-    except Exception as exc:  # noqa: BLE001
-        raise InvalidActionError(f"action {action!r} is neither a typed action nor an array") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever numpy makes of it, it is not an action
+        raise InvalidActionError(f"action {_show(action)} is neither a typed action nor an array") from exc
     if arr.shape != (5,) or not np.issubdtype(arr.dtype, np.integer):
         if arr.shape == (5,) and np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) \
-                and np.all(arr == np.rint(arr)):
+                and np.all(arr == np.rint(arr)) and np.all(np.abs(arr) < _INT_LIMIT):
             arr = arr.astype(np.int64)
         else:
-            raise InvalidActionError(f"action {action!r} is not in {space}: expected 5 integers [kind, x, y, x2, y2]")
-    if not space.contains(arr.astype(space.dtype)):
+            raise InvalidActionError(f"action {_show(action)} is not in {space}: expected 5 integers [kind, x, y, x2, y2]")
+    # Compared before any cast, so a huge unsigned entry cannot wrap round into the space.
+    if not (np.all(arr >= 0) and np.all(arr < space.nvec)):
         raise InvalidActionError(f"action {arr.tolist()} is not in {space} (kind < {n_kinds}, x < {width}, y < {height})")
-    return from_array(arr)
+    return from_array(arr.astype(space.dtype))

@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 from hiseg_sim.env import actions as A
+from hiseg_sim.env import validation as V
 from hiseg_sim.env.encoding import encode_once
 from hiseg_sim.env.observation import draw_prompts, observation_space, to_uint8_window
 from hiseg_sim.env.render import render_frame
@@ -44,29 +45,45 @@ class NoduleSegBase(gym.Env):
                  render_gt: bool = False, render_scale: int = 4, max_slices: int = 1, propagate_margin_px: int = 2):
         from hiseg_sim.segmenters.base import LUNG_WINDOW
 
+        # Every argument is checked here, against the bounds documented in hiseg_sim.env.validation
+        # and the class docstrings, so none fails later inside numpy or the model.
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None; got {render_mode!r}")
-        if int(viewport_px) < 16:
-            raise ValueError(f"viewport_px must be >= 16; got {viewport_px}")
-        if not detection_sd_mm > 0:
-            raise ValueError(f"detection_sd_mm must be > 0; got {detection_sd_mm}")
-        if not (np.isfinite(time_penalty) and time_penalty >= 0):
-            raise ValueError(f"time_penalty (lambda, reward per simulated second) must be >= 0; got {time_penalty}")
-        if int(max_slices) < 1:
-            raise ValueError(f"max_slices must be >= 1; got {max_slices}")
-        self.size = int(viewport_px)
+            raise V.EnvArgumentError(f"render_mode must be one of {self.metadata['render_modes']} or None; "
+                                     f"got {render_mode!r}")
+        V.check_cases_source(cases)
+        V.check_segmenter(segmenter)
+        V.check_path_or_none("cache_dir", cache_dir)
+        size = V.check_int("viewport_px", viewport_px, *V.VIEWPORT_PX)
+        detection_sd_mm = V.check_real("detection_sd_mm", detection_sd_mm, 0.0, V.DETECTION_SD_MM_MAX,
+                                       lo_open=True, unit=" mm")
+        pan_step_px = V.check_int("pan_step_px", pan_step_px, 1, size)
+        window = V.check_window(window if window is not None else LUNG_WINDOW)
+        time_penalty = V.check_real("time_penalty (lambda, reward per simulated second)", time_penalty, 0.0,
+                                    V.TIME_PENALTY_MAX)
+        if time_model is not None and not isinstance(time_model, TimeModel):
+            raise V.EnvArgumentTypeError(f"time_model must be None or a hiseg_sim.timing.TimeModel; "
+                                         f"got {type(time_model).__name__}")
+        mask_feedback = V.check_bool("mask_feedback", mask_feedback)
+        render_gt = V.check_bool("render_gt", render_gt)
+        render_scale = V.check_int("render_scale", render_scale, 1, V.RENDER_SCALE_MAX)
+        if size * render_scale > V.MAX_FRAME_PX:
+            raise V.EnvArgumentError(f"viewport_px * render_scale must be <= {V.MAX_FRAME_PX} (the side of a rendered "
+                                     f"frame); got {size} * {render_scale}: lower render_scale")
+        max_slices = V.check_int("max_slices", max_slices, 1, V.MAX_SLICES)
+        propagate_margin_px = V.check_int("propagate_margin_px", propagate_margin_px, 0, size)
+        self.size = size
         self.detection_sd_mm = float(detection_sd_mm)
         self.pan_step_px = int(pan_step_px)
-        self.window = tuple(float(v) for v in (window if window is not None else LUNG_WINDOW))
+        self.window = window
         self.time_penalty = float(time_penalty)
         self.time_model = time_model if time_model is not None else TimeModel()
         self._episode_time_model: TimeModel | None = None  # options["time_model"] of the current episode
-        self.mask_feedback = bool(mask_feedback)
+        self.mask_feedback = mask_feedback
         self.render_mode = render_mode
-        self.render_gt = bool(render_gt)
-        self.render_scale = int(render_scale)
-        self.max_slices = int(max_slices) if self.three_d else 1
-        self.propagate_margin_px = int(propagate_margin_px)
+        self.render_gt = render_gt
+        self.render_scale = render_scale
+        self.max_slices = max_slices if self.three_d else 1
+        self.propagate_margin_px = propagate_margin_px
         self.cache_dir = cache_dir
         n_kinds = A.N_KINDS_3D if self.three_d else A.N_KINDS_2D
         self.action_space = A.action_space(n_kinds, self.size, self.size)
@@ -94,9 +111,11 @@ class NoduleSegBase(gym.Env):
                 src = load_cohort("default")
             elif callable(src):
                 src = src()
+            V.check_cases_source(src)
             cases = list(src)
             if not cases:
-                raise ValueError("no cases: pass cases=[Case, ...] (or a callable returning them)")
+                raise V.EnvArgumentError("no cases: pass cases=[Case, ...] (or a callable returning them)")
+            V.check_cases(cases)
             self._cases = cases
         return self._cases
 
@@ -126,45 +145,53 @@ class NoduleSegBase(gym.Env):
     def _pick_case(self, options: dict):
         cases = self.cases
         if "case_id" in options:
+            cid = options["case_id"]
+            if not isinstance(cid, str):
+                raise V.EnvArgumentTypeError(f"options['case_id'] must be a str; got {type(cid).__name__}")
             for c in cases:
-                if c.case_id == options["case_id"]:
+                if c.case_id == cid:
                     return c
-            raise ValueError(f"options['case_id'] = {options['case_id']!r} is not among the {len(cases)} case(s)")
+            raise V.EnvArgumentError(f"options['case_id'] = {cid!r} is not among the {len(cases)} case(s)")
         if "case_index" in options:
-            return cases[int(options["case_index"])]
+            return cases[V.check_int("options['case_index']", options["case_index"], 0, len(cases) - 1)]
         return cases[int(self.np_random.integers(len(cases)))]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        options = dict(options or {})
+        # A reset that raises leaves no episode running: the previous one is over either way.
+        self._done = True
+        options = V.check_option_keys(options)
         tm = options.get("time_model")
         if tm is not None and not isinstance(tm, TimeModel):
-            raise TypeError(f"options['time_model'] must be a hiseg_sim.timing.TimeModel; got {type(tm).__name__}")
-        self._episode_time_model = tm  # this episode only (an annotator group's scaled model); None: time_model
+            raise V.EnvArgumentTypeError(f"options['time_model'] must be a hiseg_sim.timing.TimeModel; "
+                                         f"got {type(tm).__name__}")
+        super().reset(seed=seed)
         case = self._pick_case(options)
         key = case.key_slice
         if "viewport" in options:
-            vp = Viewport.from_dict(options["viewport"])
-            if vp.size != self.size:
-                raise ValueError(f"options['viewport'] has size {vp.size}, this env's viewport is {self.size} px")
+            vp = Viewport(**V.check_viewport_option(options["viewport"], size=self.size, case_shape=case.shape,
+                                                    three_d=self.three_d, max_slices=self.max_slices,
+                                                    key_slice=key, case_id=case.case_id))
         else:
             y0, x0 = place_viewport(case.gt[key], case.spacing_zyx[1:], self.size, self.np_random,
                                     self.detection_sd_mm, self.pan_step_px)
             z0, n = slab_range(case.shape[0], key, self.max_slices) if self.three_d else (key, 1)
             vp = Viewport(z0, n, y0, x0, self.size)
+        if "start_slice" in options:
+            start = V.check_int("options['start_slice']", options["start_slice"])
+            if not vp.z0 <= start < vp.z0 + vp.n_slices:
+                raise V.EnvArgumentError(f"options['start_slice'] = {start} lies outside the slab "
+                                         f"[{vp.z0}, {vp.z0 + vp.n_slices}) of case {case.case_id!r}"
+                                         + ("" if self.three_d else " (the 2-D env's one slice is the key slice)"))
         if self.three_d:
-            if "start_slice" in options:
-                start = int(options["start_slice"])
-            else:
+            if "start_slice" not in options:
                 zs = case.gt_slices
                 sd = self.detection_sd_mm / case.spacing_zyx[0]
                 start = int(np.clip(key + round(float(self.np_random.normal(0.0, sd))), zs[0], zs[-1]))
                 start = int(np.clip(start, vp.z0, vp.z0 + vp.n_slices - 1))  # a nodule taller than the slab
-            if not vp.z0 <= start < vp.z0 + vp.n_slices:
-                raise ValueError(f"start slice {start} lies outside the slab [{vp.z0}, {vp.z0 + vp.n_slices})")
             cur = start - vp.z0
         else:
             cur = 0
+        self._episode_time_model = tm  # this episode only (an annotator group's scaled model); None: time_model
         self.case, self.viewport = case, vp
         n, S = vp.n_slices, self.size
         gt_slab = case.gt[vp.z0:vp.z0 + n]
@@ -455,8 +482,9 @@ class NoduleSegBase(gym.Env):
         out = np.zeros((Z, Y, X), bool)
         ys, ye = max(vp.y0, 0), min(vp.y0 + self.size, Y)
         xs, xe = max(vp.x0, 0), min(vp.x0 + self.size, X)
-        m = self.slab_masks()
-        out[vp.z0:vp.z0 + vp.n_slices, ys:ye, xs:xe] = m[:, ys - vp.y0:ye - vp.y0, xs - vp.x0:xe - vp.x0]
+        if ys < ye and xs < xe:  # else the viewport lies wholly off the scan: nothing to paste
+            m = self.slab_masks()
+            out[vp.z0:vp.z0 + vp.n_slices, ys:ye, xs:xe] = m[:, ys - vp.y0:ye - vp.y0, xs - vp.x0:xe - vp.x0]
         return out
 
     def render(self):

@@ -58,7 +58,10 @@ class NoduleSeg2DEnv(NoduleSegBase):
     ==========================  ====================================================================
 
     An action outside the space (a kind >= 5, a coordinate outside the viewport, a non-integer
-    array) fails the space check and raises :class:`~hiseg_sim.env.actions.InvalidActionError`.
+    array, a NaN) fails the space check and raises :class:`~hiseg_sim.env.actions.InvalidActionError`
+    (a ``ValueError``); the step is not taken and the episode goes on. A typed action refuses a
+    field of the wrong type when made (``PointAction("3", 4)``, ``positive="no"``) with
+    :class:`~hiseg_sim.env.actions.ActionTypeError` (a ``TypeError`` and an ``InvalidActionError``).
 
     ## Observation Space
 
@@ -91,6 +94,20 @@ class NoduleSeg2DEnv(NoduleSegBase):
     :class:`~hiseg_sim.timing.TimeModel`) charges this episode instead of ``time_model``: an
     annotator group's scaled model (:func:`hiseg_sim.annotators.harness.run_episode` passes it).
 
+    Reset options (``options`` is ``None`` or a dict with only these keys; anything else raises
+    :class:`~hiseg_sim.env.validation.EnvArgumentError`, a ``ValueError``, or, for a wrong type,
+    :class:`~hiseg_sim.env.validation.EnvArgumentTypeError`, a ``TypeError``; a reset that
+    raises leaves no episode running):
+
+    - ``"case_id"`` (str): one of the cases' ids; not together with ``"case_index"``.
+    - ``"case_index"`` (int): in ``[0, len(cases))``.
+    - ``"viewport"`` (dict): exactly the integer keys ``z0``, ``n_slices``, ``y0``, ``x0``,
+      ``size`` of ``info["viewport"]``, with ``size == viewport_px``, ``n_slices == 1``, ``z0``
+      the case's key slice, and ``|y0|``, ``|x0|`` at most 2**31 - 1 (a viewport past the scan
+      is padded with air).
+    - ``"start_slice"`` (int): accepted for symmetry with the 3-D env; must be the key slice.
+    - ``"time_model"``: a :class:`~hiseg_sim.timing.TimeModel` or ``None``.
+
     ## Episode End
 
     Terminates on a valid ``Accept``. Truncated by the ``TimeLimit`` wrapper after
@@ -114,26 +131,34 @@ class NoduleSeg2DEnv(NoduleSegBase):
 
     ## Arguments
 
-    ``gym.make("hiseg_sim/NoduleSeg2D-v0", **kwargs)`` (after ``import hiseg_sim``):
+    ``gym.make("hiseg_sim/NoduleSeg2D-v0", **kwargs)`` (after ``import hiseg_sim``). Each is
+    checked at construction (``cases`` when first loaded) against the bound given here; a value
+    outside it raises :class:`~hiseg_sim.env.validation.EnvArgumentError` (a ``ValueError``),
+    one of the wrong type :class:`~hiseg_sim.env.validation.EnvArgumentTypeError` (a
+    ``TypeError``). Integers are ``int`` or numpy integers, never ``bool``; numbers are finite.
 
-    - ``cases``: a sequence of :class:`~hiseg_sim.data.case.Case` or a callable returning one;
-      default ``None`` loads the default cohort (``hiseg_sim.data.cohort.load_cohort("default")``)
-      on first reset.
+    - ``cases``: a sequence of :class:`~hiseg_sim.data.case.Case` with distinct ``case_id`` (the
+      same object twice is allowed), or a callable returning one; default ``None`` loads the
+      default cohort (``hiseg_sim.data.cohort.load_cohort("default")``) on first reset.
     - ``segmenter``: a registry name (default ``"litemedsam"``), a Segmenter, or a callable
       building one; built lazily, in the worker process under vector envs.
-    - ``cache_dir``: on-disk embedding cache shared between processes (default: memory only, or
-      ``$HISEG_CACHE_DIR``); given with a segmenter object whose cache is memory-only, that
-      cache is replaced by one with this disk store.
-    - ``viewport_px`` (96): viewport side in pixels (67 mm at 0.7 mm pixels; the default cohort's
-      phantoms are 96 px wide, so its viewports are mostly inside the scan).
-    - ``detection_sd_mm`` (3.0): SD per axis of the detection point's error, mm.
-    - ``pan_step_px`` (8): grid the viewport centre snaps to.
-    - ``window`` (``(-600, 1500)``): display window ``(level, width)`` HU for the image and the model.
-    - ``time_penalty`` (0.0): lambda, reward lost per simulated second.
-    - ``time_model``: a :class:`~hiseg_sim.timing.TimeModel` (default literature values).
-    - ``mask_feedback`` (True): feed the previous low-res logits back with clicks.
+    - ``cache_dir``: ``None``, a ``str`` or a path: on-disk embedding cache shared between
+      processes (default: memory only, or ``$HISEG_CACHE_DIR``); given with a segmenter object
+      whose cache is memory-only, that cache is replaced by one with this disk store.
+    - ``viewport_px`` (96): viewport side in pixels, an integer in [16, 1024] (67 mm at 0.7 mm
+      pixels; the default cohort's phantoms are 96 px wide, so its viewports are mostly inside
+      the scan; 1024 is the largest input side of the SAM family).
+    - ``detection_sd_mm`` (3.0): SD per axis of the detection point's error, mm, in (0, 100].
+    - ``pan_step_px`` (8): grid the viewport centre snaps to, an integer in [1, viewport_px].
+    - ``window`` (``(-600, 1500)``): display window ``(level, width)`` HU for the image and the
+      model; ``|level| <= 100000`` and width in [1, 100000] (NaN, infinity or a zero width would
+      make NaN pixels).
+    - ``time_penalty`` (0.0): lambda, reward lost per simulated second, in [0, 1000].
+    - ``time_model``: ``None`` or a :class:`~hiseg_sim.timing.TimeModel` (default literature values).
+    - ``mask_feedback`` (True): feed the previous low-res logits back with clicks; a ``bool`` (or 0 / 1).
     - ``render_mode`` (None or ``"rgb_array"``), ``render_gt`` (False: draw the ground-truth
-      outline, for people watching only), ``render_scale`` (4).
+      outline, for people watching only; a ``bool``), ``render_scale`` (4: an integer in [1, 16]
+      with ``viewport_px * render_scale <= 4096``, the side of a frame).
 
     ## Version History
 

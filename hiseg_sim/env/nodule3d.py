@@ -53,7 +53,9 @@ class NoduleSeg3DEnv(NoduleSegBase):
     no-op, the episode goes on), ``"no_slice_there"`` (next/previous/propagate past the slab:
     no-op), ``"nothing_to_propagate"`` (propagate from a slice with no or an empty mask: no-op),
     ``"prompt_rejected"`` (the segmenter raised ``PromptError``: no-op). An action outside the
-    space raises :class:`~hiseg_sim.env.actions.InvalidActionError`.
+    space raises :class:`~hiseg_sim.env.actions.InvalidActionError` (the step is not taken); a typed
+    action with a field of the wrong type raises :class:`~hiseg_sim.env.actions.ActionTypeError`
+    when made.
 
     ## Observation Space
 
@@ -78,6 +80,11 @@ class NoduleSeg3DEnv(NoduleSegBase):
     ``options["start_slice"]``, a volume index, to replay), no prompt anywhere, Dice 0.
     ``options["time_model"]`` charges this episode with another :class:`~hiseg_sim.timing.TimeModel`.
 
+    The options are checked as in the 2-D env (same keys, same errors), except that
+    ``options["viewport"]`` may hold ``1 <= n_slices <= min(max_slices, Z)`` slices anywhere in
+    the volume (``0 <= z0``, ``z0 + n_slices <= Z``) and ``options["start_slice"]`` is any volume
+    index inside that slab, ``[z0, z0 + n_slices)``.
+
     ## Episode End
 
     Terminates on a valid ``Accept``; truncated by ``TimeLimit`` after ``max_episode_steps``
@@ -98,11 +105,12 @@ class NoduleSeg3DEnv(NoduleSegBase):
 
     ## Arguments
 
-    Those of the 2-D env, plus:
+    Those of the 2-D env, with the same bounds and errors, plus:
 
     - ``max_slices`` (64): slab length and size of the slice entries of the observation (80 mm
-      at 1.25 mm slices; LIDC nodules are at most 30 mm).
-    - ``propagate_margin_px`` (2): pixels added around the mask's bounding box when propagating.
+      at 1.25 mm slices; LIDC nodules are at most 30 mm), an integer in [1, 512].
+    - ``propagate_margin_px`` (2): pixels added around the mask's bounding box when propagating,
+      an integer in [0, viewport_px].
 
     ## Version History
 

