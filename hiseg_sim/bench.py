@@ -63,10 +63,20 @@ def _prompt_actions(rng: np.random.Generator, size: int, t: int) -> np.ndarray:
     return np.array([kind, x, y, 0, 0], np.int64)
 
 
-def run_bench(n_envs: int = 4, n_steps: int = 40, cases: Sequence | Callable | None = None,
-              segmenter="litemedsam", cache_dir: str | None = None, env_id: str = "hiseg_sim/NoduleSeg2D-v0",
-              seed: int = 0, mode: str = "async", torch_threads: int | str | None = "auto", episode_steps: int = 10,
-              n_cases: int | None = 8, env_kwargs: dict | None = None) -> dict:
+def run_bench(
+    n_envs: int = 4,
+    n_steps: int = 40,
+    cases: Sequence | Callable | None = None,
+    segmenter="litemedsam",
+    cache_dir: str | None = None,
+    env_id: str = "hiseg_sim/NoduleSeg2D-v0",
+    seed: int = 0,
+    mode: str = "async",
+    torch_threads: int | str | None = "auto",
+    episode_steps: int = 10,
+    n_cases: int | None = 8,
+    env_kwargs: dict | None = None,
+) -> dict:
     """Median ``env.step`` vs raw decoder time over a vector env, and encoder calls vs slices.
 
     Args:
@@ -103,8 +113,18 @@ def run_bench(n_envs: int = 4, n_steps: int = 40, cases: Sequence | Callable | N
     t_start = time.perf_counter()
     vec = None
     try:
-        vec = make_vec_env(env_id, n_envs, mode, cache_dir=cache_dir, segmenter=segmenter, torch_threads=torch_threads,
-                           wrappers=(StepTimer,), cases=cases, max_episode_steps=episode_steps, **(env_kwargs or {}))
+        vec = make_vec_env(
+            env_id,
+            n_envs,
+            mode,
+            cache_dir=cache_dir,
+            segmenter=segmenter,
+            torch_threads=torch_threads,
+            wrappers=(StepTimer,),
+            cases=cases,
+            max_episode_steps=episode_steps,
+            **(env_kwargs or {}),
+        )
         size = int(vec.single_action_space.nvec[1])
         rng = np.random.default_rng(seed)
         vec.reset(seed=seed)
@@ -153,8 +173,15 @@ def _build_with_runtime(name: str, runtime: str, **kwargs):
     return segmenters.build(name, runtime=runtime, **kwargs)
 
 
-def full_bench(n_envs: int = 4, n_steps: int = 40, segmenter: str = "litemedsam", n_cases: int = 8,
-               decoder_samples: int = 40, seed: int = 0, progress: bool = False) -> dict:
+def full_bench(
+    n_envs: int = 4,
+    n_steps: int = 40,
+    segmenter: str = "litemedsam",
+    n_cases: int = 8,
+    decoder_samples: int = 40,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
     """Everything ``hiseg-sim bench --json`` reports, measured in one run.
 
     1. A ``n_envs``-worker vector env on the default runtime with a fresh shared cache:
@@ -176,15 +203,24 @@ def full_bench(n_envs: int = 4, n_steps: int = 40, segmenter: str = "litemedsam"
     cache = tempfile.mkdtemp(prefix="hiseg-bench-cache-")
     try:
         say(f"[1/3] {n_envs}-worker vector env, fresh embedding cache ...")
-        vec = run_bench(n_envs=n_envs, n_steps=n_steps, segmenter=segmenter, cache_dir=cache, seed=seed,
-                        n_cases=n_cases)
+        vec = run_bench(
+            n_envs=n_envs, n_steps=n_steps, segmenter=segmenter, cache_dir=cache, seed=seed, n_cases=n_cases
+        )
         say("[2/3] decoder alone, torch vs ONNX Runtime, FLOPs and matmul rate ...")
         dec = decoder_bench(segmenter, n=decoder_samples)
         single = {}
         for rt in ("onnx", "torch"):
             say(f"[3/3] one env, runtime={rt} ...")
-            r = run_bench(n_envs=1, n_steps=n_steps, mode="sync", cache_dir=cache, seed=seed, n_cases=n_cases,
-                          segmenter=functools.partial(_build_with_runtime, segmenter, rt), torch_threads=None)
+            r = run_bench(
+                n_envs=1,
+                n_steps=n_steps,
+                mode="sync",
+                cache_dir=cache,
+                seed=seed,
+                n_cases=n_cases,
+                segmenter=functools.partial(_build_with_runtime, segmenter, rt),
+                torch_threads=None,
+            )
             single[f"{rt}_env_step_ms"] = r["env_step_ms"]
             single[f"{rt}_decoder_ms"] = r["decoder_ms"]
     finally:
@@ -192,16 +228,29 @@ def full_bench(n_envs: int = 4, n_steps: int = 40, segmenter: str = "litemedsam"
     single["onnx_vs_limit"] = round(single["onnx_env_step_ms"] / dec["limit_ms"], 3)
     single["onnx_vs_eager"] = round(single["onnx_env_step_ms"] / single["torch_env_step_ms"], 3)
     return {
-        "env_step_ms": vec["env_step_ms"], "decoder_ms": vec["decoder_ms"], "ratio": vec["ratio"],
-        "encoder_calls": vec["encoder_calls"], "slices": vec["slices"], "runtime": dec["runtime"],
-        "eager_decoder_ms": dec["eager_decoder_ms"], "onnx_decoder_ms": dec["onnx_decoder_ms"],
-        "limit_ms": dec["limit_ms"], "flops": dec["flops"], "matmul_gflops": dec["matmul_gflops"],
-        "single_env": single, "vector_env": {k: vec[k] for k in ("n_envs", "mode", "torch_threads", "samples", "wall_s")},
+        "env_step_ms": vec["env_step_ms"],
+        "decoder_ms": vec["decoder_ms"],
+        "ratio": vec["ratio"],
+        "encoder_calls": vec["encoder_calls"],
+        "slices": vec["slices"],
+        "runtime": dec["runtime"],
+        "eager_decoder_ms": dec["eager_decoder_ms"],
+        "onnx_decoder_ms": dec["onnx_decoder_ms"],
+        "limit_ms": dec["limit_ms"],
+        "flops": dec["flops"],
+        "matmul_gflops": dec["matmul_gflops"],
+        "single_env": single,
+        "vector_env": {k: vec[k] for k in ("n_envs", "mode", "torch_threads", "samples", "wall_s")},
     }
 
 
-def cohort_parity(segmenter_name: str = "litemedsam", n_cases: int | None = None, steps: int = 8, seed: int = 0,
-                  env_id: str = "hiseg_sim/NoduleSeg2D-v0") -> dict:
+def cohort_parity(
+    segmenter_name: str = "litemedsam",
+    n_cases: int | None = None,
+    steps: int = 8,
+    seed: int = 0,
+    env_id: str = "hiseg_sim/NoduleSeg2D-v0",
+) -> dict:
     """ONNX vs torch on every prompt of a default-cohort sweep through the environment.
 
     Each case gets one episode of ``steps`` actions (a jittered box around the viewport centre,
@@ -266,8 +315,12 @@ def cohort_parity(segmenter_name: str = "litemedsam", n_cases: int | None = None
             chain_same += int((a.mask == e.mask).sum())
     seg.set_runtime("onnx")
     env.close()
-    return {"prompts": n, "cases": len(cases), "max_abs_logit_diff": float(f"{worst:.3g}"),
-            "pct_identical_pixels": round(100.0 * same / max(1, total), 4),
-            "min_pct_identical_one_prompt": round(100.0 * min_frac, 4),
-            "chain_max_abs_logit_diff": float(f"{chain_worst:.3g}"),
-            "chain_pct_identical_pixels": round(100.0 * chain_same / max(1, total), 4)}
+    return {
+        "prompts": n,
+        "cases": len(cases),
+        "max_abs_logit_diff": float(f"{worst:.3g}"),
+        "pct_identical_pixels": round(100.0 * same / max(1, total), 4),
+        "min_pct_identical_one_prompt": round(100.0 * min_frac, 4),
+        "chain_max_abs_logit_diff": float(f"{chain_worst:.3g}"),
+        "chain_pct_identical_pixels": round(100.0 * chain_same / max(1, total), 4),
+    }

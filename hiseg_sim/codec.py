@@ -29,7 +29,7 @@ def pack_mask(mask: np.ndarray, origin=(0, 0, 0), prefix: str = "mask") -> dict:
         lo, crop = np.asarray(origin), np.zeros((0,), bool)
     else:
         a, b = idx.min(0), idx.max(0) + 1
-        crop = m[a[0]:b[0], a[1]:b[1], a[2]:b[2]]
+        crop = m[a[0] : b[0], a[1] : b[1], a[2] : b[2]]
         lo, shape = np.asarray(origin) + a, tuple(int(v) for v in crop.shape)
     out: dict[str, int | bytes] = {f"{prefix}_{k}0": int(v) for k, v in zip("zyx", lo)}
     out.update({f"{prefix}_d{k}": int(v) for k, v in zip("zyx", shape)})

@@ -101,7 +101,7 @@ def surface_distances(a, b, spacing=None) -> tuple[np.ndarray, np.ndarray]:
     idx = np.argwhere(a | b)
     lo = np.maximum(idx.min(0) - 1, 0)
     hi = np.minimum(idx.max(0) + 2, a.shape)
-    box = tuple(slice(l, h) for l, h in zip(lo, hi))
+    box = tuple(slice(s, e) for s, e in zip(lo, hi))
     sa, sb = _surface(a[box]), _surface(b[box])
     # distance_transform_edt measures distance to the nearest zero: put the zeros on each surface
     dt_b = ndimage.distance_transform_edt(~sb, sampling=sp)
@@ -170,8 +170,12 @@ def max_diameter_mm(mask2d, spacing_yx=(1.0, 1.0)) -> float:
 
 def all_metrics(pred, ref, spacing=None, tolerance_mm: float = 1.0) -> dict[str, float]:
     """Dice, IoU, HD95, NSD@``tolerance_mm`` and volume error in one dict (keys as the functions)."""
-    out = {"dice": dice(pred, ref), "iou": iou(pred, ref), "hd95": hd95(pred, ref, spacing),
-           "nsd": nsd(pred, ref, tolerance_mm, spacing)}
+    out = {
+        "dice": dice(pred, ref),
+        "iou": iou(pred, ref),
+        "hd95": hd95(pred, ref, spacing),
+        "nsd": nsd(pred, ref, tolerance_mm, spacing),
+    }
     ve = volume_error(pred, ref, spacing)
     out["volume_error_mm3"], out["volume_error_rel"] = ve["abs_mm3"], ve["rel"]
     return out

@@ -33,7 +33,8 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import threading
-from typing import Any, Callable, Generic, Iterable, Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 __all__ = ["Provider", "Registry", "RegistryError", "UnknownNameError", "factory_provider", "refresh_all"]
 
@@ -108,8 +109,10 @@ class Registry(Generic[T]):
                 eps: dict[str, importlib.metadata.EntryPoint] = {}
                 for ep in importlib.metadata.entry_points(group=self.group):
                     if ep.name in eps and eps[ep.name].value != ep.value:
-                        raise RegistryError(f"two plugins register the {self.what} {ep.name!r}: "
-                                            f"{eps[ep.name].value} and {ep.value}; uninstall one")
+                        raise RegistryError(
+                            f"two plugins register the {self.what} {ep.name!r}: "
+                            f"{eps[ep.name].value} and {ep.value}; uninstall one"
+                        )
                     eps[ep.name] = ep
                 self._eps = eps
             return self._eps
@@ -121,8 +124,9 @@ class Registry(Generic[T]):
                 try:
                     self._loaded[label] = ep.load()
                 except Exception as exc:  # a broken plugin names itself
-                    raise RegistryError(f"the {self.what} plugin {label!r} ({ep.value}) failed to load: "
-                                        f"{type(exc).__name__}: {exc}") from exc
+                    raise RegistryError(
+                        f"the {self.what} plugin {label!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
+                    ) from exc
             return self._loaded[label]
 
     def _providers(self) -> Iterable[tuple[str, Provider]]:

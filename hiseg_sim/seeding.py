@@ -20,8 +20,16 @@ import zlib
 
 import numpy as np
 
-__all__ = ["case_key_rng", "episode_seed", "episode_streams", "keyed_rng", "person_episode_seed", "sequence_rng",
-           "stable_int", "text_key"]
+__all__ = [
+    "case_key_rng",
+    "episode_seed",
+    "episode_streams",
+    "keyed_rng",
+    "person_episode_seed",
+    "sequence_rng",
+    "stable_int",
+    "text_key",
+]
 
 
 def stable_int(text: str) -> int:
@@ -43,7 +51,9 @@ def episode_seed(study_seed: int, arm: str, case_id: str, replicate: int) -> int
 
 def sequence_rng(study_seed: int, replicate: int) -> np.random.Generator:
     """The generator of the order in which person ``replicate`` of a sequence study meets the cases."""
-    return np.random.default_rng(np.random.SeedSequence([int(study_seed), stable_int("sequence-order"), int(replicate)]))
+    return np.random.default_rng(
+        np.random.SeedSequence([int(study_seed), stable_int("sequence-order"), int(replicate)])
+    )
 
 
 def episode_streams(seed: int, case_id: str, n: int = 2) -> list[np.random.Generator]:

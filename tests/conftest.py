@@ -14,7 +14,8 @@ for _p in (_PLUGINS, str(_ROOT)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [_PLUGINS, str(_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    [_PLUGINS, str(_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-
 import torch
 
 from hiseg_sim.data.case import Case
@@ -39,7 +38,7 @@ class EnvStubSegmenter(StubSegmenter):
         pts = [] if coords is None else list(zip(coords[0].tolist(), labels[0].tolist()))
         if box is not None:
             x0, y0, x1, y1 = (int(round(v)) for v in box[0].tolist())
-            region[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
+            region[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
         else:
             pos = [p for p, lab in pts if lab == 1]
             if pos:
@@ -61,6 +60,7 @@ def _disc(arr: np.ndarray, xy, r: int, value: bool) -> None:
     yy, xx = np.ogrid[ys, xs]
     win = arr[ys, xs]
     win[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = value
+
 
 SHAPE = (48, 96, 96)
 SPACING = (1.25, 0.7, 0.7)

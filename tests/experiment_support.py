@@ -75,8 +75,11 @@ class StubBoxAnnotator(Annotator):
 
     def end_case(self, feedback) -> None:
         self.cases_seen += 1
-        self.last_feedback = "none" if feedback is None else (
-            "worked_example" if getattr(feedback, "expert_mask", None) is not None else "score")
+        self.last_feedback = (
+            "none"
+            if feedback is None
+            else ("worked_example" if getattr(feedback, "expert_mask", None) is not None else "score")
+        )
 
     def episode_info(self) -> dict:
         return {"cases_seen": self.cases_seen, "last_feedback": getattr(self, "last_feedback", "none")}
@@ -99,14 +102,35 @@ def stub_episode(env, annotator, *, case_id, seed, feedback="none"):
         done = term or trunc
         p = env.unwrapped.last_prompt
         n_prompts += p is not None
-        trace.append({"step": len(trace) + 1, "action": {"kind": type(a).__name__.lower()}, "prompt": p,
-                      "seconds": info["seconds"], "seconds_total": info["seconds_total"], "dice": info["dice"],
-                      "iou_pred": info["iou_pred"], "invalid_action": info["invalid_action"], "reward": float(reward),
-                      "terminated": bool(term), "truncated": bool(trunc), "perceived_quality": None})
-    summary = {"case_id": case_id, "annotator": annotator.name, "seed": seed, "final_dice": info["dice"],
-               "final_iou": info["dice"] / (2 - info["dice"]), "n_actions": len(trace), "n_prompts": n_prompts,
-               "seconds_total": info["seconds_total"], "accepted": bool(term), "gave_up": False,
-               "cases_seen": annotator.cases_seen}
+        trace.append(
+            {
+                "step": len(trace) + 1,
+                "action": {"kind": type(a).__name__.lower()},
+                "prompt": p,
+                "seconds": info["seconds"],
+                "seconds_total": info["seconds_total"],
+                "dice": info["dice"],
+                "iou_pred": info["iou_pred"],
+                "invalid_action": info["invalid_action"],
+                "reward": float(reward),
+                "terminated": bool(term),
+                "truncated": bool(trunc),
+                "perceived_quality": None,
+            }
+        )
+    summary = {
+        "case_id": case_id,
+        "annotator": annotator.name,
+        "seed": seed,
+        "final_dice": info["dice"],
+        "final_iou": info["dice"] / (2 - info["dice"]),
+        "n_actions": len(trace),
+        "n_prompts": n_prompts,
+        "seconds_total": info["seconds_total"],
+        "accepted": bool(term),
+        "gave_up": False,
+        "cases_seen": annotator.cases_seen,
+    }
     annotator.end_case(None if feedback == "none" else {"dice": info["dice"]})
     return StubResult(trace, summary)
 
@@ -118,8 +142,14 @@ def slow_stub_episode(env, annotator, *, case_id, seed, feedback="none"):
     return stub_episode(env, annotator, case_id=case_id, seed=seed, feedback=feedback)
 
 
-def stub_spec_dict(name: str = "stub_study", n_cases: int = 6, replicates: int = 2, episode_fn: str | None = None,
-                   design: str = "crossed", length: int | None = None) -> dict:
+def stub_spec_dict(
+    name: str = "stub_study",
+    n_cases: int = 6,
+    replicates: int = 2,
+    episode_fn: str | None = None,
+    design: str = "crossed",
+    length: int | None = None,
+) -> dict:
     """A study spec (as parsed TOML) over the synthetic cases with the stub segmenter and annotators."""
     run = {"replicates": replicates, "design": design, "episode_fn": episode_fn or "stub"}
     if length is not None:
@@ -130,8 +160,7 @@ def stub_spec_dict(name: str = "stub_study", n_cases: int = 6, replicates: int =
         "segmenters": {"names": ["stub_env"]},
         "annotators": [
             {"name": "stub_box", "label": "tight", "overrides": {"half_px": [6, 10]}},
-            {"name": "stub_box", "label": "loose",
-             "overrides": {"half_px": [14, 22], "clicks": 2}},
+            {"name": "stub_box", "label": "loose", "overrides": {"half_px": [14, 22], "clicks": 2}},
         ],
         "run": run,
     }

@@ -8,7 +8,6 @@ a disc around the first positive point). Cheap and deterministic.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,7 +33,7 @@ class StubSegmenter(Segmenter):
             region = (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1)
         elif coords is not None and (labels == 1).any():
             cx, cy = coords[0][labels[0] == 1][0].tolist()
-            region = (xx - cx) ** 2 + (yy - cy) ** 2 <= 10 ** 2
+            region = (xx - cx) ** 2 + (yy - cy) ** 2 <= 10**2
         logits = torch.where(region & (img > 0.5), 5.0, -5.0)
         if coords is not None:
             for (cx, cy), lab in zip(coords[0].tolist(), labels[0].tolist()):

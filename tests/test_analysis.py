@@ -23,8 +23,18 @@ def _episodes_and_actions():
     ep c3: box 0.95, accept                                  -> 1 prompt for every level
     """
     spec = {
-        "c1": [("box", True, 0.50, 2.0), ("point", True, 0.82, 4.0), ("point", True, 0.90, 6.0), ("accept", False, 0.90, 7.0)],
-        "c2": [("box", True, 0.70, 3.0), ("point", True, 0.75, 5.0), ("undo", False, 0.70, 6.0), ("accept", False, 0.70, 7.0)],
+        "c1": [
+            ("box", True, 0.50, 2.0),
+            ("point", True, 0.82, 4.0),
+            ("point", True, 0.90, 6.0),
+            ("accept", False, 0.90, 7.0),
+        ],
+        "c2": [
+            ("box", True, 0.70, 3.0),
+            ("point", True, 0.75, 5.0),
+            ("undo", False, 0.70, 6.0),
+            ("accept", False, 0.70, 7.0),
+        ],
         "c3": [("box", True, 0.95, 5.0), ("accept", False, 0.95, 6.0)],
     }
     eps, acts = [], []
@@ -33,11 +43,32 @@ def _episodes_and_actions():
         n = 0
         for i, (kind, is_p, d, t) in enumerate(steps):
             n += is_p
-            acts.append({**key, "step": i + 1, "kind": kind, "is_prompt": is_p, "prompt_index": n, "dice": d,
-                         "seconds_total": t})
-        eps.append({**key, "final_dice": steps[-1][2], "final_iou": steps[-1][2] / (2 - steps[-1][2]),
-                    "seconds_total": steps[-1][3], "n_prompts": n, "accepted": True, "gave_up": False,
-                    "hd95": 1.0, "nsd": 0.9, "size_band": "<6" if cid != "c3" else ">=20", "texture_group": "solid"})
+            acts.append(
+                {
+                    **key,
+                    "step": i + 1,
+                    "kind": kind,
+                    "is_prompt": is_p,
+                    "prompt_index": n,
+                    "dice": d,
+                    "seconds_total": t,
+                }
+            )
+        eps.append(
+            {
+                **key,
+                "final_dice": steps[-1][2],
+                "final_iou": steps[-1][2] / (2 - steps[-1][2]),
+                "seconds_total": steps[-1][3],
+                "n_prompts": n,
+                "accepted": True,
+                "gave_up": False,
+                "hd95": 1.0,
+                "nsd": 0.9,
+                "size_band": "<6" if cid != "c3" else ">=20",
+                "texture_group": "solid",
+            }
+        )
     return pd.DataFrame(eps), pd.DataFrame(acts)
 
 
@@ -53,7 +84,7 @@ def test_noc_and_dice_after_k():
     assert s.loc["noc@80", "noc_mean_reached"] == pytest.approx(1.5)
     _, Mx = M.prompt_dice_matrix(a, e, 4)
     # after the last prompt the accepted (final) mask counts: c2 undid its second prompt
-    np.testing.assert_allclose(Mx, [[0, .5, .82, .9, .9], [0, .7, .75, .7, .7], [0, .95, .95, .95, .95]])
+    np.testing.assert_allclose(Mx, [[0, 0.5, 0.82, 0.9, 0.9], [0, 0.7, 0.75, 0.7, 0.7], [0, 0.95, 0.95, 0.95, 0.95]])
     dk = M.dice_after_k(a, e, (1, 2), n_boot=50).set_index("k")
     assert dk.loc[1, "dice"] == pytest.approx((0.5 + 0.7 + 0.95) / 3)
     reach = M.reach_curve(a, e, 0.85, 4).set_index("k")["share"]
@@ -145,7 +176,7 @@ def test_staple_recovers_the_truth_from_good_and_bad_raters():
     assert fused.shape == truth.shape
     assert C._dice(fused, truth) > 0.98
     assert C._dice(C.fuse_majority(masks), truth) > 0.98
-    np.testing.assert_array_equal(C.fuse_staple(masks[:1]), masks[0])        # k = 1: the mask itself
+    np.testing.assert_array_equal(C.fuse_staple(masks[:1]), masks[0])  # k = 1: the mask itself
     np.testing.assert_array_equal(C.fuse_staple(np.stack([truth, truth])), truth)  # identical raters
     assert not C.fuse_staple(np.zeros((3, 5, 5), bool)).any()
 
@@ -159,9 +190,19 @@ def test_crowd_curve_on_packed_masks():
         cases.append({"case_id": cid, **pack_mask(truth[None], (3, 10, 20), "gt")})
         for w in range(5):  # workers: the truth shifted by a pixel or two, some grown
             m = np.roll(truth, tuple(rng.integers(-2, 3, size=2)), axis=(0, 1))
-            eps.append({"annotator": "crowd", "case_id": cid, "replicate": w, "seconds_total": 10.0 + w,
-                        "score_z0": 3, "score_nz": 1, "size_band": "6-10", "texture_group": "solid",
-                        **pack_mask(m[None], (3, 10, 20))})
+            eps.append(
+                {
+                    "annotator": "crowd",
+                    "case_id": cid,
+                    "replicate": w,
+                    "seconds_total": 10.0 + w,
+                    "score_z0": 3,
+                    "score_nz": 1,
+                    "size_band": "6-10",
+                    "texture_group": "solid",
+                    **pack_mask(m[None], (3, 10, 20)),
+                }
+            )
     e, cs = pd.DataFrame(eps), pd.DataFrame(cases)
     crop, org = unpack_mask(e.iloc[0])
     assert org[0] == 3 and crop.shape[0] == 1
@@ -178,8 +219,9 @@ def test_crowd_curve_on_packed_masks():
 
 
 def test_saturation_on_a_known_curve():
-    curve = pd.DataFrame({"method": "m", "k": np.arange(1, 10),
-                          "dice": [0.60, 0.70, 0.76, 0.79, 0.80, 0.802, 0.803, 0.804, 0.804]})
+    curve = pd.DataFrame(
+        {"method": "m", "k": np.arange(1, 10), "dice": [0.60, 0.70, 0.76, 0.79, 0.80, 0.802, 0.803, 0.804, 0.804]}
+    )
     s = C.saturation_k(curve, "m", share=0.9, min_gain=0.005)
     assert s["k_share"] == 4 and s["k_marginal"] == 5
     assert C.workers_needed(curve.assign(lo=curve["dice"] - 0.05), 0.745, "m", conservative=True) == 5
@@ -194,9 +236,17 @@ def _sequence(gap_at, n_persons=12, length=30, noise=0.01, seed=0):
     for r in range(n_persons):
         diff = rng.uniform(0.6, 0.9, length)  # case difficulty, shared by both arms of person r
         for p in range(length):
-            rows.append({"annotator": "ref", "replicate": r, "position": p, "final_dice": diff[p] + rng.normal(0, noise)})
-            rows.append({"annotator": "learner", "replicate": r, "position": p,
-                         "final_dice": diff[p] - 0.2 * np.exp(-p / tau) + rng.normal(0, noise)})
+            rows.append(
+                {"annotator": "ref", "replicate": r, "position": p, "final_dice": diff[p] + rng.normal(0, noise)}
+            )
+            rows.append(
+                {
+                    "annotator": "learner",
+                    "replicate": r,
+                    "position": p,
+                    "final_dice": diff[p] - 0.2 * np.exp(-p / tau) + rng.normal(0, noise),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -224,8 +274,9 @@ def test_reports_from_stub_runs(tmp_path):
     d = stub_spec_dict(n_cases=4, replicates=4, episode_fn="harness")
     d["study"]["kind"] = "crowd"
     d["analysis"] = {"worker": "loose", "reference": "tight", "ks": [1, 2, 3], "draws": 5, "n_boot": 100}
-    run = run_study(spec_from_dict(d), tmp_path / "crowd", executor="serial", cache_dir=str(tmp_path / "c"),
-                    progress=False)
+    run = run_study(
+        spec_from_dict(d), tmp_path / "crowd", executor="serial", cache_dir=str(tmp_path / "c"), progress=False
+    )
     rep = build_report(run.dir)
     assert rep.md_path.is_file() and rep.html_path.is_file() and all(p.is_file() for p in rep.figures)
     assert set(rep.headline["curve"]) == {"majority", "staple"} and "saturation_staple" in rep.headline
@@ -233,8 +284,9 @@ def test_reports_from_stub_runs(tmp_path):
     assert "Fusing loose masks" in text and "figures/crowd_fusion.png" in text
     d["study"]["kind"] = "groups"
     d["analysis"] = {"reference": "tight", "n_boot": 100}
-    run = run_study(spec_from_dict(d), tmp_path / "groups", executor="serial", cache_dir=str(tmp_path / "c"),
-                    progress=False)
+    run = run_study(
+        spec_from_dict(d), tmp_path / "groups", executor="serial", cache_dir=str(tmp_path / "c"), progress=False
+    )
     rep = build_report(run.dir)
     assert {"tight", "loose"} == set(rep.headline["groups"]) and len(rep.figures) == 4
     assert "<table>" in rep.html_path.read_text()

@@ -19,20 +19,43 @@ import numpy as np
 import pytest
 
 import hiseg_sim  # noqa: F401
-from hiseg_sim.annotators.behaviour import person, execution, judgement, learning, strategy
-from hiseg_sim.annotators.harness import make_env, run_episode
 from hiseg_sim.annotators.base import DelegatingAnnotator, Knowledge, RobotKnowledge
-from hiseg_sim.annotators.registry import available_annotators, build_annotator, ROBOT_NAMES
+from hiseg_sim.annotators.behaviour import execution, judgement, learning, person, strategy
+from hiseg_sim.annotators.harness import make_env, run_episode
+from hiseg_sim.annotators.registry import ROBOT_NAMES, available_annotators, build_annotator
 from hiseg_sim.data.case import Case
 from tests.env_support import EnvStubSegmenter, synthetic_cases
 
 DECISION_MODULES = [person, strategy, execution, judgement, learning]
-FORBIDDEN_ATTRS = {"gt", "_gt_crop", "_gt_full", "_gt_total", "case", "cases", "reader_masks", "volume_hu", "meta",
-                   "unwrapped", "env", "_inter", "_stacks", "key_slice", "gt_slices"}
+FORBIDDEN_ATTRS = {
+    "gt",
+    "_gt_crop",
+    "_gt_full",
+    "_gt_total",
+    "case",
+    "cases",
+    "reader_masks",
+    "volume_hu",
+    "meta",
+    "unwrapped",
+    "env",
+    "_inter",
+    "_stacks",
+    "key_slice",
+    "gt_slices",
+}
 FORBIDDEN_NAMES = {"RobotKnowledge", "gt", "ground_truth"}
-FORBIDDEN_IMPORTS = ("hiseg_sim.annotators.robots.rules", "hiseg_sim.annotators.robots.agents", "hiseg_sim.data",
-                     "hiseg_sim.env.core", "hiseg_sim.env.scoring", "hiseg_sim.annotators.harness", ".robots",
-                     ".robot_agents", "hiseg_sim.metrics")
+FORBIDDEN_IMPORTS = (
+    "hiseg_sim.annotators.robots.rules",
+    "hiseg_sim.annotators.robots.agents",
+    "hiseg_sim.data",
+    "hiseg_sim.env.core",
+    "hiseg_sim.env.scoring",
+    "hiseg_sim.annotators.harness",
+    ".robots",
+    ".robot_agents",
+    "hiseg_sim.metrics",
+)
 
 
 @pytest.mark.parametrize("module", DECISION_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
@@ -44,21 +67,29 @@ def test_decision_code_never_names_the_ground_truth(module):
         elif isinstance(node, ast.Name):
             assert node.id not in FORBIDDEN_NAMES, f"{module.__name__}:{node.lineno} names {node.id}"
         elif isinstance(node, ast.arg):
-            assert node.arg not in FORBIDDEN_NAMES | {"env", "case"}, f"{module.__name__}:{node.lineno} takes {node.arg}"
+            assert node.arg not in FORBIDDEN_NAMES | {"env", "case"}, (
+                f"{module.__name__}:{node.lineno} takes {node.arg}"
+            )
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
             if isinstance(node, ast.ImportFrom) and node.level:
                 names = ["." * node.level + (node.module or "")]
             for n in names:
                 assert not n.startswith(FORBIDDEN_IMPORTS), f"{module.__name__}:{node.lineno} imports {n}"
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "vars", "eval", "exec",
-                                                                             "__import__"):
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
+            "getattr",
+            "vars",
+            "eval",
+            "exec",
+            "__import__",
+        ):
             if node.func.id == "getattr":
                 if isinstance(node.args[0], ast.Name) and node.args[0].id == "self":
                     continue  # a parameter class validating its own fields
                 arg = node.args[1] if len(node.args) > 1 else None
-                assert isinstance(arg, ast.Constant) and arg.value not in FORBIDDEN_ATTRS, \
+                assert isinstance(arg, ast.Constant) and arg.value not in FORBIDDEN_ATTRS, (
                     f"{module.__name__}:{node.lineno} getattr with a dynamic or forbidden name"
+                )
             else:
                 pytest.fail(f"{module.__name__}:{node.lineno} calls {node.func.id}")
 
@@ -122,8 +153,9 @@ def test_same_intent_different_ground_truth_same_actions(stub, name):
     intent[40:44, :] = False
     runs = []
     for env in (env_a, env_b):
-        r = run_episode(env, build_annotator(name), case_id=base.case_id, seed=5, options={"viewport": vp},
-                        intent=intent)
+        r = run_episode(
+            env, build_annotator(name), case_id=base.case_id, seed=5, options={"viewport": vp}, intent=intent
+        )
         runs.append(r)
     keys = ("action", "seconds", "perceived_quality", "invalid_action", "iou_pred")
     seq_a = [{k: t[k] for k in keys} for t in runs[0].trace]

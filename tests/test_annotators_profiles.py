@@ -7,21 +7,41 @@ import warnings
 
 import pytest
 
-from hiseg_sim.annotators.behaviour.person import BehaviourAnnotator
-from hiseg_sim.annotators.behaviour.profiles import SECTIONS, SOURCE_KINDS, ProfileError, apply_overrides, load_profile_file
-from hiseg_sim.annotators.registry import ROBOT_NAMES, available_annotators, build_annotator, load_profile
 from hiseg_sim.annotators.base import Annotator
+from hiseg_sim.annotators.behaviour.person import BehaviourAnnotator
+from hiseg_sim.annotators.behaviour.profiles import (
+    SECTIONS,
+    SOURCE_KINDS,
+    ProfileError,
+    apply_overrides,
+    load_profile_file,
+)
+from hiseg_sim.annotators.registry import ROBOT_NAMES, available_annotators, build_annotator, load_profile
 
-GROUPS = ["non_medical", "non_medical_trained", "crowd_worker", "junior_medical_student", "trainee_resident",
-          "expert_radiologist"]
+GROUPS = [
+    "non_medical",
+    "non_medical_trained",
+    "crowd_worker",
+    "junior_medical_student",
+    "trainee_resident",
+    "expert_radiologist",
+]
 
 
 def test_available_lists_every_group_and_robot():
     names = available_annotators()
     for g in GROUPS:
         assert g in names
-    for r in ("robot_ritm", "robot_microsam", "robot_deepgrow", "robot_sammed3d", "robot_medsegfm",
-              "robot_medsam_box", "robot_sam_box", "auto_box"):
+    for r in (
+        "robot_ritm",
+        "robot_microsam",
+        "robot_deepgrow",
+        "robot_sammed3d",
+        "robot_medsegfm",
+        "robot_medsam_box",
+        "robot_sam_box",
+        "auto_box",
+    ):
         assert r in names and r in ROBOT_NAMES
 
 
@@ -79,21 +99,39 @@ def _expert_text() -> str:
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda t: t.replace("temperature = {value = 0.05,", "temperature = {value = -0.05,"),
-         r"bad\.toml.*\[strategy\].*temperature"),
-        (lambda t: t.replace('source = "assumption: experts choose consistently"', 'source = "I think so"'),
-         r"bad\.toml: strategy\.temperature: source"),
-        (lambda t: t.replace("temperature = {value = 0.05", "temperature = {value = \"hot\""),
-         r"bad\.toml: strategy\.temperature: expected a number"),
+        (
+            lambda t: t.replace("temperature = {value = 0.05,", "temperature = {value = -0.05,"),
+            r"bad\.toml.*\[strategy\].*temperature",
+        ),
+        (
+            lambda t: t.replace('source = "assumption: experts choose consistently"', 'source = "I think so"'),
+            r"bad\.toml: strategy\.temperature: source",
+        ),
+        (
+            lambda t: t.replace("temperature = {value = 0.05", 'temperature = {value = "hot"'),
+            r"bad\.toml: strategy\.temperature: expected a number",
+        ),
         (lambda t: re.sub(r"\nepsilon = .*\n", "\n", t), r"bad\.toml: strategy\.epsilon is missing"),
-        (lambda t: t.replace("[strategy]", "[strategy]\nspeed = {value = 1.0, source = \"assumption: x y z\"}"),
-         r"bad\.toml: unknown key\(s\) \['strategy\.speed'\]"),
-        (lambda t: t.replace("patience = {value = 10,", "patience = {value = 2.5,"),
-         r"bad\.toml: judgement\.patience: expected a whole number"),
-        (lambda t: t.replace("mental_scale = {value = 1.0, source = \"literature: keystroke-level model (Card, Moran "
-                             "& Newell), M = 1.35 s\"}", "mental_scale = {value = 1.0, source = \"literature: KLM\"}"),
-         r"bad\.toml: time\.mental_scale: a literature source must cite"),
-        (lambda t: t.replace("epsilon = {value = 0.02", "epsilon = 0.02 #"), r"bad\.toml: strategy\.epsilon must be a table"),
+        (
+            lambda t: t.replace("[strategy]", '[strategy]\nspeed = {value = 1.0, source = "assumption: x y z"}'),
+            r"bad\.toml: unknown key\(s\) \['strategy\.speed'\]",
+        ),
+        (
+            lambda t: t.replace("patience = {value = 10,", "patience = {value = 2.5,"),
+            r"bad\.toml: judgement\.patience: expected a whole number",
+        ),
+        (
+            lambda t: t.replace(
+                'mental_scale = {value = 1.0, source = "literature: keystroke-level model (Card, Moran '
+                '& Newell), M = 1.35 s"}',
+                'mental_scale = {value = 1.0, source = "literature: KLM"}',
+            ),
+            r"bad\.toml: time\.mental_scale: a literature source must cite",
+        ),
+        (
+            lambda t: t.replace("epsilon = {value = 0.02", "epsilon = 0.02 #"),
+            r"bad\.toml: strategy\.epsilon must be a table",
+        ),
         (lambda t: t + "\n[[oops", r"bad\.toml: not valid TOML"),
     ],
     ids=["bad-value", "bad-source", "wrong-type", "missing", "unknown", "not-int", "uncited", "bare-value", "toml"],
@@ -114,8 +152,10 @@ def test_perception_params_scale_the_expert_fit():
     assert n.p_include_vessel > 0 and e.p_include_vessel == 0
 
 
-@pytest.mark.parametrize("module", ["behaviour.learning", "behaviour.execution", "behaviour.judgement", "registry",
-                                    "behaviour.strategy", "harness"])
+@pytest.mark.parametrize(
+    "module",
+    ["behaviour.learning", "behaviour.execution", "behaviour.judgement", "registry", "behaviour.strategy", "harness"],
+)
 def test_docstring_examples_run(module):
     import doctest
     import importlib

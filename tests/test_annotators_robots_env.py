@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 import hiseg_sim  # noqa: F401
-from hiseg_sim.annotators.robots import rules as R
-from hiseg_sim.annotators.harness import make_env, make_knowledge, run_episode
-from hiseg_sim.seeding import episode_streams as seed_streams
 from hiseg_sim.annotators.base import Knowledge, RobotKnowledge
+from hiseg_sim.annotators.harness import make_env, make_knowledge, run_episode
 from hiseg_sim.annotators.registry import build_annotator
+from hiseg_sim.annotators.robots import rules as R
 from hiseg_sim.env.actions import Accept, BoxAction, PointAction
+from hiseg_sim.seeding import episode_streams as seed_streams
 from tests.env_support import EnvStubSegmenter, synthetic_cases
 
 
@@ -90,10 +90,13 @@ def test_microsam_agent_box_then_pairs(env, cases):
         assert (clicks[i + 1].x, clicks[i + 1].y, clicks[i + 1].positive) == (neg.xy[0], neg.xy[1], False)
 
 
-@pytest.mark.parametrize("name, fn", [
-    ("robot_deepgrow", lambda m, g, rng, prev: R.deepgrow_click(m, g, rng)),
-    ("robot_sammed3d", lambda m, g, rng, prev: R.sammed3d_click(m, g, rng, method="ritm")),
-])
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("robot_deepgrow", lambda m, g, rng, prev: R.deepgrow_click(m, g, rng)),
+        ("robot_sammed3d", lambda m, g, rng, prev: R.sammed3d_click(m, g, rng, method="ritm")),
+    ],
+)
 def test_random_click_robots_replay(env, cases, name, fn):
     agent = build_annotator(name, target_iou=1.01, max_clicks=6)
     gt, steps, _ = _rollout(env, agent, cases[2].case_id, seed=5)
@@ -120,8 +123,12 @@ def test_medsegfm_agent(env, cases):
 def test_box_robots(env, cases):
     cid = cases[0].case_id
     for name, expect in [
-        ("robot_medsam_box", lambda g, rng: R.medsam_box(g, rng, max_shift_px=5, input_size=256, image_size=g.shape[1],
-                                                         clip="litemedsam")),
+        (
+            "robot_medsam_box",
+            lambda g, rng: R.medsam_box(
+                g, rng, max_shift_px=5, input_size=256, image_size=g.shape[1], clip="litemedsam"
+            ),
+        ),
         ("robot_sam_box", lambda g, rng: R.sam_noisy_box(g, rng, image_size=g.shape[1])),
     ]:
         res = run_episode(env, build_annotator(name), case_id=cid, seed=11)
@@ -130,8 +137,9 @@ def test_box_robots(env, cases):
         gt = env.unwrapped._gt_crop[0]
         b = np.clip(expect(gt, rng), 0, gt.shape[1] - 1)
         got = res.trace[0]["action"]
-        assert [got["x0"], got["y0"], got["x1"], got["y1"]] == pytest.approx([min(b[0], b[2]), min(b[1], b[3]),
-                                                                             max(b[0], b[2]), max(b[1], b[3])])
+        assert [got["x0"], got["y0"], got["x1"], got["y1"]] == pytest.approx(
+            [min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])]
+        )
 
 
 def test_auto_box_is_centred_on_a_noisy_detection(env, cases):

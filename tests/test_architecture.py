@@ -102,8 +102,16 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 
 #: The layers, lowest first: a module may import its own layer and those below, never above.
 LAYERS = [
-    {"hiseg_sim.registry", "hiseg_sim.codec", "hiseg_sim.metrics", "hiseg_sim.timing", "hiseg_sim.limits",
-     "hiseg_sim.progress", "hiseg_sim.resources", "hiseg_sim.seeding"},
+    {
+        "hiseg_sim.registry",
+        "hiseg_sim.codec",
+        "hiseg_sim.metrics",
+        "hiseg_sim.timing",
+        "hiseg_sim.limits",
+        "hiseg_sim.progress",
+        "hiseg_sim.resources",
+        "hiseg_sim.seeding",
+    },
     {"hiseg_sim.data"},
     {"hiseg_sim.segmenters"},
     {"hiseg_sim.env"},
@@ -163,7 +171,8 @@ def test_a_plugin_package_adds_an_annotator_and_a_cohort_usable_from_a_spec(tmp_
     cohort; a spec names them and runs, with no change to hiseg-sim."""
     site = tmp_path / "site"
     (site / "acme_nodules").mkdir(parents=True)
-    (site / "acme_nodules" / "__init__.py").write_text(textwrap.dedent('''
+    (site / "acme_nodules" / "__init__.py").write_text(
+        textwrap.dedent('''
         from hiseg_sim.annotators.base import Annotator
         from hiseg_sim.env import Accept, BoxAction
         from tests.env_support import synthetic_cases
@@ -186,14 +195,16 @@ def test_a_plugin_package_adds_an_annotator_and_a_cohort_usable_from_a_spec(tmp_
                 self.t += 1
                 c = obs["image"].shape[-1] // 2
                 return BoxAction(c - self.half, c - self.half, c + self.half, c + self.half) if self.t == 1 else Accept()
-    '''))
+    ''')
+    )
     dist = site / "acme_nodules-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-nodules\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(
         "[hiseg_sim.annotators]\nacme_centre_box = acme_nodules:CentreBox\n\n"
-        "[hiseg_sim.cohorts]\nacme_three = acme_nodules:three_cases\n")
-    script = textwrap.dedent(f'''
+        "[hiseg_sim.cohorts]\nacme_three = acme_nodules:three_cases\n"
+    )
+    script = textwrap.dedent(f"""
         import sys
         sys.path[:0] = [{str(site)!r}, {str(ROOT / "tests" / "plugins")!r}, {str(ROOT)!r}]
         from hiseg_sim.experiments.runner import run_study
@@ -207,7 +218,7 @@ def test_a_plugin_package_adds_an_annotator_and_a_cohort_usable_from_a_spec(tmp_
         }}, "plugin.toml")
         data = run_study(spec, {str(tmp_path / "run")!r}, executor="serial", progress=False)
         print(len(data.episodes), sorted(set(data.episodes["annotator"])), data.episodes["n_prompts"].tolist())
-    ''')
+    """)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == "3 ['acme_centre_box'] [1, 1, 1]"

@@ -32,12 +32,22 @@ def _case(value: float = -700.0) -> Case:
     r2 = gt.copy()
     r2[1, 5, 6] = False
     meta = {
-        "source": "phantom-lidc", "seed": 9623, "texture": 5, "juxtapleural": False, "diameter_mm": 11.44,
-        "lung_hu": -885.8, "split": None, "ratings": {"subtlety": 4.0, "margin": 4.0},
-        "mask_offset_zyx": (1, 33, 32), "anatomy": np.arange(vol.size, dtype=np.uint8).reshape(vol.shape),
+        "source": "phantom-lidc",
+        "seed": 9623,
+        "texture": 5,
+        "juxtapleural": False,
+        "diameter_mm": 11.44,
+        "lung_hu": -885.8,
+        "split": None,
+        "ratings": {"subtlety": 4.0, "margin": 4.0},
+        "mask_offset_zyx": (1, 33, 32),
+        "anatomy": np.arange(vol.size, dtype=np.uint8).reshape(vol.shape),
         "anatomy_codes": {0: "lung", 1: "nodule", 3: "attached_vessel"},
-        "nested": [(1, 2.5), {"a": [None, True]}, ()], "f32": np.float32(0.7), "i64": np.int64(-3),
-        "flag": np.bool_(True), "weird keys": {(1, 2): "tuple key", 2.5: "float key", None: "none"},
+        "nested": [(1, 2.5), {"a": [None, True]}, ()],
+        "f32": np.float32(0.7),
+        "i64": np.int64(-3),
+        "flag": np.bool_(True),
+        "weird keys": {(1, 2): "tuple key", 2.5: "float key", None: "none"},
         "list_of_arrays": [np.array([1.5, 2.5]), np.zeros((2, 0), np.int16)],
     }
     return Case(NODULE, vol, (1.0, 0.7, 0.703125), gt, (gt.copy(), r2), meta)
@@ -141,8 +151,19 @@ def _damage(npz: Path, side: Path, how: str) -> Path:
     return npz
 
 
-@pytest.mark.parametrize("how", ["npz-truncate", "npz-flip", "npz-garbage", "npz-missing", "json-garbage",
-                                 "json-one-digit", "json-other-generator", "json-meta-tampered"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "npz-truncate",
+        "npz-flip",
+        "npz-garbage",
+        "npz-missing",
+        "json-garbage",
+        "json-one-digit",
+        "json-other-generator",
+        "json-meta-tampered",
+    ],
+)
 def test_damaged_entry_is_reported_by_name_removed_and_rebuilt(tmp_path, how):
     build = _Counter()
     first = cached_case(NODULE, SEED, build, tmp_path)

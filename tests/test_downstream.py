@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
+from hiseg_sim.codec import pack_mask
 from hiseg_sim.downstream import labels as L
 from hiseg_sim.downstream.pseudo import confidence_weights, pack_rounds, round_spread, unpack_rounds
 from hiseg_sim.downstream.slices import case_crops, crop_origin, volume_mask_slice
-from hiseg_sim.downstream.study import arm_table, settings_of, _specialist_configs
-from hiseg_sim.downstream.unet import TinyUNet
+from hiseg_sim.downstream.study import _specialist_configs, arm_table, settings_of
 from hiseg_sim.downstream.training import TrainConfig, _loss, augment_batch, dice_scores, shift2d, train_unet
-from hiseg_sim.codec import pack_mask
+from hiseg_sim.downstream.unet import TinyUNet
 from tests.env_support import synthetic_cases
 
 
@@ -22,8 +22,8 @@ from tests.env_support import synthetic_cases
 def test_spread_and_weights_follow_agreement():
     rng = np.random.default_rng(0)
     rounds = rng.random((5, 8, 8)) > 0.5
-    rounds[:, 0, 0] = True          # all agree: in
-    rounds[:, 0, 1] = False         # all agree: out
+    rounds[:, 0, 0] = True  # all agree: in
+    rounds[:, 0, 1] = False  # all agree: out
     p, var = round_spread(rounds)
     w = confidence_weights(var, floor=0.1)
     assert w[0, 0] == w[0, 1] == 1.0
@@ -58,7 +58,7 @@ def test_zero_weight_pixels_do_not_count_in_the_loss():
     w = torch.ones_like(t)
     w[..., :4] = 0.0
     t2 = t.clone()
-    t2[..., :4] = 1.0 - t2[..., :4]   # flip the labels where the weight is 0
+    t2[..., :4] = 1.0 - t2[..., :4]  # flip the labels where the weight is 0
     assert torch.isclose(_loss(logits, t, w), _loss(logits, t2, w))
     assert not torch.isclose(_loss(logits, t, torch.ones_like(t)), _loss(logits, t2, torch.ones_like(t)))
 
@@ -75,8 +75,9 @@ def _discs(n: int, size: int = 32, seed: int = 0):
     return x, y
 
 
-@pytest.mark.parametrize("extra", [{"steps": 20}, {"steps": 40, "prior": True, "jitter_hu": 30.0}],
-                         ids=["plain", "prior+jitter"])
+@pytest.mark.parametrize(
+    "extra", [{"steps": 20}, {"steps": 40, "prior": True, "jitter_hu": 30.0}], ids=["plain", "prior+jitter"]
+)
 def test_training_is_seeded_and_learns_an_easy_task(extra):
     x, y = _discs(12)
     cfg = TrainConfig(batch=6, base=4, shift_px=2, patch_px=32, lr=1e-2, **extra)
@@ -127,23 +128,30 @@ def test_label_sets_from_episode_rows():
         gt = c.gt[c.key_slice]
         grown = np.zeros_like(gt)
         ys, xs = np.nonzero(gt)
-        grown[ys.min() - 2:ys.max() + 3, xs.min() - 2:xs.max() + 3] = True   # an over-segmenting expert
+        grown[ys.min() - 2 : ys.max() + 3, xs.min() - 2 : xs.max() + 3] = True  # an over-segmenting expert
         rows.append(_episode(c, "exp", 0, grown))
-        for r in range(3):                                                   # crowd: two agree, one is empty
+        for r in range(3):  # crowd: two agree, one is empty
             rows.append(_episode(c, "crowd", r, gt if r < 2 else np.zeros_like(gt)))
         # specialist: two rounds that disagree on a band, viewport at (0, 0) of size 96
         r0, r1 = gt.copy(), gt.copy()
-        r1[ys.min():ys.min() + 2] = False
+        r1[ys.min() : ys.min() + 2] = False
         rounds = np.stack([r0, r1])[:, :96, :96]
-        rows.append(_episode(c, "spec", 0, r0, {"sp_rounds": 2, "sp_size": 96, "sp_rounds_bits": pack_rounds(rounds),
-                                                 "sp_vp_y0": 0, "sp_vp_x0": 0}))
+        rows.append(
+            _episode(
+                c,
+                "spec",
+                0,
+                r0,
+                {"sp_rounds": 2, "sp_size": 96, "sp_rounds_bits": pack_rounds(rounds), "sp_vp_y0": 0, "sp_vp_x0": 0},
+            )
+        )
     ep = pd.DataFrame(rows)
     arms = {"gt": None, "expert": "exp", "crowd": "crowd", "specialist": "spec"}
     sets = L.build_label_sets(ep, cases, arms, crowd_k=3, labelled={cases[1].case_id}, weight_floor=0.25)
     assert set(sets) == set(arms)
     for s in sets.values():
         assert s.images.shape == s.targets.shape == s.weights.shape == (2, 96, 96)
-        assert np.array_equal(s.images, sets["gt"].images)      # same pixels for every arm
+        assert np.array_equal(s.images, sets["gt"].images)  # same pixels for every arm
     assert np.array_equal(sets["crowd"].targets, sets["gt"].targets)  # STAPLE outvotes the empty worker
     assert sets["expert"].targets.sum() > sets["gt"].targets.sum()
     w = sets["specialist"].weights
@@ -191,9 +199,9 @@ def test_docstring_examples_run(mod):
 
 def test_label_quality_area_ratio_sees_over_segmentation():
     ref = np.zeros((2, 8, 8), np.float32)
-    ref[:, 2:4, 2:4] = 1.0                       # 4 pixels
+    ref[:, 2:4, 2:4] = 1.0  # 4 pixels
     big = np.zeros_like(ref)
-    big[:, 1:5, 1:5] = 1.0                       # 16 pixels, covering the reference
+    big[:, 1:5, 1:5] = 1.0  # 16 pixels, covering the reference
     mk = lambda name, t: L.LabelSet(name, ["a", "b"], np.zeros_like(ref), t, np.ones_like(ref))  # noqa: E731
     q = L.label_quality({"gt": mk("gt", ref), "big": mk("big", big)}).groupby("arm").mean(numeric_only=True)
     assert q.loc["big", "area_ratio"] == 4.0 and q.loc["gt", "area_ratio"] == 1.0

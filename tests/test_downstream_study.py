@@ -19,8 +19,7 @@ TRAIN = {"steps": 3, "base": 4, "batch": 2, "patch_px": 32}
 
 
 def _spec(cache_dir: str) -> dict:
-    sp = {"cohort": "stub_study_cases", "train": TRAIN, "cache_dir": cache_dir,
-          "rounds": 3}
+    sp = {"cohort": "stub_study_cases", "train": TRAIN, "cache_dir": cache_dir, "rounds": 3}
     return {
         "study": {"name": "ds_stub", "kind": "downstream", "seed": 3},
         "cases": {"source": "stub_study_cases", "kwargs": {"n": 6}},
@@ -33,10 +32,17 @@ def _spec(cache_dir: str) -> dict:
             {"name": "specialist_sam", "label": "sp_n2", "overrides": dict(sp, n_labelled=2)},
         ],
         "run": {"replicates": 1, "executor": "serial"},
-        "analysis": {"seeds": [0], "train_steps": 4, "train": {"base": 4, "batch": 2, "patch_px": 32}, "crowd_k": 2,
-                     "test_cohort": "stub_synthetic_cases", "test_neighbours": 1, "n_boot": 200,
-                     "train_workers": 1,
-                     "arms": {"expert": "exp", "crowd": "crowd", "novice": "novice", "specialist": "sp_n2"}},
+        "analysis": {
+            "seeds": [0],
+            "train_steps": 4,
+            "train": {"base": 4, "batch": 2, "patch_px": 32},
+            "crowd_k": 2,
+            "test_cohort": "stub_synthetic_cases",
+            "test_neighbours": 1,
+            "n_boot": 200,
+            "train_workers": 1,
+            "arms": {"expert": "exp", "crowd": "crowd", "novice": "novice", "specialist": "sp_n2"},
+        },
     }
 
 

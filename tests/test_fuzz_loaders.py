@@ -42,8 +42,13 @@ from tests.test_io import ramp, write_slice
 
 #: ``HISEG_FUZZ_EXAMPLES=2000`` runs a longer, randomized search (default: 40 fixed examples, a few seconds).
 _DEEP = int(os.environ.get("HISEG_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(max_examples=_DEEP or 40, deadline=None, derandomize=not _DEEP, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=_DEEP or 40,
+    deadline=None,
+    derandomize=not _DEEP,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 SERIES_A, SERIES_B = "1.2.826.0.1.3680043.8.498.1001", "1.2.826.0.1.3680043.8.498.2002"
 N_A, N_B = 6, 3
@@ -159,8 +164,12 @@ def test_truncated_slice_is_always_an_error_naming_it(which, keep, suffix):
 
 
 @FUZZ
-@given(a=st.sets(st.integers(0, N_A - 1), min_size=1), b=st.sets(st.integers(0, N_B - 1), min_size=1),
-       pick=st.sampled_from([None, SERIES_A, SERIES_B]), suffix=st.sampled_from(SUFFIXES[:3]))
+@given(
+    a=st.sets(st.integers(0, N_A - 1), min_size=1),
+    b=st.sets(st.integers(0, N_B - 1), min_size=1),
+    pick=st.sampled_from([None, SERIES_A, SERIES_B]),
+    suffix=st.sampled_from(SUFFIXES[:3]),
+)
 def test_mixed_series(a, b, pick, suffix):
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
@@ -239,8 +248,10 @@ def test_truncated_nifti(suffix, keep):
 
 
 @FUZZ
-@given(suffix=st.sampled_from([".nii.gz", ".nii"]), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)),
-                                                                 min_size=1, max_size=4))
+@given(
+    suffix=st.sampled_from([".nii.gz", ".nii"]),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=4),
+)
 def test_garbled_nifti(suffix, flips):
     raw = bytearray(NII[suffix])
     for where, mask in flips:
@@ -252,8 +263,10 @@ def test_garbled_nifti(suffix, flips):
 
 
 @FUZZ
-@given(source=st.sampled_from(["nii", "nii.gz", "dicom", "junk"]), suffix=st.sampled_from(
-    [".nii", ".nii.gz", ".dcm", "", ".mha", ".nrrd", ".png"]))
+@given(
+    source=st.sampled_from(["nii", "nii.gz", "dicom", "junk"]),
+    suffix=st.sampled_from([".nii", ".nii.gz", ".dcm", "", ".mha", ".nrrd", ".png"]),
+)
 def test_wrong_suffixes(source, suffix):
     data = {"nii": NII[".nii"], "nii.gz": NII[".nii.gz"], "dicom": A_FILES[0], "junk": b"\x00\x01junk" * 50}[source]
     with tempfile.TemporaryDirectory() as d:
@@ -270,9 +283,11 @@ def test_wrong_suffixes(source, suffix):
             np.testing.assert_array_equal(vol, ramp(SHAPE_XYZ).transpose(2, 1, 0))
 
 
-@pytest.mark.parametrize("name, data", [("a.nii", NII[".nii.gz"]), ("b.nii.gz", NII[".nii"]),
-                                        ("c.nii.gz", gzip.compress(b"x" * 400)), ("d.nii", b"")],
-                         ids=["gzip-named-nii", "plain-named-gz", "gzip-of-junk", "empty"])
+@pytest.mark.parametrize(
+    "name, data",
+    [("a.nii", NII[".nii.gz"]), ("b.nii.gz", NII[".nii"]), ("c.nii.gz", gzip.compress(b"x" * 400)), ("d.nii", b"")],
+    ids=["gzip-named-nii", "plain-named-gz", "gzip-of-junk", "empty"],
+)
 def test_compression_that_does_not_match_the_suffix(tmp_path, name, data):
     """A NIfTI whose bytes do not match its suffix is an error naming it, never a raw zlib/EOF error."""
     p = tmp_path / name
@@ -293,9 +308,11 @@ def _case() -> Case:
 
 
 @FUZZ
-@given(target=st.sampled_from([".npz", ".json"]), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)),
-                                                                min_size=1, max_size=3),
-       cut=st.none() | st.floats(0, 1, exclude_max=True))
+@given(
+    target=st.sampled_from([".npz", ".json"]),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=3),
+    cut=st.none() | st.floats(0, 1, exclude_max=True),
+)
 def test_damaged_cache_entry_never_returns_another_case(target, flips, cut):
     calls = []
 

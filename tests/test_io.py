@@ -38,9 +38,24 @@ from hiseg_sim.data.io import (
 # ----------------------------------------------------------------------------- DICOM writers
 
 
-def write_slice(path, pixels, z, series_uid, *, study_uid="1.2.3", instance=1, spacing_yx=(0.7, 0.8),
-                slope=1.0, intercept=-1024.0, iop=(1, 0, 0, 0, 1, 0), xy=(-100.0, -120.0), modality="CT",
-                syntax=ExplicitVRLittleEndian, with_position=True, with_pixels=True):
+def write_slice(
+    path,
+    pixels,
+    z,
+    series_uid,
+    *,
+    study_uid="1.2.3",
+    instance=1,
+    spacing_yx=(0.7, 0.8),
+    slope=1.0,
+    intercept=-1024.0,
+    iop=(1, 0, 0, 0, 1, 0),
+    xy=(-100.0, -120.0),
+    modality="CT",
+    syntax=ExplicitVRLittleEndian,
+    with_position=True,
+    with_pixels=True,
+):
     """One CT slice: ``pixels`` int16 ``(rows, columns)`` at patient z = ``z`` mm."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -204,8 +219,9 @@ def truncate(path, keep):
     path.write_bytes(raw[: keep if keep >= 0 else len(raw) + keep])
 
 
-@pytest.mark.parametrize("keep", [-3, -40, 300, 140, 0], ids=["in-pixels", "before-pixels", "in-header",
-                                                             "after-preamble", "empty"])
+@pytest.mark.parametrize(
+    "keep", [-3, -40, 300, 140, 0], ids=["in-pixels", "before-pixels", "in-header", "after-preamble", "empty"]
+)
 def test_truncated_last_slice_is_an_error_naming_the_file(tmp_path, keep):
     files = six_slices(tmp_path)
     truncate(files[-1], keep)
@@ -592,8 +608,17 @@ class FakeLidc:
 
 def fake_nodule(scan, origin, masks, nid="LIDC-IDRI-0001/n1"):
     cons = np.sum(masks, axis=0) * 2 >= len(masks)
-    return SimpleNamespace(nodule_id=nid, scan=scan, reader_masks=tuple(masks), origin_zyx=origin, consensus=cons,
-                           n_readers=len(masks), ratings={"texture": 5.0}, diameter_mm=3.0, spacing_zyx=(2.0, 0.7, 0.8))
+    return SimpleNamespace(
+        nodule_id=nid,
+        scan=scan,
+        reader_masks=tuple(masks),
+        origin_zyx=origin,
+        consensus=cons,
+        n_readers=len(masks),
+        ratings={"texture": 5.0},
+        diameter_mm=3.0,
+        spacing_zyx=(2.0, 0.7, 0.8),
+    )
 
 
 def lidc_setup(tmp_path):
@@ -656,8 +681,14 @@ def test_lidc_with_the_real_database(tmp_path):
     hi = max(n.origin_zyx[0] + n.shape_zyx[0] for n in nodules)
     zs = list(scan.z_positions[lo:hi])
     raw = np.stack([np.full((512, 512), k, np.int16) for k in range(lo, hi)])  # pixel = db z index
-    write_series(tmp_path / "s", raw, zs, series_uid=scan.series_uid, intercept=0.0,
-                 spacing_yx=(scan.pixel_spacing, scan.pixel_spacing))
+    write_series(
+        tmp_path / "s",
+        raw,
+        zs,
+        series_uid=scan.series_uid,
+        intercept=0.0,
+        spacing_yx=(scan.pixel_spacing, scan.pixel_spacing),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cases = list(iter_lidc_dicom(tmp_path, db=db, margin_vox=(1, 4, 4)))

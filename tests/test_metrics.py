@@ -12,8 +12,10 @@ def ball(shape, center, r, spacing=(1, 1, 1)):
 
 
 def test_dice_and_iou_on_hand_made_masks():
-    a = np.zeros((4, 4), bool); a[0, :2] = True            # 2 px
-    b = np.zeros((4, 4), bool); b[0, 1:4] = True           # 3 px, 1 shared
+    a = np.zeros((4, 4), bool)
+    a[0, :2] = True  # 2 px
+    b = np.zeros((4, 4), bool)
+    b[0, 1:4] = True  # 3 px, 1 shared
     assert M.dice(a, b) == pytest.approx(2 * 1 / 5)
     assert M.iou(a, b) == pytest.approx(1 / 4)
 
@@ -21,20 +23,24 @@ def test_dice_and_iou_on_hand_made_masks():
 @pytest.mark.parametrize("fn,both,one", [(M.dice, 1.0, 0.0), (M.iou, 1.0, 0.0), (M.nsd, 1.0, 0.0)])
 def test_empty_policy(fn, both, one):
     e = np.zeros((5, 5), bool)
-    f = e.copy(); f[2, 2] = True
+    f = e.copy()
+    f[2, 2] = True
     assert fn(e, e) == both
     assert fn(e, f) == one and fn(f, e) == one
 
 
 def test_hd95_empty_policy():
-    e = np.zeros((5, 5), bool); f = e.copy(); f[1, 1] = True
+    e = np.zeros((5, 5), bool)
+    f = e.copy()
+    f[1, 1] = True
     assert M.hd95(e, e) == 0.0
     assert math.isnan(M.hd95(e, f))
 
 
 def test_hd95_of_shifted_square_respects_spacing():
-    a = np.zeros((20, 20), bool); a[5:10, 5:10] = True
-    b = np.roll(a, 3, axis=1)                               # shifted 3 px along x
+    a = np.zeros((20, 20), bool)
+    a[5:10, 5:10] = True
+    b = np.roll(a, 3, axis=1)  # shifted 3 px along x
     assert M.hd95(a, b, spacing=(1.0, 1.0)) == pytest.approx(3.0)
     assert M.hd95(a, b, spacing=(1.0, 0.5)) == pytest.approx(1.5)
     assert M.hd95(a, a) == 0.0
@@ -49,13 +55,16 @@ def test_hd95_concentric_balls_3d_anisotropic():
 
 
 def test_nsd_tolerance():
-    a = np.zeros((20, 20), bool); a[5:10, 5:10] = True
+    a = np.zeros((20, 20), bool)
+    a[5:10, 5:10] = True
     b = np.roll(a, 2, axis=1)
     assert M.nsd(a, b, tolerance_mm=0.0) < M.nsd(a, b, tolerance_mm=2.0) == 1.0
 
 
 def test_volume_error_and_shape_checks():
-    a = np.ones((2, 2, 2), bool); b = np.zeros((2, 2, 2), bool); b[0] = True
+    a = np.ones((2, 2, 2), bool)
+    b = np.zeros((2, 2, 2), bool)
+    b[0] = True
     ve = M.volume_error(a, b, spacing=(2, 1, 1))
     assert ve["abs_mm3"] == pytest.approx(8.0) and ve["rel"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="shape"):
@@ -65,12 +74,14 @@ def test_volume_error_and_shape_checks():
 
 
 def test_max_diameter():
-    m = np.zeros((30, 30), bool); m[10, 5:25] = True        # 20 px line
+    m = np.zeros((30, 30), bool)
+    m[10, 5:25] = True  # 20 px line
     assert M.max_diameter_mm(m, (1.0, 0.5)) == pytest.approx(19 * 0.5 + 0.75)
     assert M.max_diameter_mm(np.zeros((3, 3), bool)) == 0.0
 
 
 def test_all_metrics_keys():
-    a = np.zeros((10, 10), bool); a[2:6, 2:6] = True
+    a = np.zeros((10, 10), bool)
+    a[2:6, 2:6] = True
     out = M.all_metrics(a, a, spacing=(1, 1))
     assert out["dice"] == 1.0 and out["hd95"] == 0.0 and out["nsd"] == 1.0 and out["volume_error_mm3"] == 0.0

@@ -17,7 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hiseg_sim import limits, segmenters as S
+from hiseg_sim import limits
+from hiseg_sim import segmenters as S
 from hiseg_sim.segmenters import EmbeddingCache, Prompt, onnx_export, sam_family, threads
 from hiseg_sim.segmenters.prompt_decoder import INPUT_NAMES, PromptDecoder, pack_prompt
 from hiseg_sim.segmenters.sam_family import SamFamilySegmenter, reference_decode
@@ -31,10 +32,16 @@ def _tiny_net(input_size: int, seed: int = 0) -> torch.nn.Module:
     m = import_segment_anything().modeling
     torch.manual_seed(seed)
     net = torch.nn.Module()
-    net.prompt_encoder = m.PromptEncoder(embed_dim=32, image_embedding_size=(64, 64),
-                                         input_image_size=(input_size, input_size), mask_in_chans=16)
-    net.mask_decoder = m.MaskDecoder(num_multimask_outputs=3, transformer_dim=32, iou_head_depth=3, iou_head_hidden_dim=32,
-                                     transformer=m.TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=4))
+    net.prompt_encoder = m.PromptEncoder(
+        embed_dim=32, image_embedding_size=(64, 64), input_image_size=(input_size, input_size), mask_in_chans=16
+    )
+    net.mask_decoder = m.MaskDecoder(
+        num_multimask_outputs=3,
+        transformer_dim=32,
+        iou_head_depth=3,
+        iou_head_hidden_dim=32,
+        transformer=m.TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=4),
+    )
     net.image_encoder = torch.nn.Conv2d(3, 32, kernel_size=input_size // 64, stride=input_size // 64)
     return net.eval()
 
@@ -64,13 +71,20 @@ def _prompts(gt: np.ndarray, mask_logits: np.ndarray | None = None) -> dict[str,
     ys, xs = np.nonzero(gt)
     box = [xs.min() - 1, ys.min() - 1, xs.max() + 1, ys.max() + 1]
     cx, cy = float(xs.mean()), float(ys.mean())
-    out = {"box": Prompt(box=box), "point": Prompt(points=[[cx, cy]], labels=[1]),
-           "points": Prompt(points=[[cx, cy], [cx + 20, cy]], labels=[1, 0]),
-           "box+points": Prompt(box=box, points=[[cx, cy], [cx + 20, cy]], labels=[1, 0])}
+    out = {
+        "box": Prompt(box=box),
+        "point": Prompt(points=[[cx, cy]], labels=[1]),
+        "points": Prompt(points=[[cx, cy], [cx + 20, cy]], labels=[1, 0]),
+        "box+points": Prompt(box=box, points=[[cx, cy], [cx + 20, cy]], labels=[1, 0]),
+    }
     if mask_logits is not None:
-        out.update({"box+mask": Prompt(box=box, mask_logits=mask_logits),
-                    "box+points+mask": Prompt(box=box, points=[[cx, cy]], labels=[1], mask_logits=mask_logits),
-                    "mask": Prompt(mask_logits=mask_logits)})
+        out.update(
+            {
+                "box+mask": Prompt(box=box, mask_logits=mask_logits),
+                "box+points+mask": Prompt(box=box, points=[[cx, cy]], labels=[1], mask_logits=mask_logits),
+                "mask": Prompt(mask_logits=mask_logits),
+            }
+        )
     return out
 
 
@@ -85,8 +99,12 @@ def _parity(seg: SamFamilySegmenter, img: np.ndarray, gt: np.ndarray) -> tuple[f
         a = seg.decode(emb, p)
         seg.set_runtime("onnx")
         b = seg.decode(emb, p)
-        worst = max(worst, float(np.abs(a.logits - b.logits).max()), abs(a.iou_pred - b.iou_pred),
-                    float(np.abs(a.low_res_logits - b.low_res_logits).max()))
+        worst = max(
+            worst,
+            float(np.abs(a.logits - b.logits).max()),
+            abs(a.iou_pred - b.iou_pred),
+            float(np.abs(a.low_res_logits - b.low_res_logits).max()),
+        )
         same += int((a.mask == b.mask).sum())
         total += a.mask.size
     return worst, same / total
@@ -114,7 +132,7 @@ def test_pack_prompt_follows_the_sam_prompt_encoder_layout():
     p = pack_prompt(pts, lab, box, None)
     assert p["point_labels"].tolist() == [[1, 0, 2, 3]] and p["point_coords"][0, 2:].tolist() == [[1, 2], [30, 40]]
     assert p["has_mask_input"].tolist() == [0.0] and p["mask_input"].shape == (1, 1, 256, 256)
-    p = pack_prompt(pts, lab, None, None)           # no box: SAM's padding point (0, 0) with label -1
+    p = pack_prompt(pts, lab, None, None)  # no box: SAM's padding point (0, 0) with label -1
     assert p["point_labels"].tolist() == [[1, 0, -1]] and p["point_coords"][0, -1].tolist() == [0, 0]
     p = pack_prompt(None, None, box, np.ones((256, 256), np.float32))
     assert p["point_labels"].tolist() == [[2, 3]] and p["has_mask_input"].tolist() == [1.0]
@@ -133,15 +151,25 @@ def test_prompt_decoder_reproduces_the_original_modules_tiny(input_size):
     s = input_size / 96
     box, lab = np.array([20, 30, 60, 70], np.float32) * s, np.array([1, 0])
     pts = np.array([[40, 50], [70, 20]], np.float32) * s
-    cases = [(None, None, box, None), (pts, lab, None, None), (pts[:1], lab[:1], box, None), (None, None, box, mask),
-             (pts, lab, box, mask), (None, None, None, mask)]
+    cases = [
+        (None, None, box, None),
+        (pts, lab, None, None),
+        (pts[:1], lab[:1], box, None),
+        (None, None, box, mask),
+        (pts, lab, box, mask),
+        (None, None, None, mask),
+    ]
     with torch.inference_mode():
-        for c, l, b, m in cases:
-            ref, ref_iou = reference_decode(net, emb, None if c is None else torch.from_numpy(c)[None],
-                                            None if l is None else torch.from_numpy(l)[None],
-                                            None if b is None else torch.from_numpy(b)[None],
-                                            None if m is None else torch.from_numpy(m)[None, None])
-            packed = pack_prompt(c, l, b, m)
+        for c, lab, b, m in cases:
+            ref, ref_iou = reference_decode(
+                net,
+                emb,
+                None if c is None else torch.from_numpy(c)[None],
+                None if lab is None else torch.from_numpy(lab)[None],
+                None if b is None else torch.from_numpy(b)[None],
+                None if m is None else torch.from_numpy(m)[None, None],
+            )
+            packed = pack_prompt(c, lab, b, m)
             low, iou = pd(emb, *(torch.from_numpy(packed[k]) for k in INPUT_NAMES[1:]))
             assert float((low - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
             assert float((iou - ref_iou).abs().max()) <= 1e-5 * float(ref_iou.abs().max())
@@ -162,7 +190,7 @@ def test_export_is_cached_and_reused_tiny(tmp_path):
     assert onnx_export.stats["exports"] == before + 1 and a.runtime == "onnx"
     mtime = a.onnx_path.stat().st_mtime_ns
     b = TinySam(onnx_dir=tmp_path)
-    assert onnx_export.stats["exports"] == before + 1          # not exported again
+    assert onnx_export.stats["exports"] == before + 1  # not exported again
     assert b.onnx_path == a.onnx_path and b.onnx_path.stat().st_mtime_ns == mtime
     meta = json.loads(a.onnx_path.with_suffix(".json").read_text())
     assert meta["weights_sha256"] == a.weights_sha256 and meta["max_abs_diff_vs_torch"] < 1e-3
@@ -189,7 +217,7 @@ def test_corrupt_cached_export_is_replaced_tiny(tmp_path, disc_slice, damage):
     assert worst < 1e-3 and same >= 0.999
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        TinySam(onnx_dir=tmp_path)                              # the replacement is good
+        TinySam(onnx_dir=tmp_path)  # the replacement is good
 
 
 def test_embedding_cache_is_shared_across_runtimes_tiny(tmp_path, disc_slice):
@@ -205,12 +233,12 @@ def test_embedding_cache_is_shared_across_runtimes_tiny(tmp_path, disc_slice):
 
 # ---- fallbacks and selection --------------------------------------------------------------------
 def test_missing_onnxruntime_falls_back_to_torch_once_tiny(tmp_path, monkeypatch, disc_slice):
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)       # `import onnxruntime` now raises ImportError
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     with pytest.warns(S.RuntimeFallbackWarning, match="onnxruntime is not importable") as rec:
         seg = TinySam(runtime="onnx", onnx_dir=tmp_path)
     assert len(rec) == 1 and seg.runtime == "torch" and seg.requested_runtime == "onnx"
     with warnings.catch_warnings():
-        warnings.simplefilter("error")                          # one message per process, not per build
+        warnings.simplefilter("error")  # one message per process, not per build
         assert TinySam(runtime="auto", onnx_dir=tmp_path).runtime == "torch"
     img, gt = disc_slice
     assert seg.decode(seg.encode(img), Prompt(box=[27, 37, 53, 63])).mask.shape == gt.shape
@@ -237,7 +265,7 @@ def test_threads_rule_and_ort_sessions_follow_it_tiny(tmp_path, monkeypatch):
     old = torch.get_num_threads()
     monkeypatch.setitem(threads._state, "threads", None)
     try:
-        n = S.set_threads(workers=threads.available_cores())   # as many workers as cores: one thread each
+        n = S.set_threads(workers=threads.available_cores())  # as many workers as cores: one thread each
         assert n == 1 and torch.get_num_threads() == 1 and S.get_threads() == 1
         seg = TinySam(onnx_dir=tmp_path)
         assert seg._ort_decoder.session.get_session_options().intra_op_num_threads == 1
@@ -332,7 +360,7 @@ def test_litemedsam_export_reused_and_encoder_shared(lite_onnx, disc_slice):
     img, _ = disc_slice
     lite_onnx.encode(img)
     again.encode(img)
-    assert again.encoder_calls == 0                             # same key, same embedding
+    assert again.encoder_calls == 0  # same key, same embedding
 
 
 @pytest.mark.integration

@@ -17,9 +17,16 @@ import hiseg_sim  # noqa: F401,E402
 from hiseg_sim.env import Accept, BoxAction, PointAction, Undo  # noqa: E402
 from hiseg_sim.env.observation import draw_prompts  # noqa: E402
 from hiseg_sim.policies import store  # noqa: E402
-from hiseg_sim.policies.demos import ACCEPT_SECONDS, Demos, best_prefix  # noqa: E402
-from hiseg_sim.policies.spaces import (PolicyView, action_from_env, action_to_env, augment, grid_to_px,  # noqa: E402
-                                       observe, px_to_grid)
+from hiseg_sim.policies.demos import ACCEPT_SECONDS, best_prefix  # noqa: E402
+from hiseg_sim.policies.spaces import (  # noqa: E402
+    PolicyView,
+    action_from_env,
+    action_to_env,
+    augment,
+    grid_to_px,
+    observe,
+    px_to_grid,
+)
 from tests.env_support import EnvStubSegmenter, synthetic_cases  # noqa: E402
 from tests.policy_support import one_thread, square_demos  # noqa: E402,F401
 
@@ -105,8 +112,23 @@ def test_what_the_policy_acts_on_never_names_the_ground_truth():
 
     from hiseg_sim.policies import network, spaces
 
-    forbidden = {"gt", "_gt_crop", "_gt_full", "_gt_total", "case", "cases", "reader_masks", "volume_hu",
-                 "unwrapped", "_inter", "_stacks", "key_slice", "gt_slices", "RobotKnowledge", "ground_truth"}
+    forbidden = {
+        "gt",
+        "_gt_crop",
+        "_gt_full",
+        "_gt_total",
+        "case",
+        "cases",
+        "reader_masks",
+        "volume_hu",
+        "unwrapped",
+        "_inter",
+        "_stacks",
+        "key_slice",
+        "gt_slices",
+        "RobotKnowledge",
+        "ground_truth",
+    }
     for obj in (spaces.observe, spaces.action_to_env, store.PolicyAnnotator, network.ScreenCNN):
         for node in ast.walk(ast.parse(inspect.getsource(obj))):
             name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
@@ -120,9 +142,14 @@ def _o(i):
 
 
 def test_best_prefix_cuts_at_the_best_mask_and_accepts():
-    steps = [(_o(0), BoxAction(1, 1, 9, 9), 0.80, 4.0), (_o(1), PointAction(5, 5), 0.70, 3.0),
-             (_o(2), Undo(), 0.80, 1.9), (_o(3), PointAction(6, 6), 0.90, 3.0), (_o(4), PointAction(2, 2), 0.85, 3.0),
-             (_o(5), Accept(), 0.85, 1.55)]
+    steps = [
+        (_o(0), BoxAction(1, 1, 9, 9), 0.80, 4.0),
+        (_o(1), PointAction(5, 5), 0.70, 3.0),
+        (_o(2), Undo(), 0.80, 1.9),
+        (_o(3), PointAction(6, 6), 0.90, 3.0),
+        (_o(4), PointAction(2, 2), 0.85, 3.0),
+        (_o(5), Accept(), 0.85, 1.55),
+    ]
     pairs, best, secs = best_prefix(steps, _o(6))
     assert best == 0.90
     assert [p[0]["tag"] for p in pairs] == [0, 1, 2, 3, 4]  # the accept sees the mask the best step left
@@ -144,13 +171,19 @@ def test_behaviour_cloning_fits_demonstrations(one_thread):
     from hiseg_sim.policies.network import ScreenCNN
 
     demos = square_demos(n=40)
-    space = gym.spaces.Dict({"screen": gym.spaces.Box(0, 255, (5, 32, 32), np.uint8),
-                             "state": gym.spaces.Box(0.0, 1.0, (5,), np.float32)})
+    space = gym.spaces.Dict(
+        {"screen": gym.spaces.Box(0, 255, (5, 32, 32), np.uint8), "state": gym.spaces.Box(0.0, 1.0, (5,), np.float32)}
+    )
     acts = gym.spaces.MultiDiscrete([5, 16, 16, 16, 16])
     torch.manual_seed(0)
-    pol = MultiInputActorCriticPolicy(space, acts, lambda _: 3e-4, net_arch=dict(pi=[64], vf=[64]),
-                                      features_extractor_class=ScreenCNN,
-                                      features_extractor_kwargs=dict(features_dim=32, channels=8))
+    pol = MultiInputActorCriticPolicy(
+        space,
+        acts,
+        lambda _: 3e-4,
+        net_arch=dict(pi=[64], vf=[64]),
+        features_extractor_class=ScreenCNN,
+        features_extractor_kwargs=dict(features_dim=32, channels=8),
+    )
     assert action_mask(demos.action)[:2].tolist() == [[1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
     with torch.no_grad():
         before, _ = pol.predict({"screen": demos.screen, "state": demos.state}, deterministic=True)
@@ -169,9 +202,24 @@ def trained(tmp_path_factory):
     from hiseg_sim.policies.train import TrainConfig, train_policy
 
     root = tmp_path_factory.mktemp("policies")
-    cfg = TrainConfig(name="smoke2d", cohort=CASES, segmenter=STUB, bc_episodes=6, bc_epochs=2, steps=256, n_envs=2,
-                      vec="subproc", n_steps=64, batch_size=64, n_epochs=2, out_root=str(root),
-                      cache_dir=str(root / "emb"), features_dim=32, grid=24, env_kwargs={"viewport_px": 48})
+    cfg = TrainConfig(
+        name="smoke2d",
+        cohort=CASES,
+        segmenter=STUB,
+        bc_episodes=6,
+        bc_epochs=2,
+        steps=256,
+        n_envs=2,
+        vec="subproc",
+        n_steps=64,
+        batch_size=64,
+        n_epochs=2,
+        out_root=str(root),
+        cache_dir=str(root / "emb"),
+        features_dim=32,
+        grid=24,
+        env_kwargs={"viewport_px": 48},
+    )
     card = train_policy(cfg, log=lambda *_: None)
     return root, card
 
@@ -179,8 +227,13 @@ def trained(tmp_path_factory):
 def test_training_saves_policy_card_and_curve(trained):
     root, card = trained
     d = root / "smoke2d"
-    assert sorted(f.name for f in d.iterdir()) == ["model_card.json", "model_card.md", "policy.pt", "training_curve.csv",
-                                                   "training_curve.png"]
+    assert sorted(f.name for f in d.iterdir()) == [
+        "model_card.json",
+        "model_card.md",
+        "policy.pt",
+        "training_curve.csv",
+        "training_curve.png",
+    ]
     assert sorted(f.name for f in (root / "smoke2d_bc").iterdir()) == ["model_card.json", "model_card.md", "policy.pt"]
     saved = json.loads((d / "model_card.json").read_text())
     assert saved["steps"] >= 256 and saved["cohort"] == CASES and saved["seeds"]["train"] == 0
@@ -205,10 +258,20 @@ def test_saved_policy_is_an_annotator_by_name(trained, monkeypatch, one_thread):
     assert {"smoke2d", "smoke2d_bc"} <= set(available_annotators())
     a = build_annotator("smoke2d")
     assert isinstance(a, store.PolicyAnnotator) and not a.reads_ground_truth
-    res = evaluate(a, "hiseg_sim/NoduleSeg2D-v0", synthetic_cases(), seeds=(0,),
-                   env_kwargs=dict(segmenter=EnvStubSegmenter(), **SMALL))
-    again = evaluate(a, "hiseg_sim/NoduleSeg2D-v0", synthetic_cases(), seeds=(0,),
-                     env_kwargs=dict(segmenter=EnvStubSegmenter(), **SMALL))
+    res = evaluate(
+        a,
+        "hiseg_sim/NoduleSeg2D-v0",
+        synthetic_cases(),
+        seeds=(0,),
+        env_kwargs=dict(segmenter=EnvStubSegmenter(), **SMALL),
+    )
+    again = evaluate(
+        a,
+        "hiseg_sim/NoduleSeg2D-v0",
+        synthetic_cases(),
+        seeds=(0,),
+        env_kwargs=dict(segmenter=EnvStubSegmenter(), **SMALL),
+    )
     for r, r2 in zip(res, again):
         assert r.summary["n_actions"] >= 1 and (r.summary["accepted"] or r.summary["truncated"])
         assert [t["action"] for t in r.trace] == [t["action"] for t in r2.trace]  # greedy: deterministic
@@ -254,13 +317,15 @@ def test_runner_runs_a_saved_policy_by_name(trained, monkeypatch, tmp_path, one_
 
     root, _ = trained
     monkeypatch.setattr(store, "policies_dir", lambda: root)
-    spec = spec_from_dict({
-        "study": {"name": "policy_smoke", "seed": 1, "env_kwargs": SMALL},
-        "cases": {"source": "stub_study_cases", "kwargs": {"n": 2}},
-        "segmenters": {"names": [STUB]},
-        "annotators": [{"name": "smoke2d"}, {"name": "stub_box", "label": "stub"}],
-        "run": {"replicates": 1, "executor": "serial"},
-    })
+    spec = spec_from_dict(
+        {
+            "study": {"name": "policy_smoke", "seed": 1, "env_kwargs": SMALL},
+            "cases": {"source": "stub_study_cases", "kwargs": {"n": 2}},
+            "segmenters": {"names": [STUB]},
+            "annotators": [{"name": "smoke2d"}, {"name": "stub_box", "label": "stub"}],
+            "run": {"replicates": 1, "executor": "serial"},
+        }
+    )
     data = run_study(spec, tmp_path / "run", progress=False)
     ep = data.episodes
     assert set(ep["annotator"]) == {"smoke2d", "stub"} and len(ep) == 4
@@ -272,10 +337,35 @@ def test_train_policy_cli_3d(tmp_path):
 
     from hiseg_sim.cli import app
 
-    res = CliRunner().invoke(app, ["train-policy", "smoke3d", "--env", "3d", "--cohort", CASES, "--segmenter", STUB,
-                                   "--steps", "64", "--n-envs", "1", "--vec", "dummy", "--bc-episodes", "0",
-                                   "--n-steps", "32", "--viewport-px", "48", "--grid", "24",
-                                   "--out-root", str(tmp_path)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train-policy",
+            "smoke3d",
+            "--env",
+            "3d",
+            "--cohort",
+            CASES,
+            "--segmenter",
+            STUB,
+            "--steps",
+            "64",
+            "--n-envs",
+            "1",
+            "--vec",
+            "dummy",
+            "--bc-episodes",
+            "0",
+            "--n-steps",
+            "32",
+            "--viewport-px",
+            "48",
+            "--grid",
+            "24",
+            "--out-root",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == 0, res.output
     card = json.loads((tmp_path / "smoke3d" / "model_card.json").read_text())
     assert card["three_d"] and card["env_id"] == "hiseg_sim/NoduleSeg3D-v0" and card["steps"] >= 64
@@ -296,11 +386,25 @@ def _fake_run():
         for r in (0, 1):
             for arm, steps in (("pol", [(5.0, 0.8), (6.5, 0.8)]), ("slow", [(5.0, 0.5), (20.0, 0.9), (21.5, 0.9)])):
                 key = {"segmenter": "s", "annotator": arm, "case_id": c, "replicate": r, "position": 0}
-                eps.append({**key, "final_dice": steps[-1][1], "final_iou": 0.7, "seconds_total": steps[-1][0],
-                            "n_prompts": len(steps) - 1})
+                eps.append(
+                    {
+                        **key,
+                        "final_dice": steps[-1][1],
+                        "final_iou": 0.7,
+                        "seconds_total": steps[-1][0],
+                        "n_prompts": len(steps) - 1,
+                    }
+                )
                 acts += [{**key, "step": i + 1, "seconds_total": t, "dice": d} for i, (t, d) in enumerate(steps)]
-    return type("Run", (), {"episodes": pd.DataFrame(eps), "actions": pd.DataFrame(acts),
-                            "spec": {"name": "fake", "cases": {"cohort": "holdout"}}})()
+    return type(
+        "Run",
+        (),
+        {
+            "episodes": pd.DataFrame(eps),
+            "actions": pd.DataFrame(acts),
+            "spec": {"name": "fake", "cases": {"cohort": "holdout"}},
+        },
+    )()
 
 
 def test_compare_at_equal_time(tmp_path):

@@ -13,11 +13,11 @@ pytest.importorskip("stable_baselines3")
 
 import hiseg_sim  # noqa: F401,E402
 from hiseg_sim.annotators.harness import make_knowledge, run_episode  # noqa: E402
-from hiseg_sim.seeding import episode_streams as seed_streams  # noqa: E402
 from hiseg_sim.annotators.registry import build_annotator  # noqa: E402
 from hiseg_sim.policies import store  # noqa: E402
 from hiseg_sim.policies.intent import PerceivedIntent, intent_channel  # noqa: E402
 from hiseg_sim.policies.spaces import PolicyView, observe  # noqa: E402
+from hiseg_sim.seeding import episode_streams as seed_streams  # noqa: E402
 from tests.env_support import EnvStubSegmenter, synthetic_cases  # noqa: E402
 from tests.policy_support import one_thread  # noqa: E402,F401
 
@@ -36,7 +36,7 @@ def test_best_ordered_pair_is_the_best_ordered_pair():
     for _ in range(50):
         a, b = rng.normal(size=12), rng.normal(size=12)
         i, j = store.best_ordered_pair(a, b)
-        brute = max(((a[p] + b[q], p, q) for p in range(12) for q in range(p + 1, 12)))
+        brute = max((a[p] + b[q], p, q) for p in range(12) for q in range(p + 1, 12))
         assert j >= i + 1 and a[i] + b[j] == pytest.approx(brute[0])
     # corners whose own argmaxes cross (lo at 7, hi at 3) come out ordered, not as a sliver
     lo, hi = np.full(10, -5.0), np.full(10, -5.0)
@@ -73,8 +73,11 @@ def test_policy_with_an_eye_gets_its_intent_from_the_harness(tmp_path, monkeypat
     d = tmp_path / "eye"
     d.mkdir()
     (d / "policy.pt").write_bytes(b"")  # never loaded: a stand-in policy is cached below
-    (d / "model_card.json").write_text(json.dumps({"name": "eye", "grid": 24, "perception": "junior_medical_student",
-                                                   "network": "spatial", "viewport_px": 48}))
+    (d / "model_card.json").write_text(
+        json.dumps(
+            {"name": "eye", "grid": 24, "perception": "junior_medical_student", "network": "spatial", "viewport_px": 48}
+        )
+    )
     seen = []
 
     class Recorder:  # stands in for the loaded SB3 policy
@@ -103,10 +106,25 @@ def test_policy_with_an_eye_gets_its_intent_from_the_harness(tmp_path, monkeypat
 def test_training_with_an_eye_saves_it_in_the_card(tmp_path, one_thread):
     from hiseg_sim.policies.train import TrainConfig, train_policy
 
-    cfg = TrainConfig(name="eye2d", cohort=CASES, segmenter=STUB, perception="junior_medical_student",
-                      bc_annotator="robot_medsam_box", bc_episodes=4, bc_epochs=1, bc_min_dice=0.0, steps=0,
-                      n_envs=1, vec="dummy", out_root=str(tmp_path), cache_dir=str(tmp_path / "emb"), grid=24,
-                      network="spatial", save_bc=False, env_kwargs=SMALL)
+    cfg = TrainConfig(
+        name="eye2d",
+        cohort=CASES,
+        segmenter=STUB,
+        perception="junior_medical_student",
+        bc_annotator="robot_medsam_box",
+        bc_episodes=4,
+        bc_epochs=1,
+        bc_min_dice=0.0,
+        steps=0,
+        n_envs=1,
+        vec="dummy",
+        out_root=str(tmp_path),
+        cache_dir=str(tmp_path / "emb"),
+        grid=24,
+        network="spatial",
+        save_bc=False,
+        env_kwargs=SMALL,
+    )
     card = train_policy(cfg, log=lambda *_: None)
     assert card["perception"] == "junior_medical_student"
     pol, saved = store.load_policy(tmp_path / "eye2d")
@@ -139,8 +157,9 @@ def test_corner_scores_map_back_from_every_symmetry():
 def test_tta_box_of_an_equivariant_reader_is_the_square(tmp_path, monkeypatch):
     """A stand-in policy that reads the box off a bright square (so it is exactly equivariant):
     averaged over the 8 symmetries and mapped back, the scores still peak at the square's box."""
-    import torch
     from types import SimpleNamespace
+
+    import torch
 
     from hiseg_sim.policies.spaces import px_to_grid
 

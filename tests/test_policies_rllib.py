@@ -9,8 +9,13 @@ import pytest
 
 pytest.importorskip("ray.rllib")
 
-CONFIG = {"cases": "stub_synthetic_cases", "segmenter": "stub_env",
-          "viewport_px": 32, "grid": 16, "time_penalty": 0.005}
+CONFIG = {
+    "cases": "stub_synthetic_cases",
+    "segmenter": "stub_env",
+    "viewport_px": 32,
+    "grid": 16,
+    "time_penalty": 0.005,
+}
 
 
 def test_env_creator_flattens_the_policy_view():
@@ -31,8 +36,9 @@ def test_rllib_ppo_builds_and_trains_one_iteration():
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
-        algo = ppo_config(CONFIG, num_env_runners=0, hidden=(16,), train_batch_size=64, minibatch_size=32,
-                          num_epochs=1).build_algo()
+        algo = ppo_config(
+            CONFIG, num_env_runners=0, hidden=(16,), train_batch_size=64, minibatch_size=32, num_epochs=1
+        ).build_algo()
         try:
             res = algo.train()
         finally:

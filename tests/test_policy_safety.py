@@ -21,38 +21,70 @@ import torch  # noqa: E402
 from stable_baselines3.common.policies import BaseModel, MultiInputActorCriticPolicy  # noqa: E402
 
 from hiseg_sim.policies import store  # noqa: E402
-from hiseg_sim.policies.network import (ArchitectureError, ScreenCNN, SpatialActorCriticPolicy,  # noqa: E402
-                                        SpatialScreenNet, build_policy, describe_policy)
+from hiseg_sim.policies.network import (  # noqa: E402
+    ArchitectureError,
+    ScreenCNN,
+    SpatialActorCriticPolicy,
+    SpatialScreenNet,
+    build_policy,
+    describe_policy,
+)
 
-CARD = {"name": "toy", "kind": "behaviour cloning only", "env_id": "hiseg_sim/NoduleSeg2D-v0", "grid": 8,
-        "max_episode_steps": 20, "viewport_px": 16, "cohort": "toy", "segmenter": "stub", "reward": "-", "steps": 0,
-        "seeds": {"train": 0}, "training": {}}
+CARD = {
+    "name": "toy",
+    "kind": "behaviour cloning only",
+    "env_id": "hiseg_sim/NoduleSeg2D-v0",
+    "grid": 8,
+    "max_episode_steps": 20,
+    "viewport_px": 16,
+    "cohort": "toy",
+    "segmenter": "stub",
+    "reward": "-",
+    "steps": 0,
+    "seeds": {"train": 0},
+    "training": {},
+}
 
 
 def _spaces(channels=5, size=16, grid=8):
-    obs = gym.spaces.Dict({"screen": gym.spaces.Box(0, 255, (channels, size, size), np.uint8),
-                           "state": gym.spaces.Box(0.0, 1.0, (5,), np.float32)})
+    obs = gym.spaces.Dict(
+        {
+            "screen": gym.spaces.Box(0, 255, (channels, size, size), np.uint8),
+            "state": gym.spaces.Box(0.0, 1.0, (5,), np.float32),
+        }
+    )
     return obs, gym.spaces.MultiDiscrete([5, grid, grid, grid, grid])
 
 
 def _spatial(grid=8):
     torch.manual_seed(0)
-    return SpatialActorCriticPolicy(*_spaces(grid=grid), lambda _: 1e-3, net_arch=dict(pi=[], vf=[16]),
-                                    features_extractor_class=SpatialScreenNet,
-                                    features_extractor_kwargs=dict(grid=grid, channels=4, position_bias=True))
+    return SpatialActorCriticPolicy(
+        *_spaces(grid=grid),
+        lambda _: 1e-3,
+        net_arch=dict(pi=[], vf=[16]),
+        features_extractor_class=SpatialScreenNet,
+        features_extractor_kwargs=dict(grid=grid, channels=4, position_bias=True),
+    )
 
 
 def _cnn():
     torch.manual_seed(0)
-    return MultiInputActorCriticPolicy(*_spaces(channels=6), lambda _: 1e-3, net_arch=dict(pi=[16], vf=[16]),
-                                       features_extractor_class=ScreenCNN,
-                                       features_extractor_kwargs=dict(features_dim=16, channels=4))
+    return MultiInputActorCriticPolicy(
+        *_spaces(channels=6),
+        lambda _: 1e-3,
+        net_arch=dict(pi=[16], vf=[16]),
+        features_extractor_class=ScreenCNN,
+        features_extractor_kwargs=dict(features_dim=16, channels=4),
+    )
 
 
 def _obs(policy, n=8):
     rng = np.random.default_rng(1)
     c, s, _ = policy.observation_space["screen"].shape
-    return {"screen": rng.integers(0, 256, (n, c, s, s)).astype(np.uint8), "state": rng.random((n, 5)).astype(np.float32)}
+    return {
+        "screen": rng.integers(0, 256, (n, c, s, s)).astype(np.uint8),
+        "state": rng.random((n, 5)).astype(np.float32),
+    }
 
 
 def _outputs(policy, obs):
@@ -135,9 +167,14 @@ def test_annotator_acts_from_the_weights_file(tmp_path, loads_only_weights):
 def test_a_sampled_action_does_not_depend_on_whether_the_weights_were_cached(tmp_path, monkeypatch):
     d = _saved(tmp_path)
     rng = np.random.default_rng(0)
-    obs = {"image": rng.integers(0, 256, (1, 16, 16)).astype(np.uint8), "mask": np.zeros((1, 16, 16), np.uint8),
-           "prompts": np.zeros((3, 16, 16), np.uint8), "iou_pred": np.zeros(1, np.float32),
-           "step": np.zeros(1, np.int64), "seconds": np.zeros(1, np.float32)}
+    obs = {
+        "image": rng.integers(0, 256, (1, 16, 16)).astype(np.uint8),
+        "mask": np.zeros((1, 16, 16), np.uint8),
+        "prompts": np.zeros((3, 16, 16), np.uint8),
+        "iou_pred": np.zeros(1, np.float32),
+        "step": np.zeros(1, np.int64),
+        "seconds": np.zeros(1, np.float32),
+    }
     runs = []
     for preload in (False, True):
         monkeypatch.setattr(store.PolicyAnnotator, "_CACHE", {})
@@ -246,11 +283,19 @@ def test_unexpected_files_are_refused(stray, tmp_path):
     assert msg.startswith(str(d / stray.rstrip("/"))) and "remove it" in msg
 
 
-@pytest.mark.parametrize("field,value", [("policy_class", "os.system"), ("features_extractor", "builtins.eval"),
-                                         ("activation_fn", "Sigmoid"), ("format", 2),
-                                         ("features_extractor_kwargs", {"grid": "8"}),
-                                         ("features_extractor_kwargs", {"hook": "x"}),
-                                         ("net_arch", {"pi": [], "vf": [-1]}), ("module", "os")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("policy_class", "os.system"),
+        ("features_extractor", "builtins.eval"),
+        ("activation_fn", "Sigmoid"),
+        ("format", 2),
+        ("features_extractor_kwargs", {"grid": "8"}),
+        ("features_extractor_kwargs", {"hook": "x"}),
+        ("net_arch", {"pi": [], "vf": [-1]}),
+        ("module", "os"),
+    ],
+)
 def test_a_card_can_name_only_known_classes_and_fields(field, value, tmp_path):
     pol = _spatial()
     arch = {**describe_policy(pol), field: value}
@@ -287,7 +332,12 @@ def test_convert_legacy_policy(tmp_path, capsys):
     with pytest.warns(UserWarning, match="runs any code"):
         res = store.convert_legacy_policy(d, trust_pickle=True)
     assert res["max_abs_diff"] == 0.0 and res["removed"] and res["tensors"] == len(pol.state_dict())
-    assert sorted(f.name for f in d.iterdir()) == ["model_card.json", "model_card.md", "policy.pt", "training_curve.csv"]
+    assert sorted(f.name for f in d.iterdir()) == [
+        "model_card.json",
+        "model_card.md",
+        "policy.pt",
+        "training_curve.csv",
+    ]
     loaded, card = store.load_policy(d)
     obs = _obs(pol)
     assert torch.equal(_outputs(loaded, obs), _outputs(pol, obs))

@@ -94,7 +94,7 @@ def test_ritm_picks_depth_not_size():
 def _ring(gt, margin=3):
     ys, xs = np.nonzero(gt)
     box = np.zeros_like(gt)
-    box[max(ys.min() - margin, 0): ys.max() + 1 + margin, max(xs.min() - margin, 0): xs.max() + 1 + margin] = True
+    box[max(ys.min() - margin, 0) : ys.max() + 1 + margin, max(xs.min() - margin, 0) : xs.max() + 1 + margin] = True
     return box & ~gt
 
 
@@ -324,11 +324,14 @@ def test_medsam_box_shifts_each_side_outward_0_to_20():
     x0, y0, x1, y1 = R.gt_box(gt)
     assert (x0, y0, x1, y1) == (35, 40, 54, 59)
     rng = np.random.default_rng(10)
-    shifts = np.array([
-        np.array([x0, y0, 0, 0]) - R.medsam_box(gt, rng, image_size=1024) * np.array([1, 1, -1, -1])
-        + np.array([0, 0, -x1, -y1])
-        for _ in range(2000)
-    ])
+    shifts = np.array(
+        [
+            np.array([x0, y0, 0, 0])
+            - R.medsam_box(gt, rng, image_size=1024) * np.array([1, 1, -1, -1])
+            + np.array([0, 0, -x1, -y1])
+            for _ in range(2000)
+        ]
+    )
     assert np.all(shifts == np.round(shifts)) and shifts.min() == 0 and shifts.max() == 20
     for k in range(4):
         assert set(np.unique(shifts[:, k])) == set(range(21))

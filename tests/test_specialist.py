@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from hiseg_sim.annotators.harness import make_env, make_knowledge, run_episode
 from hiseg_sim.annotators.base import Knowledge, RobotKnowledge
+from hiseg_sim.annotators.harness import make_env, make_knowledge, run_episode
 from hiseg_sim.annotators.registry import available_annotators, build_annotator
 from hiseg_sim.downstream import specialist as sp
 from hiseg_sim.downstream.pseudo import unpack_rounds
@@ -55,12 +55,12 @@ def test_specialist_refuses_the_holdout():
 
 def test_proposal_prefers_central_component_and_is_never_empty():
     p = np.zeros((40, 40), np.float32)
-    p[18:23, 18:23] = 0.9          # small, central
-    p[0:12, 0:12] = 0.6            # bigger, in the corner, less probable
+    p[18:23, 18:23] = 0.9  # small, central
+    p[0:12, 0:12] = 0.6  # bigger, in the corner, less probable
     m = sp.proposal_mask(p)
     assert m[20, 20] and not m[5, 5]
     weak = np.zeros((40, 40), np.float32)
-    weak[10, 30] = 0.2              # nothing passes 0.5: the peak's component at half its value
+    weak[10, 30] = 0.2  # nothing passes 0.5: the peak's component at half its value
     m2 = sp.proposal_mask(weak)
     assert m2.sum() >= 1 and m2[10, 30]
 
@@ -123,8 +123,9 @@ def test_rounds_one_is_box_only(env):
 
 def test_weights_trained_once_then_loaded_from_disk(tmp_path, monkeypatch):
     cases = list(synthetic_cases())
-    cfg = sp.SpecialistConfig(n_labelled=2, seed=0, cohort="synthetic", neighbours=1,
-                              train=TrainConfig(steps=3, batch=2, base=4, patch_px=32))
+    cfg = sp.SpecialistConfig(
+        n_labelled=2, seed=0, cohort="synthetic", neighbours=1, train=TrainConfig(steps=3, batch=2, base=4, patch_px=32)
+    )
     monkeypatch.setattr(sp, "_NETS", {})
     net = sp.specialist_net(cfg, tmp_path, cases=cases)
     files = list((tmp_path / "specialist").glob("*.pt"))

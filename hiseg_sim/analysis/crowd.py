@@ -27,8 +27,17 @@ from hiseg_sim.analysis.stats import bootstrap_ci
 from hiseg_sim.codec import unpack_mask
 from hiseg_sim.metrics import dice as _dice
 
-__all__ = ["fuse_majority", "fuse_staple", "FUSERS", "case_masks", "crowd_draws", "crowd_curve", "workers_needed",
-           "saturation_k", "single_arm_reference"]
+__all__ = [
+    "fuse_majority",
+    "fuse_staple",
+    "FUSERS",
+    "case_masks",
+    "crowd_draws",
+    "crowd_curve",
+    "workers_needed",
+    "saturation_k",
+    "single_arm_reference",
+]
 
 
 def fuse_majority(masks: np.ndarray) -> np.ndarray:
@@ -72,7 +81,6 @@ def fuse_staple(masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 FUSERS = {"majority": fuse_majority, "staple": fuse_staple}
 
 
-
 def case_masks(episodes: pd.DataFrame, case_row) -> tuple[np.ndarray, np.ndarray]:
     """The masks of ``episodes`` (one case, same scored slab) and the reference, in one frame.
 
@@ -81,7 +89,9 @@ def case_masks(episodes: pd.DataFrame, case_row) -> tuple[np.ndarray, np.ndarray
     """
     z0, nz = int(episodes["score_z0"].iloc[0]), int(episodes["score_nz"].iloc[0])
     if not ((episodes["score_z0"] == z0).all() and (episodes["score_nz"] == nz).all()):
-        raise ValueError(f"case {case_row['case_id']}: episodes scored on different slabs; fuse 2-D episodes of one env")
+        raise ValueError(
+            f"case {case_row['case_id']}: episodes scored on different slabs; fuse 2-D episodes of one env"
+        )
     crops = [unpack_mask(r) for _, r in episodes.iterrows()]
     gt_crop, gt_org = unpack_mask(case_row, "gt")
     # the reference on the scored slab
@@ -97,21 +107,32 @@ def case_masks(episodes: pd.DataFrame, case_row) -> tuple[np.ndarray, np.ndarray
     for i, (c, org) in enumerate(crops):
         if c.size:
             a = np.asarray(org) - lo
-            frame[i, a[0]:a[0] + c.shape[0], a[1]:a[1] + c.shape[1], a[2]:a[2] + c.shape[2]] = c
+            frame[i, a[0] : a[0] + c.shape[0], a[1] : a[1] + c.shape[1], a[2] : a[2] + c.shape[2]] = c
     ref = np.zeros(shape, bool)
     if ref_crop.size:
         a = np.asarray(ref_org) - lo
-        ref[a[0]:a[0] + ref_crop.shape[0], a[1]:a[1] + ref_crop.shape[1], a[2]:a[2] + ref_crop.shape[2]] = ref_crop
+        ref[a[0] : a[0] + ref_crop.shape[0], a[1] : a[1] + ref_crop.shape[1], a[2] : a[2] + ref_crop.shape[2]] = (
+            ref_crop
+        )
     return frame, ref
 
 
-def crowd_draws(episodes: pd.DataFrame, cases: pd.DataFrame, worker: str, ks: Sequence[int] = range(1, 10),
-                methods: Sequence[str] = ("majority", "staple"), draws: int = 30, seed: int = 0,
-                arm_col: str = "annotator") -> pd.DataFrame:
+def crowd_draws(
+    episodes: pd.DataFrame,
+    cases: pd.DataFrame,
+    worker: str,
+    ks: Sequence[int] = range(1, 10),
+    methods: Sequence[str] = ("majority", "staple"),
+    draws: int = 30,
+    seed: int = 0,
+    arm_col: str = "annotator",
+    progress: bool = False,
+) -> pd.DataFrame:
     """Every fused draw: columns ``case_id, k, draw, method, dice, seconds`` (plus size band / texture).
 
     For each case the pool is that case's episodes of arm ``worker``; for each ``k`` up to the
     pool size, ``draws`` subsets of k workers (all of them once when k equals the pool).
+    ``progress``: a bar over nodules on stderr (STAPLE on every draw takes minutes on a large pool).
     """
     for m in methods:
         if m not in FUSERS:
@@ -122,7 +143,11 @@ def crowd_draws(episodes: pd.DataFrame, cases: pd.DataFrame, worker: str, ks: Se
     case_rows = cases.set_index("case_id")
     rng = np.random.default_rng(seed)
     rows = []
-    for cid, pool in pool_all.groupby("case_id", sort=True):
+    from hiseg_sim.progress import progress_iter
+
+    by_case = pool_all.groupby("case_id", sort=True)
+    for cid, pool in progress_iter(by_case, desc=f"fusing {worker} masks", total=by_case.ngroups,
+                                   enabled=progress, unit="nodule"):
         pool = pool.sort_values("replicate")
         masks, ref = case_masks(pool, {**case_rows.loc[cid].to_dict(), "case_id": cid})
         secs = pool["seconds_total"].to_numpy(dtype=float)
@@ -136,8 +161,17 @@ def crowd_draws(episodes: pd.DataFrame, cases: pd.DataFrame, worker: str, ks: Se
                 pick = np.sort(rng.choice(W, size=k, replace=False))
                 for m in methods:
                     fused = FUSERS[m](masks[pick])
-                    rows.append({"case_id": cid, "k": int(k), "draw": d, "method": m, "dice": _dice(fused, ref),
-                                 "seconds": float(secs[pick].sum()), **meta})
+                    rows.append(
+                        {
+                            "case_id": cid,
+                            "k": int(k),
+                            "draw": d,
+                            "method": m,
+                            "dice": _dice(fused, ref),
+                            "seconds": float(secs[pick].sum()),
+                            **meta,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -151,12 +185,23 @@ def crowd_curve(draws: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.Da
     rows = []
     for (m, k), g in per_case.groupby(["method", "k"], sort=True):
         est, lo, hi = bootstrap_ci(g["dice"], g["case_id"], n_boot, seed=seed)
-        rows.append({"method": m, "k": int(k), "dice": est, "lo": lo, "hi": hi, "seconds": float(g["seconds"].mean()),
-                     "cases": int(g["case_id"].nunique())})
+        rows.append(
+            {
+                "method": m,
+                "k": int(k),
+                "dice": est,
+                "lo": lo,
+                "hi": hi,
+                "seconds": float(g["seconds"].mean()),
+                "cases": int(g["case_id"].nunique()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def workers_needed(curve: pd.DataFrame, target: float, method: str = "staple", conservative: bool = False) -> int | None:
+def workers_needed(
+    curve: pd.DataFrame, target: float, method: str = "staple", conservative: bool = False
+) -> int | None:
     """The smallest k whose expected Dice (or, ``conservative``, its lower 95 % bound) is >= ``target``;
     ``None`` if no k in the curve gets there."""
     c = curve[curve["method"] == method].sort_values("k")
@@ -178,8 +223,14 @@ def saturation_k(curve: pd.DataFrame, method: str = "staple", share: float = 0.9
     c = curve[curve["method"] == method].sort_values("k")
     ks, d = c["k"].to_numpy(), c["dice"].to_numpy()
     if len(ks) == 0:
-        return {"k_share": None, "k_marginal": None, "gain_total": float("nan"), "dice_k1": float("nan"),
-                "dice_kmax": float("nan"), "k_max": None}
+        return {
+            "k_share": None,
+            "k_marginal": None,
+            "gain_total": float("nan"),
+            "dice_k1": float("nan"),
+            "dice_kmax": float("nan"),
+            "k_max": None,
+        }
     gain = d[-1] - d[0]
     k_share = int(ks[np.argmax(d - d[0] >= share * gain)]) if gain > 0 else int(ks[0])
     steps = np.diff(d) / np.maximum(np.diff(ks), 1)
@@ -188,17 +239,30 @@ def saturation_k(curve: pd.DataFrame, method: str = "staple", share: float = 0.9
         if (steps[i:] < min_gain).all():
             k_marg = int(ks[i])
             break
-    return {"k_share": k_share, "k_marginal": k_marg, "gain_total": float(gain), "dice_k1": float(d[0]),
-            "dice_kmax": float(d[-1]), "k_max": int(ks[-1])}
+    return {
+        "k_share": k_share,
+        "k_marginal": k_marg,
+        "gain_total": float(gain),
+        "dice_k1": float(d[0]),
+        "dice_kmax": float(d[-1]),
+        "k_max": int(ks[-1]),
+    }
 
 
-def single_arm_reference(episodes: pd.DataFrame, arm: str, n_boot: int = 1000, seed: int = 0,
-                         arm_col: str = "annotator") -> dict:
+def single_arm_reference(
+    episodes: pd.DataFrame, arm: str, n_boot: int = 1000, seed: int = 0, arm_col: str = "annotator"
+) -> dict:
     """Mean Dice (95 % CI over cases) and mean seconds of one arm (e.g. one expert per nodule)."""
     g = episodes[episodes[arm_col] == arm]
     if g.empty:
         raise ValueError(f"no episodes of arm {arm!r}")
     per_case = g.groupby("case_id", as_index=False)[["final_dice", "seconds_total"]].mean()
     est, lo, hi = bootstrap_ci(per_case["final_dice"], per_case["case_id"], n_boot, seed=seed)
-    return {"arm": arm, "dice": est, "lo": lo, "hi": hi, "seconds": float(per_case["seconds_total"].mean()),
-            "cases": int(len(per_case))}
+    return {
+        "arm": arm,
+        "dice": est,
+        "lo": lo,
+        "hi": hi,
+        "seconds": float(per_case["seconds_total"].mean()),
+        "cases": int(len(per_case)),
+    }

@@ -38,9 +38,20 @@ import pandas as pd
 from hiseg_sim.analysis.stats import bootstrap_ci
 
 __all__ = [
-    "SIZE_BANDS", "TEXTURE_GROUPS", "EPISODE_KEYS", "group_summary", "strata_table", "prompt_dice_matrix",
-    "dice_after_k", "noc_table", "noc_summary", "reach_curve", "dice_time_matrix", "dice_time_curves",
-    "time_to_threshold", "time_summary",
+    "SIZE_BANDS",
+    "TEXTURE_GROUPS",
+    "EPISODE_KEYS",
+    "group_summary",
+    "strata_table",
+    "prompt_dice_matrix",
+    "dice_after_k",
+    "noc_table",
+    "noc_summary",
+    "reach_curve",
+    "dice_time_matrix",
+    "dice_time_curves",
+    "time_to_threshold",
+    "time_summary",
 ]
 
 SIZE_BANDS = ("<6", "6-10", "10-20", ">=20")
@@ -64,8 +75,13 @@ def _as_list(by) -> list[str]:
 
 
 # ---- quality and effort per group ---------------------------------------------------------------
-def group_summary(episodes: pd.DataFrame, by: str | Sequence[str] = "annotator", n_boot: int = 2000,
-                  seed: int = 0, cluster: str = "case_id") -> pd.DataFrame:
+def group_summary(
+    episodes: pd.DataFrame,
+    by: str | Sequence[str] = "annotator",
+    n_boot: int = 2000,
+    seed: int = 0,
+    cluster: str = "case_id",
+) -> pd.DataFrame:
     """One row per group: episodes, Dice (mean, 95 % CI, median), IoU, HD95 (median; NaN count),
     NSD, seconds (mean, CI, median), prompts, share accepted / given up.
 
@@ -79,22 +95,36 @@ def group_summary(episodes: pd.DataFrame, by: str | Sequence[str] = "annotator",
         d, dlo, dhi = bootstrap_ci(g["final_dice"], g[cluster], n_boot, seed=seed)
         s, slo, shi = bootstrap_ci(g["seconds_total"], g[cluster], n_boot, seed=seed)
         row = dict(zip(by, key))
-        row.update(n=len(g), cases=g[cluster].nunique(), dice=d, dice_lo=dlo, dice_hi=dhi,
-                   dice_median=float(g["final_dice"].median()),
-                   iou=float(g["final_iou"].mean()) if "final_iou" in g else float("nan"),
-                   hd95_median=float(g["hd95"].median()) if "hd95" in g else float("nan"),
-                   hd95_undefined=int(g["hd95"].isna().sum()) if "hd95" in g else 0,
-                   nsd=float(g["nsd"].mean()) if "nsd" in g else float("nan"),
-                   seconds=s, seconds_lo=slo, seconds_hi=shi, seconds_median=float(g["seconds_total"].median()),
-                   prompts=float(g["n_prompts"].mean()),
-                   accepted=float(g["accepted"].mean()) if "accepted" in g else float("nan"),
-                   gave_up=float(g["gave_up"].mean()) if "gave_up" in g else float("nan"))
+        row.update(
+            n=len(g),
+            cases=g[cluster].nunique(),
+            dice=d,
+            dice_lo=dlo,
+            dice_hi=dhi,
+            dice_median=float(g["final_dice"].median()),
+            iou=float(g["final_iou"].mean()) if "final_iou" in g else float("nan"),
+            hd95_median=float(g["hd95"].median()) if "hd95" in g else float("nan"),
+            hd95_undefined=int(g["hd95"].isna().sum()) if "hd95" in g else 0,
+            nsd=float(g["nsd"].mean()) if "nsd" in g else float("nan"),
+            seconds=s,
+            seconds_lo=slo,
+            seconds_hi=shi,
+            seconds_median=float(g["seconds_total"].median()),
+            prompts=float(g["n_prompts"].mean()),
+            accepted=float(g["accepted"].mean()) if "accepted" in g else float("nan"),
+            gave_up=float(g["gave_up"].mean()) if "gave_up" in g else float("nan"),
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def strata_table(episodes: pd.DataFrame, value: str = "final_dice", group: str = "annotator",
-                 strata: str = "size_band", agg: str = "mean") -> pd.DataFrame:
+def strata_table(
+    episodes: pd.DataFrame,
+    value: str = "final_dice",
+    group: str = "annotator",
+    strata: str = "size_band",
+    agg: str = "mean",
+) -> pd.DataFrame:
     """``group`` x ``strata`` table of ``value`` (mean or median); strata in their natural order,
     plus an ``n`` row of episodes per stratum."""
     order = {"size_band": SIZE_BANDS, "texture_group": TEXTURE_GROUPS}.get(strata)
@@ -107,8 +137,9 @@ def strata_table(episodes: pd.DataFrame, value: str = "final_dice", group: str =
 
 
 # ---- prompts -------------------------------------------------------------------------------------
-def prompt_dice_matrix(actions: pd.DataFrame, episodes: pd.DataFrame, max_prompts: int = 20,
-                       metric: str = "dice") -> tuple[pd.DataFrame, np.ndarray]:
+def prompt_dice_matrix(
+    actions: pd.DataFrame, episodes: pd.DataFrame, max_prompts: int = 20, metric: str = "dice"
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Per episode, the Dice after k = 0 … ``max_prompts`` prompts (see the module docstring).
 
     Returns ``(index, M)``: ``index`` the episodes' key columns (in ``episodes`` order) and ``M``
@@ -138,8 +169,14 @@ def prompt_dice_matrix(actions: pd.DataFrame, episodes: pd.DataFrame, max_prompt
     return idx, M
 
 
-def dice_after_k(actions: pd.DataFrame, episodes: pd.DataFrame, ks: Sequence[int] = (1, 2, 3, 5, 10),
-                 by: str | Sequence[str] = "annotator", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def dice_after_k(
+    actions: pd.DataFrame,
+    episodes: pd.DataFrame,
+    ks: Sequence[int] = (1, 2, 3, 5, 10),
+    by: str | Sequence[str] = "annotator",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Mean Dice after k prompts per group, with 95 % CIs: columns ``k, dice, lo, hi`` plus ``by``."""
     idx, M = prompt_dice_matrix(actions, episodes, max(ks))
     by = _as_list(by)
@@ -152,8 +189,13 @@ def dice_after_k(actions: pd.DataFrame, episodes: pd.DataFrame, ks: Sequence[int
     return pd.DataFrame(rows)
 
 
-def noc_table(actions: pd.DataFrame, episodes: pd.DataFrame, thresholds: Sequence[float] = (0.80, 0.85, 0.90),
-              max_prompts: int = 20, metric: str = "dice") -> pd.DataFrame:
+def noc_table(
+    actions: pd.DataFrame,
+    episodes: pd.DataFrame,
+    thresholds: Sequence[float] = (0.80, 0.85, 0.90),
+    max_prompts: int = 20,
+    metric: str = "dice",
+) -> pd.DataFrame:
     """Per episode: its keys and ``noc@80`` … (prompts to reach each threshold; NaN = never)."""
     idx, M = prompt_dice_matrix(actions, episodes, max_prompts, metric)
     keep = _keys(episodes) + [c for c in _GROUPING if c in idx.columns]
@@ -165,8 +207,9 @@ def noc_table(actions: pd.DataFrame, episodes: pd.DataFrame, thresholds: Sequenc
     return out
 
 
-def noc_summary(noc: pd.DataFrame, by: str | Sequence[str] = "annotator", max_prompts: int = 20,
-                n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def noc_summary(
+    noc: pd.DataFrame, by: str | Sequence[str] = "annotator", max_prompts: int = 20, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
     """Per group and threshold: ``noc_mean`` (never = ``max_prompts``, RITM), its CI,
     ``noc_mean_reached``, ``never`` (count) and ``never_share``."""
     by = _as_list(by)
@@ -178,14 +221,29 @@ def noc_summary(noc: pd.DataFrame, by: str | Sequence[str] = "annotator", max_pr
             v = g[c].to_numpy(dtype=float)
             ritm = np.where(np.isnan(v), max_prompts, v)
             est, lo, hi = bootstrap_ci(ritm, g["case_id"], n_boot, seed=seed)
-            rows.append({**dict(zip(by, key)), "threshold": c, "noc_mean": est, "lo": lo, "hi": hi,
-                         "noc_mean_reached": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
-                         "never": int(np.isnan(v).sum()), "never_share": float(np.isnan(v).mean()), "n": len(v)})
+            rows.append(
+                {
+                    **dict(zip(by, key)),
+                    "threshold": c,
+                    "noc_mean": est,
+                    "lo": lo,
+                    "hi": hi,
+                    "noc_mean_reached": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
+                    "never": int(np.isnan(v).sum()),
+                    "never_share": float(np.isnan(v).mean()),
+                    "n": len(v),
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def reach_curve(actions: pd.DataFrame, episodes: pd.DataFrame, threshold: float = 0.85, max_prompts: int = 20,
-                by: str | Sequence[str] = "annotator") -> pd.DataFrame:
+def reach_curve(
+    actions: pd.DataFrame,
+    episodes: pd.DataFrame,
+    threshold: float = 0.85,
+    max_prompts: int = 20,
+    by: str | Sequence[str] = "annotator",
+) -> pd.DataFrame:
     """Share of episodes whose Dice after k prompts is >= ``threshold``, k = 0 … ``max_prompts``
     (the NoC curve): columns ``k, share`` plus ``by``."""
     idx, M = prompt_dice_matrix(actions, episodes, max_prompts)
@@ -211,7 +269,9 @@ def _episode_time_series(actions: pd.DataFrame, idx: pd.DataFrame, keys: list[st
             yield i, g["seconds_total"].to_numpy(dtype=float), g["dice"].to_numpy(dtype=float)
 
 
-def dice_time_matrix(actions: pd.DataFrame, episodes: pd.DataFrame, grid: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+def dice_time_matrix(
+    actions: pd.DataFrame, episodes: pd.DataFrame, grid: np.ndarray
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Per episode the Dice-time step function on ``grid`` (seconds): ``(index, M)`` with ``M``
     ``(n_episodes, len(grid))``."""
     keys = _keys(episodes)
@@ -224,15 +284,24 @@ def dice_time_matrix(actions: pd.DataFrame, episodes: pd.DataFrame, grid: np.nda
     return idx, M
 
 
-def dice_time_curves(actions: pd.DataFrame, episodes: pd.DataFrame, by: str | Sequence[str] = "annotator",
-                     horizon: float | None = None, n_grid: int = 121, n_boot: int = 300, seed: int = 0) -> pd.DataFrame:
+def dice_time_curves(
+    actions: pd.DataFrame,
+    episodes: pd.DataFrame,
+    by: str | Sequence[str] = "annotator",
+    horizon: float | None = None,
+    n_grid: int = 121,
+    n_boot: int = 300,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Mean Dice against simulated seconds per group, with a 95 % band (cluster bootstrap over cases).
 
-    Columns ``t, dice, lo, hi`` plus ``by``. ``horizon`` defaults to the 95th percentile of
-    episode durations (curves are flat after an episode ends).
+    Columns ``t, dice, lo, hi`` plus ``by``. ``horizon`` defaults to the longest episode, so at the
+    last grid point every episode has ended and each group's curve equals its mean final Dice (an
+    episode's Dice stays at its final value after it ends). A shorter horizon cuts the curves while
+    some episodes are still under way: their end is then not the final Dice.
     """
     if horizon is None:
-        horizon = float(np.nanpercentile(episodes["seconds_total"], 95)) if len(episodes) else 1.0
+        horizon = float(np.nanmax(episodes["seconds_total"])) if len(episodes) else 1.0
     grid = np.linspace(0.0, max(horizon, 1e-6), n_grid)
     idx, M = dice_time_matrix(actions, episodes, grid)
     by = _as_list(by)
@@ -253,13 +322,20 @@ def dice_time_curves(actions: pd.DataFrame, episodes: pd.DataFrame, by: str | Se
             lo, hi = np.quantile(boot, [0.025, 0.975], axis=0)
         else:
             lo = hi = np.full(grid.size, np.nan)
-        rows.append(pd.DataFrame({**{b: [kv] * grid.size for b, kv in zip(by, key)}, "t": grid, "dice": mean,
-                                  "lo": lo, "hi": hi}))
+        rows.append(
+            pd.DataFrame(
+                {**{b: [kv] * grid.size for b, kv in zip(by, key)}, "t": grid, "dice": mean, "lo": lo, "hi": hi}
+            )
+        )
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
-def time_to_threshold(actions: pd.DataFrame, episodes: pd.DataFrame, thresholds: Sequence[float] = (0.80, 0.85, 0.90),
-                      horizon: float | None = None) -> pd.DataFrame:
+def time_to_threshold(
+    actions: pd.DataFrame,
+    episodes: pd.DataFrame,
+    thresholds: Sequence[float] = (0.80, 0.85, 0.90),
+    horizon: float | None = None,
+) -> pd.DataFrame:
     """Per episode: its columns, ``t@80`` … (simulated seconds until the Dice first reaches the
     threshold; NaN = never) and ``auc`` (mean Dice over ``[0, horizon]``; ``horizon`` defaults to
     the longest episode, so every group is scored over the same window)."""
@@ -284,7 +360,9 @@ def time_to_threshold(actions: pd.DataFrame, episodes: pd.DataFrame, thresholds:
     return idx
 
 
-def time_summary(ttt: pd.DataFrame, by: str | Sequence[str] = "annotator", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def time_summary(
+    ttt: pd.DataFrame, by: str | Sequence[str] = "annotator", n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
     """Per group: median time to each threshold among episodes that reach it, the share that
     reach it, and the mean AUC with its CI."""
     by = _as_list(by)
@@ -301,4 +379,3 @@ def time_summary(ttt: pd.DataFrame, by: str | Sequence[str] = "annotator", n_boo
         row.update(auc=est, auc_lo=lo, auc_hi=hi)
         rows.append(row)
     return pd.DataFrame(rows)
-

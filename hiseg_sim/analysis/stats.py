@@ -44,12 +44,13 @@ def cluster_means_boot(values, clusters=None, n_boot: int = 2000, seed: int = 0)
     chunk = max(1, int(2_000_000 // n_c))
     for s in range(0, int(n_boot), chunk):
         idx = rng.integers(0, n_c, size=(min(chunk, int(n_boot) - s), n_c))
-        draws[s:s + idx.shape[0]] = sums[idx].sum(1) / counts[idx].sum(1)
+        draws[s : s + idx.shape[0]] = sums[idx].sum(1) / counts[idx].sum(1)
     return est, draws
 
 
-def bootstrap_ci(values, clusters=None, n_boot: int = 2000, level: float = 0.95, seed: int = 0
-                 ) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values, clusters=None, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """``(mean, lo, hi)``: the mean and its percentile bootstrap interval (resampling ``clusters``).
 
     Args:
@@ -69,9 +70,18 @@ def bootstrap_ci(values, clusters=None, n_boot: int = 2000, level: float = 0.95,
     return est, float(lo), float(hi)
 
 
-def paired_bootstrap(df: pd.DataFrame, value: str, arm_col: str, a: str, b: str,
-                     pair_on: Sequence[str] = ("case_id", "replicate"), cluster: str = "case_id",
-                     n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+def paired_bootstrap(
+    df: pd.DataFrame,
+    value: str,
+    arm_col: str,
+    a: str,
+    b: str,
+    pair_on: Sequence[str] = ("case_id", "replicate"),
+    cluster: str = "case_id",
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict:
     """Mean of ``value[a] - value[b]`` over pairs matched on ``pair_on``, with a cluster-bootstrap interval.
 
     Pairs are the rows of arms ``a`` and ``b`` with the same ``pair_on`` key (e.g. the same case
@@ -88,8 +98,15 @@ def paired_bootstrap(df: pd.DataFrame, value: str, arm_col: str, a: str, b: str,
     wb = df[df[arm_col] == b].set_index(keys)[value]
     both = pd.concat([wa.rename("a"), wb.rename("b")], axis=1, join="inner").dropna()
     if both.empty:
-        return {"a": a, "b": b, "diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "n_pairs": 0,
-                "p_boot": float("nan")}
+        return {
+            "a": a,
+            "b": b,
+            "diff": float("nan"),
+            "lo": float("nan"),
+            "hi": float("nan"),
+            "n_pairs": 0,
+            "p_boot": float("nan"),
+        }
     diff = (both["a"] - both["b"]).to_numpy()
     cl = both.index.get_level_values(cluster)
     est, draws = cluster_means_boot(diff, cl, n_boot, seed)

@@ -14,8 +14,8 @@
   ground truth — that is what they are.
 """
 
-from .harness import EpisodeResult, evaluate, run_episode
 from .base import Annotator, Feedback, Knowledge, RobotKnowledge, SB3PolicyAdapter
+from .harness import EpisodeResult, evaluate, run_episode
 from .registry import available_annotators, build_annotator, load_profile
 from .robots.rules import (
     Click,

@@ -23,8 +23,9 @@ filled in from the annotator (how good the mask in that step's observation looke
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -65,8 +66,9 @@ def _viewport_hu(u) -> np.ndarray:
     return np.stack([crop2d(case.volume_hu[vp.z0 + i], vp.y0, vp.x0, S, fill=AIR_HU) for i in range(vp.n_slices)])
 
 
-def make_knowledge(env: gym.Env, annotator: Any, rng: np.random.Generator | None = None,
-                   intent: np.ndarray | None = None) -> Knowledge:
+def make_knowledge(
+    env: gym.Env, annotator: Any, rng: np.random.Generator | None = None, intent: np.ndarray | None = None
+) -> Knowledge:
     """What ``annotator`` may know of the case the env was just reset on.
 
     The perception step: when the annotator has ``perception_params()`` (a behaviour model), its
@@ -93,10 +95,16 @@ def make_knowledge(env: gym.Env, annotator: Any, rng: np.random.Generator | None
         if rng is None:
             raise ValueError("the perception step needs an rng")
         img = image if three_d else image[0]
-        intent = intended_mask(gt, spacing, params, rng, image_hu=img,
-                               difficulty_z=case_difficulty(key=u.case.case_id))
-    kw = dict(case_id=u.case.case_id, image_hu=image if three_d else image[0], spacing_mm=spacing, intent=intent,
-              three_d=three_d, start_slice=start, extra={"viewport": u.viewport.to_dict()})
+        intent = intended_mask(gt, spacing, params, rng, image_hu=img, difficulty_z=case_difficulty(key=u.case.case_id))
+    kw = dict(
+        case_id=u.case.case_id,
+        image_hu=image if three_d else image[0],
+        spacing_mm=spacing,
+        intent=intent,
+        three_d=three_d,
+        start_slice=start,
+        extra={"viewport": u.viewport.to_dict()},
+    )
     if annotator.reads_ground_truth:
         return RobotKnowledge(gt=np.array(gt, bool), **kw)
     return Knowledge(**kw)
@@ -117,9 +125,16 @@ def _find_case(u, case_id: str):
     raise ValueError(f"case {case_id!r} is not among the env's {len(u.cases)} case(s)")
 
 
-
-def run_episode(env: gym.Env, annotator: Annotator, *, case_id: str, seed: int, feedback: bool = False,
-                options: dict | None = None, intent: np.ndarray | None = None) -> EpisodeResult:
+def run_episode(
+    env: gym.Env,
+    annotator: Annotator,
+    *,
+    case_id: str,
+    seed: int,
+    feedback: bool = False,
+    options: dict | None = None,
+    intent: np.ndarray | None = None,
+) -> EpisodeResult:
     """Run ``annotator`` on ``case_id`` until it accepts or the env truncates.
 
     Args:
@@ -143,8 +158,10 @@ def run_episode(env: gym.Env, annotator: Annotator, *, case_id: str, seed: int, 
     opts = dict(options or {})
     opts["case_id"] = case_id
     if not isinstance(annotator, Annotator):
-        raise TypeError(f"{type(annotator).__name__} is not an annotator: subclass "
-                        "hiseg_sim.annotators.base.Annotator and implement act(obs, info)")
+        raise TypeError(
+            f"{type(annotator).__name__} is not an annotator: subclass "
+            "hiseg_sim.annotators.base.Annotator and implement act(obs, info)"
+        )
     if "time_model" not in opts:
         case = _find_case(u, case_id)
         tm = annotator.time_model_for(tuple(case.spacing_zyx[1:]), u.time_model)
@@ -159,8 +176,14 @@ def run_episode(env: gym.Env, annotator: Annotator, *, case_id: str, seed: int, 
         set_q = env.get_wrapper_attr("set_perceived_quality")
     except AttributeError:
         set_q = None
-    ctx = {"env": u.env_id, "case": info["case_id"], "annotator": annotator.name, "seed": int(seed),
-           "viewport": info["viewport"], "start_slice": int(info["viewport"]["z0"]) + int(info.get("slice", 0))}
+    ctx = {
+        "env": u.env_id,
+        "case": info["case_id"],
+        "annotator": annotator.name,
+        "seed": int(seed),
+        "viewport": info["viewport"],
+        "start_slice": int(info["viewport"]["z0"]) + int(info.get("slice", 0)),
+    }
     trace: list[dict] = []
     terminated = truncated = False
     while not (terminated or truncated):
@@ -173,10 +196,21 @@ def run_episode(env: gym.Env, annotator: Annotator, *, case_id: str, seed: int, 
         typed = coerce_action(action, u.action_space)
         obs, reward, terminated, truncated, info = env.step(action)
         rec = dict(ctx)
-        rec.update(step=len(trace) + 1, action=action_to_dict(typed), prompt=u.last_prompt, seconds=info["seconds"],
-                   seconds_total=info["seconds_total"], reward=float(reward), dice=info["dice"], iou=info["iou"],
-                   iou_pred=info["iou_pred"], invalid_action=info["invalid_action"], perceived_quality=None,
-                   terminated=bool(terminated), truncated=bool(truncated))
+        rec.update(
+            step=len(trace) + 1,
+            action=action_to_dict(typed),
+            prompt=u.last_prompt,
+            seconds=info["seconds"],
+            seconds_total=info["seconds_total"],
+            reward=float(reward),
+            dice=info["dice"],
+            iou=info["iou"],
+            iou_pred=info["iou_pred"],
+            invalid_action=info["invalid_action"],
+            perceived_quality=None,
+            terminated=bool(terminated),
+            truncated=bool(truncated),
+        )
         trace.append(rec)
     if trace and trace[-1]["action"]["kind"] == "accept":
         q = annotator.perceived_quality
@@ -218,9 +252,16 @@ def make_env(env_id: str = "hiseg_sim/NoduleSeg2D-v0", **kwargs) -> gym.Env:
     return gym.make(env_id, **kwargs)
 
 
-def evaluate(annotator: Annotator, env_or_id: gym.Env | str, cases: Iterable, seeds: Sequence[int] = (0,),
-             feedback: bool = False, progress: bool = False, fresh_per_seed: bool = True,
-             env_kwargs: dict | None = None) -> list[EpisodeResult]:
+def evaluate(
+    annotator: Annotator,
+    env_or_id: gym.Env | str,
+    cases: Iterable,
+    seeds: Sequence[int] = (0,),
+    feedback: bool = False,
+    progress: bool = False,
+    fresh_per_seed: bool = True,
+    env_kwargs: dict | None = None,
+) -> list[EpisodeResult]:
     """Run ``annotator`` over ``cases`` for each seed, like SB3's ``evaluate_policy``; any Annotator.
 
     Args:
@@ -257,8 +298,11 @@ def evaluate(annotator: Annotator, env_or_id: gym.Env | str, cases: Iterable, se
                 out.append(res)
                 if progress:
                     sm = res.summary
-                    print(f"[{annotator.name}] seed {s} {i + 1}/{len(ids)} {cid}: dice {sm['final_dice']:.3f} "
-                          f"{sm['seconds_total']:.1f}s {sm['n_actions']} actions", flush=True)
+                    print(
+                        f"[{annotator.name}] seed {s} {i + 1}/{len(ids)} {cid}: dice {sm['final_dice']:.3f} "
+                        f"{sm['seconds_total']:.1f}s {sm['n_actions']} actions",
+                        flush=True,
+                    )
     finally:
         if own:
             env.close()

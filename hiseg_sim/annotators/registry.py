@@ -21,8 +21,9 @@ too: a profile is data, read and validated, never executed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hiseg_sim.annotators.base import Annotator
 from hiseg_sim.annotators.behaviour.person import BehaviourAnnotator
@@ -37,8 +38,16 @@ from hiseg_sim.annotators.behaviour.profiles import (
 from hiseg_sim.annotators.robots import agents as _robots
 from hiseg_sim.registry import Registry, factory_provider
 
-__all__ = ["ANNOTATORS", "PROFILES", "ROBOTS", "ROBOT_NAMES", "available_annotators", "build_annotator",
-           "load_profile", "register_annotator"]
+__all__ = [
+    "ANNOTATORS",
+    "PROFILES",
+    "ROBOTS",
+    "ROBOT_NAMES",
+    "available_annotators",
+    "build_annotator",
+    "load_profile",
+    "register_annotator",
+]
 
 #: Every annotator by name (entry-point group ``hiseg_sim.annotators``).
 ANNOTATORS: Registry[Callable[..., Annotator]] = Registry("annotators", "annotator")
@@ -62,8 +71,10 @@ def load_profile(name: str | Path) -> Profile:
         return load_profile_file(name)
     path = profiles_dir() / f"{name}.toml"
     if not path.is_file():
-        raise ProfileError(f"no annotator profile {name!r} in {profiles_dir()}; profiles: {profile_names()}; "
-                           f"robots: {list(ROBOT_NAMES)}")
+        raise ProfileError(
+            f"no annotator profile {name!r} in {profiles_dir()}; profiles: {profile_names()}; "
+            f"robots: {list(ROBOT_NAMES)}"
+        )
     return load_profile_file(path)
 
 
@@ -102,6 +113,7 @@ def build_annotator(name: str | Path, **overrides: Any) -> Annotator:
         return build_profile_annotator(name, **overrides)
     agent = ANNOTATORS.get(str(name))(**overrides)
     if not isinstance(agent, Annotator):
-        raise TypeError(f"the annotator entry {name!r} built a {type(agent).__name__}, not an "
-                        "hiseg_sim.annotators.base.Annotator")
+        raise TypeError(
+            f"the annotator entry {name!r} built a {type(agent).__name__}, not an hiseg_sim.annotators.base.Annotator"
+        )
     return agent

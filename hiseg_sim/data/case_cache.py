@@ -134,7 +134,7 @@ def _decode(x: Any, arrays: dict[str, np.ndarray], used: set[str]) -> Any:
         return x
     if type(x) is not dict or len(x) != 1:
         raise ValueError(f"unexpected JSON value {x!r:.60}")
-    (tag, body), = x.items()
+    ((tag, body),) = x.items()
     if tag == "list" and type(body) is list:
         return [_decode(e, arrays, used) for e in body]
     if tag == "tuple" and type(body) is list:
@@ -255,8 +255,12 @@ def _load(npz_path: Path, json_path: Path, nodule_id: str, seed: int) -> Case | 
     try:
         meta = _decode(side.get("meta"), meta_arrays, used)
         spacing, case_id = side.get("spacing_zyx"), side.get("case_id")
-        if not (type(meta) is dict and type(case_id) is str and type(spacing) is list
-                and all(type(s) is float for s in spacing)):
+        if not (
+            type(meta) is dict
+            and type(case_id) is str
+            and type(spacing) is list
+            and all(type(s) is float for s in spacing)
+        ):
             raise ValueError("meta must be a dict, case_id a string and spacing_zyx a list of floats")
         if used != meta_arrays.keys():
             raise ValueError(f"arrays {sorted(meta_arrays.keys() - used)} are not in meta")
@@ -276,8 +280,11 @@ def _store(npz_path: Path, json_path: Path, case: Case, nodule_id: str, seed: in
     try:
         npz, sidecar = _entry(case, nodule_id, seed)
     except _Unstorable as exc:
-        warnings.warn(f"case {case.case_id} is not cached: its meta holds {exc}, which the cache cannot store "
-                      "exactly; keep meta to JSON values, tuples and numpy arrays", stacklevel=3)
+        warnings.warn(
+            f"case {case.case_id} is not cached: its meta holds {exc}, which the cache cannot store "
+            "exactly; keep meta to JSON values, tuples and numpy arrays",
+            stacklevel=3,
+        )
         return
     try:
         npz_path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +295,9 @@ def _store(npz_path: Path, json_path: Path, case: Case, nodule_id: str, seed: in
         warnings.warn(f"could not write the case cache entry {npz_path}: {exc}", stacklevel=3)
 
 
-def cached_case(nodule_id: str, seed: int, build: Callable[[], Case], cache_dir: str | os.PathLike | None | bool = True) -> Case:
+def cached_case(
+    nodule_id: str, seed: int, build: Callable[[], Case], cache_dir: str | os.PathLike | None | bool = True
+) -> Case:
     """The case ``build()`` makes for ``(nodule_id, seed)``, from the cache when it is there.
 
     A cached case equals the built one bit for bit: the same arrays (dtype, shape, bytes),
@@ -306,8 +315,11 @@ def cached_case(nodule_id: str, seed: int, build: Callable[[], Case], cache_dir:
     try:
         case = _load(npz_path, json_path, nodule_id, seed)
     except _BadEntry as bad:
-        warnings.warn(f"case cache entry {bad.path} is unreadable ({bad}); removed, the case is rebuilt",
-                      CorruptCaseCacheWarning, stacklevel=2)
+        warnings.warn(
+            f"case cache entry {bad.path} is unreadable ({bad}); removed, the case is rebuilt",
+            CorruptCaseCacheWarning,
+            stacklevel=2,
+        )
         json_path.unlink(missing_ok=True)
         npz_path.unlink(missing_ok=True)
         case = None

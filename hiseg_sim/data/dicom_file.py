@@ -21,7 +21,16 @@ from pydicom.uid import UID
 
 from hiseg_sim.data.case import CaseError
 
-__all__ = ["RECOPY", "DicomSlice", "Ignored", "UnreadableFileError", "claims_dicom", "open_dicom", "read_slice", "short_reason"]
+__all__ = [
+    "RECOPY",
+    "DicomSlice",
+    "Ignored",
+    "UnreadableFileError",
+    "claims_dicom",
+    "open_dicom",
+    "read_slice",
+    "short_reason",
+]
 
 #: Suffixes that mark a file as DICOM even when it lacks the ``DICM`` marker.
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
@@ -111,7 +120,9 @@ def claims_dicom(path: Path) -> bool:
             f.seek(128)
             return f.read(4) == b"DICM"
     except OSError as exc:
-        raise UnreadableFileError(f"{path}: cannot be opened ({short_reason(exc)}); check its permissions", path) from exc
+        raise UnreadableFileError(
+            f"{path}: cannot be opened ({short_reason(exc)}); check its permissions", path
+        ) from exc
 
 
 def open_dicom(path: Path, *, must_be_dicom: bool, header_only: bool) -> pydicom.Dataset | Ignored:

@@ -169,7 +169,9 @@ def _msd_entries(root: Path, split: str) -> list[tuple[Path, Path]]:
         )
     pairs, missing = [], []
     for i, entry in enumerate(training):
-        if not (isinstance(entry, dict) and isinstance(entry.get("image"), str) and isinstance(entry.get("label"), str)):
+        if not (
+            isinstance(entry, dict) and isinstance(entry.get("image"), str) and isinstance(entry.get("label"), str)
+        ):
             raise CaseError(
                 f"{js}: training[{i}] is {entry!r:.120}; expected {{'image': 'path', 'label': 'path'}} (paths as text)"
             )
@@ -177,9 +179,7 @@ def _msd_entries(root: Path, split: str) -> list[tuple[Path, Path]]:
         missing += [str(p) for p in (img, lab) if not p.is_file()]
         pairs.append((img, lab))
     if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} file(s) listed in {js} do not exist, e.g.: " + ", ".join(missing[:5])
-        )
+        raise FileNotFoundError(f"{len(missing)} file(s) listed in {js} do not exist, e.g.: " + ", ".join(missing[:5]))
     return pairs
 
 
@@ -224,14 +224,21 @@ def iter_msd_lung(
         for i, obj in enumerate(ndimage.find_objects(comps), start=1):
             if sizes[i] < min_voxels:
                 continue
-            box = tuple(
-                slice(max(s.start - m, 0), min(s.stop + m, dim)) for s, m, dim in zip(obj, margin, vol.shape)
-            )
+            box = tuple(slice(max(s.start - m, 0), min(s.stop + m, dim)) for s, m, dim in zip(obj, margin, vol.shape))
             info = _cropped_meta(
-                {**meta, "source": "msd_task06_lung", "split": "train", "image_path": str(img_path),
-                 "mask_path": str(lab_path), "label": label, "component": i, "n_components": n,
-                 "component_voxels": int(sizes[i])},
-                box, vol.shape,
+                {
+                    **meta,
+                    "source": "msd_task06_lung",
+                    "split": "train",
+                    "image_path": str(img_path),
+                    "mask_path": str(lab_path),
+                    "label": label,
+                    "component": i,
+                    "n_components": n,
+                    "component_voxels": int(sizes[i]),
+                },
+                box,
+                vol.shape,
             )
             yield Case(
                 case_id=f"{stem}/c{i}",

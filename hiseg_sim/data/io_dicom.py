@@ -110,8 +110,7 @@ def _describe_series(groups: dict[str, list[DicomSlice]]) -> str:
     for uid, items in groups.items():
         s = items[0]
         parts.append(
-            f"{uid} ({len(items)} file(s), modality {s.modality or '?'}, "
-            f"'{s.series_description}', e.g. {s.path.name})"
+            f"{uid} ({len(items)} file(s), modality {s.modality or '?'}, '{s.series_description}', e.g. {s.path.name})"
         )
     return "; ".join(parts)
 
@@ -185,9 +184,7 @@ def iter_series_dirs(root: str | os.PathLike) -> Iterator[tuple[Path, str]]:
                 raise first_error
 
 
-def _select_series(
-    path, series_uid: str | None, recursive: bool
-) -> tuple[str, list[DicomSlice], dict[Path, Ignored]]:
+def _select_series(path, series_uid: str | None, recursive: bool) -> tuple[str, list[DicomSlice], dict[Path, Ignored]]:
     """Open every file under ``path``, group the images by series and return the one asked for,
     with every other file and why it is left out."""
     files, explicit = _resolve_files(path, recursive)
@@ -208,9 +205,7 @@ def _select_series(
     else:
         uid = str(series_uid)
         if uid not in groups:
-            raise CaseError(
-                f"series {uid} not found in {path}; pass series_uid= one of: {_describe_series(groups)}"
-            )
+            raise CaseError(f"series {uid} not found in {path}; pass series_uid= one of: {_describe_series(groups)}")
     for other, items in groups.items():
         if other != uid:
             for s in items:
@@ -323,8 +318,9 @@ def _positive(*values: float | None) -> float:
     return 1.0
 
 
-def _z_spacing(items: list[DicomSlice], uid, z, pos, normal, gap_tolerance_mm: float, allow_irregular: bool
-               ) -> tuple[np.ndarray, float]:
+def _z_spacing(
+    items: list[DicomSlice], uid, z, pos, normal, gap_tolerance_mm: float, allow_irregular: bool
+) -> tuple[np.ndarray, float]:
     """Slice positions (mm, ascending) and the z spacing of the sorted slices; checks the gaps.
 
     ``items`` are sorted; a gap that is not the median (a hole left by a missing slice) names the

@@ -9,7 +9,8 @@ turns such a name into cases.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hiseg_sim.data.cohort import load_cohort, read_manifest
 from hiseg_sim.registry import Registry, UnknownNameError

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from hiseg_sim.analysis.crowd import fuse_staple
+from hiseg_sim.codec import unpack_mask
 from hiseg_sim.downstream.pseudo import confidence_weights, round_spread, unpack_rounds
 from hiseg_sim.downstream.slices import CROP_PX, crop_of, crop_origin, volume_mask_slice
-from hiseg_sim.codec import unpack_mask
 
 __all__ = ["LabelSet", "episode_key_mask", "specialist_weights_slice", "build_label_sets", "label_quality"]
 
@@ -59,7 +59,7 @@ def specialist_weights_slice(row, case, floor: float = 0.2) -> np.ndarray:
     y0, x0 = int(row["sp_vp_y0"]), int(row["sp_vp_x0"])
     Y, X = out.shape
     ys, ye, xs, xe = max(y0, 0), min(y0 + S, Y), max(x0, 0), min(x0 + S, X)
-    out[ys:ye, xs:xe] = w[ys - y0:ye - y0, xs - x0:xe - x0]
+    out[ys:ye, xs:xe] = w[ys - y0 : ye - y0, xs - x0 : xe - x0]
     return out
 
 
@@ -68,8 +68,16 @@ def _rows(episodes: pd.DataFrame, arm: str, case_id: str) -> pd.DataFrame:
     return sel.sort_values("replicate", kind="mergesort")
 
 
-def build_label_sets(episodes: pd.DataFrame, cases, arms: dict, crowd_k: int, labelled: set[str] = frozenset(),
-                     weight_floor: float = 0.2, seed: int = 0, size: int = CROP_PX) -> dict[str, LabelSet]:
+def build_label_sets(
+    episodes: pd.DataFrame,
+    cases,
+    arms: dict,
+    crowd_k: int,
+    labelled: set[str] = frozenset(),
+    weight_floor: float = 0.2,
+    seed: int = 0,
+    size: int = CROP_PX,
+) -> dict[str, LabelSet]:
     """The label sets of ``arms`` (``{"gt": None, "expert": label, "crowd": label, "novice": label,
     "specialist": label}``, arm labels of the study) on ``cases`` (the study's training cases).
 
@@ -112,6 +120,8 @@ def label_quality(sets: dict[str, LabelSet]) -> pd.DataFrame:
         s = t.sum((1, 2)) + ref.sum((1, 2))
         d = np.where(s == 0, 1.0, 2.0 * inter / np.maximum(s, 1))
         ratio = t.sum((1, 2)) / np.maximum(ref.sum((1, 2)), 1)
-        rows += [{"arm": name, "case_id": c, "dice": float(v), "area_ratio": float(r)}
-                 for c, v, r in zip(ls.case_ids, d, ratio)]
+        rows += [
+            {"arm": name, "case_id": c, "dice": float(v), "area_ratio": float(r)}
+            for c, v, r in zip(ls.case_ids, d, ratio)
+        ]
     return pd.DataFrame(rows)

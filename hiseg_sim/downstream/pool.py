@@ -51,14 +51,31 @@ def build_pool_manifest(n: int = 200, seed: int = 0, db=None) -> dict:
     rng = keyed_rng(seed, 0xD0)
     chosen, take = _draw(rows, int(n), rng)
     order = rng.permutation(len(chosen))
-    cases = [{k: chosen[i][k] for k in ("nodule_id", "phantom_seed", "diameter_mm", "texture", "n_readers",
-                                        "size_band", "texture_group")} for i in order]
-    return {"version": 1, "generator": "hiseg_sim.data.phantom",
-            "description": ("Extra training phantoms for the downstream study (hiseg_sim.downstream.pool): "
-                            "calibration-split LIDC nodules (LIDC-IDRI-0001..0800) not in the default cohort, "
-                            "stratified like the shipped cohorts, in a seeded random order."),
-            "cohorts": {POOL_COHORT: {"split": "calibration", "seed": int(seed), "n": len(cases),
-                                      "strata": dict(take), "cases": cases}}}
+    cases = [
+        {
+            k: chosen[i][k]
+            for k in ("nodule_id", "phantom_seed", "diameter_mm", "texture", "n_readers", "size_band", "texture_group")
+        }
+        for i in order
+    ]
+    return {
+        "version": 1,
+        "generator": "hiseg_sim.data.phantom",
+        "description": (
+            "Extra training phantoms for the downstream study (hiseg_sim.downstream.pool): "
+            "calibration-split LIDC nodules (LIDC-IDRI-0001..0800) not in the default cohort, "
+            "stratified like the shipped cohorts, in a seeded random order."
+        ),
+        "cohorts": {
+            POOL_COHORT: {
+                "split": "calibration",
+                "seed": int(seed),
+                "n": len(cases),
+                "strata": dict(take),
+                "cases": cases,
+            }
+        },
+    }
 
 
 def write_pool_manifest(n: int = 200, seed: int = 0, path: str | Path = POOL_PATH) -> Path:

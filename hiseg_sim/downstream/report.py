@@ -7,8 +7,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["write_report", "rebuild_report", "example_sets", "save_examples", "load_examples", "plot_downstream",
-           "plot_curve", "plot_examples"]
+__all__ = [
+    "write_report",
+    "rebuild_report",
+    "example_sets",
+    "save_examples",
+    "load_examples",
+    "plot_downstream",
+    "plot_curve",
+    "plot_examples",
+]
 
 _COLORS = {"gt": "#333333", "expert": "#1f77b4", "crowd": "#2ca02c", "novice": "#d62728", "specialist": "#9467bd"}
 
@@ -27,11 +35,19 @@ def plot_downstream(table: pd.DataFrame, per_case: pd.DataFrame, lq: pd.DataFram
         d = per_case[per_case["arm"] == arm]["dice"].to_numpy()
         a1.scatter(i + rng.uniform(-0.18, 0.18, d.size), d, s=10, alpha=0.35, color=_COLORS.get(arm, "k"))
         r = table[table["arm"] == arm].iloc[0]
-        a1.errorbar(i + 0.3, r["dice"], yerr=[[r["dice"] - r["lo"]], [r["hi"] - r["dice"]]], fmt="o",
-                    color=_COLORS.get(arm, "k"), capsize=4, ms=7)
+        a1.errorbar(
+            i + 0.3,
+            r["dice"],
+            yerr=[[r["dice"] - r["lo"]], [r["hi"] - r["dice"]]],
+            fmt="o",
+            color=_COLORS.get(arm, "k"),
+            capsize=4,
+            ms=7,
+        )
         a1.text(i + 0.36, r["dice"], f"{r['dice']:.3f}", va="center", fontsize=8)
-    a1.set_xticks(range(len(arms)), [t.replace(" + ", "\n+ ").replace(" pseudo", "\npseudo") for t in table["title"]],
-                  fontsize=8)
+    a1.set_xticks(
+        range(len(arms)), [t.replace(" + ", "\n+ ").replace(" pseudo", "\npseudo") for t in table["title"]], fontsize=8
+    )
     a1.set_ylabel("test Dice (holdout, per case)")
     a1.set_ylim(0, 1.02)
     a1.set_title("Same net, same seeds, different training labels", fontsize=10)
@@ -59,8 +75,10 @@ def plot_curve(curve: pd.DataFrame, ref: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.6, 4.2))
-    styles = {"final_dice": ("specialist → LiteMedSAM (env-scored)", "#9467bd", "o-"),
-              "proposal_dice": ("specialist net alone", "#8c564b", "s--")}
+    styles = {
+        "final_dice": ("specialist → LiteMedSAM (env-scored)", "#9467bd", "o-"),
+        "proposal_dice": ("specialist net alone", "#8c564b", "s--"),
+    }
     for what, (lab, col, st) in styles.items():
         c = curve[curve["what"] == what].sort_values("n_labelled")
         if c.empty:
@@ -91,8 +109,10 @@ def example_sets(sets: dict, n: int = 4) -> dict:
 
     area = sets["gt"].targets.sum((1, 2))
     idx = np.argsort(area, kind="stable")[np.linspace(len(area) * 0.3, len(area) - 1, n).astype(int)]
-    return {k: LabelSet(k, [ls.case_ids[i] for i in idx], ls.images[idx], ls.targets[idx], ls.weights[idx])
-            for k, ls in sets.items()}
+    return {
+        k: LabelSet(k, [ls.case_ids[i] for i in idx], ls.images[idx], ls.targets[idx], ls.weights[idx])
+        for k, ls in sets.items()
+    }
 
 
 def save_examples(ex: dict, path: Path) -> Path:
@@ -143,21 +163,26 @@ def plot_examples(sets: dict, path: Path, n: int = 4) -> Path:
             if r == 0:
                 ax.set_title(name, fontsize=9)
         axes[r, 0].set_ylabel(gt.case_ids[i], fontsize=7)
-    fig.suptitle("Training labels (solid) against ground truth (yellow dashed); pseudo-label weights (dark = down-weighted)",
-                 fontsize=9)
+    fig.suptitle(
+        "Training labels (solid) against ground truth (yellow dashed); pseudo-label weights (dark = down-weighted)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def write_report(run_dir: Path, summary: dict, per_case: pd.DataFrame, lq: pd.DataFrame, curve: pd.DataFrame,
-                 sets: dict) -> Path:
+def write_report(
+    run_dir: Path, summary: dict, per_case: pd.DataFrame, lq: pd.DataFrame, curve: pd.DataFrame, sets: dict
+) -> Path:
     """``downstream.md`` with the (a)–(e) table, the gap, the specialist curve, runtimes and the figures."""
     run_dir = Path(run_dir)
     table = pd.DataFrame(summary["table"])
-    figs = [plot_downstream(table, per_case, lq, run_dir / "downstream_dice.png"),
-            plot_examples(sets, run_dir / "downstream_labels.png")]
+    figs = [
+        plot_downstream(table, per_case, lq, run_dir / "downstream_dice.png"),
+        plot_examples(sets, run_dir / "downstream_labels.png"),
+    ]
     st = summary["settings"]
     people = {r["annotator"]: r["mean"] for r in summary["annotators"]}
     ref = {k: people[st["arms"][k]] for k in ("expert", "crowd", "novice") if st["arms"].get(k) in people}
@@ -170,53 +195,89 @@ def write_report(run_dir: Path, summary: dict, per_case: pd.DataFrame, lq: pd.Da
     else:
         where = f"of the {src.get('cohort', 'default')} cohort (calibration split)"
     tc = summary.get("train_config") or {}
-    net = (f"TinyUNet (base {tc.get('base', 8)}{', centre prior' if tc.get('prior') else ''}), batch "
-           f"{tc.get('batch', 8)}, {tc.get('patch_px', 64)}-px patches, flips/rotations/shifts"
-           f"{', HU jitter ' + format(tc['jitter_hu'], 'g') if tc.get('jitter_hu') else ''}")
-    L = [f"# Downstream study `{summary['study']}`", "",
-         f"Training: {summary['train_cases']} cases {where}, key slice, 96-px crops; the same {net}, "
-         f"BCE + soft Dice, {st['train_steps']} steps, seeds {st['seeds']}. Test: "
-         f"{summary['test_cases']} holdout cases ({summary['test_slices']} slices: key slice ± {st['test_neighbours']}), "
-         "ground truth. Dice per test case = mean over its slices and the seeds; intervals: 95 % percentile "
-         f"bootstrap over test cases ({st['n_boot']} draws); differences paired by case.", "",
-         "| arm | label Dice vs GT (train) | label area / GT area (median) | test Dice | 95 % CI | Δ vs (a) | 95 % CI of Δ "
-         "| p (boot) | test cases missed (Dice < 0.1) |",
-         "|---|---|---|---|---|---|---|---|---|"]
+    net = (
+        f"TinyUNet (base {tc.get('base', 8)}{', centre prior' if tc.get('prior') else ''}), batch "
+        f"{tc.get('batch', 8)}, {tc.get('patch_px', 64)}-px patches, flips/rotations/shifts"
+        f"{', HU jitter ' + format(tc['jitter_hu'], 'g') if tc.get('jitter_hu') else ''}"
+    )
+    L = [
+        f"# Downstream study `{summary['study']}`",
+        "",
+        f"Training: {summary['train_cases']} cases {where}, key slice, 96-px crops; the same {net}, "
+        f"BCE + soft Dice, {st['train_steps']} steps, seeds {st['seeds']}. Test: "
+        f"{summary['test_cases']} holdout cases ({summary['test_slices']} slices: key slice ± {st['test_neighbours']}), "
+        "ground truth. Dice per test case = mean over its slices and the seeds; intervals: 95 % percentile "
+        f"bootstrap over test cases ({st['n_boot']} draws); differences paired by case.",
+        "",
+        "| arm | label Dice vs GT (train) | label area / GT area (median) | test Dice | 95 % CI | Δ vs (a) | 95 % CI of Δ "
+        "| p (boot) | test cases missed (Dice < 0.1) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     area, miss = summary.get("label_area_ratio", {}), summary.get("test_misses", {})
     for _, r in table.iterrows():
-        d = "" if r["arm"] == "gt" else f"{r['diff_vs_gt']:+.3f} | [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}] | {r['p_boot']:.3f}"
-        L.append(f"| {r['title']} | {lqm.get(r['arm'], float('nan')):.3f} | {area.get(r['arm'], float('nan')):.2f} | "
-                 f"{r['dice']:.3f} | [{r['lo']:.3f}, {r['hi']:.3f}] | " + (d if d else "– | – | –")
-                 + f" | {miss.get(r['arm'], float('nan')):.0%} |")
+        d = (
+            ""
+            if r["arm"] == "gt"
+            else f"{r['diff_vs_gt']:+.3f} | [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}] | {r['p_boot']:.3f}"
+        )
+        L.append(
+            f"| {r['title']} | {lqm.get(r['arm'], float('nan')):.3f} | {area.get(r['arm'], float('nan')):.2f} | "
+            f"{r['dice']:.3f} | [{r['lo']:.3f}, {r['hi']:.3f}] | "
+            + (d if d else "– | – | –")
+            + f" | {miss.get(r['arm'], float('nan')):.0%} |"
+        )
     sam = table[table["arm"].isin(["expert", "crowd", "novice"])]
     if len(sam):
         worse = (sam["diff_vs_gt"] < 0).sum()
         sig = (sam["diff_hi"] < 0).sum()
-        L += ["", f"**Direction check** (arXiv 2403.15218: nnU-Net trained on SAM masks is worse than on ground truth, "
-              f"p < 0.001 on every dataset): here {worse} of {len(sam)} SAM-label arms train a worse net than ground "
-              f"truth; {sig} of {len(sam)} with the paired 95 % interval entirely below 0. Gaps (arm − GT): "
-              + ", ".join(f"{r['arm']} {r['diff_vs_gt']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}]"
-                          for _, r in sam.iterrows()) + "."]
+        L += [
+            "",
+            f"**Direction check** (arXiv 2403.15218: nnU-Net trained on SAM masks is worse than on ground truth, "
+            f"p < 0.001 on every dataset): here {worse} of {len(sam)} SAM-label arms train a worse net than ground "
+            f"truth; {sig} of {len(sam)} with the paired 95 % interval entirely below 0. Gaps (arm − GT): "
+            + ", ".join(
+                f"{r['arm']} {r['diff_vs_gt']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}]"
+                for _, r in sam.iterrows()
+            )
+            + ".",
+        ]
     if len(curve):
-        L += ["", "## Specialist annotator against its labelled cases", "",
-              "Dice on the study's training cases it was not trained on (env-scored: ground truth outside the "
-              "viewport counts as missed). Its labelled cases are drawn from the default cohort.", "",
-              "| labelled cases | specialist → LiteMedSAM | 95 % CI | specialist alone | 95 % CI | cases | mean rounds |",
-              "|---|---|---|---|---|---|---|"]
+        L += [
+            "",
+            "## Specialist annotator against its labelled cases",
+            "",
+            "Dice on the study's training cases it was not trained on (env-scored: ground truth outside the "
+            "viewport counts as missed). Its labelled cases are drawn from the default cohort.",
+            "",
+            "| labelled cases | specialist → LiteMedSAM | 95 % CI | specialist alone | 95 % CI | cases | mean rounds |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for n, g in curve.groupby("n_labelled"):
             f = g[g["what"] == "final_dice"].iloc[0]
             p = g[g["what"] == "proposal_dice"].iloc[0]
-            L.append(f"| {n} | {f['dice']:.3f} | [{f['lo']:.3f}, {f['hi']:.3f}] | {p['dice']:.3f} | "
-                     f"[{p['lo']:.3f}, {p['hi']:.3f}] | {f['n_cases']} | {f['rounds']:.2f} |")
-        L += ["", "People on the same cases (mean env-scored Dice of one episode): "
-              + ", ".join(f"{k} {v:.3f}" for k, v in sorted(people.items())) + "."]
+            L.append(
+                f"| {n} | {f['dice']:.3f} | [{f['lo']:.3f}, {f['hi']:.3f}] | {p['dice']:.3f} | "
+                f"[{p['lo']:.3f}, {p['hi']:.3f}] | {f['n_cases']} | {f['rounds']:.2f} |"
+            )
+        L += [
+            "",
+            "People on the same cases (mean env-scored Dice of one episode): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in sorted(people.items()))
+            + ".",
+        ]
     tm = summary["timings_s"]
-    L += ["", "## Runtime", "",
-          f"On {summary['cpu_count']} CPU cores (shared with other jobs while measured): specialists trained "
-          f"{tm.get('specialists_s', 0):.0f} s (0 when cached), annotation episodes {tm.get('annotation_s', 0):.0f} s, "
-          f"downstream training and testing {tm.get('downstream_training_s', 0):.0f} s "
-          f"({len(summary['train_runs'])} runs, {st['train_workers']} processes × 1 thread), total {tm.get('total_s', 0):.0f} s.",
-          "", "## Figures", ""]
+    L += [
+        "",
+        "## Runtime",
+        "",
+        f"On {summary['cpu_count']} CPU cores (shared with other jobs while measured): specialists trained "
+        f"{tm.get('specialists_s', 0):.0f} s (0 when cached), annotation episodes {tm.get('annotation_s', 0):.0f} s, "
+        f"downstream training and testing {tm.get('downstream_training_s', 0):.0f} s "
+        f"({len(summary['train_runs'])} runs, {st['train_workers']} processes × 1 thread), total {tm.get('total_s', 0):.0f} s.",
+        "",
+        "## Figures",
+        "",
+    ]
     L += [f"![{p.stem}]({p.name})" for p in figs]
     path = run_dir / "downstream.md"
     path.write_text("\n".join(L) + "\n")
@@ -231,11 +292,18 @@ def rebuild_report(run_dir) -> Path:
     need = ["downstream.json", "downstream_per_case.csv", "downstream_label_quality.csv", "downstream_examples.npz"]
     missing = [n for n in need if not (run_dir / n).is_file()]
     if missing:
-        raise FileNotFoundError(f"{run_dir}: no {', '.join(missing)}; run the study first "
-                                "(hiseg-sim run experiments/<study>.toml writes them)")
+        raise FileNotFoundError(
+            f"{run_dir}: no {', '.join(missing)}; run the study first "
+            "(hiseg-sim run experiments/<study>.toml writes them)"
+        )
     import json
 
     summary = json.loads((run_dir / "downstream.json").read_text())
-    return write_report(run_dir, summary, pd.read_csv(run_dir / "downstream_per_case.csv"),
-                        pd.read_csv(run_dir / "downstream_label_quality.csv"), pd.DataFrame(summary.get("curve", [])),
-                        load_examples(run_dir / "downstream_examples.npz"))
+    return write_report(
+        run_dir,
+        summary,
+        pd.read_csv(run_dir / "downstream_per_case.csv"),
+        pd.read_csv(run_dir / "downstream_label_quality.csv"),
+        pd.DataFrame(summary.get("curve", [])),
+        load_examples(run_dir / "downstream_examples.npz"),
+    )

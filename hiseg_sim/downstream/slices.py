@@ -43,7 +43,9 @@ class SliceCrop:
     gt: np.ndarray
 
 
-def crop_origin(case, purpose: str, seed: int = 0, size: int = CROP_PX, detection_sd_mm: float = 3.0) -> tuple[int, int]:
+def crop_origin(
+    case, purpose: str, seed: int = 0, size: int = CROP_PX, detection_sd_mm: float = 3.0
+) -> tuple[int, int]:
     """Top-left ``(y0, x0)`` of the case's crop for ``purpose`` (the same for every slice of the case)."""
     rng = case_rng(case.case_id, purpose, seed)
     return place_viewport(case.gt[case.key_slice], tuple(case.spacing_zyx[1:]), size, rng, detection_sd_mm)
@@ -61,12 +63,22 @@ def case_crops(case, purpose: str, seed: int = 0, neighbours: int = 0, size: int
     out = []
     for z in range(k - neighbours, k + neighbours + 1):
         if 0 <= z < case.shape[0] and case.gt[z].any():
-            out.append(SliceCrop(case.case_id, z, y0, x0, crop_of(case.volume_hu[z], (y0, x0), size).astype(np.float32),
-                                 crop_of(case.gt[z], (y0, x0), size, fill=False).astype(bool)))
+            out.append(
+                SliceCrop(
+                    case.case_id,
+                    z,
+                    y0,
+                    x0,
+                    crop_of(case.volume_hu[z], (y0, x0), size).astype(np.float32),
+                    crop_of(case.gt[z], (y0, x0), size, fill=False).astype(bool),
+                )
+            )
     return out
 
 
-def volume_mask_slice(crop: np.ndarray, origin: tuple[int, int, int], shape_zyx: tuple[int, int, int], z: int) -> np.ndarray:
+def volume_mask_slice(
+    crop: np.ndarray, origin: tuple[int, int, int], shape_zyx: tuple[int, int, int], z: int
+) -> np.ndarray:
     """Slice ``z`` ``(Y, X)`` of a packed mask (``crop`` at volume index ``origin``) pasted into a volume of ``shape_zyx``."""
     out = np.zeros(tuple(shape_zyx[1:]), bool)
     if crop.size == 0:

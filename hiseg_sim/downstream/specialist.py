@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from hiseg_sim.annotators.base import Annotator
 from hiseg_sim.annotators.robots.points import Click, ritm_click
 from hiseg_sim.downstream.pseudo import pack_rounds
 from hiseg_sim.downstream.training import TrainConfig, train_unet
@@ -51,10 +52,19 @@ from hiseg_sim.downstream.unet import TinyUNet, predict_prob
 from hiseg_sim.env.actions import Accept, BoxAction, PointAction, Undo
 from hiseg_sim.metrics import dice as _dice
 from hiseg_sim.seeding import keyed_rng
-from hiseg_sim.annotators.base import Annotator
 
-__all__ = ["SpecialistConfig", "SpecialistAnnotator", "labelled_ids", "specialist_net", "proposal_mask",
-           "specialist_prompt_box", "build_specialist", "cohort_cases", "weights_path"]
+__all__ = [
+    "SpecialistConfig",
+    "SpecialistAnnotator",
+    "labelled_ids",
+    "specialist_net",
+    "proposal_mask",
+    "specialist_prompt_box",
+    "build_specialist",
+    "SHIPPED_DEFAULTS",
+    "cohort_cases",
+    "weights_path",
+]
 
 
 @dataclass(frozen=True)
@@ -118,8 +128,9 @@ def weights_path(cfg: SpecialistConfig, cache_dir: str | os.PathLike | None = No
     return Path(cache_dir).expanduser() / "specialist" / f"{cfg.key()}.pt"
 
 
-def specialist_net(cfg: SpecialistConfig = SpecialistConfig(), cache_dir: str | os.PathLike | None = None,
-                   cases=None) -> TinyUNet:
+def specialist_net(
+    cfg: SpecialistConfig = SpecialistConfig(), cache_dir: str | os.PathLike | None = None, cases=None
+) -> TinyUNet:
     """The trained specialist for ``cfg``: memory → disk cache → trained now (and cached).
 
     ``cases``: the cohort's cases if the caller has them loaded (else :func:`load_cohort`).
@@ -139,8 +150,19 @@ def specialist_net(cfg: SpecialistConfig = SpecialistConfig(), cache_dir: str | 
         by_id = {c.case_id: c for c in cases}
         ids = labelled_ids(by_id, cfg.n_labelled, cfg.seed)
         crops = [cr for i in ids for cr in case_crops(by_id[i], "specialist", cfg.seed, cfg.neighbours)]
-        net = train_unet(np.stack([c.image_hu for c in crops]), np.stack([c.gt for c in crops]), None, cfg.train,
-                         seed=cfg.seed)
+        import multiprocessing
+
+        from hiseg_sim.progress import note
+
+        what = (f"training the specialist on {cfg.n_labelled} labelled case(s), {cfg.train.steps} steps "
+                f"(once; the weights are cached in {path.parent})")
+        main = multiprocessing.parent_process() is None
+        if not main:  # a pool worker: one line each, not bars from several processes on one terminal
+            note(f"{what} …")
+        net = train_unet(
+            np.stack([c.image_hu for c in crops]), np.stack([c.gt for c in crops]), None, cfg.train, seed=cfg.seed,
+            progress=what if main else None,
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(net.state_dict(), tmp)
@@ -186,7 +208,6 @@ def specialist_prompt_box(mask: np.ndarray, pad_px: float = 2.0) -> BoxAction:
     return BoxAction(float(x0), float(y0), float(x1), float(y1))
 
 
-
 class SpecialistAnnotator(Annotator):
     """The specialist prompting the frozen segmenter in ``NoduleSeg2D-v0``; see the module docstring.
 
@@ -207,10 +228,23 @@ class SpecialistAnnotator(Annotator):
 
     reads_ground_truth = False
 
-    def __init__(self, n_labelled: int = 8, seed: int = 0, cohort: str = "default", neighbours: int = 2,
-                 steps: int | None = None, rounds: int = 4, min_error_px: float = 1.0, box_pad_px: float = 2.0,
-                 threshold: float = 0.5, pick_best: bool = True, cache_dir: str | None = None,
-                 label: str | None = None, net: TinyUNet | None = None, train: dict | None = None) -> None:
+    def __init__(
+        self,
+        n_labelled: int = 8,
+        seed: int = 0,
+        cohort: str = "default",
+        neighbours: int = 2,
+        steps: int | None = None,
+        rounds: int = 4,
+        min_error_px: float = 1.0,
+        box_pad_px: float = 2.0,
+        threshold: float = 0.5,
+        pick_best: bool = True,
+        cache_dir: str | None = None,
+        label: str | None = None,
+        net: TinyUNet | None = None,
+        train: dict | None = None,
+    ) -> None:
         if int(rounds) < 1:
             raise ValueError(f"rounds must be >= 1; got {rounds}")
         train_cfg = replace(TrainConfig(), **dict(train or {}))
@@ -294,15 +328,32 @@ class SpecialistAnnotator(Annotator):
         S = self.masks[0].shape[0]
         vp = self.viewport or {}
         return {
-            "sp_rounds": R, "sp_chosen": int(self.chosen if self.chosen is not None else R - 1),
-            "sp_agree": [round(a, 4) for a in self.agree], "sp_size": int(S),
+            "sp_rounds": R,
+            "sp_chosen": int(self.chosen if self.chosen is not None else R - 1),
+            "sp_agree": [round(a, 4) for a in self.agree],
+            "sp_size": int(S),
             "sp_rounds_bits": pack_rounds(np.stack(self.masks)),
             "sp_proposal_bits": pack_rounds(self.proposal[None]),
-            "sp_vp_z0": int(vp.get("z0", -1)), "sp_vp_y0": int(vp.get("y0", 0)), "sp_vp_x0": int(vp.get("x0", 0)),
+            "sp_vp_z0": int(vp.get("z0", -1)),
+            "sp_vp_y0": int(vp.get("y0", 0)),
+            "sp_vp_x0": int(vp.get("x0", 0)),
             "sp_n_labelled": self.config.n_labelled,
         }
 
 
+#: What ``build_annotator("specialist_sam")`` builds when nothing is overridden: the configuration
+#: the downstream study ships (experiments/downstream.toml, arm specialist_n8), so the name alone
+#: gives the specialist the project reports on (the class's own defaults train a weaker one:
+#: no centre prior, no intensity augmentation, fewer steps).
+SHIPPED_DEFAULTS: dict = {"n_labelled": 8, "steps": 400, "neighbours": 3, "train": {"prior": True, "jitter_hu": 30.0}}
+
+
 def build_specialist(**overrides) -> SpecialistAnnotator:
-    """Registry builder: ``build_annotator("specialist_sam", n_labelled=4, ...)``."""
-    return SpecialistAnnotator(**overrides)
+    """Registry builder: ``build_annotator("specialist_sam", n_labelled=4, ...)``.
+
+    Unset arguments take :data:`SHIPPED_DEFAULTS`; a ``train`` table is merged key by key with the
+    shipped one (``train={"prior": False}`` keeps ``jitter_hu = 30``)."""
+    kw = {k: v for k, v in SHIPPED_DEFAULTS.items() if k != "train"}
+    kw.update({k: v for k, v in overrides.items() if k != "train"})
+    kw["train"] = {**SHIPPED_DEFAULTS["train"], **dict(overrides.get("train") or {})}
+    return SpecialistAnnotator(**kw)

@@ -38,20 +38,37 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from hiseg_sim.codec import json_default
 from hiseg_sim.downstream.labels import build_label_sets, label_quality
 from hiseg_sim.downstream.slices import case_crops
 from hiseg_sim.downstream.specialist import SpecialistConfig, cohort_cases, labelled_ids, specialist_net, weights_path
 from hiseg_sim.downstream.training import TrainConfig, dice_scores, train_unet
-from hiseg_sim.codec import json_default
 
 __all__ = ["DEFAULTS", "run_downstream", "train_and_test", "specialist_curve", "arm_table"]
 
-DEFAULTS = {"seeds": [0, 1], "train_steps": 400, "crowd_k": 3, "test_cohort": "holdout", "test_neighbours": 2,
-            "weight_floor": 0.2, "n_boot": 2000, "train_workers": 2,
-            "arms": {"expert": "expert_radiologist", "crowd": "crowd_worker", "novice": "non_medical",
-                     "specialist": "specialist_n8"}}
-ARM_TITLES = {"gt": "(a) ground truth", "expert": "(b) expert + SAM", "crowd": "(c) crowd (STAPLE) + SAM",
-              "novice": "(d) non-medical + SAM", "specialist": "(e) specialist pseudo-labels"}
+DEFAULTS = {
+    "seeds": [0, 1],
+    "train_steps": 400,
+    "crowd_k": 3,
+    "test_cohort": "holdout",
+    "test_neighbours": 2,
+    "weight_floor": 0.2,
+    "n_boot": 2000,
+    "train_workers": 2,
+    "arms": {
+        "expert": "expert_radiologist",
+        "crowd": "crowd_worker",
+        "novice": "non_medical",
+        "specialist": "specialist_n8",
+    },
+}
+ARM_TITLES = {
+    "gt": "(a) ground truth",
+    "expert": "(b) expert + SAM",
+    "crowd": "(c) crowd (STAPLE) + SAM",
+    "novice": "(d) non-medical + SAM",
+    "specialist": "(e) specialist pseudo-labels",
+}
 
 
 def settings_of(spec) -> dict:
@@ -65,8 +82,11 @@ def _specialists(spec) -> dict:
     """Arm label → the (untrained) :class:`SpecialistAnnotator` of every ``specialist_sam`` arm."""
     from hiseg_sim.downstream.specialist import SpecialistAnnotator
 
-    return {arm.label: SpecialistAnnotator(**{k: v for k, v in arm.overrides.items() if k != "label"})
-            for arm in spec.annotators if arm.name == "specialist_sam"}
+    return {
+        arm.label: SpecialistAnnotator(**{k: v for k, v in arm.overrides.items() if k != "label"})
+        for arm in spec.annotators
+        if arm.name == "specialist_sam"
+    }
 
 
 def _specialist_configs(spec) -> dict[str, SpecialistConfig]:
@@ -121,8 +141,14 @@ def arm_table(per_case: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.D
     return pd.DataFrame(rows)
 
 
-def specialist_curve(episodes: pd.DataFrame, configs: dict[str, SpecialistConfig], cases, cohort_ids: dict,
-                     n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def specialist_curve(
+    episodes: pd.DataFrame,
+    configs: dict[str, SpecialistConfig],
+    cases,
+    cohort_ids: dict,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """The specialist's Dice against its number of labelled cases, on the study's cases it was not
     trained on: the env-scored Dice of the prompted segmenter (``final_dice``) and of the
     specialist's own proposal (``proposal_dice``, in the same viewport), with bootstrap intervals.
@@ -146,13 +172,33 @@ def specialist_curve(episodes: pd.DataFrame, configs: dict[str, SpecialistConfig
             prop.append(1.0 if s == 0 else 2.0 * int((p & g).sum()) / s)
         for what, vals in (("final_dice", ep["final_dice"].to_numpy()), ("proposal_dice", np.asarray(prop))):
             est, lo, hi = bootstrap_ci(vals, ep["case_id"].to_numpy(), n_boot=n_boot, seed=seed)
-            rows.append({"arm": label, "n_labelled": cfg.n_labelled, "what": what, "dice": est, "lo": lo, "hi": hi,
-                         "n_cases": int(ep["case_id"].nunique()), "rounds": float(ep["sp_rounds"].mean()) if len(ep) else np.nan})
+            rows.append(
+                {
+                    "arm": label,
+                    "n_labelled": cfg.n_labelled,
+                    "what": what,
+                    "dice": est,
+                    "lo": lo,
+                    "hi": hi,
+                    "n_cases": int(ep["case_id"].nunique()),
+                    "rounds": float(ep["sp_rounds"].mean()) if len(ep) else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def run_downstream(spec, out_dir=None, *, executor=None, workers=None, cache_dir=None, fresh: bool = False,
-                   progress: bool = True, max_units=None, report: bool = True) -> dict:
+def run_downstream(
+    spec,
+    out_dir=None,
+    *,
+    executor=None,
+    workers=None,
+    cache_dir=None,
+    fresh: bool = False,
+    progress: bool = True,
+    max_units=None,
+    report: bool = True,
+) -> dict:
     """Run the whole study (see the module docstring); returns the summary written to ``downstream.json``."""
     from hiseg_sim.experiments.runner import plan_study, run_study
     from hiseg_sim.experiments.spec import StudySpec, load_spec
@@ -175,8 +221,16 @@ def run_downstream(spec, out_dir=None, *, executor=None, workers=None, cache_dir
     timings["specialists_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    data = run_study(spec, out_dir, executor=executor, workers=workers, cache_dir=cache_dir, fresh=fresh,
-                     progress=progress, max_units=max_units)
+    data = run_study(
+        spec,
+        out_dir,
+        executor=executor,
+        workers=workers,
+        cache_dir=cache_dir,
+        fresh=fresh,
+        progress=progress,
+        max_units=max_units,
+    )
     timings["annotation_s"] = time.perf_counter() - t1
     if data.meta.get("status") != "complete":
         return {"status": "partial", "run_dir": str(run_dir)}
@@ -186,17 +240,24 @@ def run_downstream(spec, out_dir=None, *, executor=None, workers=None, cache_dir
 
     train_cases = CaseSource(spec.cases).load(train_ids)
     labels_in = set(data.episodes["annotator"])
-    arms = {"gt": None, **{k: st["arms"][k] for k in ("expert", "crowd", "novice", "specialist")
-                           if st["arms"].get(k) in labels_in}}
+    arms = {
+        "gt": None,
+        **{k: st["arms"][k] for k in ("expert", "crowd", "novice", "specialist") if st["arms"].get(k) in labels_in},
+    }
     sp_cfg = configs.get(st["arms"].get("specialist"))
-    labelled = set(labelled_ids([c.case_id for c in pools[sp_cfg.cohort]], sp_cfg.n_labelled, sp_cfg.seed)) \
-        if sp_cfg else set()
+    labelled = (
+        set(labelled_ids([c.case_id for c in pools[sp_cfg.cohort]], sp_cfg.n_labelled, sp_cfg.seed))
+        if sp_cfg
+        else set()
+    )
     sets = build_label_sets(data.episodes, train_cases, arms, int(st["crowd_k"]), labelled, float(st["weight_floor"]))
     lq = label_quality(sets)
     test_cases = cohort_cases(st["test_cohort"], allow_holdout=True)
     overlap = {c.case_id for c in test_cases} & set(train_ids)
     if overlap:
-        raise ValueError(f"test cohort {st['test_cohort']!r} shares cases with the training cases: {sorted(overlap)[:5]}")
+        raise ValueError(
+            f"test cohort {st['test_cohort']!r} shares cases with the training cases: {sorted(overlap)[:5]}"
+        )
     crops = [cr for c in test_cases for cr in case_crops(c, "test", 0, int(st["test_neighbours"]))]
     xt = np.stack([c.image_hu for c in crops])
     yt = np.stack([c.gt for c in crops])
@@ -206,8 +267,13 @@ def run_downstream(spec, out_dir=None, *, executor=None, workers=None, cache_dir
     results = _map(train_and_test, jobs, int(st["train_workers"]))
     timings["downstream_training_s"] = time.perf_counter() - t2
 
-    slices = pd.DataFrame([{"arm": r["arm"], "seed": r["seed"], "case_id": test_case_of[i], "dice": d}
-                           for r in results for i, d in enumerate(r["dice"])])
+    slices = pd.DataFrame(
+        [
+            {"arm": r["arm"], "seed": r["seed"], "case_id": test_case_of[i], "dice": d}
+            for r in results
+            for i, d in enumerate(r["dice"])
+        ]
+    )
     per_case = slices.groupby(["arm", "case_id"], as_index=False)["dice"].mean()
     table = arm_table(per_case, int(st["n_boot"]))
     curve = pd.DataFrame()
@@ -215,23 +281,36 @@ def run_downstream(spec, out_dir=None, *, executor=None, workers=None, cache_dir
         pool = [c for cs in pools.values() for c in cs]
         by_id = {c.case_id: c for c in pool}
         by_id.update({c.case_id: c for c in train_cases})
-        curve = specialist_curve(data.episodes, configs, list(by_id.values()),
-                                 {k: [c.case_id for c in v] for k, v in pools.items()}, int(st["n_boot"]))
+        curve = specialist_curve(
+            data.episodes,
+            configs,
+            list(by_id.values()),
+            {k: [c.case_id for c in v] for k, v in pools.items()},
+            int(st["n_boot"]),
+        )
     people = data.episodes.groupby("annotator")["final_dice"].agg(["mean", "count"]).reset_index()
     timings["total_s"] = time.perf_counter() - t0
     summary = {
-        "study": spec.name, "status": "complete", "run_dir": str(run_dir), "settings": st,
-        "train_cases": len(train_cases), "test_cases": len(test_cases), "test_slices": len(crops),
+        "study": spec.name,
+        "status": "complete",
+        "run_dir": str(run_dir),
+        "settings": st,
+        "train_cases": len(train_cases),
+        "test_cases": len(test_cases),
+        "test_slices": len(crops),
         "train_source": {"cohort": spec.cases.cohort, "source": spec.cases.source, "kwargs": dict(spec.cases.kwargs)},
         "train_config": cfg,
-        "labelled_for_specialist": sorted(labelled), "table": _records(table),
+        "labelled_for_specialist": sorted(labelled),
+        "table": _records(table),
         "label_quality": lq.groupby("arm")["dice"].mean().to_dict(),
         "label_area_ratio": lq.groupby("arm")["area_ratio"].median().to_dict(),
         "test_misses": per_case.assign(miss=per_case["dice"] < 0.1).groupby("arm")["miss"].mean().to_dict(),
-        "curve": _records(curve), "annotators": people.to_dict("records"),
+        "curve": _records(curve),
+        "annotators": people.to_dict("records"),
         "train_runs": [{k: r[k] for k in ("arm", "seed", "train_s")} for r in results],
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "annotation_sessions": data.meta.get("sessions", []), "cpu_count": os.cpu_count(),
+        "annotation_sessions": data.meta.get("sessions", []),
+        "cpu_count": os.cpu_count(),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     per_case.to_csv(run_dir / "downstream_per_case.csv", index=False)
@@ -249,9 +328,10 @@ def run_downstream(spec, out_dir=None, *, executor=None, workers=None, cache_dir
 
 def _records(df: pd.DataFrame) -> list[dict]:
     """Rows as dicts with ``None`` for missing values (NaN is not JSON)."""
-    return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
-            for r in df.to_dict("records")]
-
+    return [
+        {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+        for r in df.to_dict("records")
+    ]
 
 
 def print_summary(summary: dict, echo=print) -> None:
@@ -264,8 +344,10 @@ def print_summary(summary: dict, echo=print) -> None:
         echo(f"{r['title']:>30}: test Dice {r['dice']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]{gap}")
     for r in summary["curve"]:
         if r["what"] == "final_dice":
-            echo(f"{'specialist, ' + str(r['n_labelled']) + ' labelled':>30}: Dice {r['dice']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"
-                 f" on {r['n_cases']} cases")
+            echo(
+                f"{'specialist, ' + str(r['n_labelled']) + ' labelled':>30}: Dice {r['dice']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"
+                f" on {r['n_cases']} cases"
+            )
     echo(f"timings: {summary['timings_s']}")
     if summary.get("report"):
         echo(f"report: {summary['report']}")

@@ -75,8 +75,14 @@ def shift2d(a: np.ndarray, dy: int, dx: int, fill: float) -> np.ndarray:
     return out
 
 
-def augment_batch(images: np.ndarray, labels: np.ndarray, weights: np.ndarray, idx: np.ndarray,
-                  rng: np.random.Generator, shift_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def augment_batch(
+    images: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    idx: np.ndarray,
+    rng: np.random.Generator,
+    shift_px: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Slices ``idx`` of ``(N, H, W)`` images (HU), labels (``[0, 1]``) and weights, each with a random
     dihedral transform and shift; returns three ``(B, H, W)`` float32 arrays (images still in HU)."""
     xb, yb, wb = [], [], []
@@ -88,8 +94,11 @@ def augment_batch(images: np.ndarray, labels: np.ndarray, weights: np.ndarray, i
             x, y, w = (a[:, ::-1] for a in (x, y, w))
         if shift_px > 0:
             dy, dx = (int(v) for v in rng.integers(-shift_px, shift_px + 1, size=2))
-            x, y, w = shift2d(np.ascontiguousarray(x), dy, dx, AIR_HU), shift2d(np.ascontiguousarray(y), dy, dx, 0.0), \
-                shift2d(np.ascontiguousarray(w), dy, dx, 1.0)
+            x, y, w = (
+                shift2d(np.ascontiguousarray(x), dy, dx, AIR_HU),
+                shift2d(np.ascontiguousarray(y), dy, dx, 0.0),
+                shift2d(np.ascontiguousarray(w), dy, dx, 1.0),
+            )
         xb.append(x), yb.append(y), wb.append(w)
     return (np.stack(xb).astype(np.float32), np.stack(yb).astype(np.float32), np.stack(wb).astype(np.float32))
 
@@ -100,19 +109,27 @@ def _centre(a: np.ndarray, side: int) -> np.ndarray:
     if side <= 0 or side >= min(H, W):
         return a
     y0, x0 = (H - side) // 2, (W - side) // 2
-    return np.ascontiguousarray(a[:, y0:y0 + side, x0:x0 + side])
+    return np.ascontiguousarray(a[:, y0 : y0 + side, x0 : x0 + side])
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum") / weight.sum().clamp_min(1.0)
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum") / weight.sum().clamp_min(
+        1.0
+    )
     p = torch.sigmoid(logits)
     inter = (weight * p * target).sum()
     denom = (weight * (p + target)).sum()
     return bce + 1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
 
 
-def train_unet(images_hu: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None,
-               cfg: TrainConfig = TrainConfig(), seed: int = 0) -> TinyUNet:
+def train_unet(
+    images_hu: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray | None = None,
+    cfg: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    progress: str | None = None,
+) -> TinyUNet:
     """Train a :class:`TinyUNet` from scratch.
 
     Args:
@@ -121,6 +138,7 @@ def train_unet(images_hu: np.ndarray, labels: np.ndarray, weights: np.ndarray | 
         weights: ``(N, H, W)`` non-negative pixel weights, or ``None`` (all 1).
         cfg: the schedule and width.
         seed: seeds the initialisation, the batch draws and the augmentation.
+        progress: if given, a bar over the steps on stderr with this description.
 
     Returns:
         The trained net in eval mode.
@@ -129,7 +147,9 @@ def train_unet(images_hu: np.ndarray, labels: np.ndarray, weights: np.ndarray | 
     y = np.asarray(labels, np.float32)
     w = np.ones_like(y) if weights is None else np.asarray(weights, np.float32)
     if x.ndim != 3 or x.shape != y.shape or x.shape != w.shape or len(x) == 0:
-        raise ValueError(f"images, labels and weights must be the same non-empty (N, H, W); got {x.shape}, {y.shape}, {w.shape}")
+        raise ValueError(
+            f"images, labels and weights must be the same non-empty (N, H, W); got {x.shape}, {y.shape}, {w.shape}"
+        )
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(cfg.threads)))
     try:
@@ -139,13 +159,16 @@ def train_unet(images_hu: np.ndarray, labels: np.ndarray, weights: np.ndarray | 
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr * 0.05)
         net.train()
-        for _ in range(int(cfg.steps)):
+        from hiseg_sim.progress import progress_iter
+
+        for _ in progress_iter(range(int(cfg.steps)), desc=progress or "", enabled=progress is not None, unit="step"):
             idx = rng.integers(0, len(x), size=int(cfg.batch))
             xb, yb, wb = (_centre(a, int(cfg.patch_px)) for a in augment_batch(x, y, w, idx, rng, int(cfg.shift_px)))
             if cfg.jitter_hu > 0:
                 j = float(cfg.jitter_hu)
-                xb = (xb * (1.0 + rng.normal(0.0, j / 1000.0, (len(xb), 1, 1)))
-                      + rng.normal(0.0, j, (len(xb), 1, 1))).astype(np.float32)
+                xb = (
+                    xb * (1.0 + rng.normal(0.0, j / 1000.0, (len(xb), 1, 1))) + rng.normal(0.0, j, (len(xb), 1, 1))
+                ).astype(np.float32)
             xt = torch.from_numpy(to_input(xb))[:, None]
             loss = _loss(net(xt), torch.from_numpy(yb)[:, None], torch.from_numpy(wb)[:, None])
             opt.zero_grad(set_to_none=True)

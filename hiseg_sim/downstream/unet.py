@@ -33,8 +33,12 @@ PRIOR_SD_PX = 16.0
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -42,7 +46,7 @@ def centre_prior(h: int, w: int, sd_px: float = PRIOR_SD_PX) -> torch.Tensor:
     """``(H, W)`` Gaussian bump ``exp(-r² / 2 sd²)`` around the centre of an ``H x W`` input."""
     yy = torch.arange(h, dtype=torch.float32)[:, None] - (h - 1) / 2
     xx = torch.arange(w, dtype=torch.float32)[None, :] - (w - 1) / 2
-    return torch.exp(-(yy ** 2 + xx ** 2) / (2.0 * float(sd_px) ** 2))
+    return torch.exp(-(yy**2 + xx**2) / (2.0 * float(sd_px) ** 2))
 
 
 class TinyUNet(nn.Module):

@@ -16,5 +16,16 @@ from hiseg_sim.experiments.runner import RunPlan, plan_study, run_study
 from hiseg_sim.experiments.spec import SpecError, StudySpec, load_spec, spec_from_dict
 from hiseg_sim.experiments.storage import CorruptShardWarning, RunData, RunMismatchError, load_run
 
-__all__ = ["CorruptShardWarning", "RunData", "RunMismatchError", "RunPlan", "SpecError", "StudySpec", "load_run",
-           "load_spec", "plan_study", "run_study", "spec_from_dict"]
+__all__ = [
+    "CorruptShardWarning",
+    "RunData",
+    "RunMismatchError",
+    "RunPlan",
+    "SpecError",
+    "StudySpec",
+    "load_run",
+    "load_spec",
+    "plan_study",
+    "run_study",
+    "spec_from_dict",
+]

@@ -31,10 +31,14 @@ def case_meta(case) -> dict:
     m = case.meta
     d = float(case.diameter_mm)
     tex = m.get("texture")
-    return {"case_id": case.case_id, "diameter_mm": round(d, 2), "texture": None if tex is None else int(tex),
-            "size_band": m.get("size_band") or size_band(d),
-            "texture_group": m.get("texture_group") or (texture_group(tex) if tex is not None else "unknown"),
-            "n_readers": int(m.get("n_readers", len(case.reader_masks)))}
+    return {
+        "case_id": case.case_id,
+        "diameter_mm": round(d, 2),
+        "texture": None if tex is None else int(tex),
+        "size_band": m.get("size_band") or size_band(d),
+        "texture_group": m.get("texture_group") or (texture_group(tex) if tex is not None else "unknown"),
+        "n_readers": int(m.get("n_readers", len(case.reader_masks))),
+    }
 
 
 class CaseSource:
@@ -62,7 +66,11 @@ class CaseSource:
     def catalogue(self) -> list[dict]:
         """Metadata rows (:data:`META_KEYS`) of the selected cases, in study order."""
         if self._catalogue is None:
-            rows = self._cohort_rows() if self.spec.source is None else [case_meta(c) for c in self._source_cases().values()]
+            rows = (
+                self._cohort_rows()
+                if self.spec.source is None
+                else [case_meta(c) for c in self._source_cases().values()]
+            )
             self._catalogue = self._select(rows)
         return list(self._catalogue)
 
@@ -95,12 +103,21 @@ class CaseSource:
 
         man = read_manifest()
         if self.spec.cohort not in man["cohorts"]:
-            raise SpecError(f"[cases] cohort: unknown cohort {self.spec.cohort!r}; the manifest has {sorted(man['cohorts'])}")
+            raise SpecError(
+                f"[cases] cohort: unknown cohort {self.spec.cohort!r}; the manifest has {sorted(man['cohorts'])}"
+            )
         rows = []
         for e in man["cohorts"][self.spec.cohort]["cases"]:
-            rows.append({"case_id": e["nodule_id"], "diameter_mm": float(e["diameter_mm"]), "texture": int(e["texture"]),
-                         "size_band": e["size_band"], "texture_group": e["texture_group"],
-                         "n_readers": int(e.get("n_readers", 0))})
+            rows.append(
+                {
+                    "case_id": e["nodule_id"],
+                    "diameter_mm": float(e["diameter_mm"]),
+                    "texture": int(e["texture"]),
+                    "size_band": e["size_band"],
+                    "texture_group": e["texture_group"],
+                    "n_readers": int(e.get("n_readers", 0)),
+                }
+            )
         return rows
 
     def _source_cases(self) -> dict:

@@ -15,11 +15,24 @@ from hiseg_sim.experiments.spec import StudySpec, spec_from_dict
 __all__ = ["quick_spec"]
 
 
-def quick_spec(annotators: Sequence[str], *, name: str = "simulate", cohort: str = "default", limit: int | None = None,
-               per_stratum: int | None = None, ids: Sequence[str] = (), replicates: int = 1, seed: int = 0,
-               segmenters: Sequence[str] = ("litemedsam",), checkpoints: dict | None = None, env: str = "2d",
-               kind: str = "groups", executor: str = "process", workers: int = 0,
-               design: str = "sequence") -> StudySpec:
+def quick_spec(
+    annotators: Sequence[str],
+    *,
+    name: str = "simulate",
+    cohort: str = "default",
+    limit: int | None = None,
+    per_stratum: int | None = None,
+    ids: Sequence[str] = (),
+    replicates: int = 1,
+    seed: int = 0,
+    segmenters: Sequence[str] = ("litemedsam",),
+    checkpoints: dict | None = None,
+    env: str = "2d",
+    kind: str = "groups",
+    executor: str = "process",
+    workers: int = 0,
+    design: str = "sequence",
+) -> StudySpec:
     """A validated :class:`StudySpec` from arguments (each annotator an arm labelled by its name).
 
     With the default ``design="sequence"`` each of the ``replicates`` people of an arm works through
@@ -35,7 +48,11 @@ def quick_spec(annotators: Sequence[str], *, name: str = "simulate", cohort: str
     segs: dict = {"names": list(segmenters)}
     if checkpoints:
         segs["checkpoints"] = dict(checkpoints)
-    doc = {"study": {"name": name, "kind": kind, "seed": int(seed), "env": env}, "cases": cases, "segmenters": segs,
-           "annotators": [{"name": a} for a in annotators],
-           "run": {"replicates": int(replicates), "executor": executor, "workers": int(workers), "design": design}}
+    doc = {
+        "study": {"name": name, "kind": kind, "seed": int(seed), "env": env},
+        "cases": cases,
+        "segmenters": segs,
+        "annotators": [{"name": a} for a in annotators],
+        "run": {"replicates": int(replicates), "executor": executor, "workers": int(workers), "design": design},
+    }
     return spec_from_dict(doc, f"simulate({', '.join(annotators)})")

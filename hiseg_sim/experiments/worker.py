@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hiseg_sim.experiments.cases import CaseSource
 from hiseg_sim.codec import jsonable
+from hiseg_sim.experiments.cases import CaseSource
 from hiseg_sim.experiments.episode import case_record, final_mask_record, trace_rows
 from hiseg_sim.experiments.spec import EPISODES, StudySpec, spec_from_dict
 from hiseg_sim.experiments.units import WorkUnit
@@ -38,8 +38,12 @@ class UnitResult:
 
 def worker_config(spec: StudySpec, cache_dir: str | None, threads: int | None, workers: int = 1) -> dict:
     """The picklable recipe of a :class:`WorkerContext`."""
-    return {"spec": spec.to_dict(), "cache_dir": None if cache_dir is None else str(cache_dir),
-            "threads": threads, "workers": int(workers)}
+    return {
+        "spec": spec.to_dict(),
+        "cache_dir": None if cache_dir is None else str(cache_dir),
+        "threads": threads,
+        "workers": int(workers),
+    }
 
 
 def build_segmenter(name: str, cache_dir: str | None, checkpoint: str | None = None):
@@ -89,8 +93,9 @@ class WorkerContext:
 
         import hiseg_sim  # noqa: F401  (registers the env ids in a fresh process)
 
-        return gym.make(self.spec.env_id, cases=list(cases), segmenter=segmenter, cache_dir=self.cache_dir,
-                        **self.spec.env_kwargs)
+        return gym.make(
+            self.spec.env_id, cases=list(cases), segmenter=segmenter, cache_dir=self.cache_dir, **self.spec.env_kwargs
+        )
 
     def run_unit(self, unit: WorkUnit) -> UnitResult:
         """Run every episode of ``unit`` in order; return its rows."""
@@ -112,13 +117,25 @@ class WorkerContext:
                 annotator = persistent if persistent is not None else build_annotator_for(arm)
                 res = self.episode_fn(env, annotator, case_id=ep.case_id, seed=ep.seed, feedback=ep.feedback)
                 trace, summary = (res.trace, res.summary) if hasattr(res, "summary") else res
-                keys = {"unit_id": unit.unit_id, "segmenter": unit.segmenter, "annotator": arm.label,
-                        "case_id": ep.case_id, "replicate": ep.replicate, "position": ep.position}
+                keys = {
+                    "unit_id": unit.unit_id,
+                    "segmenter": unit.segmenter,
+                    "annotator": arm.label,
+                    "case_id": ep.case_id,
+                    "replicate": ep.replicate,
+                    "position": ep.position,
+                }
                 m = meta.get(ep.case_id, {})
                 row = dict(keys)
-                row.update(annotator_name=arm.name, seed=ep.seed, feedback=ep.feedback,
-                           size_band=m.get("size_band"), texture_group=m.get("texture_group"),
-                           diameter_mm=m.get("diameter_mm"), texture=m.get("texture"))
+                row.update(
+                    annotator_name=arm.name,
+                    seed=ep.seed,
+                    feedback=ep.feedback,
+                    size_band=m.get("size_band"),
+                    texture_group=m.get("texture_group"),
+                    diameter_mm=m.get("diameter_mm"),
+                    texture=m.get("texture"),
+                )
                 for k, v in dict(summary).items():
                     if k not in row and k not in ("case_id", "annotator", "seed"):
                         row[k] = jsonable(v)
@@ -128,9 +145,15 @@ class WorkerContext:
         finally:
             env.close()
         case_rows = [case_record(by_id[c]) for c in unit.case_ids]
-        info = {"pid": os.getpid(), "wall_s": time.perf_counter() - t0, "threads": self.threads,
-                "segmenter": unit.segmenter, "weights_sha256": getattr(seg, "weights_sha256", None),
-                "runtime": getattr(seg, "runtime", None), "n_episodes": len(unit.episodes)}
+        info = {
+            "pid": os.getpid(),
+            "wall_s": time.perf_counter() - t0,
+            "threads": self.threads,
+            "segmenter": unit.segmenter,
+            "weights_sha256": getattr(seg, "weights_sha256", None),
+            "runtime": getattr(seg, "runtime", None),
+            "n_episodes": len(unit.episodes),
+        }
         return UnitResult(unit.unit_id, {"episodes": episodes, "actions": actions, "cases": case_rows}, info)
 
 

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 __all__ = ["PolicyAnnotator", "TrainConfig", "policy_names", "train_policy"]
 
-_LAZY = {"PolicyAnnotator": "hiseg_sim.policies.store", "policy_names": "hiseg_sim.policies.store",
-         "TrainConfig": "hiseg_sim.policies.train", "train_policy": "hiseg_sim.policies.train"}
+_LAZY = {
+    "PolicyAnnotator": "hiseg_sim.policies.store",
+    "policy_names": "hiseg_sim.policies.store",
+    "TrainConfig": "hiseg_sim.policies.train",
+    "train_policy": "hiseg_sim.policies.train",
+}
 
 
 def __getattr__(name: str):

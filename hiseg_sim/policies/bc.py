@@ -41,15 +41,18 @@ def action_mask(actions: np.ndarray) -> np.ndarray:
 
 def _forward(policy, screen: np.ndarray, state: np.ndarray):
     device = policy.device
-    obs = {"screen": torch.as_tensor(np.ascontiguousarray(screen), device=device).float(),
-           "state": torch.as_tensor(state, device=device)}
+    obs = {
+        "screen": torch.as_tensor(np.ascontiguousarray(screen), device=device).float(),
+        "state": torch.as_tensor(state, device=device),
+    }
     features = policy.extract_features(obs)  # SB3's preprocessing divides the uint8 screen by 255
     latent_pi, latent_vf = policy.mlp_extractor(features)
     return policy._get_action_dist_from_latent(latent_pi), policy.value_net(latent_vf).flatten()
 
 
-def _split(demos: Demos, rng: np.random.Generator, groups: np.ndarray | None = None,
-           val_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def _split(
+    demos: Demos, rng: np.random.Generator, groups: np.ndarray | None = None, val_frac: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
     """Train and held-out row indices: a ``val_frac`` share of the groups (episodes by default) held out."""
     key = np.asarray(groups) if groups is not None else demos.episode
     uniq = np.unique(key)
@@ -59,10 +62,22 @@ def _split(demos: Demos, rng: np.random.Generator, groups: np.ndarray | None = N
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
-def behaviour_clone(policy, demos: Demos, grid: int, epochs: int = 30, batch_size: int = 64, lr: float = 3e-4,
-                    value_coef: float = 0.5, seed: int = 0, log=None, groups: np.ndarray | None = None,
-                    val_frac: float = 0.1, schedule: str = "constant", patience: int | None = None,
-                    restore_best: bool = False) -> list[dict]:
+def behaviour_clone(
+    policy,
+    demos: Demos,
+    grid: int,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 3e-4,
+    value_coef: float = 0.5,
+    seed: int = 0,
+    log=None,
+    groups: np.ndarray | None = None,
+    val_frac: float = 0.1,
+    schedule: str = "constant",
+    patience: int | None = None,
+    restore_best: bool = False,
+) -> list[dict]:
     """Fit ``policy`` (an SB3 ``ActorCriticPolicy`` over a :class:`~hiseg_sim.policies.spaces.PolicyView`
     env) to ``demos``; returns one dict per epoch (``epoch, loss, nll, value_mse, val_kind_acc,
     val_box_err_cells, val_first_box_err_cells, lr``). ``log`` is called with each dict.
@@ -82,7 +97,11 @@ def behaviour_clone(policy, demos: Demos, grid: int, epochs: int = 30, batch_siz
     curve = []
     best, best_state, since = np.inf, None, 0
     for epoch in range(int(epochs)):
-        lr_now = lr if schedule == "constant" else lr * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * epoch / max(1, int(epochs)))))
+        lr_now = (
+            lr
+            if schedule == "constant"
+            else lr * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * epoch / max(1, int(epochs)))))
+        )
         for g in opt.param_groups:
             g["lr"] = lr_now
         policy.set_training_mode(True)
@@ -90,7 +109,7 @@ def behaviour_clone(policy, demos: Demos, grid: int, epochs: int = 30, batch_siz
         tot = tot_nll = tot_v = 0.0
         nb = 0
         for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
+            idx = order[s : s + batch_size]
             screens, acts = [], []
             for i in idx:
                 sc, a = augment(demos.screen[i], demos.action[i], int(rng.integers(4)), bool(rng.integers(2)), grid)
@@ -134,7 +153,11 @@ def behaviour_clone(policy, demos: Demos, grid: int, epochs: int = 30, batch_siz
 @torch.no_grad()
 def _validate(policy, demos: Demos, idx: np.ndarray) -> dict:
     if len(idx) == 0:
-        return {"val_kind_acc": float("nan"), "val_box_err_cells": float("nan"), "val_first_box_err_cells": float("nan")}
+        return {
+            "val_kind_acc": float("nan"),
+            "val_box_err_cells": float("nan"),
+            "val_first_box_err_cells": float("nan"),
+        }
     policy.set_training_mode(False)
     dist, _ = _forward(policy, demos.screen[idx], demos.state[idx])
     pred = torch.stack([d.probs.argmax(1) for d in dist.distribution], dim=1).cpu().numpy()

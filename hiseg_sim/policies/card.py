@@ -27,51 +27,73 @@ def card_markdown(card: dict) -> str:
     """The card as Markdown: what was trained on what, how long, and how it did."""
     tr = card.get("training", {})
     demo = card.get("demonstrations") or {}
-    lines = [f"# Policy `{card['name']}`", "",
-             f"- kind: {card['kind']}",
-             f"- environment: `{card['env_id']}` (grid {card['grid']} cells per side, step budget {card['max_episode_steps']})",
-             f"- training cohort: `{card['cohort']}`; segmenter: `{card['segmenter']}`",
-             "- sees: " + (f"the image, its mask and prompts, and the intent of a `{card['perception']}` "
-                           "(that profile's perception step: its eye, the policy's hand)" if card.get("perception")
-                           else "the image, its mask and prompts (no intent: it must find the nodule itself)"),
-             f"- reward: {card['reward']}",
-             *_network_lines(card),
-             f"- PPO steps: {card['steps']}; seed: {card['seeds'].get('train')}",
-             f"- training wall time: {tr.get('wall_s')} s on {tr.get('cores')} cores "
-             f"(demonstrations {tr.get('demos_s', 0)} s, behaviour cloning {tr.get('bc_s', 0)} s, PPO {tr.get('ppo_s', 0)} s; "
-             f"{tr.get('n_envs')} envs, {tr.get('vec')})"]
+    lines = [
+        f"# Policy `{card['name']}`",
+        "",
+        f"- kind: {card['kind']}",
+        f"- environment: `{card['env_id']}` (grid {card['grid']} cells per side, step budget {card['max_episode_steps']})",
+        f"- training cohort: `{card['cohort']}`; segmenter: `{card['segmenter']}`",
+        "- sees: "
+        + (
+            f"the image, its mask and prompts, and the intent of a `{card['perception']}` "
+            "(that profile's perception step: its eye, the policy's hand)"
+            if card.get("perception")
+            else "the image, its mask and prompts (no intent: it must find the nodule itself)"
+        ),
+        f"- reward: {card['reward']}",
+        *_network_lines(card),
+        f"- PPO steps: {card['steps']}; seed: {card['seeds'].get('train')}",
+        f"- training wall time: {tr.get('wall_s')} s on {tr.get('cores')} cores "
+        f"(demonstrations {tr.get('demos_s', 0)} s, behaviour cloning {tr.get('bc_s', 0)} s, PPO {tr.get('ppo_s', 0)} s; "
+        f"{tr.get('n_envs')} envs, {tr.get('vec')})",
+    ]
     if demo:
-        lines.append(f"- demonstrations: {demo.get('kept')} of {demo.get('episodes')} episodes of "
-                     f"`{demo.get('annotator')}` ({demo.get('samples')} steps), cut at their best mask: person Dice "
-                     f"{_fmt(demo.get('person_dice_mean'))} in {_fmt(demo.get('person_seconds_mean'))} s -> "
-                     f"{_fmt(demo.get('cut_dice_mean'))} in {_fmt(demo.get('cut_seconds_mean'))} s"
-                     + (f"; collecting them took {demo['wall_s']} s" if demo.get("wall_s") else "")
-                     + (f"; loaded from `{demo['loaded_from']}`" if demo.get("loaded_from") else ""))
+        lines.append(
+            f"- demonstrations: {demo.get('kept')} of {demo.get('episodes')} episodes of "
+            f"`{demo.get('annotator')}` ({demo.get('samples')} steps), cut at their best mask: person Dice "
+            f"{_fmt(demo.get('person_dice_mean'))} in {_fmt(demo.get('person_seconds_mean'))} s -> "
+            f"{_fmt(demo.get('cut_dice_mean'))} in {_fmt(demo.get('cut_seconds_mean'))} s"
+            + (f"; collecting them took {demo['wall_s']} s" if demo.get("wall_s") else "")
+            + (f"; loaded from `{demo['loaded_from']}`" if demo.get("loaded_from") else "")
+        )
     last = tr.get("last_rollout")
     if last:
-        lines.append(f"- last PPO rollouts (training cohort, sampled actions): Dice {_fmt(last['dice'])}, "
-                     f"{_fmt(last['seconds'])} s, return {_fmt(last['return'])}")
+        lines.append(
+            f"- last PPO rollouts (training cohort, sampled actions): Dice {_fmt(last['dice'])}, "
+            f"{_fmt(last['seconds'])} s, return {_fmt(last['return'])}"
+        )
     lines += ["", "## Evaluation", ""]
     ev = card.get("evaluation")
     if not ev:
         lines.append(f"Not evaluated yet: run `hiseg-sim eval-policy {card['name']}` (experiments/policy_eval.toml).")
     else:
-        lines.append(f"Study `{ev.get('study')}` on cohort `{ev.get('cohort')}` ({ev.get('episodes')} episodes); "
-                     f"95 % intervals are cluster bootstraps over cases, paired on (case, replicate).")
+        lines.append(
+            f"Study `{ev.get('study')}` on cohort `{ev.get('cohort')}` ({ev.get('episodes')} episodes); "
+            f"95 % intervals are cluster bootstraps over cases, paired on (case, replicate)."
+        )
         lines.append("")
         lines.append("| arm | episodes | Dice | 95 % CI | seconds | 95 % CI |")
         lines.append("|---|---|---|---|---|---|")
         for r in ev.get("arms", []):
-            lines.append(f"| {r['annotator']} | {r['n']} | {r['dice']:.3f} | {r['dice_lo']:.3f}–{r['dice_hi']:.3f} | "
-                         f"{r['seconds']:.1f} | {r['seconds_lo']:.1f}–{r['seconds_hi']:.1f} |")
+            lines.append(
+                f"| {r['annotator']} | {r['n']} | {r['dice']:.3f} | {r['dice_lo']:.3f}–{r['dice_hi']:.3f} | "
+                f"{r['seconds']:.1f} | {r['seconds_lo']:.1f}–{r['seconds_hi']:.1f} |"
+            )
         t_star = ev.get("t_star")
         if ev.get("paired"):
-            lines += ["", f"Paired differences (policy − arm); `dice@t*` is the Dice at t* = {t_star:.1f} s, the "
-                      "policy's median episode time, read from each episode's Dice-vs-time step function:", "",
-                      "| arm | measure | difference | 95 % CI | pairs |", "|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"Paired differences (policy − arm); `dice@t*` is the Dice at t* = {t_star:.1f} s, the "
+                "policy's median episode time, read from each episode's Dice-vs-time step function:",
+                "",
+                "| arm | measure | difference | 95 % CI | pairs |",
+                "|---|---|---|---|---|",
+            ]
             for p in ev["paired"]:
-                lines.append(f"| {p['b']} | {p['measure']} | {p['diff']:+.3f} | {p['lo']:+.3f} – {p['hi']:+.3f} | "
-                             f"{p['n_pairs']} |")
+                lines.append(
+                    f"| {p['b']} | {p['measure']} | {p['diff']:+.3f} | {p['lo']:+.3f} – {p['hi']:+.3f} | "
+                    f"{p['n_pairs']} |"
+                )
         if ev.get("plot"):
             lines += ["", f"Plot: `{ev['plot']}`"]
     if card.get("notes"):
@@ -85,11 +107,15 @@ def _network_lines(card: dict) -> list[str]:
         return []
     scr, st = arch["observation_space"]["screen"]["shape"], arch["observation_space"]["state"]["shape"]
     kw = ", ".join(f"{k}={v}" for k, v in arch["features_extractor_kwargs"].items())
-    network = (f"- network: `{arch['policy_class']}` over `{arch['features_extractor']}({kw})`, heads "
-               f"{arch['net_arch']}, on a {'x'.join(map(str, scr))} screen and {st[0]} state values; actions "
-               f"MultiDiscrete {arch['action_space']['nvec']}")
-    weights = (f"- weights: `{w['file']}` ({w['parameters']} parameters, {w['tensors']} state-dict entries; "
-               f"sha256 {w['sha256']})")
+    network = (
+        f"- network: `{arch['policy_class']}` over `{arch['features_extractor']}({kw})`, heads "
+        f"{arch['net_arch']}, on a {'x'.join(map(str, scr))} screen and {st[0]} state values; actions "
+        f"MultiDiscrete {arch['action_space']['nvec']}"
+    )
+    weights = (
+        f"- weights: `{w['file']}` ({w['parameters']} parameters, {w['tensors']} state-dict entries; "
+        f"sha256 {w['sha256']})"
+    )
     return [network, weights]
 
 
@@ -99,7 +125,9 @@ def read_card(policy_dir: str | Path) -> dict:
     try:
         card = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable JSON model card ({exc}); restore it from the policy's source") from exc
+        raise ValueError(
+            f"{path}: not a readable JSON model card ({exc}); restore it from the policy's source"
+        ) from exc
     if not isinstance(card, dict):
         raise ValueError(f"{path}: the model card must be a JSON object; got {type(card).__name__}")
     return card
@@ -142,8 +170,13 @@ def plot_training_curve(curve: list[dict], path: str | Path, title: str = "", de
         ax.set_ylabel("negative log-likelihood")
         ax2 = ax.twinx()
         ax2.plot(ep, [r["val_kind_acc"] for r in bc], color="tab:green", label="held-out kind accuracy")
-        ax2.plot(ep, [r["val_box_err_cells"] / 10 for r in bc], color="tab:red", ls="--",
-                 label="held-out box corner error (cells / 10)")
+        ax2.plot(
+            ep,
+            [r["val_box_err_cells"] / 10 for r in bc],
+            color="tab:red",
+            ls="--",
+            label="held-out box corner error (cells / 10)",
+        )
         ax2.set_ylim(0, 1.05)
         ax2.set_ylabel("accuracy / error")
         h1, l1 = ax.get_legend_handles_labels()

@@ -22,6 +22,7 @@ import dataclasses
 import zlib
 
 import numpy as np
+
 from hiseg_sim.seeding import keyed_rng
 
 __all__ = ["default_renderings", "nodule_of", "holdout_extra_cases", "rendering_manifest", "validation_cases"]
@@ -45,7 +46,7 @@ def rendering_manifest(n_renderings: int = 8, cohort: str = "default", nodules: 
     if cohort == "holdout":
         raise ValueError("policies are trained on the default cohort; the holdout cohort is for evaluation only")
     cases = []
-    for entry in man["cohorts"][cohort]["cases"][: nodules]:
+    for entry in man["cohorts"][cohort]["cases"][:nodules]:
         rng = np.random.default_rng([zlib.crc32(entry["nodule_id"].encode()), 7])
         seeds = [int(entry["phantom_seed"])]
         while len(seeds) < int(n_renderings):
@@ -78,7 +79,7 @@ def validation_cases(n: int = 40) -> list:
     from hiseg_sim.downstream.pool import pool_cases
 
     cases = pool_cases()
-    return cases[-int(n):]
+    return cases[-int(n) :]
 
 
 def holdout_extra_cases(n: int = 96, seed: int = 0) -> list:

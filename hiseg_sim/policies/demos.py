@@ -52,11 +52,18 @@ class Demos:
     def save(self, path: str | Path) -> None:
         import json
 
-        np.savez_compressed(path, screen=self.screen, state=self.state, action=self.action, ret=self.ret,
-                            episode=self.episode, stats=json.dumps(self.stats))
+        np.savez_compressed(
+            path,
+            screen=self.screen,
+            state=self.state,
+            action=self.action,
+            ret=self.ret,
+            episode=self.episode,
+            stats=json.dumps(self.stats),
+        )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Demos":
+    def load(cls, path: str | Path) -> Demos:
         import json
 
         z = np.load(path, allow_pickle=False)
@@ -109,8 +116,18 @@ def best_prefix(steps: list[tuple], final_obs: dict) -> tuple[list[tuple[dict, o
     return pairs, float(dice[k]), seconds + ACCEPT_SECONDS
 
 
-def collect_demos(env: gym.Env, annotator_name: str, case_ids: list[str], episodes: int, *, seed: int = 0,
-                  grid: int = 48, time_penalty: float = 0.0, min_dice: float = 0.5, progress: bool = False) -> Demos:
+def collect_demos(
+    env: gym.Env,
+    annotator_name: str,
+    case_ids: list[str],
+    episodes: int,
+    *,
+    seed: int = 0,
+    grid: int = 48,
+    time_penalty: float = 0.0,
+    min_dice: float = 0.5,
+    progress: bool = False,
+) -> Demos:
     """Run ``annotator_name`` for ``episodes`` episodes on ``env`` and return the cut demonstrations.
 
     Cases are taken in order, round after round; each round is a fresh person (a new annotator
@@ -119,9 +136,9 @@ def collect_demos(env: gym.Env, annotator_name: str, case_ids: list[str], episod
     stderr (``progress=True`` prints one line per episode instead).
     """
     from hiseg_sim.annotators.harness import run_episode
-    from hiseg_sim.seeding import person_episode_seed
     from hiseg_sim.annotators.registry import build_annotator
     from hiseg_sim.progress import progress_iter
+    from hiseg_sim.seeding import person_episode_seed
 
     u = env.unwrapped
     size, three_d = int(u.size), bool(u.three_d)
@@ -131,8 +148,9 @@ def collect_demos(env: gym.Env, annotator_name: str, case_ids: list[str], episod
     raw_dice, raw_sec, cut_dice, cut_sec, kept = [], [], [], [], 0
     agent = None
     t0 = time.perf_counter()
-    for i in progress_iter(range(int(episodes)), desc=f"demonstrations ({annotator_name})", unit="episode",
-                           enabled=not progress):
+    for i in progress_iter(
+        range(int(episodes)), desc=f"demonstrations ({annotator_name})", unit="episode", enabled=not progress
+    ):
         rnd, cid = divmod(i, len(case_ids))
         if cid == 0 or agent is None:
             agent = build_annotator(annotator_name)
@@ -142,8 +160,11 @@ def collect_demos(env: gym.Env, annotator_name: str, case_ids: list[str], episod
         raw_sec.append(res.summary["seconds_total"])
         pairs, best, secs = best_prefix(rec.steps, rec.last_obs)
         if progress:
-            print(f"[demos] {i + 1}/{episodes} {case_id}: dice {res.summary['final_dice']:.3f} -> cut {best:.3f}, "
-                  f"{len(rec.steps)} -> {len(pairs)} actions", flush=True)
+            print(
+                f"[demos] {i + 1}/{episodes} {case_id}: dice {res.summary['final_dice']:.3f} -> cut {best:.3f}, "
+                f"{len(rec.steps)} -> {len(pairs)} actions",
+                flush=True,
+            )
         if best < min_dice or not pairs:
             continue
         kept += 1
@@ -163,14 +184,32 @@ def collect_demos(env: gym.Env, annotator_name: str, case_ids: list[str], episod
             rets.append(best - dice_before[j] - time_penalty * float(left[j]))
             eps.append(i)
     n_state = 8 if three_d else 5
-    stats = {"annotator": annotator_name, "episodes": int(episodes), "kept": kept, "samples": len(acts),
-             "min_dice": min_dice, "person_dice_mean": float(np.mean(raw_dice)) if raw_dice else None,
-             "person_seconds_mean": float(np.mean(raw_sec)) if raw_sec else None,
-             "cut_dice_mean": float(np.mean(cut_dice)) if cut_dice else None,
-             "cut_seconds_mean": float(np.mean(cut_sec)) if cut_sec else None,
-             "wall_s": round(time.perf_counter() - t0, 1)}
+    stats = {
+        "annotator": annotator_name,
+        "episodes": int(episodes),
+        "kept": kept,
+        "samples": len(acts),
+        "min_dice": min_dice,
+        "person_dice_mean": float(np.mean(raw_dice)) if raw_dice else None,
+        "person_seconds_mean": float(np.mean(raw_sec)) if raw_sec else None,
+        "cut_dice_mean": float(np.mean(cut_dice)) if cut_dice else None,
+        "cut_seconds_mean": float(np.mean(cut_sec)) if cut_sec else None,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
     if not acts:
-        return Demos(np.zeros((0, 5, size, size), np.uint8), np.zeros((0, n_state), np.float32),
-                     np.zeros((0, 5), np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64), stats)
-    return Demos(np.stack(screens), np.stack(states).astype(np.float32), np.stack(acts), np.asarray(rets, np.float32),
-                 np.asarray(eps, np.int64), stats)
+        return Demos(
+            np.zeros((0, 5, size, size), np.uint8),
+            np.zeros((0, n_state), np.float32),
+            np.zeros((0, 5), np.int64),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int64),
+            stats,
+        )
+    return Demos(
+        np.stack(screens),
+        np.stack(states).astype(np.float32),
+        np.stack(acts),
+        np.asarray(rets, np.float32),
+        np.asarray(eps, np.int64),
+        stats,
+    )

@@ -56,18 +56,33 @@ def compare_at_equal_time(data, policy: str, arms: list[str] | None = None, n_bo
     at_t = table.groupby("annotator")["dice@t*"].mean()
     rows = []
     for r in summ.to_dict("records"):
-        rows.append({k: (float(v) if isinstance(v, (np.floating, float)) else (int(v) if isinstance(v, (np.integer,)) else v))
-                     for k, v in r.items()} | {"dice_at_t_star": float(at_t.get(r["annotator"], np.nan))})
+        rows.append(
+            {
+                k: (
+                    float(v) if isinstance(v, (np.floating, float)) else (int(v) if isinstance(v, (np.integer,)) else v)
+                )
+                for k, v in r.items()
+            }
+            | {"dice_at_t_star": float(at_t.get(r["annotator"], np.nan))}
+        )
     paired = []
     for b in arms:
         for m in MEASURES:
-            res = paired_bootstrap(table, m, "annotator", policy, b, pair_on=("case_id", "replicate"), n_boot=n_boot,
-                                   seed=seed)
+            res = paired_bootstrap(
+                table, m, "annotator", policy, b, pair_on=("case_id", "replicate"), n_boot=n_boot, seed=seed
+            )
             paired.append({"b": b, "measure": m, **{k: res[k] for k in ("diff", "lo", "hi", "n_pairs", "p_boot")}})
     spec = getattr(data, "spec", None) or {}
     cases = spec.get("cases") or {}
-    return {"study": spec.get("name"), "cohort": cases.get("cohort") or cases.get("source"), "policy": policy,
-            "episodes": int(len(ep)), "t_star": t_star, "arms": rows, "paired": paired}
+    return {
+        "study": spec.get("name"),
+        "cohort": cases.get("cohort") or cases.get("source"),
+        "policy": policy,
+        "episodes": int(len(ep)),
+        "t_star": t_star,
+        "arms": rows,
+        "paired": paired,
+    }
 
 
 def plot_comparison(data, result: dict, path: str | Path, horizon: float | None = None) -> Path:

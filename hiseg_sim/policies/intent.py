@@ -17,18 +17,19 @@ person's and the policy puts it in the same channel.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from hiseg_sim.seeding import keyed_rng
+
 from hiseg_sim.annotators.base import Annotator
+from hiseg_sim.seeding import keyed_rng
 
 __all__ = ["PerceivedIntent", "intent_channel", "perception_params_of"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def perception_params_of(profile: str):
     """The perception parameters of a fresh person of ``profile`` (a registry name; read once per
     process: the profile files are data, not state)."""
@@ -36,8 +37,10 @@ def perception_params_of(profile: str):
 
     params = build_annotator(profile).perception_params()
     if params is None:
-        raise ValueError(f"{profile!r} has no perception model (robots and policies have none); "
-                         "give a behaviour profile such as 'junior_medical_student'")
+        raise ValueError(
+            f"{profile!r} has no perception model (robots and policies have none); "
+            "give a behaviour profile such as 'junior_medical_student'"
+        )
     return params
 
 
@@ -80,8 +83,9 @@ class PerceivedIntent(gym.Wrapper):
         self._perceiver = _Perceiver(perception_params_of(self.profile))
         self._rng: np.random.Generator | None = None
         self._intent = np.zeros((1, self.size, self.size), np.uint8)
-        self.observation_space = spaces.Dict({**env.observation_space.spaces,
-                                              "intent": spaces.Box(0, 255, (1, self.size, self.size), np.uint8)})
+        self.observation_space = spaces.Dict(
+            {**env.observation_space.spaces, "intent": spaces.Box(0, 255, (1, self.size, self.size), np.uint8)}
+        )
 
     def reset(self, *, seed=None, options=None):
         from hiseg_sim.annotators.harness import make_knowledge

@@ -25,8 +25,18 @@ import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "ARCHITECTURE_FORMAT", "EXTRACTORS", "POLICY_CLASSES", "ArchitectureError", "ScreenCNN",
-           "SpatialActorCriticPolicy", "SpatialScreenNet", "build_policy", "describe_policy"]
+__all__ = [
+    "ACTIVATIONS",
+    "ARCHITECTURE_FORMAT",
+    "EXTRACTORS",
+    "POLICY_CLASSES",
+    "ArchitectureError",
+    "ScreenCNN",
+    "SpatialActorCriticPolicy",
+    "SpatialScreenNet",
+    "build_policy",
+    "describe_policy",
+]
 
 
 class ScreenCNN(BaseFeaturesExtractor):
@@ -42,10 +52,14 @@ class ScreenCNN(BaseFeaturesExtractor):
         n_state = int(observation_space["state"].shape[0])
         ch = int(channels)
         self.cnn = nn.Sequential(
-            nn.Conv2d(c + 2, ch, 5, stride=2, padding=2), nn.ReLU(),
-            nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * ch, 2 * ch, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * ch, ch // 2, 3, stride=1, padding=1), nn.ReLU(),
+            nn.Conv2d(c + 2, ch, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * ch, 2 * ch, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * ch, ch // 2, 3, stride=1, padding=1),
+            nn.ReLU(),
             nn.Flatten(),
         )
         lin = torch.linspace(-1.0, 1.0, s)
@@ -79,8 +93,9 @@ class SpatialScreenNet(BaseFeaturesExtractor):
     reads the logits straight through; the kind and the value come from the pooled features.
     """
 
-    def __init__(self, observation_space: gym.spaces.Dict, grid: int = 48, channels: int = 16,
-                 position_bias: bool = False):
+    def __init__(
+        self, observation_space: gym.spaces.Dict, grid: int = 48, channels: int = 16, position_bias: bool = False
+    ):
         c, s, _ = observation_space["screen"].shape
         n_state = int(observation_space["state"].shape[0])
         if s % grid:
@@ -162,14 +177,27 @@ EXTRACTORS: dict[str, type] = {"ScreenCNN": ScreenCNN, "SpatialScreenNet": Spati
 #: activations of the MLP heads a card may name
 ACTIVATIONS: dict[str, type] = {"Tanh": nn.Tanh, "ReLU": nn.ReLU}
 _DTYPES = ("uint8", "float32")
-_KEYS = ("format", "policy_class", "observation_space", "action_space", "features_extractor",
-         "features_extractor_kwargs", "net_arch", "activation_fn", "share_features_extractor", "normalize_images")
+_KEYS = (
+    "format",
+    "policy_class",
+    "observation_space",
+    "action_space",
+    "features_extractor",
+    "features_extractor_kwargs",
+    "net_arch",
+    "activation_fn",
+    "share_features_extractor",
+    "normalize_images",
+)
 
 
 def _policy_classes() -> dict[str, Any]:
     from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 
-    return {"MultiInputActorCriticPolicy": MultiInputActorCriticPolicy, "SpatialActorCriticPolicy": SpatialActorCriticPolicy}
+    return {
+        "MultiInputActorCriticPolicy": MultiInputActorCriticPolicy,
+        "SpatialActorCriticPolicy": SpatialActorCriticPolicy,
+    }
 
 
 #: SB3 actor-critic classes a card may name
@@ -199,8 +227,12 @@ def _box_to_json(box, key: str) -> dict:
     lo, hi = np.unique(box.low), np.unique(box.high)
     if len(lo) != 1 or len(hi) != 1:
         raise ArchitectureError(f"observation {key!r} must have one lower and one upper bound; got {box}")
-    return {"shape": [int(v) for v in box.shape], "low": lo[0].item(), "high": hi[0].item(),
-            "dtype": np.dtype(box.dtype).name}
+    return {
+        "shape": [int(v) for v in box.shape],
+        "low": lo[0].item(),
+        "high": hi[0].item(),
+        "dtype": np.dtype(box.dtype).name,
+    }
 
 
 def _resolved_kwargs(cls: type, kwargs: dict | None) -> dict:
@@ -273,8 +305,9 @@ def _box_from_json(d: Any, key: str) -> gym.spaces.Box:
         raise ArchitectureError(f"observation_space.{key} must be {{shape, low, high, dtype in {_DTYPES}}}; got {d!r}")
     if not all(isinstance(d[b], (int, float)) and not isinstance(d[b], bool) for b in ("low", "high")):
         raise ArchitectureError(f"observation_space.{key} bounds must be numbers; got {d['low']!r}, {d['high']!r}")
-    return gym.spaces.Box(d["low"], d["high"], tuple(_int_list(d["shape"], f"observation_space.{key}.shape")),
-                          np.dtype(d["dtype"]))
+    return gym.spaces.Box(
+        d["low"], d["high"], tuple(_int_list(d["shape"], f"observation_space.{key}.shape")), np.dtype(d["dtype"])
+    )
 
 
 def build_policy(arch: dict):
@@ -289,8 +322,10 @@ def build_policy(arch: dict):
     if arch.get("format") != ARCHITECTURE_FORMAT:
         raise ArchitectureError(f"architecture format {arch.get('format')!r} is not {ARCHITECTURE_FORMAT}")
     if set(arch) != set(_KEYS):
-        raise ArchitectureError(f"architecture fields must be {sorted(_KEYS)}; missing {sorted(set(_KEYS) - set(arch))}, "
-                                f"unknown {sorted(set(arch) - set(_KEYS))}")
+        raise ArchitectureError(
+            f"architecture fields must be {sorted(_KEYS)}; missing {sorted(set(_KEYS) - set(arch))}, "
+            f"unknown {sorted(set(arch) - set(_KEYS))}"
+        )
     names = {"policy_class": POLICY_CLASSES, "features_extractor": EXTRACTORS, "activation_fn": ACTIVATIONS}
     for key, table in names.items():
         if arch[key] not in table:
@@ -316,6 +351,13 @@ def build_policy(arch: dict):
         raise ArchitectureError(f"features_extractor_kwargs must be a JSON object; got {kwargs!r}")
     kwargs = _resolved_kwargs(extractor, kwargs)
     return POLICY_CLASSES[arch["policy_class"]](
-        obs_space, act_space, _constant_lr, net_arch=net_arch, activation_fn=ACTIVATIONS[arch["activation_fn"]],
-        features_extractor_class=extractor, features_extractor_kwargs=kwargs,
-        share_features_extractor=arch["share_features_extractor"], normalize_images=arch["normalize_images"])
+        obs_space,
+        act_space,
+        _constant_lr,
+        net_arch=net_arch,
+        activation_fn=ACTIVATIONS[arch["activation_fn"]],
+        features_extractor_class=extractor,
+        features_extractor_kwargs=kwargs,
+        share_features_extractor=arch["share_features_extractor"],
+        normalize_images=arch["normalize_images"],
+    )

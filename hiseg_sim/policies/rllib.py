@@ -52,16 +52,26 @@ def register() -> str:
     return ENV_NAME
 
 
-def ppo_config(env_config: dict | None = None, num_env_runners: int = 2, hidden: tuple[int, ...] = (256, 128),
-               train_batch_size: int = 4000, minibatch_size: int = 128, num_epochs: int = 4, lr: float = 1e-4):
+def ppo_config(
+    env_config: dict | None = None,
+    num_env_runners: int = 2,
+    hidden: tuple[int, ...] = (256, 128),
+    train_batch_size: int = 4000,
+    minibatch_size: int = 128,
+    num_epochs: int = 4,
+    lr: float = 1e-4,
+):
     """An RLlib ``PPOConfig`` on the registered env (RLlib's new API stack)."""
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
     name = register()
-    return (PPOConfig()
-            .environment(name, env_config=dict(env_config or {}))
-            .env_runners(num_env_runners=num_env_runners)
-            .training(train_batch_size_per_learner=train_batch_size, minibatch_size=minibatch_size,
-                      num_epochs=num_epochs, lr=lr)
-            .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(hidden))))
+    return (
+        PPOConfig()
+        .environment(name, env_config=dict(env_config or {}))
+        .env_runners(num_env_runners=num_env_runners)
+        .training(
+            train_batch_size_per_learner=train_batch_size, minibatch_size=minibatch_size, num_epochs=num_epochs, lr=lr
+        )
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(hidden)))
+    )

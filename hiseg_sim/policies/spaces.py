@@ -33,9 +33,18 @@ from gymnasium import spaces
 
 from hiseg_sim.env import actions as A
 
-__all__ = ["SECONDS_SCALE", "PolicyView", "action_to_env", "action_from_env", "augment", "corner_scores_back",
-           "grid_to_px", "observe",
-           "px_to_grid", "state_size"]
+__all__ = [
+    "SECONDS_SCALE",
+    "PolicyView",
+    "action_to_env",
+    "action_from_env",
+    "augment",
+    "corner_scores_back",
+    "grid_to_px",
+    "observe",
+    "px_to_grid",
+    "state_size",
+]
 
 #: simulated seconds that map to 1.0 in the ``state`` vector (clipped above)
 SECONDS_SCALE = 60.0
@@ -62,8 +71,13 @@ def observe(obs: dict, max_steps: int, three_d: bool = False) -> dict:
     parts = [obs["image"], mask, obs["prompts"]] + ([obs["intent"]] if "intent" in obs else [])
     screen = np.concatenate(parts, axis=0).astype(np.uint8, copy=False)
     area = float(np.count_nonzero(mask)) / mask[0].size
-    st = [float(obs["iou_pred"][0]), min(1.0, float(obs["step"][0]) / max(1, max_steps)),
-          min(1.0, float(obs["seconds"][0]) / SECONDS_SCALE), float(area > 0), area]
+    st = [
+        float(obs["iou_pred"][0]),
+        min(1.0, float(obs["step"][0]) / max(1, max_steps)),
+        min(1.0, float(obs["seconds"][0]) / SECONDS_SCALE),
+        float(area > 0),
+        area,
+    ]
     if three_d:
         in_slab = np.asarray(obs["slice_in_slab"])
         has = np.asarray(obs["slice_has_mask"])
@@ -175,11 +189,17 @@ class PolicyView(gym.Wrapper):
         self.max_steps = int(spec.max_episode_steps) if spec is not None and spec.max_episode_steps else 20
         n_kinds = int(u.action_space.nvec[0])
         self.action_space = spaces.MultiDiscrete(np.array([n_kinds] + [self.grid] * 4, np.int64))
-        self.observation_space = spaces.Dict({
-            "screen": spaces.Box(0, 255, (len(SCREEN_CHANNELS) + int("intent" in env.observation_space.spaces),
-                                          self.size, self.size), np.uint8),
-            "state": spaces.Box(0.0, 1.0, (state_size(self.three_d),), np.float32),
-        })
+        self.observation_space = spaces.Dict(
+            {
+                "screen": spaces.Box(
+                    0,
+                    255,
+                    (len(SCREEN_CHANNELS) + int("intent" in env.observation_space.spaces), self.size, self.size),
+                    np.uint8,
+                ),
+                "state": spaces.Box(0.0, 1.0, (state_size(self.three_d),), np.float32),
+            }
+        )
 
     def observation(self, obs: dict) -> dict:
         return observe(obs, self.max_steps, self.three_d)

@@ -41,9 +41,23 @@ import numpy as np
 from hiseg_sim.annotators.base import Annotator
 from hiseg_sim.policies.card import CARD_JSON, CARD_MD, read_card, write_card
 
-__all__ = ["CARD_JSON", "LEGACY_POLICY_FILE", "POLICY_FILE", "PolicyAnnotator", "PolicyFileError",
-           "best_ordered_pair", "check_policy_files", "convert_legacy_policy", "is_policy_dir", "load_policy",
-           "load_policy_weights", "policies_dir", "policy_dir", "policy_names", "save_policy"]
+__all__ = [
+    "CARD_JSON",
+    "LEGACY_POLICY_FILE",
+    "POLICY_FILE",
+    "PolicyAnnotator",
+    "PolicyFileError",
+    "best_ordered_pair",
+    "check_policy_files",
+    "convert_legacy_policy",
+    "is_policy_dir",
+    "load_policy",
+    "load_policy_weights",
+    "policies_dir",
+    "policy_dir",
+    "policy_names",
+    "save_policy",
+]
 
 POLICY_FILE = "policy.pt"
 #: the old format (a pickle); refused by the loader, converted only by :func:`convert_legacy_policy`
@@ -89,13 +103,17 @@ def policy_dir(name: str | Path) -> Path:
     cand = policies_dir() / str(name)
     if is_policy_dir(cand):
         return cand
-    raise FileNotFoundError(f"no saved policy {str(name)!r}: expected {cand}/{POLICY_FILE} and {CARD_JSON} "
-                            f"(saved policies: {policy_names()}); train one with `hiseg-sim train-policy`")
+    raise FileNotFoundError(
+        f"no saved policy {str(name)!r}: expected {cand}/{POLICY_FILE} and {CARD_JSON} "
+        f"(saved policies: {policy_names()}); train one with `hiseg-sim train-policy`"
+    )
 
 
 def _convert_hint(d: Path) -> str:
-    return (f"if you trust that file, convert it with `python -m hiseg_sim.policies.store convert "
-            f"{d} --trust-pickle` (hiseg_sim.policies.store.convert_legacy_policy(dir, trust_pickle=True))")
+    return (
+        f"if you trust that file, convert it with `python -m hiseg_sim.policies.store convert "
+        f"{d} --trust-pickle` (hiseg_sim.policies.store.convert_legacy_policy(dir, trust_pickle=True))"
+    )
 
 
 def check_policy_files(path: str | Path) -> None:
@@ -105,13 +123,16 @@ def check_policy_files(path: str | Path) -> None:
     d = Path(path)
     for f in sorted(d.iterdir()):
         if f.name == LEGACY_POLICY_FILE:
-            raise PolicyFileError(f"{f}: old-format policy (a pickle, which runs code when loaded), refused; "
-                                  + _convert_hint(d))
+            raise PolicyFileError(
+                f"{f}: old-format policy (a pickle, which runs code when loaded), refused; " + _convert_hint(d)
+            )
         if f.is_file() and (f.name in (POLICY_FILE, CARD_JSON, *DOC_FILES) or f.suffix == DOC_SUFFIX):
             continue
-        raise PolicyFileError(f"{f}: unexpected {'directory' if f.is_dir() else 'file'} in a saved policy, refused "
-                              f"(a policy directory holds only {POLICY_FILE}, {CARD_JSON}, {', '.join(DOC_FILES)} "
-                              f"and *{DOC_SUFFIX} plots); remove it or move it elsewhere")
+        raise PolicyFileError(
+            f"{f}: unexpected {'directory' if f.is_dir() else 'file'} in a saved policy, refused "
+            f"(a policy directory holds only {POLICY_FILE}, {CARD_JSON}, {', '.join(DOC_FILES)} "
+            f"and *{DOC_SUFFIX} plots); remove it or move it elsewhere"
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -127,18 +148,25 @@ def _read_weights(path: Path) -> dict:
     import torch
 
     if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < MIN_TORCH:
-        raise PolicyFileError(f"{path}: not loaded with torch {torch.__version__}, whose weights_only loader can be "
-                              f"bypassed (CVE-2025-32434); install torch>={'.'.join(map(str, MIN_TORCH))}")
+        raise PolicyFileError(
+            f"{path}: not loaded with torch {torch.__version__}, whose weights_only loader can be "
+            f"bypassed (CVE-2025-32434); install torch>={'.'.join(map(str, MIN_TORCH))}"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # whatever the file holds, it is refused without running it
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise PolicyFileError(f"{path}: not a plain tensor state dict, refused without running it ({why}); "
-                              "re-save the policy with hiseg_sim.policies.store.save_policy") from exc
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
-        raise PolicyFileError(f"{path}: holds a {type(state).__name__} that is not a {{name: tensor}} dict, refused; "
-                              "re-save the policy with hiseg_sim.policies.store.save_policy")
+        raise PolicyFileError(
+            f"{path}: not a plain tensor state dict, refused without running it ({why}); "
+            "re-save the policy with hiseg_sim.policies.store.save_policy"
+        ) from exc
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise PolicyFileError(
+            f"{path}: holds a {type(state).__name__} that is not a {{name: tensor}} dict, refused; "
+            "re-save the policy with hiseg_sim.policies.store.save_policy"
+        )
     return state
 
 
@@ -150,15 +178,19 @@ def load_policy_weights(name: str | Path) -> tuple[dict, dict]:
     card = read_card(d)
     for section in ("architecture", "weights"):
         if not isinstance(card.get(section), dict):
-            raise PolicyFileError(f"{d / CARD_JSON}: no {section!r} section, so the policy cannot be rebuilt; "
-                                  "re-save it with hiseg_sim.policies.store.save_policy")
+            raise PolicyFileError(
+                f"{d / CARD_JSON}: no {section!r} section, so the policy cannot be rebuilt; "
+                "re-save it with hiseg_sim.policies.store.save_policy"
+            )
     path = d / POLICY_FILE
     if card["weights"].get("file") != POLICY_FILE:
         raise PolicyFileError(f"{d / CARD_JSON}: weights file {card['weights'].get('file')!r} is not {POLICY_FILE!r}")
     want, got = card["weights"].get("sha256"), _sha256(path)
     if got != want:
-        raise PolicyFileError(f"{path}: sha256 {got[:16]}... is not the card's {str(want)[:16]}..., so these are not the "
-                              "weights the card describes; restore the file or re-save the policy")
+        raise PolicyFileError(
+            f"{path}: sha256 {got[:16]}... is not the card's {str(want)[:16]}..., so these are not the "
+            "weights the card describes; restore the file or re-save the policy"
+        )
     return _read_weights(path), card
 
 
@@ -169,7 +201,9 @@ def _build(state: dict, card: dict, where: Path):
     from hiseg_sim.policies.network import ArchitectureError, build_policy
 
     try:
-        with torch.random.fork_rng(devices=[]):  # the random initial weights are overwritten: leave torch's generator as it was
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # the random initial weights are overwritten: leave torch's generator as it was
             policy = build_policy(card["architecture"])
     except ArchitectureError as exc:
         raise PolicyFileError(f"{where / CARD_JSON}: {exc}") from exc
@@ -177,8 +211,9 @@ def _build(state: dict, card: dict, where: Path):
         policy.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         why = " ".join(str(exc).split())[:200]
-        raise PolicyFileError(f"{where / POLICY_FILE}: the weights do not fit the card's architecture ({why}); "
-                              "re-save the policy") from exc
+        raise PolicyFileError(
+            f"{where / POLICY_FILE}: the weights do not fit the card's architecture ({why}); re-save the policy"
+        ) from exc
     policy.set_training_mode(False)
     return policy
 
@@ -204,8 +239,13 @@ def _write_weights(policy, path: Path, card: dict) -> dict:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
-    weights = {"file": POLICY_FILE, "format": WEIGHTS_FORMAT, "sha256": _sha256(path),
-               "tensors": len(state), "parameters": int(sum(p.numel() for p in policy.parameters()))}
+    weights = {
+        "file": POLICY_FILE,
+        "format": WEIGHTS_FORMAT,
+        "sha256": _sha256(path),
+        "tensors": len(state),
+        "parameters": int(sum(p.numel() for p in policy.parameters())),
+    }
     return {**card, "architecture": arch, "weights": weights}
 
 
@@ -241,8 +281,9 @@ def _probe_batch(policy, n: int, seed: int = 0) -> dict:
     return {"screen": screen, "state": rng.uniform(st.low, st.high, (n, *st.shape)).astype(st.dtype)}
 
 
-def convert_legacy_policy(path: str | Path, *, trust_pickle: bool = False, remove_legacy: bool = True,
-                          check_batch: int = 16) -> dict:
+def convert_legacy_policy(
+    path: str | Path, *, trust_pickle: bool = False, remove_legacy: bool = True, check_batch: int = 16
+) -> dict:
     """Convert an old-format policy directory (``policy.zip``) to ``policy.pt`` and a card with its
     ``architecture`` and ``weights``.
 
@@ -265,17 +306,30 @@ def convert_legacy_policy(path: str | Path, *, trust_pickle: bool = False, remov
     if not legacy.is_file():
         raise PolicyFileError(f"{legacy}: no such file; nothing to convert")
     if not trust_pickle:
-        raise PolicyFileError(f"{legacy}: converting unpickles it, which runs any code it holds; "
-                              "pass trust_pickle=True (--trust-pickle) only for a file you trust")
-    stray = [f for f in sorted(d.iterdir()) if f.name not in (LEGACY_POLICY_FILE, POLICY_FILE, CARD_JSON, *DOC_FILES)
-             and not (f.is_file() and f.suffix == DOC_SUFFIX)]
+        raise PolicyFileError(
+            f"{legacy}: converting unpickles it, which runs any code it holds; "
+            "pass trust_pickle=True (--trust-pickle) only for a file you trust"
+        )
+    stray = [
+        f
+        for f in sorted(d.iterdir())
+        if f.name not in (LEGACY_POLICY_FILE, POLICY_FILE, CARD_JSON, *DOC_FILES)
+        and not (f.is_file() and f.suffix == DOC_SUFFIX)
+    ]
     if stray:
-        raise PolicyFileError(f"{stray[0]}: unexpected file in a saved policy, not converted; remove it or move it "
-                              "elsewhere, then convert again")
+        raise PolicyFileError(
+            f"{stray[0]}: unexpected file in a saved policy, not converted; remove it or move it "
+            "elsewhere, then convert again"
+        )
     card = read_card(d)
-    cls = POLICY_CLASSES["SpatialActorCriticPolicy" if card.get("network") == "spatial" else "MultiInputActorCriticPolicy"]
-    warnings.warn(f"unpickling {legacy} with stable-baselines3's loader, which runs any code the file holds "
-                  "(trust_pickle=True)", UserWarning, stacklevel=2)
+    cls = POLICY_CLASSES[
+        "SpatialActorCriticPolicy" if card.get("network") == "spatial" else "MultiInputActorCriticPolicy"
+    ]
+    warnings.warn(
+        f"unpickling {legacy} with stable-baselines3's loader, which runs any code the file holds (trust_pickle=True)",
+        UserWarning,
+        stacklevel=2,
+    )
     old = cls.load(str(legacy), device="cpu")  # the explicit opt-in above
     old.set_training_mode(False)
     obs = _probe_batch(old, int(check_batch))
@@ -292,8 +346,9 @@ def convert_legacy_policy(path: str | Path, *, trust_pickle: bool = False, remov
         got = _outputs(new, obs)
         diff = float((got - want).abs().max())
         if not torch.equal(got, want):
-            raise PolicyFileError(f"{d}: the rebuilt policy's outputs differ from {legacy.name}'s by up to {diff:g}; "
-                                  "not converted")
+            raise PolicyFileError(
+                f"{d}: the rebuilt policy's outputs differ from {legacy.name}'s by up to {diff:g}; not converted"
+            )
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
@@ -302,8 +357,14 @@ def convert_legacy_policy(path: str | Path, *, trust_pickle: bool = False, remov
     write_card(d, new_card)
     if remove_legacy:
         legacy.unlink()
-    return {"policy": d.name, "tensors": new_card["weights"]["tensors"], "parameters": new_card["weights"]["parameters"],
-            "batch": int(check_batch), "max_abs_diff": diff, "removed": bool(remove_legacy)}
+    return {
+        "policy": d.name,
+        "tensors": new_card["weights"]["tensors"],
+        "parameters": new_card["weights"]["parameters"],
+        "batch": int(check_batch),
+        "max_abs_diff": diff,
+        "removed": bool(remove_legacy),
+    }
 
 
 def best_ordered_pair(lp_lo: np.ndarray, lp_hi: np.ndarray, min_gap: int = 1) -> tuple[int, int]:
@@ -358,8 +419,15 @@ class PolicyAnnotator(Annotator):
     reads_ground_truth = False
     _CACHE: dict[str, Any] = {}
 
-    def __init__(self, name: str, deterministic: bool = True, label: str | None = None, repeat_guard: bool = True,
-                 box_decode: str | None = None, tta: bool | None = None):
+    def __init__(
+        self,
+        name: str,
+        deterministic: bool = True,
+        label: str | None = None,
+        repeat_guard: bool = True,
+        box_decode: str | None = None,
+        tta: bool | None = None,
+    ):
         d = policy_dir(name)
         check_policy_files(d)
         self.path = str(d.resolve())
@@ -418,8 +486,10 @@ class PolicyAnnotator(Annotator):
             raise RuntimeError("call begin_case(knowledge, rng) before act()")
         want = int(self.card.get("viewport_px", obs["image"].shape[-1]))
         if obs["image"].shape[-1] != want:
-            raise ValueError(f"policy {self.name!r} was trained on a {want}-px viewport; this env shows "
-                             f"{obs['image'].shape[-1]} px (give the env viewport_px={want})")
+            raise ValueError(
+                f"policy {self.name!r} was trained on a {want}-px viewport; this env shows "
+                f"{obs['image'].shape[-1]} px (give the env viewport_px={want})"
+            )
         if self.perception:
             from hiseg_sim.policies.intent import intent_channel
 
@@ -480,13 +550,14 @@ def _main(argv: list[str] | None = None) -> int:
     """``python -m hiseg_sim.policies.store convert DIR [DIR ...] --trust-pickle``."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m hiseg_sim.policies.store",
-                                 description="Convert old-format saved policies (policy.zip, a pickle) to policy.pt.")
+    ap = argparse.ArgumentParser(
+        prog="python -m hiseg_sim.policies.store",
+        description="Convert old-format saved policies (policy.zip, a pickle) to policy.pt.",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="convert policy directories you trust (unpickles their policy.zip)")
     conv.add_argument("dirs", nargs="+", type=Path)
-    conv.add_argument("--trust-pickle", action="store_true",
-                      help="required: reading policy.zip runs any code it holds")
+    conv.add_argument("--trust-pickle", action="store_true", help="required: reading policy.zip runs any code it holds")
     conv.add_argument("--keep-legacy", action="store_true", help="leave policy.zip in place (move it out yourself)")
     args = ap.parse_args(argv)
     for d in args.dirs:
@@ -495,9 +566,11 @@ def _main(argv: list[str] | None = None) -> int:
         except PolicyFileError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"{d}: {res['tensors']} tensors, {res['parameters']} parameters; outputs on {res['batch']} observations "
-              f"identical (max abs diff {res['max_abs_diff']:g}); {LEGACY_POLICY_FILE} "
-              f"{'removed' if res['removed'] else 'kept'}")
+        print(
+            f"{d}: {res['tensors']} tensors, {res['parameters']} parameters; outputs on {res['batch']} observations "
+            f"identical (max abs diff {res['max_abs_diff']:g}); {LEGACY_POLICY_FILE} "
+            f"{'removed' if res['removed'] else 'kept'}"
+        )
     return 0
 
 

@@ -24,7 +24,6 @@ that the card's architecture is the one the config builds.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -128,12 +127,23 @@ def _factory(cfg: TrainConfig, segmenter=None, threads=None, workers: int = 1):
     from hiseg_sim.policies.intent import PerceivedIntent
     from hiseg_sim.policies.spaces import PolicyView
 
-    seg = segmenter if segmenter is not None else (
-        cfg.segmenter if ":" not in cfg.segmenter else SegmenterFactory(cfg.segmenter, cfg.cache_dir))
+    seg = (
+        segmenter
+        if segmenter is not None
+        else (cfg.segmenter if ":" not in cfg.segmenter else SegmenterFactory(cfg.segmenter, cfg.cache_dir))
+    )
     wrappers = (EpisodeStatistics,) + ((partial(PerceivedIntent, profile=cfg.perception),) if cfg.perception else ())
-    return EnvFactory(cfg.env_id, wrappers + (partial(PolicyView, grid=cfg.grid),), threads, workers,
-                      cases=CasesFactory(cfg.cohort, cfg.case_limit), segmenter=seg, cache_dir=cfg.cache_dir,
-                      time_penalty=cfg.time_penalty, **cfg.env_kwargs)
+    return EnvFactory(
+        cfg.env_id,
+        wrappers + (partial(PolicyView, grid=cfg.grid),),
+        threads,
+        workers,
+        cases=CasesFactory(cfg.cohort, cfg.case_limit),
+        segmenter=seg,
+        cache_dir=cfg.cache_dir,
+        time_penalty=cfg.time_penalty,
+        **cfg.env_kwargs,
+    )
 
 
 def _vec_env(cfg: TrainConfig):
@@ -179,15 +189,29 @@ def _demos(cfg: TrainConfig, log):
     import hiseg_sim  # noqa: F401
 
     seg = cfg.segmenter if ":" not in cfg.segmenter else SegmenterFactory(cfg.segmenter, cfg.cache_dir)()
-    env = gym.make(cfg.env_id, cases=CasesFactory(cfg.cohort, cfg.case_limit), segmenter=seg, cache_dir=cfg.cache_dir,
-                   time_penalty=cfg.time_penalty, **cfg.env_kwargs)
+    env = gym.make(
+        cfg.env_id,
+        cases=CasesFactory(cfg.cohort, cfg.case_limit),
+        segmenter=seg,
+        cache_dir=cfg.cache_dir,
+        time_penalty=cfg.time_penalty,
+        **cfg.env_kwargs,
+    )
     if cfg.perception:
         from hiseg_sim.policies.intent import PerceivedIntent
 
         env = PerceivedIntent(env, cfg.perception)
     try:
-        demos = collect_demos(env, cfg.bc_annotator, _case_ids(cfg), cfg.bc_episodes, seed=cfg.seed, grid=cfg.grid,
-                              time_penalty=cfg.time_penalty, min_dice=cfg.bc_min_dice)
+        demos = collect_demos(
+            env,
+            cfg.bc_annotator,
+            _case_ids(cfg),
+            cfg.bc_episodes,
+            seed=cfg.seed,
+            grid=cfg.grid,
+            time_penalty=cfg.time_penalty,
+            min_dice=cfg.bc_min_dice,
+        )
     finally:
         env.close()
     if cfg.demos_path:
@@ -207,11 +231,18 @@ def _ppo_curve_callback(rows: list[dict], t0: float):
             buf = list(self.model.ep_info_buffer)[-32:]
             if not buf:
                 return
-            rows.append({"phase": "ppo", "timesteps": int(self.num_timesteps), "wall_s": round(time.perf_counter() - t0, 1),
-                         "episodes": len(buf), "return": float(np.mean([e["r"] for e in buf])),
-                         "dice": float(np.mean([e.get("dice", np.nan) for e in buf])),
-                         "seconds": float(np.mean([e.get("seconds", np.nan) for e in buf])),
-                         "length": float(np.mean([e["l"] for e in buf]))})
+            rows.append(
+                {
+                    "phase": "ppo",
+                    "timesteps": int(self.num_timesteps),
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                    "episodes": len(buf),
+                    "return": float(np.mean([e["r"] for e in buf])),
+                    "dice": float(np.mean([e.get("dice", np.nan) for e in buf])),
+                    "seconds": float(np.mean([e.get("seconds", np.nan) for e in buf])),
+                    "length": float(np.mean([e["l"] for e in buf])),
+                }
+            )
 
     return _Curve()
 
@@ -243,8 +274,10 @@ def _init_weights(cfg: TrainConfig, model, log) -> dict:
     want, have = card["architecture"], describe_policy(model.policy)
     if want != have:
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        raise ValueError(f"init_policy {cfg.init_policy!r} has another network than this config builds (differs in "
-                         f"{', '.join(diff)}); give the same network, grid, perception and viewport")
+        raise ValueError(
+            f"init_policy {cfg.init_policy!r} has another network than this config builds (differs in "
+            f"{', '.join(diff)}); give the same network, grid, perception and viewport"
+        )
     model.policy.load_state_dict(state, strict=True)
     log(f"initial weights: {cfg.init_policy} ({card.get('kind')})")
     return card
@@ -287,21 +320,39 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
     try:
         if cfg.network == "spatial":
             policy_cls = SpatialActorCriticPolicy
-            policy_kwargs = dict(features_extractor_class=SpatialScreenNet,
-                                 features_extractor_kwargs=dict(grid=cfg.grid, position_bias=True),
-                                 net_arch=dict(pi=[], vf=[64]))
+            policy_kwargs = dict(
+                features_extractor_class=SpatialScreenNet,
+                features_extractor_kwargs=dict(grid=cfg.grid, position_bias=True),
+                net_arch=dict(pi=[], vf=[64]),
+            )
         elif cfg.network == "cnn":
             policy_cls = "MultiInputPolicy"
-            policy_kwargs = dict(features_extractor_class=ScreenCNN,
-                                 features_extractor_kwargs=dict(features_dim=cfg.features_dim),
-                                 net_arch=dict(pi=[128], vf=[128]))
+            policy_kwargs = dict(
+                features_extractor_class=ScreenCNN,
+                features_extractor_kwargs=dict(features_dim=cfg.features_dim),
+                net_arch=dict(pi=[128], vf=[128]),
+            )
         else:
             raise ValueError(f"network must be 'cnn' or 'spatial'; got {cfg.network!r}")
         # a rollout shorter than a minibatch (short smoke runs) is one minibatch, not a truncated one
         batch_size = min(cfg.batch_size, cfg.n_steps * cfg.n_envs)
-        model = PPO(policy_cls, vec, n_steps=cfg.n_steps, batch_size=batch_size, n_epochs=cfg.n_epochs,
-                    learning_rate=cfg.learning_rate, clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, gamma=cfg.gamma, target_kl=cfg.target_kl,
-                    gae_lambda=cfg.gae_lambda, policy_kwargs=policy_kwargs, seed=cfg.seed, device="cpu", verbose=0)
+        model = PPO(
+            policy_cls,
+            vec,
+            n_steps=cfg.n_steps,
+            batch_size=batch_size,
+            n_epochs=cfg.n_epochs,
+            learning_rate=cfg.learning_rate,
+            clip_range=cfg.clip_range,
+            ent_coef=cfg.ent_coef,
+            gamma=cfg.gamma,
+            target_kl=cfg.target_kl,
+            gae_lambda=cfg.gae_lambda,
+            policy_kwargs=policy_kwargs,
+            seed=cfg.seed,
+            device="cpu",
+            verbose=0,
+        )
         demo_stats = None
         if cfg.init_policy:
             init_card = _init_weights(cfg, model, log)
@@ -317,9 +368,11 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
 
             def _log_bc(row):
                 curve.append({"phase": "bc", **row, "wall_s": round(time.perf_counter() - t_start, 1)})
-                log(f"bc epoch {row['epoch']}: loss {row['loss']:.3f} nll {row['nll']:.3f} "
+                log(
+                    f"bc epoch {row['epoch']}: loss {row['loss']:.3f} nll {row['nll']:.3f} "
                     f"val kind acc {row['val_kind_acc']:.2f} box err {row['val_box_err_cells']:.2f} cells "
-                    f"(first box {row['val_first_box_err_cells']:.2f}), lr {row['lr']:.2g}")
+                    f"(first box {row['val_first_box_err_cells']:.2f}), lr {row['lr']:.2g}"
+                )
 
             groups = None
             if cfg.bc_split == "case":  # collect_demos takes the cases in order, round after round
@@ -332,13 +385,32 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
                 groups = np.array([index[ids[e % len(ids)]] for e in demos.episode], np.int64)
             elif cfg.bc_split != "episode":
                 raise ValueError(f"bc_split must be 'episode', 'case' or 'nodule'; got {cfg.bc_split!r}")
-            behaviour_clone(model.policy, demos, cfg.grid, epochs=cfg.bc_epochs, lr=cfg.bc_lr, seed=cfg.seed, log=_log_bc,
-                            groups=groups, schedule=cfg.bc_schedule, patience=cfg.bc_patience,
-                            restore_best=cfg.bc_restore_best)
+            behaviour_clone(
+                model.policy,
+                demos,
+                cfg.grid,
+                epochs=cfg.bc_epochs,
+                lr=cfg.bc_lr,
+                seed=cfg.seed,
+                log=_log_bc,
+                groups=groups,
+                schedule=cfg.bc_schedule,
+                patience=cfg.bc_patience,
+                restore_best=cfg.bc_restore_best,
+            )
             timing["bc_s"] = time.perf_counter() - t
             if cfg.save_bc:
-                bc_card = _card(cfg, model, vec, demo_stats, timing, curve, steps=0, wall=time.perf_counter() - t_start,
-                                bc_only=True)
+                bc_card = _card(
+                    cfg,
+                    model,
+                    vec,
+                    demo_stats,
+                    timing,
+                    curve,
+                    steps=0,
+                    wall=time.perf_counter() - t_start,
+                    bc_only=True,
+                )
                 save_policy(model.policy, out.parent / f"{cfg.name}_bc", bc_card)
         t = time.perf_counter()
         if cfg.steps > 0:
@@ -351,8 +423,12 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
         vec.close()
     _write_curve(out, curve)
     if curve:
-        plot_training_curve(curve, out / "training_curve.png", title=cfg.name,
-                            demonstrator=(demo_stats or {}).get("annotator", cfg.bc_annotator))
+        plot_training_curve(
+            curve,
+            out / "training_curve.png",
+            title=cfg.name,
+            demonstrator=(demo_stats or {}).get("annotator", cfg.bc_annotator),
+        )
     log(f"saved {out} ({card['training']['wall_s']:.0f} s)")
     return card
 
@@ -363,7 +439,9 @@ def _write_curve(out: Path, curve: list[dict]) -> None:
     pd.DataFrame(curve).to_csv(out / "training_curve.csv", index=False)
 
 
-def _card(cfg: TrainConfig, model, vec, demo_stats, timing, curve, steps: int, wall: float, bc_only: bool = False) -> dict:
+def _card(
+    cfg: TrainConfig, model, vec, demo_stats, timing, curve, steps: int, wall: float, bc_only: bool = False
+) -> dict:
     import stable_baselines3
     import torch
 
@@ -371,7 +449,9 @@ def _card(cfg: TrainConfig, model, vec, demo_stats, timing, curve, steps: int, w
     last = [r for r in curve if r["phase"] == "ppo"][-1:] or [None]
     return {
         "name": cfg.name + ("_bc" if bc_only else ""),
-        "kind": "behaviour cloning only" if (bc_only or (demo_stats and steps == 0)) else ("bc + ppo" if demo_stats else "ppo"),
+        "kind": "behaviour cloning only"
+        if (bc_only or (demo_stats and steps == 0))
+        else ("bc + ppo" if demo_stats else "ppo"),
         "env_id": cfg.env_id,
         "three_d": cfg.env_id.endswith("3D-v0"),
         "max_episode_steps": int(getattr(spec, "max_episode_steps", 20) or 20),
@@ -387,11 +467,20 @@ def _card(cfg: TrainConfig, model, vec, demo_stats, timing, curve, steps: int, w
         "steps": steps,
         "config": asdict(cfg),
         "demonstrations": demo_stats,
-        "training": {"wall_s": round(wall, 1), **{k: round(v, 1) for k, v in timing.items()},
-                     "cores": os.cpu_count(), "n_envs": cfg.n_envs, "vec": cfg.vec,
-                     "last_rollout": last[0], "bc_epochs": cfg.bc_epochs if demo_stats else 0},
-        "software": {"python": platform.python_version(), "torch": torch.__version__,
-                     "stable_baselines3": stable_baselines3.__version__},
+        "training": {
+            "wall_s": round(wall, 1),
+            **{k: round(v, 1) for k, v in timing.items()},
+            "cores": os.cpu_count(),
+            "n_envs": cfg.n_envs,
+            "vec": cfg.vec,
+            "last_rollout": last[0],
+            "bc_epochs": cfg.bc_epochs if demo_stats else 0,
+        },
+        "software": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "stable_baselines3": stable_baselines3.__version__,
+        },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "evaluation": None,
     }

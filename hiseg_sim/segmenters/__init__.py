@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from hiseg_sim.registry import Registry, RegistryError
 from hiseg_sim.segmenters.base import (
@@ -33,9 +33,26 @@ from hiseg_sim.segmenters.sam_family import RUNTIMES, RuntimeFallbackWarning
 from hiseg_sim.segmenters.threads import get_threads, set_threads, threads_for
 
 __all__ = [
-    "LUNG_WINDOW", "CorruptCacheWarning", "Embedding", "EmbeddingCache", "Prediction", "Prompt", "PromptError",
-    "RUNTIMES", "RuntimeFallbackWarning", "SEGMENTERS", "Segmenter", "SegmenterError", "available", "build", "default_cache_dir",
-    "get_threads", "register", "set_threads", "threads_for", "window_to_unit",
+    "LUNG_WINDOW",
+    "CorruptCacheWarning",
+    "Embedding",
+    "EmbeddingCache",
+    "Prediction",
+    "Prompt",
+    "PromptError",
+    "RUNTIMES",
+    "RuntimeFallbackWarning",
+    "SEGMENTERS",
+    "Segmenter",
+    "SegmenterError",
+    "available",
+    "build",
+    "default_cache_dir",
+    "get_threads",
+    "register",
+    "set_threads",
+    "threads_for",
+    "window_to_unit",
 ]
 
 #: Segmenters by name: entry points of the group ``hiseg_sim.segmenters`` (hiseg-sim's own are in
@@ -69,9 +86,16 @@ def _make_cache(cache: EmbeddingCache | None, cache_dir: str | os.PathLike | Non
     return EmbeddingCache(max_items=max_items, disk_dir=cache_dir)
 
 
-def build(name: str = "litemedsam", *, checkpoint: str | os.PathLike | None = None, cache: EmbeddingCache | None = None,
-          cache_dir: str | os.PathLike | None = None, max_cached: int = 64, runtime: str = "auto",
-          onnx_dir: str | os.PathLike | None = None) -> Segmenter:
+def build(
+    name: str = "litemedsam",
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    cache: EmbeddingCache | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    max_cached: int = 64,
+    runtime: str = "auto",
+    onnx_dir: str | os.PathLike | None = None,
+) -> Segmenter:
     """Build the segmenter registered as ``name``.
 
     Args:

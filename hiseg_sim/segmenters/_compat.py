@@ -64,8 +64,17 @@ def _stand_in_modules() -> dict[str, types.ModuleType]:
     tvob = module("torchvision.ops.boxes", batched_nms=_unavailable, box_area=_unavailable)
     tvo = module("torchvision.ops", boxes=tvob)
     tv = module("torchvision", transforms=tvt, ops=tvo)
-    return {"torchvision.ops": tvo, "torchvision.ops.boxes": tvob, "timm": timm, "timm.models": models, "timm.models.layers": layers, "timm.models.registry": registry,
-            "torchvision": tv, "torchvision.transforms": tvt, "torchvision.transforms.functional": tvf}
+    return {
+        "torchvision.ops": tvo,
+        "torchvision.ops.boxes": tvob,
+        "timm": timm,
+        "timm.models": models,
+        "timm.models.layers": layers,
+        "timm.models.registry": registry,
+        "torchvision": tv,
+        "torchvision.transforms": tvt,
+        "torchvision.transforms.functional": tvf,
+    }
 
 
 def _purge(prefixes: tuple[str, ...]) -> dict[str, types.ModuleType]:

@@ -47,6 +47,7 @@ __all__ = [
     "window_to_unit",
 ]
 
+
 @dataclass
 class _Counters:
     encoder_calls: int = 0
@@ -127,8 +128,12 @@ class Segmenter(ABC):
         with torch.inference_mode():
             feats = self._encode_tensor(x, resized)
         self.counters.encoder_calls += 1
-        emb = Embedding(key=key, features=np.ascontiguousarray(feats, dtype=np.float32),
-                        image_hw=(int(img.shape[0]), int(img.shape[1])), resized_hw=resized)
+        emb = Embedding(
+            key=key,
+            features=np.ascontiguousarray(feats, dtype=np.float32),
+            image_hw=(int(img.shape[0]), int(img.shape[1])),
+            resized_hw=resized,
+        )
         self.cache.put(emb)
         return emb
 
@@ -141,14 +146,20 @@ class Segmenter(ABC):
         if prompt.box is not None:
             x0, y0, x1, y1 = prompt.box.tolist()
             if not (x1 > x0 and y1 > y0):
-                raise PromptError(f"box {prompt.box.tolist()} has zero or negative area; expected x0 < x1 and y0 < y1 (XYXY)")
+                raise PromptError(
+                    f"box {prompt.box.tolist()} has zero or negative area; expected x0 < x1 and y0 < y1 (XYXY)"
+                )
             if x1 < 0 or y1 < 0 or x0 > w - 1 or y0 > h - 1:
-                raise PromptError(f"box {prompt.box.tolist()} lies outside the {w}x{h} image (x in [0, {w - 1}], y in [0, {h - 1}])")
+                raise PromptError(
+                    f"box {prompt.box.tolist()} lies outside the {w}x{h} image (x in [0, {w - 1}], y in [0, {h - 1}])"
+                )
         if prompt.points is not None:
             p = prompt.points
             out = (p[:, 0] < 0) | (p[:, 0] > w - 1) | (p[:, 1] < 0) | (p[:, 1] > h - 1)
             if out.any():
-                raise PromptError(f"point(s) {p[out].tolist()} outside the {w}x{h} image (x in [0, {w - 1}], y in [0, {h - 1}])")
+                raise PromptError(
+                    f"point(s) {p[out].tolist()} outside the {w}x{h} image (x in [0, {w - 1}], y in [0, {h - 1}])"
+                )
 
     def decode(self, emb: Embedding, prompt: Prompt) -> Prediction:
         """Decode one prompt on an encoded slice; see the module docstring for the pipeline.
@@ -185,8 +196,9 @@ class Segmenter(ABC):
             full = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         self.counters.decoder_calls += 1
         logits = full.numpy().astype(np.float32, copy=False)
-        return Prediction(mask=logits > 0, logits=logits, low_res_logits=low[0, 0].numpy().copy(),
-                          iou_pred=float(iou.reshape(-1)[0]))
+        return Prediction(
+            mask=logits > 0, logits=logits, low_res_logits=low[0, 0].numpy().copy(), iou_pred=float(iou.reshape(-1)[0])
+        )
 
     # ---- subclass hooks --------------------------------------------------------------------
     @abstractmethod
@@ -198,5 +210,7 @@ class Segmenter(ABC):
         """Model-grid prompts → (low-res logits ``(1, 1, 256, 256)``, IoU prediction ``(1, 1)``)."""
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, input_size={self.input_size}, runtime={self.runtime!r}, "
-                f"cache={self.cache!r})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, input_size={self.input_size}, runtime={self.runtime!r}, "
+            f"cache={self.cache!r})"
+        )

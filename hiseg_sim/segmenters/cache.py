@@ -18,6 +18,7 @@ import tempfile
 import warnings
 from collections import OrderedDict
 from pathlib import Path
+
 import numpy as np
 
 from hiseg_sim.segmenters.types import Embedding
@@ -107,12 +108,16 @@ class EmbeddingCache:
                 meta = json.loads(str(z["meta"]))
             if meta.get("key") != key or meta.get("sha256") != _digest(feats):
                 raise ValueError("checksum or key mismatch")
-            return Embedding(key=key, features=feats, image_hw=tuple(meta["image_hw"]),
-                             resized_hw=tuple(meta["resized_hw"]))
+            return Embedding(
+                key=key, features=feats, image_hw=tuple(meta["image_hw"]), resized_hw=tuple(meta["resized_hw"])
+            )
         except Exception as exc:  # noqa: BLE001 - any unreadable entry is treated the same way
             self.corrupt_entries += 1
-            warnings.warn(f"corrupt embedding cache entry {path} ({type(exc).__name__}: {exc}); "
-                          "removed, it will be recomputed", CorruptCacheWarning, stacklevel=3)
+            warnings.warn(
+                f"corrupt embedding cache entry {path} ({type(exc).__name__}: {exc}); removed, it will be recomputed",
+                CorruptCacheWarning,
+                stacklevel=3,
+            )
             try:
                 path.unlink()
             except OSError:
@@ -122,8 +127,14 @@ class EmbeddingCache:
     def _store(self, emb: Embedding) -> None:
         path = self.path_for(emb.key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = json.dumps({"key": emb.key, "sha256": _digest(emb.features), "image_hw": list(emb.image_hw),
-                           "resized_hw": list(emb.resized_hw)})
+        meta = json.dumps(
+            {
+                "key": emb.key,
+                "sha256": _digest(emb.features),
+                "image_hw": list(emb.image_hw),
+                "resized_hw": list(emb.resized_hw),
+            }
+        )
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as fh:

@@ -25,8 +25,14 @@ from hiseg_sim.segmenters.onnx_export import DEFAULT_OPT_LEVEL, ExportMismatch
 from hiseg_sim.segmenters.prompt_decoder import INPUT_NAMES, OUTPUT_NAMES, PromptDecoder, pack_prompt
 from hiseg_sim.segmenters.threads import get_threads
 
-__all__ = ["DECODER_TOLERANCE", "ENCODER_TOLERANCE", "OrtImageEncoder", "OrtPromptDecoder", "decoder_onnx",
-           "encoder_onnx"]
+__all__ = [
+    "DECODER_TOLERANCE",
+    "ENCODER_TOLERANCE",
+    "OrtImageEncoder",
+    "OrtPromptDecoder",
+    "decoder_onnx",
+    "encoder_onnx",
+]
 
 #: Max |logit| difference between a decoder export and its PyTorch module on the check prompts.
 DECODER_TOLERANCE = 1e-3
@@ -39,8 +45,13 @@ def _decoder_example(module: PromptDecoder) -> tuple[torch.Tensor, ...]:
     pe = module.prompt_encoder
     s = float(pe.input_image_size[1])
     emb = torch.randn(1, pe.embed_dim, *pe.image_embedding_size, generator=torch.Generator().manual_seed(0))
-    p = pack_prompt(np.array([[0.4, 0.5]], np.float32) * s, np.array([1]), np.array([0.3, 0.3, 0.6, 0.7], np.float32) * s,
-                    None, module.mask_size)
+    p = pack_prompt(
+        np.array([[0.4, 0.5]], np.float32) * s,
+        np.array([1]),
+        np.array([0.3, 0.3, 0.6, 0.7], np.float32) * s,
+        None,
+        module.mask_size,
+    )
     return (emb,) + tuple(torch.from_numpy(p[k]) for k in INPUT_NAMES[1:])
 
 
@@ -50,8 +61,11 @@ def _check_prompts(module: PromptDecoder) -> list[dict[str, np.ndarray]]:
     box = np.array([0.3, 0.3, 0.6, 0.7], np.float32) * s
     pts, lab = np.array([[0.45, 0.5], [0.2, 0.8]], np.float32) * s, np.array([1, 0])
     size = module.mask_size
-    return [pack_prompt(None, None, box, None, size), pack_prompt(pts[:1], lab[:1], None, None, size),
-            pack_prompt(pts, lab, box, mask, size)]
+    return [
+        pack_prompt(None, None, box, None, size),
+        pack_prompt(pts[:1], lab[:1], None, None, size),
+        pack_prompt(pts, lab, box, mask, size),
+    ]
 
 
 def check_decoder(path: Path, module: PromptDecoder) -> float:
@@ -69,15 +83,25 @@ def check_decoder(path: Path, module: PromptDecoder) -> float:
     return worst
 
 
-def decoder_onnx(module: PromptDecoder, name: str, weights_sha256: str, onnx_dir: str | os.PathLike | None = None) -> Path:
+def decoder_onnx(
+    module: PromptDecoder, name: str, weights_sha256: str, onnx_dir: str | os.PathLike | None = None
+) -> Path:
     """The cached ONNX export of ``module`` (network ``name``, weights ``weights_sha256``)."""
     key = onnx_export.export_key(weights_sha256, [_pd_module.__file__])
     return onnx_export.cached_export(
-        f"{name}-decoder", key,
-        make=lambda: onnx_export.export_bytes(module, _decoder_example(module), INPUT_NAMES, OUTPUT_NAMES,
-                                              {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}),
-        check=lambda p: check_decoder(p, module), onnx_dir=onnx_dir,
-        meta={"network": name, "part": "decoder", "weights_sha256": weights_sha256})
+        f"{name}-decoder",
+        key,
+        make=lambda: onnx_export.export_bytes(
+            module,
+            _decoder_example(module),
+            INPUT_NAMES,
+            OUTPUT_NAMES,
+            {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+        ),
+        check=lambda p: check_decoder(p, module),
+        onnx_dir=onnx_dir,
+        meta={"network": name, "part": "decoder", "weights_sha256": weights_sha256},
+    )
 
 
 class _OrtRunner:
@@ -101,7 +125,7 @@ class _OrtRunner:
             self._made_for = want
         return self._session
 
-    def __getstate__(self) -> dict:   # a session does not pickle; the worker reopens the file
+    def __getstate__(self) -> dict:  # a session does not pickle; the worker reopens the file
         return {**self.__dict__, "_session": None, "_made_for": None}
 
     def __repr__(self) -> str:
@@ -133,16 +157,20 @@ def check_encoder(path: Path, encoder: torch.nn.Module, input_size: int) -> floa
     return worst
 
 
-def encoder_onnx(encoder: torch.nn.Module, input_size: int, name: str, weights_sha256: str,
-                 onnx_dir: str | os.PathLike | None = None) -> Path:
+def encoder_onnx(
+    encoder: torch.nn.Module, input_size: int, name: str, weights_sha256: str, onnx_dir: str | os.PathLike | None = None
+) -> Path:
     """The cached ONNX export of ``encoder`` on ``(1, 3, input_size, input_size)`` inputs."""
     key = onnx_export.export_key(weights_sha256, [p for p in [inspect.getsourcefile(type(encoder))] if p])
     example = (torch.rand(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)),)
     return onnx_export.cached_export(
-        f"{name}-encoder", key,
+        f"{name}-encoder",
+        key,
         make=lambda: onnx_export.export_bytes(encoder, example, ["image"], ["image_embeddings"]),
-        check=lambda p: check_encoder(p, encoder, input_size), onnx_dir=onnx_dir,
-        meta={"network": name, "part": "encoder", "weights_sha256": weights_sha256, "input_size": input_size})
+        check=lambda p: check_encoder(p, encoder, input_size),
+        onnx_dir=onnx_dir,
+        meta={"network": name, "part": "encoder", "weights_sha256": weights_sha256, "input_size": input_size},
+    )
 
 
 class OrtImageEncoder(_OrtRunner):

@@ -25,16 +25,24 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
 from hiseg_sim.segmenters.cache import CorruptCacheWarning
 from hiseg_sim.segmenters.threads import get_threads
 
-__all__ = ["OPSET", "ExportMismatch", "cached_export", "default_onnx_dir", "export_key", "onnxruntime_missing",
-           "session", "stats"]
+__all__ = [
+    "OPSET",
+    "ExportMismatch",
+    "cached_export",
+    "default_onnx_dir",
+    "export_key",
+    "onnxruntime_missing",
+    "session",
+    "stats",
+]
 
 OPSET = 17
 #: ONNX Runtime graph optimisation level, and fusions left out. On the LiteMedSAM decoder (one
@@ -88,7 +96,9 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def session(path: str | os.PathLike, threads: int | None = None, opt_level: str = DEFAULT_OPT_LEVEL, shared: bool = True):
+def session(
+    path: str | os.PathLike, threads: int | None = None, opt_level: str = DEFAULT_OPT_LEVEL, shared: bool = True
+):
     """An ONNX Runtime CPU session: ``threads`` intra-op (default :func:`get_threads`), 1 inter-op.
 
     With ``shared``, one session per ``(process, file, mtime, threads, opt_level)`` is kept.
@@ -100,32 +110,50 @@ def session(path: str | os.PathLike, threads: int | None = None, opt_level: str 
     key = (os.getpid(), str(path.resolve()), path.stat().st_mtime_ns, threads, opt_level)
     if shared and key in _SESSIONS:
         return _SESSIONS[key]
-    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
     so = ort.SessionOptions()
     so.graph_optimization_level = levels[opt_level]
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
+    sess = ort.InferenceSession(
+        str(path), sess_options=so, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
+    )
     stats["sessions"] += 1
     if shared:
         _SESSIONS[key] = sess
     return sess
 
 
-def export_bytes(module: torch.nn.Module, example_inputs: tuple, input_names: Sequence[str], output_names: Sequence[str],
-                 dynamic_axes: dict | None = None) -> bytes:
+def export_bytes(
+    module: torch.nn.Module,
+    example_inputs: tuple,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: dict | None = None,
+) -> bytes:
     """The ONNX bytes of ``module`` traced on ``example_inputs`` (legacy exporter, :data:`OPSET`)."""
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings and the legacy exporter's deprecation notice
         # torch's annotation omits file objects, which the legacy exporter writes to
-        torch.onnx.export(module, example_inputs, buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
-                          input_names=list(input_names), output_names=list(output_names),
-                          dynamic_axes=dynamic_axes or {}, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            example_inputs,
+            buf,
+            dynamo=False,
+            opset_version=OPSET,  # type: ignore[arg-type]
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes or {},
+            do_constant_folding=True,
+        )
     return buf.getvalue()
 
 
@@ -181,8 +209,14 @@ def _locked(lock_path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def cached_export(stem: str, key: str, make: Callable[[], bytes], check: Callable[[Path], float],
-                  onnx_dir: str | os.PathLike | None = None, meta: dict | None = None) -> Path:
+def cached_export(
+    stem: str,
+    key: str,
+    make: Callable[[], bytes],
+    check: Callable[[Path], float],
+    onnx_dir: str | os.PathLike | None = None,
+    meta: dict | None = None,
+) -> Path:
     """The cached ONNX file ``<stem>-<key16>.onnx``, exported with ``make()`` if missing or corrupt.
 
     Args:
@@ -203,8 +237,11 @@ def cached_export(stem: str, key: str, make: Callable[[], bytes], check: Callabl
             if problem is None:
                 return path
             stats["corrupt"] += 1
-            warnings.warn(f"corrupt ONNX cache file {path} ({problem}); removed, exporting again",
-                          CorruptCacheWarning, stacklevel=3)
+            warnings.warn(
+                f"corrupt ONNX cache file {path} ({problem}); removed, exporting again",
+                CorruptCacheWarning,
+                stacklevel=3,
+            )
             path.unlink(missing_ok=True)
             _sidecar(path).unlink(missing_ok=True)
         data = make()
@@ -214,8 +251,14 @@ def cached_export(stem: str, key: str, make: Callable[[], bytes], check: Callabl
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        side = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "torch": torch.__version__, "opset": OPSET,
-                "max_abs_diff_vs_torch": diff, **(meta or {})}
+        side = {
+            "key": key,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "torch": torch.__version__,
+            "opset": OPSET,
+            "max_abs_diff_vs_torch": diff,
+            **(meta or {}),
+        }
         _write_atomic(_sidecar(path), json.dumps(side, indent=1).encode())
         stats["exports"] += 1
     return path

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from hiseg_sim import limits
-from hiseg_sim.segmenters.base import Prompt, Segmenter
+from hiseg_sim.segmenters.base import Prompt
 from hiseg_sim.segmenters.sam_family import SamFamilySegmenter
 
 __all__ = ["bench_prompts", "bench_slice", "decoder_bench", "encoder_bench"]
@@ -60,19 +60,26 @@ def bench_prompts(gt: np.ndarray, mask_logits: np.ndarray | None = None) -> list
     inside = np.array([[cx, cy]], np.float32)
     both = np.array([[cx, cy], [min(gt.shape[1] - 1, xs.max() + 4.0), cy]], np.float32)
     one, two = np.array([1]), np.array([1, 0])
-    out = [Prompt(box=box),
-           Prompt(box=box, points=inside, labels=one),
-           Prompt(box=box, points=both, labels=two),
-           Prompt(points=inside, labels=one),
-           Prompt(points=both, labels=two)]
+    out = [
+        Prompt(box=box),
+        Prompt(box=box, points=inside, labels=one),
+        Prompt(box=box, points=both, labels=two),
+        Prompt(points=inside, labels=one),
+        Prompt(points=both, labels=two),
+    ]
     if mask_logits is not None:
         h, w = gt.shape
-        clicks = np.array([[cx, cy], [min(w - 1.0, cx + 3), cy], [cx, min(h - 1.0, cy + 3)], both[1],
-                           [cx, max(0.0, ys.min() - 4.0)]], np.float32)
+        clicks = np.array(
+            [[cx, cy], [min(w - 1.0, cx + 3), cy], [cx, min(h - 1.0, cy + 3)], both[1], [cx, max(0.0, ys.min() - 4.0)]],
+            np.float32,
+        )
         m = mask_logits
-        out += [Prompt(box=box, mask_logits=m), Prompt(box=box, points=inside, labels=one, mask_logits=m),
-                Prompt(points=inside, labels=one, mask_logits=m),
-                Prompt(box=box, points=clicks, labels=np.array([1, 1, 1, 0, 0]), mask_logits=m)]
+        out += [
+            Prompt(box=box, mask_logits=m),
+            Prompt(box=box, points=inside, labels=one, mask_logits=m),
+            Prompt(points=inside, labels=one, mask_logits=m),
+            Prompt(box=box, points=clicks, labels=np.array([1, 1, 1, 0, 0]), mask_logits=m),
+        ]
     return out
 
 
@@ -85,9 +92,17 @@ def _median_ms(xs: list[float]) -> float:
     return float(np.median(xs) * 1e3)
 
 
-def decoder_bench(segmenter_name: str = "litemedsam", n: int = 40, *, seg: SamFamilySegmenter | None = None,
-                  checkpoint=None, onnx_dir=None, slice_size: int = 96, matmul_size: int = 2048,
-                  warmup: int = 3) -> dict:
+def decoder_bench(
+    segmenter_name: str = "litemedsam",
+    n: int = 40,
+    *,
+    seg: SamFamilySegmenter | None = None,
+    checkpoint=None,
+    onnx_dir=None,
+    slice_size: int = 96,
+    matmul_size: int = 2048,
+    warmup: int = 3,
+) -> dict:
     """Time the prompt decoder on both runtimes and compare it with this machine's limit.
 
     Args:
@@ -114,7 +129,9 @@ def decoder_bench(segmenter_name: str = "litemedsam", n: int = 40, *, seg: SamFa
     if seg is None:
         built = segmenters.build(segmenter_name, checkpoint=checkpoint, onnx_dir=onnx_dir, runtime="auto")
         if not isinstance(built, SamFamilySegmenter):
-            raise TypeError(f"decoder_bench needs a SAM-family segmenter (two decoder runtimes); {segmenter_name!r} is not")
+            raise TypeError(
+                f"decoder_bench needs a SAM-family segmenter (two decoder runtimes); {segmenter_name!r} is not"
+            )
         seg = built
     auto_runtime, before = seg.runtime, seg.runtime
     img, gt = bench_slice(slice_size)
@@ -172,13 +189,24 @@ def decoder_bench(segmenter_name: str = "litemedsam", n: int = 40, *, seg: SamFa
     lim = limits.limit_ms(flops, gflops)
     from hiseg_sim.segmenters.threads import get_threads
 
-    return {"eager_decoder_ms": round(eager, 2), "onnx_decoder_ms": round(onnx, 2), "limit_ms": round(lim, 2),
-            "flops": flops, "matmul_gflops": round(gflops, 1), "runtime": auto_runtime,
-            "onnx_vs_limit": round(onnx / lim, 3), "onnx_vs_eager": round(onnx / eager, 3),
-            "reference_decoder_ms": round(_median_ms(times["reference"]), 2), "graph_flops": graph_flops,
-            "threads": get_threads(), "max_abs_logit_diff": float(f"{worst:.3g}"),
-            "pct_identical_pixels": round(100.0 * same / total, 4), "n": n, "prompts": len(prompts),
-            "segmenter": seg.name}
+    return {
+        "eager_decoder_ms": round(eager, 2),
+        "onnx_decoder_ms": round(onnx, 2),
+        "limit_ms": round(lim, 2),
+        "flops": flops,
+        "matmul_gflops": round(gflops, 1),
+        "runtime": auto_runtime,
+        "onnx_vs_limit": round(onnx / lim, 3),
+        "onnx_vs_eager": round(onnx / eager, 3),
+        "reference_decoder_ms": round(_median_ms(times["reference"]), 2),
+        "graph_flops": graph_flops,
+        "threads": get_threads(),
+        "max_abs_logit_diff": float(f"{worst:.3g}"),
+        "pct_identical_pixels": round(100.0 * same / total, 4),
+        "n": n,
+        "prompts": len(prompts),
+        "segmenter": seg.name,
+    }
 
 
 def encoder_bench(segmenter_name: str = "litemedsam", n: int = 5, *, checkpoint=None, onnx_dir=None) -> dict:
@@ -198,9 +226,14 @@ def encoder_bench(segmenter_name: str = "litemedsam", n: int = 5, *, checkpoint=
         ref = seg.net.image_encoder(x)
         diff = float((ort_enc(x) - ref).abs().max())
         for i in range(n):
-            for rt in (("torch", "onnx") if i % 2 == 0 else ("onnx", "torch")):
+            for rt in ("torch", "onnx") if i % 2 == 0 else ("onnx", "torch"):
                 t0 = time.perf_counter()
                 seg.net.image_encoder(x) if rt == "torch" else ort_enc(x)
                 times[rt].append(time.perf_counter() - t0)
-    return {"eager_encoder_ms": round(_median_ms(times["torch"]), 1), "onnx_encoder_ms": round(_median_ms(times["onnx"]), 1),
-            "max_abs_feature_diff": float(f"{diff:.3g}"), "n": n, "segmenter": seg.name}
+    return {
+        "eager_encoder_ms": round(_median_ms(times["torch"]), 1),
+        "onnx_encoder_ms": round(_median_ms(times["onnx"]), 1),
+        "max_abs_feature_diff": float(f"{diff:.3g}"),
+        "n": n,
+        "segmenter": seg.name,
+    }

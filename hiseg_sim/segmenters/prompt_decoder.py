@@ -43,8 +43,13 @@ INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels", "mask_input",
 OUTPUT_NAMES = ("low_res_logits", "iou_predictions")
 
 
-def pack_prompt(coords: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None,
-                mask_in: np.ndarray | None, mask_size: int = 256) -> dict[str, np.ndarray]:
+def pack_prompt(
+    coords: np.ndarray | None,
+    labels: np.ndarray | None,
+    box: np.ndarray | None,
+    mask_in: np.ndarray | None,
+    mask_size: int = 256,
+) -> dict[str, np.ndarray]:
     """Model-grid prompts → the four prompt inputs of :class:`PromptDecoder` (numpy, float32).
 
     Args:
@@ -71,14 +76,18 @@ def pack_prompt(coords: np.ndarray | None, labels: np.ndarray | None, box: np.nd
         mi, has = np.zeros((1, 1, mask_size, mask_size), np.float32), np.zeros(1, np.float32)
     else:
         mi, has = np.asarray(mask_in, np.float32).reshape(1, 1, mask_size, mask_size), np.ones(1, np.float32)
-    return {"point_coords": np.ascontiguousarray(pc), "point_labels": np.ascontiguousarray(pl),
-            "mask_input": np.ascontiguousarray(mi), "has_mask_input": has}
+    return {
+        "point_coords": np.ascontiguousarray(pc),
+        "point_labels": np.ascontiguousarray(pl),
+        "mask_input": np.ascontiguousarray(mi),
+        "has_mask_input": has,
+    }
 
 
 def _convT_as_matmul(conv: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """A kernel-2 stride-2 transposed conv as ``(C_in, 4*C_out)`` weights ordered ``(dy, dx, c_out)``."""
     assert conv.kernel_size == (2, 2) and conv.stride == (2, 2) and conv.padding == (0, 0)
-    w = conv.weight.detach()                                   # (C_in, C_out, 2, 2)
+    w = conv.weight.detach()  # (C_in, C_out, 2, 2)
     return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous(), conv.bias.detach().repeat(4)
 
 
@@ -114,13 +123,13 @@ class PromptDecoder(nn.Module):
         with torch.no_grad():
             consts = {
                 "coord_div": torch.tensor([float(w), float(h)]),
-                "image_pe": pe.get_dense_pe().flatten(2).transpose(1, 2).contiguous(),   # (1, h*w, C)
+                "image_pe": pe.get_dense_pe().flatten(2).transpose(1, 2).contiguous(),  # (1, h*w, C)
             }
             consts["up_w1"], consts["up_b1"] = _convT_as_matmul(md.output_upscaling[0])
             consts["up_w2"], consts["up_b2"] = _convT_as_matmul(md.output_upscaling[3])
-            conv2 = pe.mask_downscaling[3]                      # (c2, c1, 2, 2) → ((a, c, c1), c2)
+            conv2 = pe.mask_downscaling[3]  # (c2, c1, 2, 2) → ((a, c, c1), c2)
             consts["mask_w2"] = conv2.weight.detach().permute(2, 3, 1, 0).reshape(-1, conv2.out_channels).contiguous()
-        for k, v in consts.items():   # re-laid-out copies of weights; not saved in state dicts
+        for k, v in consts.items():  # re-laid-out copies of weights; not saved in state dicts
             self.register_buffer(k, v, persistent=False)
         self.emb_hw: tuple[int, int] = (int(pe.image_embedding_size[0]), int(pe.image_embedding_size[1]))
         self.mask_size = int(pe.mask_input_size[0])
@@ -148,9 +157,9 @@ class PromptDecoder(nn.Module):
         h, w = self.emb_hw
         # (4h, 4w) → (h, w, a, c, b, d) with y = 4Y + 2a + b, x = 4X + 2c + d
         m = mask_input.reshape(h, 2, 2, w, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(h * w, 4, 4)
-        x = torch.matmul(m, ds[0].weight.reshape(c1, 4).t()) + ds[0].bias           # (hw, (a,c), c1)
+        x = torch.matmul(m, ds[0].weight.reshape(c1, 4).t()) + ds[0].bias  # (hw, (a,c), c1)
         x = ds[2](F.layer_norm(x, (c1,), ds[1].weight, ds[1].bias, ds[1].eps))
-        x = torch.matmul(x.reshape(h * w, 4 * c1), self.mask_w2) + ds[3].bias         # (hw, c2)
+        x = torch.matmul(x.reshape(h * w, 4 * c1), self.mask_w2) + ds[3].bias  # (hw, c2)
         x = ds[5](F.layer_norm(x, (c2,), ds[4].weight, ds[4].bias, ds[4].eps))
         bias = has_mask_input * ds[6].bias + (1 - has_mask_input) * pe.no_mask_embed.weight[0]
         return (torch.matmul(x * has_mask_input, ds[6].weight.reshape(-1, c2).t()) + bias).unsqueeze(0)
@@ -162,12 +171,12 @@ class PromptDecoder(nn.Module):
         nh = attn.num_heads
         dh = attn.internal_dim // nh
         c = k.shape[2]
-        qh = attn.q_proj(q).reshape(-1, nh, dh).transpose(0, 1)                      # (H, T, dh)
+        qh = attn.q_proj(q).reshape(-1, nh, dh).transpose(0, 1)  # (H, T, dh)
         g = torch.matmul(qh, attn.k_proj.weight.reshape(nh, dh, c)) / math.sqrt(dh)  # (H, T, C)
-        s = torch.matmul(g.reshape(1, -1, c), k.transpose(1, 2))                # (1, H*T, N)
-        av = torch.matmul(torch.softmax(s, dim=-1), v).reshape(nh, -1, c)            # (H, T, C)
-        wv = attn.v_proj.weight.reshape(nh, dh, c).transpose(1, 2)                   # (H, C, dh)
-        o = torch.matmul(av, wv) + attn.v_proj.bias.reshape(nh, 1, dh)              # (H, T, dh)
+        s = torch.matmul(g.reshape(1, -1, c), k.transpose(1, 2))  # (1, H*T, N)
+        av = torch.matmul(torch.softmax(s, dim=-1), v).reshape(nh, -1, c)  # (H, T, C)
+        wv = attn.v_proj.weight.reshape(nh, dh, c).transpose(1, 2)  # (H, C, dh)
+        o = torch.matmul(av, wv) + attn.v_proj.bias.reshape(nh, 1, dh)  # (H, T, dh)
         return attn.out_proj(o.transpose(0, 1).reshape(1, -1, nh * dh))
 
     @staticmethod
@@ -176,15 +185,15 @@ class PromptDecoder(nn.Module):
         nh = attn.num_heads
         dh = attn.internal_dim // nh
         n, c = q.shape[1], q.shape[2]
-        kh = attn.k_proj(k).reshape(-1, nh, dh).transpose(0, 1)                     # (H, T, dh)
-        wq = attn.q_proj.weight.reshape(nh, dh, c)                                   # (H, dh, C)
-        m = torch.matmul(wq.transpose(1, 2), kh.transpose(1, 2)) / math.sqrt(dh)    # (H, C, T)
+        kh = attn.k_proj(k).reshape(-1, nh, dh).transpose(0, 1)  # (H, T, dh)
+        wq = attn.q_proj.weight.reshape(nh, dh, c)  # (H, dh, C)
+        m = torch.matmul(wq.transpose(1, 2), kh.transpose(1, 2)) / math.sqrt(dh)  # (H, C, T)
         bias = torch.matmul(kh, attn.q_proj.bias.reshape(nh, dh, 1)) / math.sqrt(dh)  # (H, T, 1)
         s = torch.matmul(q, m.transpose(0, 1).reshape(c, -1)) + bias.reshape(1, 1, -1)
         a = torch.softmax(s.reshape(1, n, nh, -1), dim=-1).reshape(1, n, -1)
-        vh = attn.v_proj(v).reshape(-1, nh, dh).transpose(0, 1)                      # (H, T, dh)
-        wo = attn.out_proj.weight.reshape(c, nh, dh).permute(1, 2, 0)                # (H, dh, C)
-        vo = torch.matmul(vh, wo).reshape(1, -1, c)                              # (1, H*T, C)
+        vh = attn.v_proj(v).reshape(-1, nh, dh).transpose(0, 1)  # (H, T, dh)
+        wo = attn.out_proj.weight.reshape(c, nh, dh).permute(1, 2, 0)  # (H, dh, C)
+        vo = torch.matmul(vh, wo).reshape(1, -1, c)  # (1, H*T, C)
         return torch.matmul(a, vo) + attn.out_proj.bias
 
     # ---- mask decoder -----------------------------------------------------------------------
@@ -199,13 +208,16 @@ class PromptDecoder(nn.Module):
                 queries = queries + layer.self_attn(q=q, k=q, v=queries)
             queries = layer.norm1(queries)
             k = keys + key_pe
-            queries = layer.norm2(queries + self._tokens_to_image(layer.cross_attn_token_to_image,
-                                                                   queries + query_pe, k, keys))
+            queries = layer.norm2(
+                queries + self._tokens_to_image(layer.cross_attn_token_to_image, queries + query_pe, k, keys)
+            )
             queries = layer.norm3(queries + layer.mlp(queries))
-            keys = layer.norm4(keys + self._image_to_tokens(layer.cross_attn_image_to_token,
-                                                            k, queries + query_pe, queries))
-        queries = tr.norm_final_attn(queries + self._tokens_to_image(tr.final_attn_token_to_image,
-                                                                     queries + query_pe, keys + key_pe, keys))
+            keys = layer.norm4(
+                keys + self._image_to_tokens(layer.cross_attn_image_to_token, k, queries + query_pe, queries)
+            )
+        queries = tr.norm_final_attn(
+            queries + self._tokens_to_image(tr.final_attn_token_to_image, queries + query_pe, keys + key_pe, keys)
+        )
         return queries, keys
 
     def _upscale_and_mask(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
@@ -213,23 +225,29 @@ class PromptDecoder(nn.Module):
         up = self.mask_decoder.output_upscaling
         ln, act1, act2 = up[1], up[2], up[4]
         c1 = self.up_w1.shape[1] // 4
-        x = torch.matmul(keys, self.up_w1) + self.up_b1                             # (1, hw, 4*C1): (dy, dx, c)
+        x = torch.matmul(keys, self.up_w1) + self.up_b1  # (1, hw, 4*C1): (dy, dx, c)
         x = act1(F.layer_norm(x.reshape(1, -1, c1), (c1,), ln.weight, ln.bias, ln.eps))
-        x = act2(torch.matmul(x, self.up_w2) + self.up_b2)                         # (1, 4hw, 4*C2)
+        x = act2(torch.matmul(x, self.up_w2) + self.up_b2)  # (1, 4hw, 4*C2)
         c2 = self.up_w2.shape[1] // 4
-        m = torch.matmul(x.reshape(1, -1, c2), hyper.reshape(1, c2, 1))            # (1, 16hw, 1)
+        m = torch.matmul(x.reshape(1, -1, c2), hyper.reshape(1, c2, 1))  # (1, 16hw, 1)
         h, w = self.emb_hw
-        m = m.reshape(h, w, 2, 2, 2, 2).permute(0, 2, 4, 1, 3, 5)                  # (h, dy, dy2, w, dx, dx2)
+        m = m.reshape(h, w, 2, 2, 2, 2).permute(0, 2, 4, 1, 3, 5)  # (h, dy, dy2, w, dx, dx2)
         return m.reshape(1, 1, 4 * h, 4 * w)
 
-    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
-                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         md = self.mask_decoder
         sparse = self.embed_points(point_coords, point_labels)
         dense = self.embed_mask(mask_input, has_mask_input)
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0).unsqueeze(0)
         tokens = torch.cat([out_tokens, sparse], dim=1)
-        keys = image_embeddings.flatten(2).transpose(1, 2) + dense                  # (1, hw, C)
+        keys = image_embeddings.flatten(2).transpose(1, 2) + dense  # (1, hw, C)
         hs, keys = self._transformer(keys, tokens)
         hyper = md.output_hypernetworks_mlps[0](hs[:, 1, :])
         iou = md.iou_prediction_head(hs[:, 0, :])[:, :1]

@@ -70,7 +70,11 @@ class Prompt:
 
     def __post_init__(self) -> None:
         if self.points is not None:
-            pts = np.asarray(self.points, dtype=np.float32).reshape(-1, 2) if np.size(self.points) else np.zeros((0, 2), np.float32)
+            pts = (
+                np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
+                if np.size(self.points)
+                else np.zeros((0, 2), np.float32)
+            )
             if self.labels is None:
                 raise PromptError("points need labels: 1 for positive (inside), 0 for negative (outside)")
             lab = np.asarray(self.labels, dtype=np.int64).reshape(-1)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hiseg_sim.experiments.spec import STUDY_KINDS, SpecError, StudySpec
 
-__all__ = ["COMMON_KEYS", "StudyKind", "run_and_report"]
+__all__ = ["COMMON_KEYS", "Interrupted", "StudyKind", "announce_run", "resume_hint", "run_and_report", "run_state"]
 
 #: ``[analysis]`` keys every kind reads.
-COMMON_KEYS = {"n_boot": "bootstrap replicates of every interval (default 2000)",
-               "seed": "seed of the bootstrap (default 0)"}
+COMMON_KEYS = {
+    "n_boot": "bootstrap replicates of every interval (default 2000)",
+    "seed": "seed of the bootstrap (default 0)",
+}
 
 
 class StudyKind:
@@ -52,12 +56,20 @@ class StudyKind:
         (:class:`~hiseg_sim.experiments.storage.RunData`)."""
         raise NotImplementedError(f"study kind {self.name!r} has no report sections")
 
-    def run(self, spec: StudySpec, out_dir: str | os.PathLike | None = None, *, report: bool = True,
-            **run_kwargs: Any) -> tuple[Any, Any]:
-        """Run the study (resuming) and, with ``report``, write its report; ``(RunData, Report | None)``."""
-        from hiseg_sim.experiments.runner import run_study
+    def run(
+        self, spec: StudySpec, out_dir: str | os.PathLike | None = None, *, report: bool = True, **run_kwargs: Any
+    ) -> tuple[Any, Any]:
+        """Run the study (resuming) and, with ``report``, write its report; ``(RunData, Report | None)``.
 
-        data = run_study(spec, out_dir, **run_kwargs)
+        Says on stderr what it does with the run directory (a new run, a resumed one with the units
+        already done, a finished one reused) and, on Ctrl-C, that running the same command again
+        resumes."""
+        from hiseg_sim.experiments.runner import default_run_dir, run_study
+
+        run_dir = Path(out_dir) if out_dir is not None else default_run_dir(spec)
+        announce_run(run_dir, spec.config_hash(), bool(run_kwargs.get("fresh")))
+        with resume_hint(run_dir):
+            data = run_study(spec, run_dir, **run_kwargs)
         rep = None
         if report:
             from hiseg_sim.analysis.report import build_report
@@ -72,12 +84,72 @@ class StudyKind:
             echo(f"rows in {data.dir}")
             return
         for name, g in (rep.headline.get("groups") or {}).items():
-            echo(f"{name:>28}: Dice {g['dice']:.3f} [{g['dice_lo']:.3f}, {g['dice_hi']:.3f}]  "
-                 f"{g['seconds']:.1f} s  {g['prompts']:.1f} prompts  (n={g['n']})")
+            echo(
+                f"{name:>28}: Dice {g['dice']:.3f} [{g['dice_lo']:.3f}, {g['dice_hi']:.3f}]  "
+                f"{g['seconds']:.1f} s  {g['prompts']:.1f} prompts  (n={g['n']})"
+            )
+        for line in rep.headline.get("findings", [])[:3]:
+            echo(f"- {line}")
         echo(f"report: {rep.html_path} ({rep.md_path.name}, {len(rep.figures)} figures)")
 
 
-def run_and_report(spec: StudySpec, out_dir: str | os.PathLike | None = None, *, report: bool = True,
-                   **run_kwargs: Any) -> tuple[Any, Any]:
+def run_state(run_dir: str | os.PathLike, config_hash: str) -> tuple[str, int, int]:
+    """What ``run_dir`` holds for a study of ``config_hash``: ``(state, units done, units)`` with state
+    ``"new"`` (no run there), ``"other"`` (a run of another configuration), ``"partial"`` or
+    ``"finished"``. Units done are those with a manifest (checked in full when the run resumes)."""
+    from hiseg_sim.experiments.storage import RunMismatchError, RunStore
+
+    store = RunStore(Path(run_dir))
+    try:
+        meta = store.read_meta()
+    except RunMismatchError:
+        return "other", 0, 0
+    if meta is None:
+        return "new", 0, 0
+    if meta.get("config_hash") != config_hash:
+        return "other", 0, 0
+    n = int(meta.get("n_units") or 0)
+    done = min(n, len(list(store.shards.glob("*.manifest.json")))) if store.shards.is_dir() else 0
+    return ("finished" if n and done >= n and meta.get("status") == "complete" else "partial"), done, n
+
+
+def announce_run(run_dir: str | os.PathLike, config_hash: str, fresh: bool = False) -> str:
+    """Print on stderr what a run into ``run_dir`` will do (new, resumed, reused, afresh); returns the state."""
+    from hiseg_sim.progress import note
+
+    state, done, n = run_state(run_dir, config_hash)
+    if fresh and state != "new":
+        note(f"starting afresh in {run_dir} (--fresh: its earlier run is deleted)")
+    elif state == "new":
+        note(f"new run in {run_dir}")
+    elif state == "finished":
+        note(f"{run_dir} already holds this run, finished ({n} of {n} units): reusing it (--fresh runs it again)")
+    elif state == "partial":
+        note(f"resuming {run_dir}: {done} of {n} units already done")
+    return state
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, after the user was told how to resume (``reported``)."""
+
+    reported = True
+
+
+@contextmanager
+def resume_hint(run_dir: str | os.PathLike):
+    """On Ctrl-C inside the block: say that the finished units are kept and how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        from hiseg_sim.progress import note
+
+        if not getattr(exc, "reported", False):
+            note(f"interrupted: the finished units are kept in {run_dir}; run the same command again to resume")
+        raise Interrupted() from None
+
+
+def run_and_report(
+    spec: StudySpec, out_dir: str | os.PathLike | None = None, *, report: bool = True, **run_kwargs: Any
+) -> tuple[Any, Any]:
     """Run ``spec`` the way its kind runs, then report it: ``STUDY_KINDS.get(spec.kind).run(...)``."""
     return STUDY_KINDS.get(spec.kind).run(spec, out_dir, report=report, **run_kwargs)

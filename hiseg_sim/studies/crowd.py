@@ -34,14 +34,16 @@ def _sections(data, settings: dict, out: Path):
     pool = int(e[e["annotator"] == worker].groupby("case_id").size().min())
     ks = [int(k) for k in settings.get("ks", range(1, pool + 1)) if int(k) <= pool]
     targets = [float(t) for t in settings.get("targets", (0.80, 0.85))]
-    draws = C.crowd_draws(e, data.cases, worker, ks, methods, int(settings.get("draws", 30)), seed)
+    draws = C.crowd_draws(e, data.cases, worker, ks, methods, int(settings.get("draws", 30)), seed, progress=True)
     curve = C.crowd_curve(draws, min(n_boot, 1000), seed)
     ref = C.single_arm_reference(e, ref_arm, min(n_boot, 1000), seed) if ref_arm in set(e["annotator"]) else None
-    sec = Section(f"Fusing {worker} masks")
-    sec.paragraphs.append(f"{pool} independent {worker}s per nodule on {e['case_id'].nunique()} nodules; for each k, "
-                          f"{int(settings.get('draws', 30))} random subsets of k workers per nodule are fused and "
-                          "scored (all of them once when k is the whole pool). Cost = the k workers' simulated seconds. Majority "
-                          "vote is strict (ties at even k go to background), hence its zigzag.")
+    sec = Section(f"Fusing {worker} masks", definitions=DEFINITIONS)
+    sec.paragraphs.append(
+        f"{pool} independent {worker}s per nodule on {e['case_id'].nunique()} nodules; for each k, "
+        f"{int(settings.get('draws', 30))} random subsets of k workers per nodule are fused and "
+        "scored (all of them once when k is the whole pool). Cost = the k workers' simulated seconds. Majority "
+        "vote is strict (ties at even k go to background), hence its zigzag."
+    )
     wide = curve.pivot(index="k", columns="method", values="dice")
     tab = pd.DataFrame({"k": wide.index})
     for m in methods:
@@ -49,49 +51,127 @@ def _sections(data, settings: dict, out: Path):
         tab[f"{m} Dice [95% CI]"] = [fmt_ci(c.at[k, "dice"], c.at[k, "lo"], c.at[k, "hi"]) for k in wide.index]
     tab["total seconds"] = curve[curve["method"] == methods[0]].set_index("k").loc[wide.index, "seconds"].to_numpy()
     sec.tables.append(("Expected Dice of the fused mask and total seconds against workers per nodule", tab))
-    headline: dict = {"curve": {m: {int(r["k"]): [r["dice"], r["lo"], r["hi"], r["seconds"]]
-                                    for _, r in curve[curve["method"] == m].iterrows()} for m in methods}}
+    headline: dict = {
+        "curve": {
+            m: {
+                int(r["k"]): [r["dice"], r["lo"], r["hi"], r["seconds"]]
+                for _, r in curve[curve["method"] == m].iterrows()
+            }
+            for m in methods
+        }
+    }
     rows = []
     for m in methods:
         sat = C.saturation_k(curve, m)
         need = {t: C.workers_needed(curve, t, m) for t in targets}
         need_c = {t: C.workers_needed(curve, t, m, conservative=True) for t in targets}
-        rows.append({"method": m, "Dice k=1": sat["dice_k1"], f"Dice k={sat['k_max']}": sat["dice_kmax"],
-                     "90% of the gain at k": sat["k_share"], "next worker adds < 0.005 from k": sat["k_marginal"],
-                     **{f"k for Dice ≥ {t:.2f} (mean / lower CI)": f"{_k(need[t])} / {_k(need_c[t])}" for t in targets}})
+        rows.append(
+            {
+                "method": m,
+                "Dice k=1": sat["dice_k1"],
+                f"Dice k={sat['k_max']}": sat["dice_kmax"],
+                "90% of the gain at k": sat["k_share"],
+                "next worker adds < 0.005 from k": sat["k_marginal"],
+                **{f"k for Dice ≥ {t:.2f} (mean / lower CI)": f"{_k(need[t])} / {_k(need_c[t])}" for t in targets},
+            }
+        )
         headline[f"saturation_{m}"] = sat
         headline[f"workers_needed_{m}"] = {f"{t:.2f}": [need[t], need_c[t]] for t in targets}
-    sec.tables.append(("Where fusion saturates, and how many workers a Dice target needs (None: not reached "
-                       f"with {max(ks)})", pd.DataFrame(rows)))
+    sec.tables.append(
+        (
+            f"Where fusion saturates, and how many workers a Dice target needs (None: not reached with {max(ks)})",
+            pd.DataFrame(rows),
+        )
+    )
     if ref is not None:
-        sec.paragraphs.append(f"One {ref_arm} per nodule: Dice **{fmt_ci(ref['dice'], ref['lo'], ref['hi'])}** in "
-                              f"{ref['seconds']:.1f} simulated seconds.")
+        sec.paragraphs.append(
+            f"One {ref_arm} per nodule: Dice **{fmt_ci(ref['dice'], ref['lo'], ref['hi'])}** in "
+            f"{ref['seconds']:.1f} simulated seconds."
+        )
         headline["reference"] = ref
-    sec.figures.append((f"Fused Dice against {worker}s per nodule (left) and against total simulated seconds (right); "
-                        f"the dashed line / star is one {ref_arm}",
-                        P.plot_crowd(curve, out / "figures" / "crowd_fusion.png", ref, targets,
-                                     worker=worker.replace("_", " "),
-                                     saturation=headline.get("saturation_staple"))))
-    arms = Section("Single annotators")
+    sec.figures.append(
+        (
+            f"Fused Dice against {worker}s per nodule (left) and against total simulated seconds (right); "
+            f"the dashed line / star is one {ref_arm}",
+            P.plot_crowd(
+                curve,
+                out / "figures" / "crowd_fusion.png",
+                ref,
+                targets,
+                worker=worker.replace("_", " "),
+                saturation=headline.get("saturation_staple"),
+            ),
+        )
+    )
+    arms = Section("Single annotators", definitions=DEFINITIONS)
     summ = ordered(M.group_summary(e, "annotator", min(n_boot, 1000), seed), "annotator")
-    arms.tables.append(("Per arm, one annotator per nodule", summary_table(summ.rename(columns={"annotator": "group"}))))
-    by_band = draws[draws["method"] == "staple"].groupby(["size_band", "k"])["dice"].mean().unstack("k") \
-        if "size_band" in draws else None
+    arms.tables.append(
+        ("Per arm, one annotator per nodule", summary_table(summ.rename(columns={"annotator": "group"})))
+    )
+    by_band = (
+        draws[draws["method"] == "staple"].groupby(["size_band", "k"])["dice"].mean().unstack("k")
+        if "size_band" in draws
+        else None
+    )
     if by_band is not None:
         by_band = by_band.reindex([b for b in M.SIZE_BANDS if b in by_band.index])
         by_band.columns = [f"k={k}" for k in by_band.columns]
         arms.tables.append(("STAPLE Dice by size band and k", by_band.reset_index()))
-    return [sec, arms], headline
+    lead = _findings(curve, headline, methods, targets, worker, ref_arm, ref, max(ks))
+    headline["findings"] = [b.replace("**", "").replace("`", "") for b in lead.bullets]
+    return [lead, sec, arms], headline
+
+
+def _findings(curve, headline: dict, methods, targets, worker: str, ref_arm: str, ref, k_max: int) -> Section:
+    """Key findings: what fusing k workers gives, where it saturates, how many a target needs."""
+    f = Section("Key findings", lead=True, definitions=DEFINITIONS)
+    for m in methods:
+        c = curve[curve["method"] == m].set_index("k")
+        k1, kn = int(c.index.min()), int(c.index.max())
+        sat = headline[f"saturation_{m}"]
+        need = headline[f"workers_needed_{m}"]
+        f.bullets.append(
+            f"{m}: Dice {fmt_ci(c.at[k1, 'dice'], c.at[k1, 'lo'], c.at[k1, 'hi'])} with {k1} {worker}, "
+            f"**{fmt_ci(c.at[kn, 'dice'], c.at[kn, 'lo'], c.at[kn, 'hi'])}** with {kn} "
+            f"({c.at[kn, 'seconds']:.0f} simulated seconds per nodule); 90 % of the gain by k = {_k(sat['k_share'])}. "
+            + "; ".join(f"Dice ≥ {t} needs k = {_k(v[0])} on average, {_k(v[1])} to be 95 % sure"
+                        f"{'' if v[1] is not None else f' (None: not within {k_max})'}" for t, v in need.items())
+            + "."
+        )
+    if ref is not None:
+        f.bullets.append(f"One `{ref_arm}` per nodule: Dice **{fmt_ci(ref['dice'], ref['lo'], ref['hi'])}** in "
+                         f"{ref['seconds']:.1f} simulated seconds. These are separate estimates, not a paired "
+                         "comparison: overlapping intervals do not show the crowd is as good.")
+    return f
+
+
+#: What the crowd report's own columns mean.
+DEFINITIONS = {
+    "k": "workers per nodule whose masks are fused",
+    r"(majority|staple) Dice \[95% CI\]": "expected Dice of the fused mask of k random workers (mean over nodules of "
+                                          "the mean over draws), with its 95 % bootstrap interval over nodules",
+    "total seconds": "the k workers' simulated seconds per nodule, added up",
+    "method": "fusion: majority (a pixel is in when more than half the masks have it) or STAPLE (EM-weighted)",
+    r"Dice k=(\d+)": "expected Dice of the fused mask with that many workers",
+    "90% of the gain at k": "the smallest k that reaches 90 % of the Dice gain from one worker to the whole pool",
+    "next worker adds < 0.005 from k": "the smallest k from which one more worker adds less than 0.005 Dice",
+    r"k for Dice ≥ (.+) \(mean / lower CI\)": "workers needed for that Dice: by the expected Dice / by the lower "
+                                              "end of its 95 % interval (None: not reached with the pool)",
+    "size_band": "nodule diameter band (mm)",
+    r"k=(\d+)": "mean STAPLE Dice with that many workers, on the nodules of the band",
+}
 
 
 class CrowdKind(StudyKind):
     name = "crowd"
-    analysis_keys = {"worker": "the arm whose masks are fused (default crowd_worker)",
-                     "reference": "the one-person comparison (default expert_radiologist)",
-                     "ks": "numbers of workers fused (default 1 .. the pool)",
-                     "draws": "random subsets per k and nodule (default 30)",
-                     "methods": "fusion methods (default majority, staple)",
-                     "targets": "Dice targets for workers needed (default 0.80, 0.85)"}
+    analysis_keys = {
+        "worker": "the arm whose masks are fused (default crowd_worker)",
+        "reference": "the one-person comparison (default expert_radiologist)",
+        "ks": "numbers of workers fused (default 1 .. the pool)",
+        "draws": "random subsets per k and nodule (default 30)",
+        "methods": "fusion methods (default majority, staple)",
+        "targets": "Dice targets for workers needed (default 0.80, 0.85)",
+    }
     label_keys = ("worker", "reference")
 
     def sections(self, data, settings: dict, out: Path) -> tuple[list, dict]:

@@ -16,12 +16,63 @@ from hiseg_sim.analysis.section import (
     common_settings,
     fmt_ci,
     ordered,
+    significance,
     summary_table,
     with_group,
 )
 from hiseg_sim.analysis.stats import paired_bootstrap
 from hiseg_sim.studies.base import StudyKind
 
+
+def _plain(text: str) -> str:
+    """Markdown inline text as plain text (for the terminal and headline.json)."""
+    return text.replace("**", "").replace("`", "")
+
+
+def _sig_words(lo: float, hi: float) -> str:
+    sig = significance(lo, hi)
+    return {"yes": "significant", "no": "not significant (the interval includes 0)"}.get(sig, "no interval")
+
+
+def _findings(summ: pd.DataFrame, paired: list[dict], ref: str, people_mean, n_boot: int) -> Section:
+    """The key findings: the best and worst people group, and each arm against the reference with
+    its paired interval and whether it is significant."""
+    f = Section("Key findings", lead=True)
+    people = summ[summ["group"].map(P.is_person)]
+    if len(people):
+        hi = people.loc[people["dice"].idxmax()]
+        lo = people.loc[people["dice"].idxmin()]
+        fast = people.loc[people["seconds"].idxmin()]
+        f.bullets.append(f"Highest mean Dice among the people groups: `{hi['group']}` "
+                         f"**{fmt_ci(hi['dice'], hi['dice_lo'], hi['dice_hi'])}**; lowest: `{lo['group']}` "
+                         f"{fmt_ci(lo['dice'], lo['dice_lo'], lo['dice_hi'])}. Fastest: `{fast['group']}`, "
+                         f"{fast['seconds']:.1f} simulated seconds per nodule.")
+        if people_mean is not None:
+            f.bullets.append(f"Mean Dice over all people groups: **{fmt_ci(*people_mean)}** (Hi-Seg reports almost "
+                             "0.85 across its annotator groups).")
+    if paired:
+        sig = [r for r in paired if significance(r["d_lo"], r["d_hi"]) == "yes"]
+        rest = [r for r in paired if r not in sig]
+        txt = (f"Against `{ref}` (paired), Dice differs significantly for "
+               + ", ".join(f"`{r['group']}` ({fmt_ci(r['d'], r['d_lo'], r['d_hi'], signed=True)})" for r in sig)
+               if sig else f"Against `{ref}` (paired), no arm's Dice differs significantly")
+        if rest:
+            txt += ("; not significantly for " if sig else ": not ") + ", ".join(f"`{r['group']}`" for r in rest)
+        f.bullets.append(txt + ".")
+    for r in paired:
+        f.bullets.append(f"`{r['group']}` against `{ref}`: Dice {fmt_ci(r['d'], r['d_lo'], r['d_hi'], signed=True)}, "
+                         f"{_sig_words(r['d_lo'], r['d_hi'])}; time {fmt_ci(r['t'], r['t_lo'], r['t_hi'], 1, signed=True)} "
+                         f"s per nodule, {_sig_words(r['t_lo'], r['t_hi'])}.")
+    if paired:
+        f.notes.append(f"Differences are paired (the same case and replicate, arm minus `{ref}`) with 95 % "
+                            f"bootstrap intervals over cases ({n_boot} resamples). *Significant* means the interval "
+                            "excludes 0; no correction for comparing several arms is made, so treat a single "
+                            "borderline result with care. Where a difference is not significant, which group has "
+                            "the higher mean says nothing: the tables list groups in order of training, not of result.")
+    elif ref:
+        f.notes.append(f"No arm `{ref}` in this run, so no paired differences; compare the groups' intervals "
+                            "below ([analysis] reference names the arm to compare with).")
+    return f
 
 
 def _sections(data, settings: dict, out: Path):
@@ -31,19 +82,16 @@ def _sections(data, settings: dict, out: Path):
     e, a = with_group(data)
     summ = ordered(M.group_summary(e, "group", n_boot, seed), "group")
     sec = Section("Quality, time and prompts per group")
-    sec.tables.append(("Per group: final Dice against the reference, simulated seconds and prompts per nodule",
-                       summary_table(summ)))
     ref = settings.get("reference", "expert_radiologist")
     headline: dict = {"groups": {r["group"]: {"dice": r["dice"], "dice_lo": r["dice_lo"], "dice_hi": r["dice_hi"],
                                               "seconds": r["seconds"], "prompts": r["prompts"], "n": int(r["n"])}
                                  for _, r in summ.iterrows()}}
-    people = summ[summ["group"].map(P.is_person)]
-    if len(people):
+    people_mean = None
+    if summ["group"].map(P.is_person).any():
         pe = e[e["group"].map(P.is_person)]
-        mean, lo, hi = cluster_ci(pe["final_dice"], pe["case_id"], n_boot, seed)
-        sec.paragraphs.append(f"Mean Dice over all people groups: **{fmt_ci(mean, lo, hi)}** (Hi-Seg reports almost "
-                              "0.85 across its annotator groups).")
-        headline["people_mean_dice"] = [mean, lo, hi]
+        people_mean = cluster_ci(pe["final_dice"], pe["case_id"], n_boot, seed)
+        headline["people_mean_dice"] = list(people_mean)
+    paired: list[dict] = []
     if ref in set(e["annotator"]):
         rows = []
         for g in summ["group"]:
@@ -51,14 +99,24 @@ def _sections(data, settings: dict, out: Path):
                 continue
             r = paired_bootstrap(e, "final_dice", "group", g, ref, n_boot=n_boot, seed=seed)
             t = paired_bootstrap(e, "seconds_total", "group", g, ref, n_boot=n_boot, seed=seed)
-            rows.append({"group": g, f"ΔDice vs {ref} [95% CI]": fmt_ci(r["diff"], r["lo"], r["hi"]),
-                         "p (bootstrap)": r["p_boot"], f"Δseconds vs {ref} [95% CI]": fmt_ci(t["diff"], t["lo"], t["hi"], 1),
-                         "pairs": r["n_pairs"]})
+            paired.append({"group": g, "d": r["diff"], "d_lo": r["lo"], "d_hi": r["hi"], "t": t["diff"],
+                           "t_lo": t["lo"], "t_hi": t["hi"]})
+            rows.append({"group": g, f"ΔDice vs {ref} [95% CI]": fmt_ci(r["diff"], r["lo"], r["hi"], signed=True),
+                         "Dice significant": significance(r["lo"], r["hi"]), "p (bootstrap)": r["p_boot"],
+                         f"Δseconds vs {ref} [95% CI]": fmt_ci(t["diff"], t["lo"], t["hi"], 1, signed=True),
+                         "seconds significant": significance(t["lo"], t["hi"]), "pairs": r["n_pairs"]})
         if rows:
-            sec.tables.append((f"Paired differences against {ref} (same case and replicate)", pd.DataFrame(rows)))
+            sec.tables.append((f"Paired differences against {ref} (same case and replicate; significant: the 95 % "
+                               "interval excludes 0)", pd.DataFrame(rows), f"paired_differences_vs_{ref}"))
+        headline["paired"] = {r["group"]: {k: r[k] for k in ("d", "d_lo", "d_hi", "t", "t_lo", "t_hi")} for r in paired}
+    findings = _findings(summ, paired, ref, people_mean, n_boot)
+    headline["findings"] = [_plain(b) for b in findings.bullets]
+    sec.tables.insert(0, ("Per group: final Dice against the reference, simulated seconds and prompts per nodule",
+                          summary_table(summ), "per_group_summary"))
     curves = M.dice_time_curves(a, e, by="group", n_boot=min(n_boot, 400), seed=seed)
-    sec.figures.append(("Mean Dice against simulated time per group (bands: 95 % CI over cases). Curves stay at "
-                        "the final Dice after a person accepts.",
+    sec.figures.append(("Mean Dice against simulated time per group (bands: 95 % CI over cases). A person's Dice "
+                        "stays at their final Dice after they accept, and the curves run until the longest episode "
+                        "ends, so each curve ends at its group's mean final Dice.",
                         P.plot_dice_vs_time(curves, out / "figures" / "dice_vs_time.png", by="group")))
     sec.figures.append(("Final Dice per episode, seconds and prompts per nodule, per group",
                         P.plot_distributions(e, summ, out / "figures" / "group_distributions.png", by="group")))
@@ -67,7 +125,8 @@ def _sections(data, settings: dict, out: Path):
         t = M.strata_table(e, "final_dice", "group", col)
         t = t.reindex(P.order_groups([i for i in t.index if i != "n (episodes)"]) + ["n (episodes)"]).astype(object)
         t.loc["n (episodes)"] = [str(int(v)) if pd.notna(v) else "0" for v in t.loc["n (episodes)"]]
-        strata.tables.append((f"Mean final Dice by {name}", t.reset_index().rename(columns={"index": "group"})))
+        strata.tables.append((f"Mean final Dice by {name} (last row: episodes per column)",
+                              t.reset_index().rename(columns={"index": "group"}), f"dice_by_{col}"))
         headline.setdefault("by_" + col, {})
         headline["by_" + col] = {str(k): {c: float(v) for c, v in row.items() if pd.notna(v)}
                                  for k, row in t.iterrows() if k != "n (episodes)"}
@@ -83,33 +142,44 @@ def _sections(data, settings: dict, out: Path):
         tab[f"{c} mean"] = wide[c].to_numpy()
         tab[f"{c} never"] = never[c].to_numpy().astype(int)
     inter.tables.append((f"NoC: prompts to reach each Dice level (never reached within {max_k} prompts counts as "
-                         f"{max_k}, as in RITM; 'never' = episodes that did not get there)", ordered(tab, "group")))
-    dk = M.dice_after_k(a, e, (1, 2, 3, 5), "group", min(n_boot, 1000), seed)
+                         f"{max_k}, as in RITM; 'never' = episodes that did not get there)", ordered(tab, "group"),
+                         "noc_prompts_to_dice_level"))
+    ks = (1, 2, 3, 5)
+    dk = M.dice_after_k(a, e, ks, "group", min(n_boot, 1000), seed)
     dkt = dk.pivot(index="group", columns="k", values="dice")
     dkt.columns = [f"Dice after {k}" for k in dkt.columns]
-    inter.tables.append(("Mean Dice after k prompts", ordered(dkt.reset_index(), "group")))
+    for k in ks:
+        dkt[f"still prompting after {k}"] = [f"{100 * (e.loc[e['group'] == g, 'n_prompts'] >= k).mean():.0f}%"
+                                             for g in dkt.index]
+    inter.tables.append(("Mean Dice after k prompts, over all episodes: an episode that ended before its k-th prompt "
+                         "counts with its final Dice. The mean can fall with k because the episodes still prompting "
+                         "are the hard ones, and a mask mid-correction is often worse than the one the person keeps "
+                         "in the end (they undo a prompt that made it worse)", ordered(dkt.reset_index(), "group"),
+                         "dice_after_k_prompts"))
     ttt = M.time_to_threshold(a, e, thresholds)
     ts = M.time_summary(ttt, "group", min(n_boot, 1000), seed)
     ts["AUC [95% CI]"] = [fmt_ci(r["auc"], r["auc_lo"], r["auc_hi"]) for _, r in ts.iterrows()]
     ts = ts.drop(columns=["auc", "auc_lo", "auc_hi"])
     inter.tables.append(("Simulated seconds to reach each Dice level (median over the episodes that reach it, and "
                          "the share that do), and the area under the Dice–time curve over the longest episode",
-                         ordered(ts, "group")))
+                         ordered(ts, "group"), "time_to_dice_level"))
     t85 = 0.85 if 0.85 in thresholds else thresholds[len(thresholds) // 2]
     reach = M.reach_curve(a, e, t85, max_k, "group")
     inter.figures.append((f"NoC curves: share of episodes at Dice ≥ {t85:.2f} after k prompts",
                           P.plot_reach_curves(reach, out / "figures" / "noc_curves.png", t85, by="group")))
     headline["noc"] = {r["group"]: {r2["threshold"]: r2["noc_mean"] for _, r2 in ns[ns["group"] == r["group"]].iterrows()}
                        for _, r in summ.iterrows()}
-    return [sec, strata, inter], headline
+    return [findings, sec, strata, inter], headline
 
 
 class GroupsKind(StudyKind):
     name = "groups"
-    analysis_keys = {"reference": "arm the others are compared with, paired by case and replicate (default expert_radiologist)",
-                     "thresholds": "Dice levels of NoC and time-to-Dice (default 0.80, 0.85, 0.90)",
-                     "max_prompts": "prompt budget of NoC (default 20)",
-                     "policy": "the policy arm `hiseg-sim eval-policy` compares with the people"}
+    analysis_keys = {
+        "reference": "arm the others are compared with, paired by case and replicate (default expert_radiologist)",
+        "thresholds": "Dice levels of NoC and time-to-Dice (default 0.80, 0.85, 0.90)",
+        "max_prompts": "prompt budget of NoC (default 20)",
+        "policy": "the policy arm `hiseg-sim eval-policy` compares with the people",
+    }
     label_keys = ("reference", "policy")
 
     def sections(self, data, settings: dict, out: Path) -> tuple[list, dict]:

@@ -31,8 +31,15 @@ from scipy import ndimage
 
 from hiseg_sim.annotators.behaviour.execution import depth_mm
 
-__all__ = ["JudgementParams", "PerceivedErrors", "decide", "looks_worse", "perceived_errors", "perceived_quality",
-           "intent_dice"]
+__all__ = [
+    "JudgementParams",
+    "PerceivedErrors",
+    "decide",
+    "looks_worse",
+    "perceived_errors",
+    "perceived_quality",
+    "intent_dice",
+]
 
 
 @dataclass(frozen=True)
@@ -140,8 +147,9 @@ def looks_worse(q_before: float, q_after: float, params: JudgementParams) -> boo
     return float(q_after) < float(q_before) - params.undo_margin
 
 
-def decide(q: float, n_actions: int, seconds: float, params: JudgementParams, stalled: int = 0,
-           best_value: float | None = None) -> Literal["accept", "give_up", "go_on"]:
+def decide(
+    q: float, n_actions: int, seconds: float, params: JudgementParams, stalled: int = 0, best_value: float | None = None
+) -> Literal["accept", "give_up", "go_on"]:
     """Accept a good-looking mask; give up when patience, the time budget or the hope of improving
     (``stalled`` prompts in a row without improvement, or an expected gain ``(1 - q) * best_value``
     below ``min_expected_gain``) has run out; else go on.

@@ -38,8 +38,15 @@ import numpy as np
 from hiseg_sim.annotators.behaviour.judgement import PerceivedErrors
 from hiseg_sim.annotators.behaviour.learning import PromptValues, softmax_choice
 
-__all__ = ["OPENINGS", "StrategyParams", "available_corrections", "choose_correction", "choose_opening", "correction_click",
-           "rebox_step_mm"]
+__all__ = [
+    "OPENINGS",
+    "StrategyParams",
+    "available_corrections",
+    "choose_correction",
+    "choose_opening",
+    "correction_click",
+    "rebox_step_mm",
+]
 
 #: Opening name -> the prompt types it makes, in order.
 OPENINGS: dict[str, tuple[str, ...]] = {"point": ("point",), "box": ("box",), "box_point": ("box", "point")}
@@ -99,8 +106,9 @@ def available_corrections(errors: PerceivedErrors, has_box: bool) -> list[str]:
     return out + (["rebox"] if has_box else ["box"])
 
 
-def choose_correction(values: PromptValues, params: StrategyParams, errors: PerceivedErrors, has_box: bool,
-                      rng: np.random.Generator) -> str:
+def choose_correction(
+    values: PromptValues, params: StrategyParams, errors: PerceivedErrors, has_box: bool, rng: np.random.Generator
+) -> str:
     """``"point"``, ``"box"`` or ``"rebox"`` (see the module docstring); two uniform draws."""
     prefs = {k: values[k] for k in available_corrections(errors, has_box)}
     return softmax_choice(prefs, params.temperature, params.epsilon, rng)

@@ -37,12 +37,12 @@ The IoU a robot stops on is its own, of the mask in view against the ground trut
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from hiseg_sim.annotators.base import Annotator, Feedback, Knowledge, RobotKnowledge
-from hiseg_sim.annotators.robots.rules import _call_robot
 from hiseg_sim.annotators.robots.boxes import gt_box, medsam_box, sam_noisy_box
 from hiseg_sim.annotators.robots.points import (
     Click,
@@ -52,6 +52,7 @@ from hiseg_sim.annotators.robots.points import (
     ritm_click,
     sammed3d_click,
 )
+from hiseg_sim.annotators.robots.rules import _call_robot
 from hiseg_sim.env.actions import Accept, BoxAction, PointAction
 from hiseg_sim.metrics import iou
 
@@ -60,8 +61,10 @@ __all__ = ["ROBOTS", "AutoBoxAgent", "BoxRobotAgent", "ClickRobotAgent", "build_
 
 def _gt_slice(knowledge: Knowledge, who: str) -> np.ndarray:
     if not isinstance(knowledge, RobotKnowledge) or knowledge.gt is None:
-        raise TypeError(f"{who} reads the ground truth: it needs RobotKnowledge (the harness gives it to agents "
-                        "that declare reads_ground_truth = True)")
+        raise TypeError(
+            f"{who} reads the ground truth: it needs RobotKnowledge (the harness gives it to agents "
+            "that declare reads_ground_truth = True)"
+        )
     gt = np.asarray(knowledge.gt, bool)
     return gt[int(knowledge.start_slice)] if gt.ndim == 3 else gt
 
@@ -94,8 +97,14 @@ class ClickRobotAgent(Annotator):
 
     reads_ground_truth = True
 
-    def __init__(self, name: str, click_fn: Callable, target_iou: float | None = 0.9, max_clicks: int = 20,
-                 initial_box: bool = False):
+    def __init__(
+        self,
+        name: str,
+        click_fn: Callable,
+        target_iou: float | None = 0.9,
+        max_clicks: int = 20,
+        initial_box: bool = False,
+    ):
         self.name = name
         self.click_fn = click_fn
         self.target_iou = target_iou
@@ -234,8 +243,9 @@ ROBOTS: dict[str, Callable[..., Any]] = {
     "robot_ritm": _click("robot_ritm", ritm_click, target_iou=0.9, max_clicks=20),
     "robot_microsam": _click("robot_microsam", microsam_clicks, target_iou=None, max_clicks=7, initial_box=True),
     "robot_deepgrow": _click("robot_deepgrow", deepgrow_click, target_iou=0.9, max_clicks=20),
-    "robot_sammed3d": _click("robot_sammed3d", functools.partial(sammed3d_click, method="ritm"), target_iou=0.9,
-                             max_clicks=20),
+    "robot_sammed3d": _click(
+        "robot_sammed3d", functools.partial(sammed3d_click, method="ritm"), target_iou=0.9, max_clicks=20
+    ),
     "robot_medsegfm": _click("robot_medsegfm", medsegfm_click, target_iou=None, max_clicks=5, initial_box=True),
     "robot_medsam_box": lambda **kw: BoxRobotAgent(kw.pop("name", "robot_medsam_box"), kw.pop("box_fn", _medsam)),
     "robot_sam_box": lambda **kw: BoxRobotAgent(kw.pop("name", "robot_sam_box"), kw.pop("box_fn", _sam)),

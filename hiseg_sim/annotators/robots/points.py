@@ -21,8 +21,9 @@ Conventions shared by every robot here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -64,7 +65,7 @@ class Click:
         return int(self.positive)
 
     @classmethod
-    def at(cls, index: Sequence[int], positive: bool) -> "Click":
+    def at(cls, index: Sequence[int], positive: bool) -> Click:
         """Build a click from a numpy index ``(y, x)`` / ``(z, y, x)``."""
         return cls(tuple(int(i) for i in reversed(tuple(index))), bool(positive))
 
@@ -169,10 +170,7 @@ def _bbox_ring(gt: np.ndarray, margin: int = 3) -> np.ndarray:
     """The object's box (max + 1, exclusive), grown by ``margin`` and clipped, minus the object."""
     idx = np.nonzero(gt)
     box = np.zeros_like(gt)
-    sl = tuple(
-        slice(max(int(a.min()) - margin, 0), min(int(a.max()) + 1 + margin, n))
-        for a, n in zip(idx, gt.shape)
-    )
+    sl = tuple(slice(max(int(a.min()) - margin, 0), min(int(a.max()) + 1 + margin, n)) for a, n in zip(idx, gt.shape))
     box[sl] = True
     return box & ~gt
 

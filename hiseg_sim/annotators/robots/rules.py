@@ -30,11 +30,11 @@ robot                  source (file :: function)
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from hiseg_sim.metrics import dice, iou
 from hiseg_sim.annotators.robots.boxes import gt_box, medsam_box, sam_noisy_box
 from hiseg_sim.annotators.robots.points import (
     Click,
@@ -45,6 +45,7 @@ from hiseg_sim.annotators.robots.points import (
     ritm_click,
     sammed3d_click,
 )
+from hiseg_sim.metrics import dice, iou
 
 __all__ = [
     "Click",
