@@ -231,3 +231,21 @@ def test_real_litemedsam_weights_with_one_nan_are_refused(tmp_path):
     torch.save(state, bad)
     with pytest.raises(SegmenterError, match=rf"lite_medsam_nan\.pth holds non-finite weights: tensor '{re.escape(name)}' has 1 NaN"):
         S.build("litemedsam", checkpoint=bad, runtime="torch")
+
+
+def test_a_decoder_that_returns_nan_is_an_error_not_an_empty_mask():
+    """NaN logits would threshold to an empty mask and read as a prompt that did nothing."""
+    from hiseg_sim.segmenters import Prompt, SegmenterError
+    from tests.stubs import StubSegmenter
+
+    class NanDecoder(StubSegmenter):  # TEST STUB: a segmenter whose weights went bad
+        def _decode_tensor(self, features, coords, labels, box, mask_in):
+            low, iou = super()._decode_tensor(features, coords, labels, box, mask_in)
+            return low * float("nan"), iou
+
+    seg = NanDecoder()
+    emb = seg.encode(np.full((64, 64), -800.0, np.float32))
+    with pytest.raises(SegmenterError, match="non-finite"):
+        seg.decode(emb, Prompt(box=np.array([10, 10, 40, 40], np.float32)))
+    ok = StubSegmenter().decode(emb, Prompt(box=np.array([10, 10, 40, 40], np.float32)))
+    assert np.isfinite(ok.logits).all()

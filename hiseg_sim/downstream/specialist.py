@@ -52,6 +52,7 @@ from hiseg_sim.downstream.unet import TinyUNet, predict_prob
 from hiseg_sim.env.actions import Accept, BoxAction, PointAction, Undo
 from hiseg_sim.metrics import dice as _dice
 from hiseg_sim.seeding import keyed_rng
+from hiseg_sim.segmenters.checks import check_finite_weights
 
 __all__ = [
     "SpecialistConfig",
@@ -141,7 +142,9 @@ def specialist_net(
     path = weights_path(cfg, cache_dir)
     net = TinyUNet(cfg.train.base, cfg.train.prior)
     if path.is_file():
-        net.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        check_finite_weights(state, path, "specialist checkpoint")
+        net.load_state_dict(state)
         net.eval()
     else:
         from hiseg_sim.downstream.slices import case_crops
@@ -154,13 +157,19 @@ def specialist_net(
 
         from hiseg_sim.progress import note
 
-        what = (f"training the specialist on {cfg.n_labelled} labelled case(s), {cfg.train.steps} steps "
-                f"(once; the weights are cached in {path.parent})")
+        what = (
+            f"training the specialist on {cfg.n_labelled} labelled case(s), {cfg.train.steps} steps "
+            f"(once; the weights are cached in {path.parent})"
+        )
         main = multiprocessing.parent_process() is None
         if not main:  # a pool worker: one line each, not bars from several processes on one terminal
             note(f"{what} …")
         net = train_unet(
-            np.stack([c.image_hu for c in crops]), np.stack([c.gt for c in crops]), None, cfg.train, seed=cfg.seed,
+            np.stack([c.image_hu for c in crops]),
+            np.stack([c.gt for c in crops]),
+            None,
+            cfg.train,
+            seed=cfg.seed,
             progress=what if main else None,
         )
         path.parent.mkdir(parents=True, exist_ok=True)

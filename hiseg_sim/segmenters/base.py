@@ -196,9 +196,11 @@ class Segmenter(ABC):
             full = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         self.counters.decoder_calls += 1
         logits = full.numpy().astype(np.float32, copy=False)
-        return Prediction(
-            mask=logits > 0, logits=logits, low_res_logits=low[0, 0].numpy().copy(), iou_pred=float(iou.reshape(-1)[0])
-        )
+        iou_pred = float(iou.reshape(-1)[0])
+        if not (np.isfinite(iou_pred) and np.isfinite(logits).all()):
+            # NaN logits would threshold to an empty mask and look like a prompt that failed
+            raise SegmenterError(f"{self.name} returned non-finite logits or IoU for this prompt; check its weights")
+        return Prediction(mask=logits > 0, logits=logits, low_res_logits=low[0, 0].numpy().copy(), iou_pred=iou_pred)
 
     # ---- subclass hooks --------------------------------------------------------------------
     @abstractmethod
