@@ -188,13 +188,13 @@ def test_sigkill_midway_then_resume_gives_the_uninterrupted_rows(tmp_path, cache
     deadline = time.time() + 90
     try:
         while time.time() < deadline:
-            if len(list(shards.glob("*.episodes.parquet"))) >= 2 or proc.poll() is not None:
+            if len(list(shards.glob("*.manifest.json"))) >= 2 or proc.poll() is not None:
                 break
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the runner and its pool workers, no clean-up allowed
         proc.wait()
-    n_before = len(list(shards.glob("*.episodes.parquet")))
+    n_before = len(list(shards.glob("*.manifest.json")))
     assert 2 <= n_before < 8, f"kill landed at {n_before} of 8 units: {proc.stderr.read().decode()[-2000:]}"
     assert json.loads((out / "run.json").read_text())["status"] == "running"  # it never got to say otherwise
     resumed = run_study(spec_from_dict(spec_d), out, executor="serial", cache_dir=cache_dir, progress=False)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any, Union
@@ -269,12 +269,14 @@ def from_array(a: Any) -> Action:
     if not 0 <= k < len(Kind):
         raise InvalidActionError(f"action kind {k} is not one of 0..{len(Kind) - 1}")
     kind = Kind(k)
+    simple: dict[Kind, Action]
     if kind in (Kind.POSITIVE, Kind.NEGATIVE):
         return PointAction(x, y, kind == Kind.POSITIVE)
     if kind == Kind.BOX:
         return BoxAction(x, y, x2, y2)
-    return {Kind.UNDO: Undo(), Kind.ACCEPT: Accept(), Kind.NEXT: NextSlice(), Kind.PREV: PrevSlice(),
-            Kind.PROPAGATE_NEXT: Propagate(1), Kind.PROPAGATE_PREV: Propagate(-1)}[kind]
+    simple = {Kind.UNDO: Undo(), Kind.ACCEPT: Accept(), Kind.NEXT: NextSlice(), Kind.PREV: PrevSlice(),
+              Kind.PROPAGATE_NEXT: Propagate(1), Kind.PROPAGATE_PREV: Propagate(-1)}
+    return simple[kind]
 
 
 def to_array(action: Action) -> np.ndarray:
@@ -311,7 +313,7 @@ def action_from_dict(d: dict) -> Action:
     if not isinstance(d, Mapping):
         raise ActionTypeError(f"an action dict is needed, e.g. {{'kind': 'undo'}}; got {type(d).__name__}")
     kind = d.get("kind")
-    fields = {"point": ("x", "y"), "box": ("x0", "y0", "x1", "y1")}.get(kind, ())
+    fields = {"point": ("x", "y"), "box": ("x0", "y0", "x1", "y1")}.get(str(kind), ())
     missing = [f for f in fields if f not in d]
     if missing:
         raise InvalidActionError(f"{kind} action dict lacks {', '.join(missing)}: {_show(d)}")
@@ -321,7 +323,7 @@ def action_from_dict(d: dict) -> Action:
         return BoxAction(d["x0"], d["y0"], d["x1"], d["y1"])
     if kind == "propagate":
         return Propagate(d.get("direction", 1))
-    simple = {"undo": Undo, "accept": Accept, "next": NextSlice, "prev": PrevSlice}
+    simple: dict[str, Callable[[], Action]] = {"undo": Undo, "accept": Accept, "next": NextSlice, "prev": PrevSlice}
     if not isinstance(kind, str) or kind not in simple:
         raise InvalidActionError(f"unknown action kind {_show(kind)} in {_show(d)}; one of "
                                  f"point, box, {', '.join(simple)}, propagate")

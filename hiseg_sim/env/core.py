@@ -91,11 +91,11 @@ class NoduleSegBase(gym.Env):
         self._cases_src = cases
         self._cases: list | None = None
         self._seg_src = segmenter
-        self._seg = None
+        self._seg: Any = None
         self._keys_touched: set[str] = set()
         self._done = True
         self._started = False
-        self.last_decode = None
+        self.last_decode: tuple[Any, Any] | None = None
         self.last_decode_s: float | None = None
         self.last_prompt: dict | None = None
 
@@ -299,7 +299,7 @@ class NoduleSegBase(gym.Env):
                 has[i] = bool(stack) and stack[-1].pred > 0
             in_slab = np.zeros(self.max_slices, np.int8)
             in_slab[: self.viewport.n_slices] = 1
-            obs["slice"] = np.int64(z)
+            obs["slice"] = np.int64(z)  # type: ignore[assignment]  # a Discrete space's sample
             obs["slice_has_mask"] = has
             obs["slice_in_slab"] = in_slab
         return obs
@@ -327,8 +327,8 @@ class NoduleSegBase(gym.Env):
 
         emb = self._embedding(z)
         if points:
-            pts = np.array([[p[0], p[1]] for p in points], np.float32)
-            labels = np.array([p[2] for p in points], np.int64)
+            pts: np.ndarray | None = np.array([[p[0], p[1]] for p in points], np.float32)
+            labels: np.ndarray | None = np.array([p[2] for p in points], np.int64)
         else:
             pts = labels = None
         try:
@@ -358,7 +358,7 @@ class NoduleSegBase(gym.Env):
     def step(self, action):
         if self._done:
             raise ResetNeeded("the episode is over (or never started): call reset() before step()")
-        act = A.coerce_action(action, self.action_space)
+        act = A.coerce_action(action, self.action_space)  # type: ignore[arg-type]  # always MultiDiscrete
         S, z = self.size, self._cur
         n = self.viewport.n_slices
         code = ""

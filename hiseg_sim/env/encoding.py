@@ -43,7 +43,7 @@ def encode_once(segmenter, image_hu: np.ndarray, window: tuple[float, float]):
     if key_fn is None:
         return segmenter.encode(image_hu, window), None
     key = key_fn(image_hu, window)
-    if disk_dir is None or fcntl is None:
+    if cache is None or disk_dir is None or fcntl is None:
         emb = segmenter.encode(image_hu, window)
         return emb, getattr(emb, "key", key)
     hit = cache.get(key)

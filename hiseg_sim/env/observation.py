@@ -33,7 +33,7 @@ def to_uint8_window(image_hu: np.ndarray, window: tuple[float, float]) -> np.nda
 def observation_space(size: int, max_slices: int | None = None) -> spaces.Dict:
     """The ``Dict`` observation space; ``max_slices`` adds the 3-D entries."""
     img = lambda c: spaces.Box(0, 255, (c, size, size), np.uint8)  # noqa: E731
-    d = {
+    d: dict[str, spaces.Space] = {
         "image": img(1),
         "mask": img(1),
         "prompts": img(len(PROMPT_CHANNELS)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 from collections import deque
 
 import gymnasium as gym
@@ -51,7 +52,7 @@ class TraceRecorder(gym.Wrapper):
         self.flush()
         obs, info = self.env.reset(seed=seed, options=options)
         self._episode += 1
-        u = self.env.unwrapped
+        u: Any = self.env.unwrapped
         vp = info["viewport"]
         start = vp["z0"] + int(info.get("slice", 0))
         self._ctx = {"env": u.env_id, "case": info["case_id"], "annotator": self.annotator, "episode": self._episode,
@@ -60,11 +61,12 @@ class TraceRecorder(gym.Wrapper):
         return obs, info
 
     def step(self, action):
-        typed = coerce_action(action, self.env.unwrapped.action_space)
+        u: Any = self.env.unwrapped
+        typed = coerce_action(action, u.action_space)
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._step += 1
         rec = dict(self._ctx)
-        rec.update(step=self._step, action=action_to_dict(typed), prompt=self.env.unwrapped.last_prompt,
+        rec.update(step=self._step, action=action_to_dict(typed), prompt=u.last_prompt,
                    seconds=info["seconds"], seconds_total=info["seconds_total"], reward=float(reward),
                    dice=info["dice"], iou_pred=info["iou_pred"], invalid_action=info["invalid_action"],
                    perceived_quality=None, terminated=bool(terminated), truncated=bool(truncated))

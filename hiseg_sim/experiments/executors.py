@@ -19,6 +19,16 @@ ray        Ray core tasks (optional extra ``ray``), one task per unit (a crossed
            of each Ray worker process, built by its first task. ``ray.init(num_cpus=workers,
            include_dashboard=False)`` locally unless Ray is already initialised.
 =========  ===============================================================================
+
+No process of the pool outlives its driver. Each worker watches the driver's pid from a thread (a
+pidfd on Linux, else polling) and exits the moment the driver ends, ``kill -9`` included; a
+worker started by the forkserver also asks Linux for SIGKILL should the forkserver die
+(``PR_SET_PDEATHSIG``). The forkserver exits by itself once the driver and the workers are gone
+(its "alive" pipe, held by them all, reaches end of file). It is not tied to the driver with
+``PR_SET_PDEATHSIG``: that fires when the driver *thread* that started it ends, and the forkserver
+is shared by every pool of the driver. Workers ignore SIGINT; on Ctrl-C, an error or a closed
+generator the driver cancels what is queued and kills the running workers instead of waiting for
+their units (whose rows would be dropped anyway).
 """
 
 from __future__ import annotations
@@ -27,8 +37,12 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import select
+import signal
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from hiseg_sim.experiments.spec import EXECUTORS
@@ -65,7 +79,8 @@ def _threads_for(workers: int) -> int:
     return threads_for(workers)
 
 
-def run_serial(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) -> Iterator[UnitResult]:
+def run_serial(units: Sequence[WorkUnit], cfg: dict,
+               workers: int | None = None) -> Generator[UnitResult, None, None]:
     """Run ``units`` one after another in this process. A thread count in ``cfg`` holds for this
     run only: the process's own setting comes back afterwards (else a ``serial:1`` benchmark run
     would leave every later serial run in the process on one thread)."""
@@ -86,6 +101,82 @@ def run_serial(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None)
 PRELOAD = ["hiseg_sim.experiments.worker", "hiseg_sim.segmenters", "hiseg_sim.env", "hiseg_sim.annotators.registry",
            "onnxruntime"]
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> bool:
+    """Ask Linux to SIGKILL this process when its parent ends (strictly: the parent's thread that
+    started it). False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watch_driver(pid: int) -> None:
+    """End this process (``os._exit``) as soon as process ``pid`` ends, from a daemon thread."""
+    try:
+        fd = os.pidfd_open(pid)  # readable once the process has ended; immune to pid reuse
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # not Linux >= 5.3: poll
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll()
+        else:
+            while _pid_alive(pid):
+                time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="hiseg-sim-driver-watch", daemon=True).start()
+
+
+def _init_pool_worker(driver_pid: int, cfg: dict) -> None:
+    """Pool initializer: tie this worker's life to the driver's, leave Ctrl-C to the driver, build the context."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.getppid() != driver_pid:
+        # Started by the (single-threaded) forkserver: die with it. A worker the driver started
+        # itself (spawn) relies on the watch alone: the kernel would tie it to the driver's
+        # starting thread, which need not live as long as the driver.
+        _die_with_parent()
+    _watch_driver(driver_pid)
+    init_worker(cfg)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel what is queued and kill the running workers now; then release the pool."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        try:
+            proc.kill()
+        except (OSError, ValueError, AttributeError):  # already ended or closed
+            pass
+    for proc in procs:
+        try:
+            proc.join(timeout=10)
+        except (OSError, ValueError, AttributeError, AssertionError):
+            pass
+
 
 def _mp_context(method: str | None):
     if method is None:
@@ -97,14 +188,18 @@ def _mp_context(method: str | None):
 
 
 def run_process(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None,
-                start_method: str | None = None) -> Iterator[UnitResult]:
-    """Run ``units`` on a local process pool; yield each result as it completes."""
+                start_method: str | None = None) -> Generator[UnitResult, None, None]:
+    """Run ``units`` on a local process pool; yield each result as it completes.
+
+    Stopped early (an error, Ctrl-C, the generator closed), it kills its workers rather than
+    waiting for their units; no worker outlives the driver (see the module docstring)."""
     if not units:
         return
     n = resolve_workers(workers, len(units))
     wcfg = {**cfg, "threads": cfg.get("threads") or _threads_for(n), "workers": n}
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=_mp_context(start_method), initializer=init_worker,
-                               initargs=(wcfg,))
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=_mp_context(start_method), initializer=_init_pool_worker,
+                               initargs=(os.getpid(), wcfg))
+    finished = False
     try:
         futures = {pool.submit(run_unit_in_worker, u): u for u in units}
         pending = set(futures)
@@ -118,15 +213,20 @@ def run_process(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None
                     raise UnitFailed(f"unit {u.unit_id} ({u.segmenter}, cases {list(u.case_ids)[:3]}) failed in a "
                                      f"worker: {type(exc).__name__}: {exc}") from exc
                 yield res
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            _stop_pool(pool)
 
 
 def _ray_task(cfg: dict, key: str, unit: WorkUnit) -> UnitResult:
     return cached_context(key, cfg).run_unit(unit)
 
 
-def run_ray(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) -> Iterator[UnitResult]:
+def run_ray(units: Sequence[WorkUnit], cfg: dict,
+            workers: int | None = None) -> Generator[UnitResult, None, None]:
     """Run ``units`` as Ray tasks (one per unit; the segmenter is built once per Ray worker)."""
     try:
         import ray
@@ -179,7 +279,8 @@ def run_ray(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) ->
 _RUNNERS = {"serial": run_serial, "process": run_process, "ray": run_ray}
 
 
-def run_units(executor: str, units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) -> Iterator[UnitResult]:
+def run_units(executor: str, units: Sequence[WorkUnit], cfg: dict,
+              workers: int | None = None) -> Generator[UnitResult, None, None]:
     """Dispatch to :func:`run_serial`, :func:`run_process` or :func:`run_ray`."""
     if executor not in _RUNNERS:
         raise ValueError(f"unknown executor {executor!r}; one of {', '.join(EXECUTORS)}")

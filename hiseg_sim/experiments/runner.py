@@ -7,21 +7,24 @@
 :func:`run_study` plans the units (:mod:`~hiseg_sim.experiments.units`), skips those whose shards
 are already whole in ``runs/<study>/`` (resume), runs the rest on the chosen executor
 (:mod:`~hiseg_sim.experiments.executors`) and writes each unit's shards as it completes
-(:mod:`~hiseg_sim.experiments.storage`). Interrupt it at any point (even ``kill -9``) and call it
-again: it finishes what is missing and the tables are exactly those of an uninterrupted run.
+(:mod:`~hiseg_sim.experiments.storage`), holding the directory's write lock throughout: a second
+run into the same directory is refused at once. Interrupt it at any point (even ``kill -9``) and
+call it again: it finishes what is missing and the tables are exactly those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hiseg_sim.experiments.cases import CaseSource
 from hiseg_sim.experiments.executors import resolve_workers, run_units
 from hiseg_sim.experiments.spec import StudySpec, load_spec
-from hiseg_sim.experiments.storage import RunData, RunStore, load_run
+from hiseg_sim.experiments.storage import RunData, RunStore, load_run, run_dir_for
 from hiseg_sim.experiments.units import WorkUnit, plan_units
 from hiseg_sim.experiments.worker import worker_config
 
@@ -48,7 +51,9 @@ class RunPlan:
 
 
 def default_run_dir(spec: StudySpec, runs_root: str | os.PathLike = "runs") -> Path:
-    return Path(runs_root) / spec.name
+    """``runs_root/<study name>``; a name that is not plain (``..``, hidden, with ``/``) is refused
+    (:func:`~hiseg_sim.experiments.storage.run_dir_for`)."""
+    return run_dir_for(runs_root, spec.name)
 
 
 def plan_study(spec: StudySpec | str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
@@ -56,8 +61,8 @@ def plan_study(spec: StudySpec | str | os.PathLike, out_dir: str | os.PathLike |
                ) -> RunPlan:
     """Load (if a path) and plan a study without running anything."""
     if not isinstance(spec, StudySpec):
-        spec = load_spec(spec)
-    changes = {}
+        spec = load_spec(Path(spec))
+    changes: dict[str, object] = {}
     if executor is not None:
         changes["executor"] = executor
     if workers is not None:
@@ -89,18 +94,30 @@ def run_study(spec: StudySpec | str | os.PathLike, out_dir: str | os.PathLike | 
         workers: processes (0 = all cores; default: the spec's).
         cache_dir: on-disk embedding cache shared by the workers (default: the spec's, else
             :func:`hiseg_sim.segmenters.default_cache_dir`).
-        fresh: delete the directory's shards first (else resume: complete units are skipped).
+        fresh: delete the run's shards first (else resume: complete units are skipped); refused for a
+            directory that holds something but no hiseg-sim run.
         progress: a progress bar over units on stderr.
         max_units: run at most this many of the missing units, then stop (the run stays resumable).
         threads: intra-op threads per worker (default: the executor's rule).
 
     Raises:
-        RunMismatchError: ``out_dir`` holds a run of another configuration.
+        RunMismatchError: ``out_dir`` holds a run of another configuration; or its subclasses:
+            RunLockedError (another process is writing ``out_dir``), NotARunDirError (``fresh`` for a
+            directory holding no run), RunNameError (a study name that is not a plain name).
         UnitFailed: a unit raised (the units finished before it are kept).
     """
     plan = plan_study(spec, out_dir, executor=executor, workers=workers, cache_dir=cache_dir)
-    spec = plan.spec
     store = RunStore(plan.run_dir)
+    if fresh:
+        store.check_fresh()  # before the lock file is made in a directory that is not a run's
+    with store.lock():
+        _run_locked(plan, store, fresh, progress, max_units, threads)
+    return load_run(plan.run_dir)
+
+
+def _run_locked(plan: RunPlan, store: RunStore, fresh: bool, progress: bool, max_units: int | None,
+                threads: int | None) -> None:
+    spec = plan.spec
     seeds = {"study_seed": spec.seed, "scheme": SEED_SCHEME, "n_episodes": plan.n_episodes}
     meta = store.prepare(spec.to_dict(), spec.config_hash(), seeds, len(plan.units), fresh=fresh)
     done = store.completed([u.unit_id for u in plan.units])
@@ -109,30 +126,33 @@ def run_study(spec: StudySpec | str | os.PathLike, out_dir: str | os.PathLike | 
         todo = todo[: int(max_units)]
     n_workers = 1 if spec.run.executor == "serial" else resolve_workers(spec.run.workers, len(todo))
     cfg = worker_config(spec, plan.cache_dir, threads, n_workers)
-    session = {"executor": spec.run.executor, "workers": n_workers, "units_skipped": len(done), "units_run": 0,
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_start": _loadavg()}
+    session: dict[str, Any] = {"executor": spec.run.executor, "workers": n_workers, "units_skipped": len(done),
+                               "units_run": 0, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               "loadavg_start": _loadavg()}
     t0 = time.perf_counter()
     bar = _bar(len(todo), f"{spec.name} ({spec.run.executor})", progress and bool(todo))
     try:
-        for res in run_units(spec.run.executor, todo, cfg, n_workers):
-            store.write_unit(res)
-            session["units_run"] += 1
-            seg = res.info.get("segmenter")
-            if seg and seg not in meta["segmenters"]:
-                meta["segmenters"][seg] = {"weights_sha256": res.info.get("weights_sha256"),
-                                           "runtime": res.info.get("runtime")}
-            if bar is not None:
-                bar.update(1)
+        # closing(): on an error or Ctrl-C here the executor stops its workers now, not when the
+        # generator is collected (a traceback keeps it alive; a process pool would wait for them).
+        with closing(run_units(spec.run.executor, todo, cfg, n_workers)) as results:
+            for res in results:
+                store.write_unit(res)
+                session["units_run"] += 1
+                seg = res.info.get("segmenter")
+                if seg and seg not in meta["segmenters"]:
+                    meta["segmenters"][seg] = {"weights_sha256": res.info.get("weights_sha256"),
+                                               "runtime": res.info.get("runtime")}
+                if bar is not None:
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()
         session.update(wall_s=round(time.perf_counter() - t0, 3), loadavg_end=_loadavg())
         meta["sessions"].append(session)
-        complete = len(store.completed([u.unit_id for u in plan.units], warn=False))
+        complete = len(done) + session["units_run"]  # whole at the start, or written whole since
         meta.update(units_complete=complete, status="complete" if complete == len(plan.units) else "partial",
                     updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
         store.write_meta(meta)
-    return load_run(plan.run_dir)
 
 
 def _loadavg() -> list[float] | None:

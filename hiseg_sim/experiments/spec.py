@@ -27,9 +27,17 @@ The file's tables (``experiments/hiseg_groups.toml`` is a worked example):
     ``name`` (a registered annotator name, :mod:`hiseg_sim.annotators.registry`), ``label`` (how
     rows and reports call the arm; default ``name``; unique), ``overrides`` (profile parameters
     passed to ``build_annotator``), ``replicates`` (episodes per case for this arm; default
-    ``[run] replicates``), ``feedback`` (``"none"``, ``"score"`` or ``"worked_example"``: what a
-    teacher shows after each case), ``practice`` (sequence design: how many leading cases get that
-    feedback; the rest are test cases without feedback).
+    ``[run] replicates``), ``feedback`` (``"none"``, ``"score"``, ``"worked_example"`` or
+    ``"worked_example_uninformative"``: what a teacher shows after each case,
+    :mod:`hiseg_sim.annotators.behaviour.teacher`), ``practice`` (sequence design: how many leading
+    cases get that feedback; the rest are test cases without feedback), and the training design of
+    a sequence study: ``feedback_every`` (feedback after every k-th case only), ``examples``
+    (``"own"``: the worked example of the case just done; ``"easy_first"``, ``"mixed"``,
+    ``"hardest_first"`` or ``"targeted"``: one from the study's cases in that order or chosen for
+    the person's last error) and ``tutorial`` (worked examples before the first case). These three
+    are stored in ``feedback`` as one text (``"worked_example;every=5"``,
+    :meth:`~hiseg_sim.annotators.behaviour.teacher.FeedbackDesign.key`), which is what the episode
+    function receives.
 ``[run]``
     ``replicates`` (default 1), ``design`` (``"crossed"``: every arm on every case, a fresh person
     per episode; ``"sequence"``: each replicate is one person working through ``length`` cases in
@@ -60,6 +68,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from hiseg_sim.annotators.behaviour.teacher import EXAMPLE_ORDERS, FEEDBACK_MODES, FeedbackDesign
 from hiseg_sim.registry import Registry
 
 try:  # Python >= 3.11
@@ -69,7 +78,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "SpecError", "AnnotatorSpec", "CasesSpec", "RunSpec", "StudySpec", "load_spec", "spec_from_dict",
-    "ENV_ALIASES", "EPISODES", "STUDY_KINDS", "FEEDBACK_MODES", "DESIGNS", "EXECUTORS", "DEFAULT_EPISODE_FN",
+    "ENV_ALIASES", "EPISODES", "STUDY_KINDS", "FEEDBACK_MODES", "EXAMPLE_ORDERS", "DESIGNS", "EXECUTORS", "DEFAULT_EPISODE_FN",
 ]
 
 ENV_ALIASES = {"2d": "hiseg_sim/NoduleSeg2D-v0", "3d": "hiseg_sim/NoduleSeg3D-v0"}
@@ -78,12 +87,11 @@ STUDY_KINDS: Registry[Any] = Registry("study_kinds", "study kind")
 #: Episode functions by name (entry-point group ``hiseg_sim.episodes``; ``harness`` is the default:
 #: :func:`hiseg_sim.experiments.episode.harness_episode`).
 EPISODES: Registry[Callable[..., Any]] = Registry("episodes", "episode function")
-FEEDBACK_MODES = ("none", "score", "worked_example")
 DESIGNS = ("crossed", "sequence")
 EXECUTORS = ("serial", "process", "ray")
 DEFAULT_EPISODE_FN = "harness"
 _LABEL = re.compile(r"^[A-Za-z0-9_.+@-]+$")
-_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,127}$")
 
 
 class SpecError(ValueError):
@@ -253,7 +261,7 @@ _TOP = {"study", "cases", "segmenters", "annotators", "run", "analysis"}
 _STUDY = {"name", "kind", "description", "seed", "env", "env_kwargs"}
 _CASES = {"cohort", "source", "kwargs", "ids", "per_stratum", "limit"}
 _SEGS = {"names", "optional", "checkpoints"}
-_ARM = {"name", "label", "overrides", "replicates", "feedback", "practice"}
+_ARM = {"name", "label", "overrides", "replicates", "feedback", "practice", "feedback_every", "examples", "tutorial"}
 _RUN = {"replicates", "design", "length", "executor", "workers", "cache_dir", "episode_fn"}
 
 
@@ -273,7 +281,7 @@ def spec_from_dict(data: dict, where: str = "study spec") -> StudySpec:
         raise SpecError(f"{where}: missing table [study] (with at least name = \"...\")")
     _no_unknown(study, _STUDY, where, "study")
     name = _get(study, "name", lambda v: _is_str(v) and _NAME.match(v) is not None,
-                "a non-empty name of letters, digits, '_', '.', '+' or '-' (it names runs/<name>/)", where, "study")
+                "a plain name: 1-128 letters, digits, '_', '.', '+' or '-', not starting with '.' (it names runs/<name>/)", where, "study")
     if name is None:
         raise SpecError(f"{where}: [study] name: missing (the study's name; it names runs/<name>/)")
     kind = _get(study, "kind", _is_str, "a study kind such as 'groups'", where, "study", "groups")
@@ -388,9 +396,28 @@ def _parse_arm(t: dict, i: int, where: str, run: RunSpec) -> AnnotatorSpec:
         raise SpecError(f"{where}: [{tname}] practice: only with [run] design = \"sequence\"")
     if practice is not None and run.length is not None and practice > run.length:
         raise SpecError(f"{where}: [{tname}] practice: {practice} is more than [run] length = {run.length}")
+    fb = _feedback_design(t, fb, where, tname, run)
     return AnnotatorSpec(name=name, label=label, overrides=dict(_get(t, "overrides", _is_table, "a table", where, tname, {})),
                          replicates=_get(t, "replicates", _pos_int, "an integer >= 1", where, tname),
                          feedback=fb, practice=practice)
+
+
+def _feedback_design(t: dict, mode: str, where: str, tname: str, run: RunSpec) -> str:
+    """The arm's ``feedback`` text: the mode, with ``feedback_every``, ``examples`` and ``tutorial``."""
+    every = _get(t, "feedback_every", _pos_int, "an integer >= 1 (1: after every case)", where, tname, 1)
+    examples = _get(t, "examples", lambda v: v in EXAMPLE_ORDERS, f"one of {', '.join(EXAMPLE_ORDERS)}", where, tname,
+                    "own")
+    tutorial = _get(t, "tutorial", _nonneg_int, "an integer >= 0 (worked examples before the first case)", where,
+                    tname, 0)
+    for key, default in (("feedback_every", 1), ("examples", "own"), ("tutorial", 0)):
+        if t.get(key, default) != default and run.design != "sequence":
+            raise SpecError(f"{where}: [{tname}] {key}: only with [run] design = \"sequence\" (one person over many cases)")
+    if every != 1 and mode == "none":
+        raise SpecError(f"{where}: [{tname}] feedback_every: needs a feedback other than \"none\"")
+    if examples != "own" and not mode.startswith("worked_example"):
+        raise SpecError(f"{where}: [{tname}] examples: needs feedback = \"worked_example\" or "
+                        f"\"worked_example_uninformative\"; got {mode!r}")
+    return FeedbackDesign(mode, every, examples, tutorial).key()
 
 
 def _parse_run(t: dict, where: str) -> RunSpec:

@@ -74,12 +74,12 @@ def plan_units(spec: StudySpec, case_ids: list[str]) -> list[WorkUnit]:
         seg_slug = re.sub(r"[^A-Za-z0-9]+", "_", seg.rsplit(":", 1)[-1])
         if spec.run.design == "crossed":
             for cid in case_ids:
-                eps = []
+                crossed: list[EpisodePlan] = []
                 for arm in spec.annotators:
                     for rep in range(spec.replicates_of(arm)):
-                        eps.append(EpisodePlan(arm.label, cid, rep, 0, episode_seed(spec.seed, arm.label, cid, rep),
-                                               arm.feedback))
-                units.append(WorkUnit(f"{seg_slug}--{_slug(cid)}", "crossed", seg, (cid,), tuple(eps)))
+                        crossed.append(EpisodePlan(arm.label, cid, rep, 0, episode_seed(spec.seed, arm.label, cid, rep),
+                                                   arm.feedback))
+                units.append(WorkUnit(f"{seg_slug}--{_slug(cid)}", "crossed", seg, (cid,), tuple(crossed)))
         else:
             length = len(case_ids) if spec.run.length is None else int(spec.run.length)
             for arm in spec.annotators:

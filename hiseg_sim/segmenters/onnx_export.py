@@ -146,9 +146,9 @@ def export_bytes(
         torch.onnx.export(
             module,
             example_inputs,
-            buf,
+            buf,  # type: ignore[arg-type]
             dynamo=False,
-            opset_version=OPSET,  # type: ignore[arg-type]
+            opset_version=OPSET,
             input_names=list(input_names),
             output_names=list(output_names),
             dynamic_axes=dynamic_axes or {},

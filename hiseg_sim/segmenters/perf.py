@@ -29,6 +29,7 @@ The shared graph does 2.07 GFLOP per decode against the network's 3.62 (see
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -156,7 +157,9 @@ def decoder_bench(
 
     # FLOPs of one decode: the network's own modules (the limit) and the shared graph
     s = seg._scale_xy(emb)
-    box = torch.from_numpy(prompts[0].box.reshape(2, 2) * s).reshape(1, 4)
+    first_box = prompts[0].box
+    assert first_box is not None  # bench_prompts opens with a box
+    box = torch.from_numpy(first_box.reshape(2, 2) * s).reshape(1, 4)
     feats = torch.from_numpy(emb.features)[None]
     flops = limits.count_flops(reference_decode, seg.net, feats, None, None, box, None)
     seg.set_runtime("torch")
@@ -217,7 +220,7 @@ def encoder_bench(segmenter_name: str = "litemedsam", n: int = 5, *, checkpoint=
     from hiseg_sim import segmenters
     from hiseg_sim.segmenters import onnx_decoder
 
-    seg = segmenters.build(segmenter_name, checkpoint=checkpoint, onnx_dir=onnx_dir, runtime="torch")
+    seg: Any = segmenters.build(segmenter_name, checkpoint=checkpoint, onnx_dir=onnx_dir, runtime="torch")
     path = onnx_decoder.encoder_onnx(seg.net.image_encoder, seg.input_size, seg.name, seg.weights_sha256, onnx_dir)
     ort_enc = onnx_decoder.OrtImageEncoder(path)
     x = torch.rand(1, 3, seg.input_size, seg.input_size, generator=torch.Generator().manual_seed(1))

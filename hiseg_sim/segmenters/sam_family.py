@@ -23,6 +23,7 @@ an export is refused above 1e-3), far below what moves a mask pixel.
 from __future__ import annotations
 
 import os
+from typing import Any
 import warnings
 
 import numpy as np
@@ -54,7 +55,7 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t[0].numpy()
 
 
-def reference_decode(net: torch.nn.Module, features, coords, labels, box, mask_in) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_decode(net: Any, features, coords, labels, box, mask_in) -> tuple[torch.Tensor, torch.Tensor]:
     """The network's own ``prompt_encoder`` + ``mask_decoder`` calls, as before :class:`PromptDecoder`.
 
     Same arguments and result as :meth:`Segmenter._decode_tensor`; kept as the reference the tests
@@ -83,6 +84,10 @@ class SamFamilySegmenter(Segmenter):
     runtime: str = "torch"
     onnx_path = None
     onnx_encoder: bool = False
+    #: the loaded SAM-family network, read by attribute (``image_encoder``, ``prompt_encoder``, ...)
+    net: Any
+    _ort_decoder: Any = None
+    _ort_encoder: Any = None
 
     def _setup_decoder(self, runtime: str = "auto", onnx_dir: str | os.PathLike | None = None) -> None:
         if runtime not in RUNTIMES:
