@@ -10,17 +10,15 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import torch
 
 from hiseg_sim.data.case import Case
-from hiseg_sim.segmenters.base import LOW_RES
-from tests.stubs import StubSegmenter
+from hiseg_sim.fuzz import FuzzStubSegmenter
 
 __all__ = ["EnvStubSegmenter", "build_env_stub", "SHAPE", "SPACING", "synthetic_case", "synthetic_cases"]
 
 
-class EnvStubSegmenter(StubSegmenter):
-    """TEST STUB, not a model: a faster :class:`tests.stubs.StubSegmenter` for the env tests.
+class EnvStubSegmenter(FuzzStubSegmenter):
+    """TEST STUB, not a model: :class:`hiseg_sim.fuzz.FuzzStubSegmenter` under the env tests' name.
 
     Marks pixels brighter than mid-window (-600 HU) inside the box (or, without a box, within 10
     model pixels of the first positive click, or inside the fed-back mask); each positive click
@@ -30,36 +28,7 @@ class EnvStubSegmenter(StubSegmenter):
     """
 
     name = "env-stub"
-
-    def _decode_tensor(self, features, coords, labels, box, mask_in):
-        img = features[0, 0].numpy()
-        fg = img > 0.5
-        region = np.zeros((LOW_RES, LOW_RES), bool)
-        pts = [] if coords is None else list(zip(coords[0].tolist(), labels[0].tolist()))
-        if box is not None:
-            x0, y0, x1, y1 = (int(round(v)) for v in box[0].tolist())
-            region[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
-        else:
-            pos = [p for p, lab in pts if lab == 1]
-            if pos:
-                _disc(region, pos[0], 10, True)
-            if mask_in is not None:
-                region |= mask_in[0, 0].numpy() > 0
-        on = region & fg
-        for p, lab in pts:
-            _disc(on, p, 3, bool(lab))
-        logits = np.where(on, 5.0, -5.0).astype(np.float32)
-        iou = 0.5 + 0.45 * float(on.sum()) / max(1.0, float(region.sum()))
-        return torch.from_numpy(logits)[None, None], torch.tensor([[iou]])
-
-
-def _disc(arr: np.ndarray, xy, r: int, value: bool) -> None:
-    cx, cy = int(round(xy[0])), int(round(xy[1]))
-    h, w = arr.shape
-    ys, xs = slice(max(cy - r, 0), min(cy + r + 1, h)), slice(max(cx - r, 0), min(cx + r + 1, w))
-    yy, xx = np.ogrid[ys, xs]
-    win = arr[ys, xs]
-    win[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = value
+    weights_sha256 = "0" * 64
 
 
 SHAPE = (48, 96, 96)
