@@ -19,11 +19,8 @@ each).
 from __future__ import annotations
 
 import dataclasses
-import zlib
 
-import numpy as np
-
-from hiseg_sim.seeding import keyed_rng
+from hiseg_sim.seeding import keyed_rng, text_key
 
 __all__ = ["default_renderings", "nodule_of", "holdout_extra_cases", "rendering_manifest", "validation_cases"]
 
@@ -47,7 +44,7 @@ def rendering_manifest(n_renderings: int = 8, cohort: str = "default", nodules: 
         raise ValueError("policies are trained on the default cohort; the holdout cohort is for evaluation only")
     cases = []
     for entry in man["cohorts"][cohort]["cases"][:nodules]:
-        rng = np.random.default_rng([zlib.crc32(entry["nodule_id"].encode()), 7])
+        rng = keyed_rng(text_key(entry["nodule_id"]), 7)
         seeds = [int(entry["phantom_seed"])]
         while len(seeds) < int(n_renderings):
             s = int(rng.integers(10_000, 1_000_000))
