@@ -9,17 +9,18 @@ consensus slice. This is the upper reference of box prompting: a person's box is
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from hiseg_sim import metrics
 from hiseg_sim.data.case import Case
 
-__all__ = ["DemoRow", "tight_box", "segment_key_slice", "run_demo", "plot_overlays"]
+__all__ = ["DemoRow", "demo_config", "load_demo", "tight_box", "segment_key_slice", "run_demo", "plot_overlays"]
 
 
 @dataclass
@@ -41,8 +42,15 @@ def tight_box(mask2d: np.ndarray, pad_px: float = 2.0) -> np.ndarray:
     if ys.size == 0:
         raise ValueError("tight_box of an empty mask")
     h, w = mask2d.shape
-    return np.array([max(xs.min() - pad_px, 0), max(ys.min() - pad_px, 0),
-                     min(xs.max() + pad_px, w - 1), min(ys.max() + pad_px, h - 1)], dtype=np.float32)
+    return np.array(
+        [
+            max(xs.min() - pad_px, 0),
+            max(ys.min() - pad_px, 0),
+            min(xs.max() + pad_px, w - 1),
+            min(ys.max() + pad_px, h - 1),
+        ],
+        dtype=np.float32,
+    )
 
 
 def segment_key_slice(case: Case, segmenter, pad_px: float = 2.0):
@@ -56,23 +64,37 @@ def segment_key_slice(case: Case, segmenter, pad_px: float = 2.0):
     pred = segmenter.decode(emb, Prompt(box=box))
     dt = time.perf_counter() - t0
     gt = case.gt[z]
-    row = DemoRow(case_id=case.case_id, diameter_mm=round(float(case.diameter_mm), 2),
-                  texture=case.meta.get("texture"), key_slice=int(z), dice=metrics.dice(pred.mask, gt),
-                  iou=metrics.iou(pred.mask, gt), hd95_mm=metrics.hd95(pred.mask, gt, case.spacing_zyx[1:]),
-                  iou_pred=pred.iou_pred, seconds=round(dt, 3))
+    row = DemoRow(
+        case_id=case.case_id,
+        diameter_mm=round(float(case.diameter_mm), 2),
+        texture=case.meta.get("texture"),
+        key_slice=int(z),
+        dice=metrics.dice(pred.mask, gt),
+        iou=metrics.iou(pred.mask, gt),
+        hd95_mm=metrics.hd95(pred.mask, gt, case.spacing_zyx[1:]),
+        iou_pred=pred.iou_pred,
+        seconds=round(dt, 3),
+    )
     return row, pred, box
 
 
-def plot_overlays(items: Sequence[tuple[Case, DemoRow, np.ndarray, np.ndarray]], path: str | Path,
-                  crop_mm: float = 40.0, ncols: int = 6) -> Path:
+def plot_overlays(
+    items: Sequence[tuple[Case, DemoRow, np.ndarray, np.ndarray]],
+    path: str | Path,
+    crop_mm: float = 40.0,
+    ncols: int = 6,
+    segmenter: str = "LiteMedSAM",
+) -> Path:
     """Save a grid: each nodule's key slice (lung window) with the ground-truth contour (green),
-    LiteMedSAM's mask contour (red) and the box prompt (yellow dashed), cropped to ``crop_mm`` or
+    the segmenter's mask contour (red) and the box prompt (yellow dashed), cropped to ``crop_mm`` or
     1.6 nodule diameters, whichever is larger."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+
+    from hiseg_sim.data.cohort import texture_group
 
     n = len(items)
     ncols = min(ncols, n)
@@ -93,16 +115,26 @@ def plot_overlays(items: Sequence[tuple[Case, DemoRow, np.ndarray, np.ndarray]],
         if mask[y0:y1, x0:x1].any():
             ax.contour(mask[y0:y1, x0:x1], levels=[0.5], colors="red", linewidths=1.0)
         bx0, by0, bx1, by1 = box
-        ax.plot([bx0 - x0, bx1 - x0, bx1 - x0, bx0 - x0, bx0 - x0], [by0 - y0, by0 - y0, by1 - y0, by1 - y0, by0 - y0],
-                color="yellow", lw=0.8, ls="--")
-        tex = f" T{row.texture}" if row.texture is not None else ""
-        ax.set_title(f"{row.case_id.split('/')[0][-4:]}/{row.case_id.split('/')[-1]}{tex} "
-                     f"{row.diameter_mm:.0f}mm\nDice {row.dice:.2f}", fontsize=8)
-    handles = [Line2D([], [], color="lime", label="ground truth (reader consensus)"),
-               Line2D([], [], color="red", label="LiteMedSAM mask"),
-               Line2D([], [], color="yellow", ls="--", label="box prompt")]
+        ax.plot(
+            [bx0 - x0, bx1 - x0, bx1 - x0, bx0 - x0, bx0 - x0],
+            [by0 - y0, by0 - y0, by1 - y0, by1 - y0, by0 - y0],
+            color="yellow",
+            lw=0.8,
+            ls="--",
+        )
+        tex = f" {texture_group(row.texture)}" if row.texture is not None else ""
+        ax.set_title(
+            f"{row.case_id.split('/')[0][-4:]}/{row.case_id.split('/')[-1]}{tex} "
+            f"{row.diameter_mm:.0f}mm\nDice {row.dice:.2f}",
+            fontsize=8,
+        )
+    handles = [
+        Line2D([], [], color="lime", label="ground truth (reader consensus)"),
+        Line2D([], [], color="red", label=f"{segmenter} mask"),
+        Line2D([], [], color="yellow", ls="--", label="box prompt"),
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9, frameon=False)
-    fig.suptitle("Box-prompted LiteMedSAM on the key slice of each nodule (lung window W1500 L-600)", fontsize=10)
+    fig.suptitle(f"Box-prompted {segmenter} on the key slice of each nodule (lung window W1500 L-600)", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,29 +145,103 @@ def plot_overlays(items: Sequence[tuple[Case, DemoRow, np.ndarray, np.ndarray]],
 
 def summarise(rows: Iterable[DemoRow]) -> dict:
     d = np.array([r.dice for r in rows])
-    return {"n": int(d.size), "dice_median": float(np.median(d)), "dice_mean": float(d.mean()),
-            "dice_min": float(d.min()), "dice_max": float(d.max())}
+    return {
+        "n": int(d.size),
+        "dice_median": float(np.median(d)),
+        "dice_mean": float(d.mean()),
+        "dice_min": float(d.min()),
+        "dice_max": float(d.max()),
+    }
 
 
-def run_demo(out_dir: str | Path = "runs/demo", cohort: str = "default", limit: int | None = None,
-             segmenter: str = "litemedsam", checkpoint: str | None = None, cache_dir: str | None = None,
-             pad_px: float = 2.0, progress: bool = True) -> tuple[list[DemoRow], dict, Path]:
+def demo_config(
+    cohort: str = "default",
+    limit: int | None = None,
+    segmenter: str = "litemedsam",
+    checkpoint: str | os.PathLike | None = None,
+    pad_px: float = 2.0,
+) -> dict:
+    """What a :func:`run_demo` result depends on (stored in ``summary.json`` as ``config``)."""
+    return {
+        "cohort": cohort,
+        "limit": limit,
+        "segmenter": segmenter,
+        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+        "pad_px": float(pad_px),
+    }
+
+
+def load_demo(out_dir: str | Path, config: dict) -> tuple[list[DemoRow], dict, Path] | None:
+    """The finished :func:`run_demo` result in ``out_dir`` if it was made with ``config``, else ``None``."""
+    out = Path(out_dir)
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        lines = (out / "dice.csv").read_text().strip().splitlines()
+    except (OSError, ValueError):
+        return None
+    overlay = out / "overlay.png"
+    if summary.get("config") != config or not overlay.is_file() or len(lines) - 1 != summary.get("n"):
+        return None
+    fields = DemoRow.__dataclass_fields__
+    rows = []
+    for line in lines[1:]:
+        vals = dict(zip(fields, line.split(",")))
+        rows.append(
+            DemoRow(
+                case_id=vals["case_id"],
+                diameter_mm=float(vals["diameter_mm"]),
+                texture=None if vals["texture"] in ("None", "") else int(vals["texture"]),
+                key_slice=int(vals["key_slice"]),
+                **{k: float(vals[k]) for k in ("dice", "iou", "hd95_mm", "iou_pred", "seconds")},
+            )
+        )
+    return rows, summary, overlay
+
+
+def run_demo(
+    out_dir: str | Path = "runs/boxes",
+    cohort: str = "default",
+    limit: int | None = None,
+    segmenter="litemedsam",
+    checkpoint: str | None = None,
+    cache_dir: str | None = None,
+    pad_px: float = 2.0,
+    progress: bool = True,
+    config: dict | None = None,
+) -> tuple[list[DemoRow], dict, Path]:
     """Segment every case of ``cohort`` and write ``dice.csv``, ``summary.json`` and ``overlay.png``
     to ``out_dir``; returns ``(rows, summary, overlay_path)``. Rows are written as they come, so an
-    interrupted run keeps what it had."""
+    interrupted run keeps what it had.
+
+    ``segmenter``: a registry name (built here with ``checkpoint`` and the on-disk embedding cache
+    ``cache_dir``, default :func:`hiseg_sim.segmenters.default_cache_dir`) or a built segmenter.
+    ``config``: what to record as the run's configuration (default :func:`demo_config` of the arguments).
+    """
     from hiseg_sim import segmenters
     from hiseg_sim.data.cohort import iter_cohort
     from hiseg_sim.progress import progress_iter
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seg = segmenters.build(segmenter, checkpoint=checkpoint, cache_dir=cache_dir)
+    if isinstance(segmenter, str):
+        name = segmenter
+        seg = segmenters.build(
+            segmenter,
+            checkpoint=checkpoint,
+            cache_dir=cache_dir if cache_dir is not None else segmenters.default_cache_dir(),
+        )
+    else:
+        seg, name = segmenter, getattr(segmenter, "name", type(segmenter).__name__)
+    if config is None:
+        config = demo_config(cohort, limit, name, checkpoint, pad_px)
+    (out / "summary.json").unlink(missing_ok=True)  # written again only when every case is done
     rows, items = [], []
     csv = out / "dice.csv"
     with csv.open("w") as fh:
         fh.write(",".join(DemoRow.__dataclass_fields__) + "\n")
-        for case in progress_iter(iter_cohort(cohort, limit=limit), desc=f"{segmenter} on {cohort}",
-                                  enabled=progress, total=limit):
+        for case in progress_iter(
+            iter_cohort(cohort, limit=limit), desc=f"{name} on {cohort}", enabled=progress, total=limit
+        ):
             row, pred, box = segment_key_slice(case, seg, pad_px)
             rows.append(row)
             items.append((case, row, pred.mask, box))
@@ -143,8 +249,13 @@ def run_demo(out_dir: str | Path = "runs/demo", cohort: str = "default", limit: 
             fh.flush()
     if not rows:
         raise RuntimeError(f"cohort {cohort!r} yielded no cases")
-    summary = summarise(rows) | {"segmenter": segmenter, "cohort": cohort, "pad_px": pad_px,
-                                  "encoder_calls": seg.encoder_calls}
+    overlay = plot_overlays(items, out / "overlay.png", segmenter=name)
+    summary = summarise(rows) | {
+        "segmenter": name,
+        "cohort": cohort,
+        "pad_px": pad_px,
+        "encoder_calls": seg.encoder_calls,
+        "config": config,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    overlay = plot_overlays(items, out / "overlay.png")
     return rows, summary, overlay

@@ -266,6 +266,30 @@ def test_cases_to_reach_finds_the_crossing_with_an_interval():
 
 
 # ---- a report from a stub run -----------------------------------------------------------------
+def test_dice_time_curves_end_at_each_groups_final_dice():
+    # group 'slow' has one long episode (30 s) among short ones: at the default horizon every
+    # episode has ended, so each curve's last point is its group's mean final Dice
+    e, a = _episodes_and_actions()
+    e2, a2 = e.copy(), a.copy()
+    for df in (e2, a2):
+        df["annotator"] = "slow"
+    a2.loc[(a2["case_id"] == "c2") & (a2["kind"] == "accept"), "seconds_total"] = 30.0
+    a2.loc[(a2["case_id"] == "c2") & (a2["kind"] == "undo"), "seconds_total"] = 29.0
+    a2.loc[(a2["case_id"] == "c2") & (a2["kind"] == "point"), "seconds_total"] = 20.0
+    e2.loc[e2["case_id"] == "c2", "seconds_total"] = 30.0
+    # within the slow episode the Dice rises above the final one before an undo takes it back
+    a2.loc[(a2["case_id"] == "c2") & (a2["kind"] == "point"), "dice"] = 0.99
+    e_all, a_all = pd.concat([e, e2], ignore_index=True), pd.concat([a, a2], ignore_index=True)
+    curves = M.dice_time_curves(a_all, e_all, n_grid=61, n_boot=20)
+    last = curves.sort_values("t").groupby("annotator")["dice"].last()
+    final = e_all.groupby("annotator")["final_dice"].mean()
+    assert last.to_dict() == pytest.approx(final.to_dict())
+    assert curves["t"].max() == pytest.approx(30.0)
+    # mid-episode (t = 25 s) the slow group's curve holds the point's 0.99, not the final 0.70
+    mid = curves[(curves["annotator"] == "slow") & (curves["t"] == 25.0)]["dice"].iloc[0]
+    assert mid == pytest.approx((0.9 + 0.99 + 0.95) / 3)
+
+
 def test_reports_from_stub_runs(tmp_path):
     from hiseg_sim.analysis.report import build_report
     from hiseg_sim.experiments import run_study, spec_from_dict
@@ -289,4 +313,59 @@ def test_reports_from_stub_runs(tmp_path):
     )
     rep = build_report(run.dir)
     assert {"tight", "loose"} == set(rep.headline["groups"]) and len(rep.figures) == 4
-    assert "<table>" in rep.html_path.read_text()
+    html = rep.html_path.read_text()
+    assert "<table>" in html
+
+
+def _stub_groups_run(tmp_path):
+    from hiseg_sim.experiments import run_study, spec_from_dict
+    from tests.experiment_support import stub_spec_dict
+
+    d = stub_spec_dict(n_cases=4, replicates=2, episode_fn="harness")
+    d["analysis"] = {"reference": "tight", "n_boot": 100}
+    return run_study(
+        spec_from_dict(d), tmp_path / "groups", executor="serial", cache_dir=str(tmp_path / "c"), progress=False
+    )
+
+
+def test_report_leads_with_findings_embeds_figures_defines_columns(tmp_path):
+    import re
+
+    from hiseg_sim.analysis.report import _glossary, build_report
+    from hiseg_sim.studies.groups import KIND
+
+    run = _stub_groups_run(tmp_path)
+    rep = build_report(run.dir)
+    html = rep.html_path.read_text()
+    h2 = re.findall(r"<h2>(.*?)</h2>", html)
+    assert h2[0] == "Key findings" and h2[-2:] == ["What the columns mean", "About this run"]
+    assert "Config hash" not in html.split("<h2>")[1] and "Config hash" in html.split("<h2>")[-1]
+    # the figures travel inside the one HTML file; the Markdown links the PNGs beside it
+    assert "src='figures/" not in html and html.count("src='data:image/png;base64,") == len(rep.figures) == 4
+    assert "](figures/dice_vs_time.png)" in rep.md_path.read_text()
+    # the paired difference carries its interval and whether it is significant
+    finding = next(f for f in rep.headline["findings"] if f.startswith("loose against tight"))
+    assert re.search(r"Dice [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\], (significant|not significant)", finding)
+    # every column of every table is defined
+    secs, _ = KIND.sections(run, {"reference": "tight", "n_boot": 50}, tmp_path / "again")
+    assert _glossary(secs)[1] == []
+    assert "stopped unsatisfied" in html.split("What the columns mean")[1]
+    # CSV names are whole words
+    names = sorted(p.stem for p in (run.dir / "tables").glob("*.csv"))
+    assert names == [
+        "dice_after_k_prompts",
+        "dice_by_size_band",
+        "dice_by_texture_group",
+        "noc_prompts_to_dice_level",
+        "paired_differences_vs_tight",
+        "per_group_summary",
+        "time_to_dice_level",
+    ]
+
+
+def test_table_file_names_cut_between_words():
+    from hiseg_sim.analysis.report import table_file_name
+
+    name = table_file_name("Simulated seconds to reach each Dice level (median over the episodes that reach it)")
+    assert name == "simulated_seconds_to_reach_each_dice_level"
+    assert len(table_file_name("x" * 80)) == 48

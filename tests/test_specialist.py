@@ -136,3 +136,17 @@ def test_weights_trained_once_then_loaded_from_disk(tmp_path, monkeypatch):
         assert torch.equal(v, w), k
     other = sp.SpecialistConfig(n_labelled=1, seed=0, cohort="synthetic", train=cfg.train)
     assert other.key() != cfg.key()
+
+
+def test_the_name_alone_gives_the_specialist_the_downstream_study_ships():
+    from hiseg_sim.experiments.spec import load_spec
+
+    spec = load_spec("downstream")
+    shipped = next(a for a in spec.annotators if a.label == "specialist_n8")
+    by_name = build_annotator("specialist_sam")
+    assert by_name.config == sp.SpecialistAnnotator(**shipped.overrides).config
+    assert by_name.config.train.prior and by_name.config.train.jitter_hu == 30.0
+    # an override changes only what it names; a train table is merged key by key
+    four = build_annotator("specialist_sam", n_labelled=4, train={"prior": False})
+    assert four.config.n_labelled == 4 and not four.config.train.prior and four.config.train.jitter_hu == 30.0
+    assert four.config.train.steps == by_name.config.train.steps

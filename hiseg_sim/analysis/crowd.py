@@ -146,8 +146,9 @@ def crowd_draws(
     from hiseg_sim.progress import progress_iter
 
     by_case = pool_all.groupby("case_id", sort=True)
-    for cid, pool in progress_iter(by_case, desc=f"fusing {worker} masks", total=by_case.ngroups,
-                                   enabled=progress, unit="nodule"):
+    for cid, pool in progress_iter(
+        by_case, desc=f"fusing {worker} masks", total=by_case.ngroups, enabled=progress, unit="nodule"
+    ):
         pool = pool.sort_values("replicate")
         masks, ref = case_masks(pool, {**case_rows.loc[cid].to_dict(), "case_id": cid})
         secs = pool["seconds_total"].to_numpy(dtype=float)

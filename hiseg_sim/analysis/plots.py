@@ -12,15 +12,42 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["PEOPLE_ORDER", "order_groups", "group_colours", "plot_dice_vs_time", "plot_distributions",
-           "plot_strata", "plot_reach_curves", "plot_crowd", "plot_learning"]
+__all__ = [
+    "PEOPLE_ORDER",
+    "order_groups",
+    "group_colours",
+    "plot_dice_vs_time",
+    "plot_distributions",
+    "plot_strata",
+    "plot_reach_curves",
+    "plot_crowd",
+    "plot_learning",
+]
 
 #: Profile groups in order of training (least first).
-PEOPLE_ORDER = ("non_medical", "non_medical_trained", "crowd_worker", "junior_medical_student", "trainee_resident",
-                "expert_radiologist")
+PEOPLE_ORDER = (
+    "non_medical",
+    "non_medical_trained",
+    "crowd_worker",
+    "junior_medical_student",
+    "trainee_resident",
+    "expert_radiologist",
+)
 _PEOPLE_COLOURS = ("#fdae61", "#f46d43", "#d53e4f", "#66c2a5", "#3288bd", "#5e4fa2")
-_OTHER_COLOURS = ("#4d4d4d", "#8c510a", "#e6ab02", "#c51b7d", "#01665e", "#66a61e", "#7570b3", "#a6761d", "#1b9e77",
-                  "#e7298a", "#999999", "#2166ac")
+_OTHER_COLOURS = (
+    "#4d4d4d",
+    "#8c510a",
+    "#e6ab02",
+    "#c51b7d",
+    "#01665e",
+    "#66a61e",
+    "#7570b3",
+    "#a6761d",
+    "#1b9e77",
+    "#e7298a",
+    "#999999",
+    "#2166ac",
+)
 
 
 def _plt():
@@ -85,8 +112,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_dice_vs_time(curves: pd.DataFrame, path, by: str = "annotator", title: str = "",
-                      split_people: bool = True, facet: str | None = None) -> Path:
+def plot_dice_vs_time(
+    curves: pd.DataFrame,
+    path,
+    by: str = "annotator",
+    title: str = "",
+    split_people: bool = True,
+    facet: str | None = None,
+) -> Path:
     """Mean Dice against simulated seconds per group with 95 % bands.
 
     Panels: one per ``facet`` value if given, else people and robots side by side
@@ -98,8 +131,10 @@ def plot_dice_vs_time(curves: pd.DataFrame, path, by: str = "annotator", title: 
     if facet is not None:
         panels = [(str(f), groups, curves[curves[facet] == f]) for f in order_groups(curves[facet].unique())]
     elif split_people:
-        panels = [("people (behaviour models)", [g for g in groups if is_person(g)], curves),
-                  ("robots and baselines", [g for g in groups if not is_person(g)], curves)]
+        panels = [
+            ("people (behaviour models)", [g for g in groups if is_person(g)], curves),
+            ("robots and baselines", [g for g in groups if not is_person(g)], curves),
+        ]
     else:
         panels = [("", groups, curves)]
     panels = [p for p in panels if p[1]]
@@ -107,7 +142,7 @@ def plot_dice_vs_time(curves: pd.DataFrame, path, by: str = "annotator", title: 
     nrow = int(np.ceil(len(panels) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(5.4 * ncol, 3.9 * nrow), squeeze=False, sharey=True)
     tmax = float(curves["t"].max())
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (name, gs, sub) in zip(axes.flat, panels):
         for g in gs:
@@ -123,8 +158,9 @@ def plot_dice_vs_time(curves: pd.DataFrame, path, by: str = "annotator", title: 
         ax.grid(alpha=0.3)
         if facet is None:
             n_lab = len(ax.get_legend_handles_labels()[1])
-            ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, max(1, n_lab)),
-                      frameon=False)
+            ax.legend(
+                fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, max(1, n_lab)), frameon=False
+            )
     for row in axes:
         row[0].set_ylabel("mean Dice (95 % CI over cases)")
     fig.suptitle(title or "Dice against simulated annotation time", fontsize=11)
@@ -135,14 +171,16 @@ def plot_dice_vs_time(curves: pd.DataFrame, path, by: str = "annotator", title: 
     return _save(fig, path)
 
 
-def plot_distributions(episodes: pd.DataFrame, summary: pd.DataFrame, path, by: str = "annotator",
-                       title: str = "") -> Path:
+def plot_distributions(
+    episodes: pd.DataFrame, summary: pd.DataFrame, path, by: str = "annotator", title: str = ""
+) -> Path:
     """Per group: final Dice (box + points), and seconds per nodule and prompts (means with 95 % CI)."""
     plt = _plt()
     groups = order_groups(summary[by].tolist())
     colours = group_colours(groups)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 0.42 * len(groups) + 1.8), sharey=True,
-                             gridspec_kw={"width_ratios": [2.2, 1.2, 1.0]})
+    fig, axes = plt.subplots(
+        1, 3, figsize=(13, 0.42 * len(groups) + 1.8), sharey=True, gridspec_kw={"width_ratios": [2.2, 1.2, 1.0]}
+    )
     ypos = np.arange(len(groups))[::-1]
     rng = np.random.default_rng(0)
     ax = axes[0]
@@ -164,7 +202,10 @@ def plot_distributions(episodes: pd.DataFrame, summary: pd.DataFrame, path, by: 
     ax.set_xlim(-0.02, 1.0)
     ax.set_xlabel("final Dice per episode (box: quartiles; ◆ mean)")
     ax.grid(axis="x", alpha=0.3)
-    for ax, col, lab in ((axes[1], "seconds", "simulated seconds per nodule"), (axes[2], "prompts", "prompts per nodule")):
+    for ax, col, lab in (
+        (axes[1], "seconds", "simulated seconds per nodule"),
+        (axes[2], "prompts", "prompts per nodule"),
+    ):
         for y, g in zip(ypos, groups):
             s = summary[summary[by] == g].iloc[0]
             ax.barh(y, s[col], color=colours[g], alpha=0.75, height=0.6)
@@ -175,32 +216,41 @@ def plot_distributions(episodes: pd.DataFrame, summary: pd.DataFrame, path, by: 
             ax.text(end, y, f" {s[col]:.1f}", va="center", fontsize=7.5)
         ax.set_xlabel(lab)
         ax.grid(axis="x", alpha=0.3)
-        top = float(summary["seconds_hi"].max()) if col == "seconds" else float(summary[col].max())
-        ax.set_xlim(0, max(top, float(summary[col].max())) * 1.22 + 1e-9)
+        # with one case there is no interval (NaN): the bars alone set the axis
+        tops = [summary[col].to_numpy(float)] + ([summary["seconds_hi"].to_numpy(float)] if col == "seconds" else [])
+        top = float(np.nanmax(np.concatenate(tops))) if np.isfinite(np.concatenate(tops)).any() else 1.0
+        ax.set_xlim(0, top * 1.22 + 1e-9)
     fig.suptitle(title or "Quality and effort per group", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_strata(episodes: pd.DataFrame, path, by: str = "annotator", value: str = "final_dice", title: str = "") -> Path:
+def plot_strata(
+    episodes: pd.DataFrame, path, by: str = "annotator", value: str = "final_dice", title: str = ""
+) -> Path:
     """Heat maps of mean ``value`` per group x size band and per group x texture group."""
     from hiseg_sim.analysis.metrics import SIZE_BANDS, TEXTURE_GROUPS
 
     plt = _plt()
     groups = order_groups(episodes[by].unique())
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.38 * len(groups) + 1.9), sharey=True)
-    for ax, col, order, name in ((axes[0], "size_band", SIZE_BANDS, "size band (mm)"),
-                                 (axes[1], "texture_group", TEXTURE_GROUPS, "texture")):
+    for ax, col, order, name in (
+        (axes[0], "size_band", SIZE_BANDS, "size band (mm)"),
+        (axes[1], "texture_group", TEXTURE_GROUPS, "texture"),
+    ):
         cols = [c for c in order if c in set(episodes[col])]
-        t = episodes.pivot_table(index=by, columns=col, values=value, aggfunc="mean").reindex(index=groups, columns=cols)
+        t = episodes.pivot_table(index=by, columns=col, values=value, aggfunc="mean").reindex(
+            index=groups, columns=cols
+        )
         n = episodes.groupby(col)["case_id"].nunique().reindex(cols)
         im = ax.imshow(t.to_numpy(dtype=float), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
         for i in range(t.shape[0]):
             for j in range(t.shape[1]):
                 v = t.iat[i, j]
                 if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7.5,
-                            color="white" if v < 0.6 else "black")
+                    ax.text(
+                        j, i, f"{v:.2f}", ha="center", va="center", fontsize=7.5, color="white" if v < 0.6 else "black"
+                    )
         ax.set_xticks(range(len(cols)))
         ax.set_xticklabels([f"{c}\nn={int(n[c])}" for c in cols])
         ax.set_xlabel(f"{name} (n = nodules)")
@@ -212,8 +262,9 @@ def plot_strata(episodes: pd.DataFrame, path, by: str = "annotator", value: str 
     return _save(fig, path)
 
 
-def plot_reach_curves(reach: pd.DataFrame, path, threshold: float, by: str = "annotator", facet: str | None = None,
-                      title: str = "") -> Path:
+def plot_reach_curves(
+    reach: pd.DataFrame, path, threshold: float, by: str = "annotator", facet: str | None = None, title: str = ""
+) -> Path:
     """NoC curves: share of episodes at Dice >= ``threshold`` after k prompts, one line per group
     (one panel per ``facet`` value if given). The k axis ends where the last curve stops changing."""
     from matplotlib.ticker import MaxNLocator
@@ -231,7 +282,7 @@ def plot_reach_curves(reach: pd.DataFrame, path, threshold: float, by: str = "an
     ncol = 2 if len(facets) == 4 else min(len(facets), 3)
     nrow = int(np.ceil(len(facets) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol + 2.2, 3.6 * nrow), squeeze=False, sharey=True)
-    for ax in axes.flat[len(facets):]:
+    for ax in axes.flat[len(facets) :]:
         ax.axis("off")
     for ax, f in zip(axes.flat, facets):
         sub = reach if f is None else reach[reach[facet] == f]
@@ -239,8 +290,15 @@ def plot_reach_curves(reach: pd.DataFrame, path, threshold: float, by: str = "an
             c = sub[sub[by] == g].sort_values("k")
             if c.empty:
                 continue
-            ax.step(c["k"], c["share"] + (i - len(groups) / 2) * 0.004, where="post", color=colours[g], lw=1.8,
-                    label=g, ls="-" if is_person(g) or by == "protocol" else "--")
+            ax.step(
+                c["k"],
+                c["share"] + (i - len(groups) / 2) * 0.004,
+                where="post",
+                color=colours[g],
+                lw=1.8,
+                label=g,
+                ls="-" if is_person(g) or by == "protocol" else "--",
+            )
         ax.set_xlabel("prompts given (k)")
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlim(0, kmax)
@@ -266,8 +324,15 @@ def P_order(values) -> list:
     return order_groups(pd.unique(pd.Series(values)))
 
 
-def plot_crowd(curve: pd.DataFrame, path, reference: dict | None = None, targets: Sequence[float] = (),
-               title: str = "", worker: str = "crowd worker", saturation: dict | None = None) -> Path:
+def plot_crowd(
+    curve: pd.DataFrame,
+    path,
+    reference: dict | None = None,
+    targets: Sequence[float] = (),
+    title: str = "",
+    worker: str = "crowd worker",
+    saturation: dict | None = None,
+) -> Path:
     """Fused Dice against workers per nodule (majority, STAPLE) and against total seconds, with the
     one-expert reference as a band / point and, if given, where STAPLE saturates
     (``saturation`` from :func:`hiseg_sim.analysis.crowd.saturation_k`)."""
@@ -281,20 +346,43 @@ def plot_crowd(curve: pd.DataFrame, path, reference: dict | None = None, targets
         axes[0].fill_between(g["k"], g["lo"], g["hi"], color=colour, alpha=0.13, lw=0)
         axes[1].plot(g["seconds"], g["dice"], color=colour, marker=marker, lw=1.8, label=lab)
         for _, r in g.iterrows():
-            axes[1].annotate(f"{int(r['k'])}", (r["seconds"], r["dice"]), textcoords="offset points",
-                             xytext=(4, -10 if m == "majority" else 5), fontsize=7, color=colour)
+            axes[1].annotate(
+                f"{int(r['k'])}",
+                (r["seconds"], r["dice"]),
+                textcoords="offset points",
+                xytext=(4, -10 if m == "majority" else 5),
+                fontsize=7,
+                color=colour,
+            )
     if reference is not None:
         axes[0].axhspan(reference["lo"], reference["hi"], color="#5e4fa2", alpha=0.08, lw=0)
-        axes[0].axhline(reference["dice"], color="#5e4fa2", ls="--", lw=1.3,
-                        label=f"one {reference['arm']} (95 % CI band)")
-        axes[1].errorbar([reference["seconds"]], [reference["dice"]],
-                         yerr=[[reference["dice"] - reference["lo"]], [reference["hi"] - reference["dice"]]],
-                         color="#5e4fa2", marker="*", ms=12, lw=1.2, ls="none", label=f"one {reference['arm']}")
+        axes[0].axhline(
+            reference["dice"], color="#5e4fa2", ls="--", lw=1.3, label=f"one {reference['arm']} (95 % CI band)"
+        )
+        axes[1].errorbar(
+            [reference["seconds"]],
+            [reference["dice"]],
+            yerr=[[reference["dice"] - reference["lo"]], [reference["hi"] - reference["dice"]]],
+            color="#5e4fa2",
+            marker="*",
+            ms=12,
+            lw=1.2,
+            ls="none",
+            label=f"one {reference['arm']}",
+        )
     if saturation is not None and saturation.get("k_share") is not None:
         k = saturation["k_share"]
         axes[0].axvline(k, color="#3288bd", lw=0.9, ls=":")
-        axes[0].text(k, 0.04, f"STAPLE: 90 % of its gain\nby k = {k} ", fontsize=7.5, color="#3288bd", va="bottom",
-                     ha="right", transform=axes[0].get_xaxis_transform())
+        axes[0].text(
+            k,
+            0.04,
+            f"STAPLE: 90 % of its gain\nby k = {k} ",
+            fontsize=7.5,
+            color="#3288bd",
+            va="bottom",
+            ha="right",
+            transform=axes[0].get_xaxis_transform(),
+        )
     for ax in axes:
         x1 = ax.get_xlim()[1]
         for t in targets:
@@ -313,9 +401,18 @@ def plot_crowd(curve: pd.DataFrame, path, reference: dict | None = None, targets
     return _save(fig, path)
 
 
-def plot_learning(curves: pd.DataFrame, path, value: str = "final_dice", by: str = "annotator",
-                  reaches: Sequence[dict] = (), gaps: pd.DataFrame | None = None, time_curves: pd.DataFrame | None = None,
-                  reference: str | None = None, margin: float = 0.02, title: str = "") -> Path:
+def plot_learning(
+    curves: pd.DataFrame,
+    path,
+    value: str = "final_dice",
+    by: str = "annotator",
+    reaches: Sequence[dict] = (),
+    gaps: pd.DataFrame | None = None,
+    time_curves: pd.DataFrame | None = None,
+    reference: str | None = None,
+    margin: float = 0.02,
+    title: str = "",
+) -> Path:
     """Learning curves per arm (smoothed Dice per case number, 95 % band over persons); the paired
     gap of each learner to the reference with the ``-margin`` line and where each first reaches it
     (``reaches`` from :func:`hiseg_sim.analysis.learning.cases_to_reach`); seconds per case."""
@@ -331,8 +428,14 @@ def plot_learning(curves: pd.DataFrame, path, value: str = "final_dice", by: str
     ax = axes.pop(0)
     for a in arms:
         c = curves[curves[by] == a]
-        ax.plot(c["case_number"], c[value], color=colours[a], lw=2.2 if a == reference else 1.6, label=a,
-                ls="--" if a == reference else "-")
+        ax.plot(
+            c["case_number"],
+            c[value],
+            color=colours[a],
+            lw=2.2 if a == reference else 1.6,
+            label=a,
+            ls="--" if a == reference else "-",
+        )
         ax.fill_between(c["case_number"], c["lo"], c["hi"], color=colours[a], alpha=0.08, lw=0)
     ax.set_xlabel("case number in the sequence")
     ax.set_ylabel(f"{value.replace('_', ' ')} (smoothed; band: 95 % CI over persons)")
@@ -353,10 +456,20 @@ def plot_learning(curves: pd.DataFrame, path, value: str = "final_dice", by: str
                 continue
             x = r["cases"] + 1
             row = gaps[(gaps["learner"] == r["learner"]) & (gaps["case_number"] == x)]
-            y = float(row["fit"].iloc[0]) if "fit" in row and np.isfinite(row["fit"].iloc[0]) else float(row["gap"].iloc[0])
+            y = (
+                float(row["fit"].iloc[0])
+                if "fit" in row and np.isfinite(row["fit"].iloc[0])
+                else float(row["gap"].iloc[0])
+            )
             hi = (r["hi"] + 1) if r.get("hi") is not None else gaps["case_number"].max()
-            ax.plot([r["lo"] + 1, hi], [y, y], color=colours.get(r["learner"], "grey"), lw=4, alpha=0.35,
-                    solid_capstyle="butt")
+            ax.plot(
+                [r["lo"] + 1, hi],
+                [y, y],
+                color=colours.get(r["learner"], "grey"),
+                lw=4,
+                alpha=0.35,
+                solid_capstyle="butt",
+            )
             ax.plot([x], [y], marker="o", ms=7, color=colours.get(r["learner"], "grey"), mec="black", mew=0.8)
         ax.set_xlabel("case number in the sequence")
         ax.set_ylabel(f"Dice gap to {reference} on the same cases (smoothed)")
@@ -366,16 +479,28 @@ def plot_learning(curves: pd.DataFrame, path, value: str = "final_dice", by: str
         ax = axes.pop(0)
         for a in arms:
             c = time_curves[time_curves[by] == a]
-            ax.plot(c["case_number"], c["seconds_total"], color=colours[a], lw=2.2 if a == reference else 1.6,
-                    ls="--" if a == reference else "-")
+            ax.plot(
+                c["case_number"],
+                c["seconds_total"],
+                color=colours[a],
+                lw=2.2 if a == reference else 1.6,
+                ls="--" if a == reference else "-",
+            )
             ax.fill_between(c["case_number"], c["lo"], c["hi"], color=colours[a], alpha=0.08, lw=0)
         ax.set_xlabel("case number in the sequence")
         ax.set_ylabel("simulated seconds per case (smoothed)")
         ax.set_title("Time per case")
         ax.grid(alpha=0.3)
     handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(5, len(labels)),
-               fontsize=8.5, frameon=False)
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=min(5, len(labels)),
+        fontsize=8.5,
+        frameon=False,
+    )
     fig.suptitle(title or "Learning curves", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)

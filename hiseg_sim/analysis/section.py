@@ -133,10 +133,14 @@ def fmt_ci(est, lo, hi, digits: int = 3, signed: bool = False) -> str:
     """``"0.853 [0.831, 0.874]"`` (``"–"`` for NaN); ``signed``: ``"+0.016 [-0.021, +0.052]"`` for a difference."""
     if est is None or (isinstance(est, float) and not math.isfinite(est)):
         return "–"
-    f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+    spec = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+
+    def f(v) -> str:  # a value that rounds to zero is written without a sign's minus ("-0.0")
+        return spec.format(0.0 if round(float(v), digits) == 0 else v)
+
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
-        return f.format(est)
-    return f"{f.format(est)} [{f.format(lo)}, {f.format(hi)}]"
+        return f(est)
+    return f"{f(est)} [{f(lo)}, {f(hi)}]"
 
 
 def common_settings(settings: dict) -> tuple[int, int]:

@@ -33,14 +33,28 @@ import numpy as np
 from hiseg_sim.data.case import Case
 
 __all__ = [
-    "MANIFEST_NAME", "SIZE_BANDS", "TEXTURE_GROUPS", "ManifestError", "manifest_path", "size_band",
-    "texture_group", "build_manifest", "write_manifest", "read_manifest", "iter_cohort", "load_cohort",
+    "MANIFEST_NAME",
+    "SIZE_BANDS",
+    "TEXTURE_GROUPS",
+    "ManifestError",
+    "manifest_path",
+    "size_band",
+    "texture_group",
+    "build_manifest",
+    "write_manifest",
+    "read_manifest",
+    "iter_cohort",
+    "load_cohort",
 ]
 
 MANIFEST_NAME = "phantom-lidc.json"
 #: ``(name, low mm inclusive, high mm exclusive)``
-SIZE_BANDS: tuple[tuple[str, float, float], ...] = (("<6", 0.0, 6.0), ("6-10", 6.0, 10.0),
-                                                     ("10-20", 10.0, 20.0), (">=20", 20.0, float("inf")))
+SIZE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("<6", 0.0, 6.0),
+    ("6-10", 6.0, 10.0),
+    ("10-20", 10.0, 20.0),
+    (">=20", 20.0, float("inf")),
+)
 #: texture group -> LIDC texture ratings (medians, rounded half up)
 TEXTURE_GROUPS: dict[str, tuple[int, ...]] = {"ground-glass": (1, 2), "part-solid": (3,), "solid": (4, 5)}
 MIN_READERS = 2
@@ -128,9 +142,17 @@ def _candidates(db, split: str) -> list[dict]:
         d = float(nod.diameter_mm)
         if d < MIN_DIAMETER_MM or not nod.consensus.any():
             continue
-        rows.append({"nodule_id": nod.nodule_id, "patient_id": nod.scan.patient_id, "diameter_mm": round(d, 2),
-                     "texture": int(nod.texture), "n_readers": int(nod.n_readers), "size_band": size_band(d),
-                     "texture_group": texture_group(nod.texture)})
+        rows.append(
+            {
+                "nodule_id": nod.nodule_id,
+                "patient_id": nod.scan.patient_id,
+                "diameter_mm": round(d, 2),
+                "texture": int(nod.texture),
+                "n_readers": int(nod.n_readers),
+                "size_band": size_band(d),
+                "texture_group": texture_group(nod.texture),
+            }
+        )
     return rows
 
 
@@ -148,12 +170,27 @@ def build_manifest(n_default: int = 40, n_holdout: int = 24, seed: int = 0, db=N
     for name, split, n, offset in (("default", "calibration", n_default, 0), ("holdout", "holdout", n_holdout, 1)):
         rng = np.random.default_rng([int(seed), offset])
         chosen, take = _draw(_candidates(db, split), int(n), rng)
-        chosen.sort(key=lambda r: (r["nodule_id"]))
+        chosen.sort(key=lambda r: r["nodule_id"])
         cohorts[name] = {
-            "split": split, "seed": int(seed), "n": len(chosen),
+            "split": split,
+            "seed": int(seed),
+            "n": len(chosen),
             "strata": {k: v for k, v in take.items()},
-            "cases": [{k: r[k] for k in ("nodule_id", "phantom_seed", "diameter_mm", "texture", "n_readers",
-                                         "size_band", "texture_group")} for r in chosen],
+            "cases": [
+                {
+                    k: r[k]
+                    for k in (
+                        "nodule_id",
+                        "phantom_seed",
+                        "diameter_mm",
+                        "texture",
+                        "n_readers",
+                        "size_band",
+                        "texture_group",
+                    )
+                }
+                for r in chosen
+            ],
         }
     return {
         "version": 1,
@@ -163,7 +200,8 @@ def build_manifest(n_default: int = 40, n_holdout: int = 24, seed: int = 0, db=N
             "volume. Cohorts are stratified by size band (<6, 6-10, 10-20, >=20 mm consensus diameter) x "
             "texture group (1-2 ground glass, 3 part-solid, 4-5 solid), equal numbers per stratum where "
             f"available, nodules with >= {MIN_READERS} readers (3-4 preferred) and >= {MIN_DIAMETER_MM:g} mm. "
-            "default: calibration split (LIDC-IDRI-0001..0800); holdout: 0801..1012, report only."),
+            "default: calibration split (LIDC-IDRI-0001..0800); holdout: 0801..1012, report only."
+        ),
         "generator": "hiseg_sim.data.phantom",
         "cohorts": cohorts,
     }
@@ -211,8 +249,10 @@ def _validate(man: Any, where: str) -> dict:
                     raise ManifestError(f"{where}: cohort {name!r} case {i} is missing {key!r}")
             s = case["phantom_seed"]
             if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-                raise ManifestError(f"{where}: cohort {name!r} case {i} ({case['nodule_id']}): "
-                                    f"phantom_seed must be a non-negative integer; got {s!r}")
+                raise ManifestError(
+                    f"{where}: cohort {name!r} case {i} ({case['nodule_id']}): "
+                    f"phantom_seed must be a non-negative integer; got {s!r}"
+                )
     return man
 
 
@@ -230,8 +270,13 @@ def read_manifest(manifest: str | Path | dict | None = None) -> dict:
     return _validate(data, str(path))
 
 
-def iter_cohort(name: str = "default", manifest: str | Path | dict | None = None, limit: int | None = None,
-                db=None, cache: bool | str | Path = True) -> Iterator[Case]:
+def iter_cohort(
+    name: str = "default",
+    manifest: str | Path | dict | None = None,
+    limit: int | None = None,
+    db=None,
+    cache: bool | str | Path = True,
+) -> Iterator[Case]:
     """Yield the cohort's cases one at a time (each built when reached, ~0.1–1 s; read back from the
     on-disk case cache in a few ms when it was built before: see :mod:`hiseg_sim.data.case_cache`,
     ``cache=False`` to always rebuild). ``db``: a :class:`~hiseg_sim.data.lidc.LidcDatabase`, or a
@@ -258,20 +303,67 @@ def iter_cohort(name: str = "default", manifest: str | Path | dict | None = None
         try:
             nodule = dbs[0].get_nodule(nid)
         except KeyError as exc:
-            raise ManifestError(f"cohort {name!r}: unknown nodule id {nid!r} ({exc.args[0] if exc.args else exc})") from None
+            raise ManifestError(
+                f"cohort {name!r}: unknown nodule id {nid!r} ({exc.args[0] if exc.args else exc})"
+            ) from None
         for key, have in (("n_readers", nodule.n_readers), ("texture", nodule.texture)):
             if key in entry and entry[key] != have:
-                warnings.warn(f"cohort {name!r}: {nid} has {key}={have} in the LIDC database but {entry[key]} in "
-                              "the manifest; was it built from another database version?", stacklevel=3)
+                warnings.warn(
+                    f"cohort {name!r}: {nid} has {key}={have} in the LIDC database but {entry[key]} in "
+                    "the manifest; was it built from another database version?",
+                    stacklevel=3,
+                )
         return make_phantom(nodule, seed=entry["phantom_seed"])
 
-    for entry in entries:
-        case = cached_case(entry["nodule_id"], entry["phantom_seed"], lambda e=entry: build(e), cache)
-        case.meta["cohort"] = name
-        yield case
+    building = _BuildProgress(name, len(entries))
+    try:
+        for i, entry in enumerate(entries):
+
+            def make(e: dict = entry, i: int = i) -> Case:
+                return building.built(i, build(e))
+
+            case = cached_case(entry["nodule_id"], entry["phantom_seed"], make, cache)
+            case.meta["cohort"] = name
+            building.passed(i)
+            yield case
+    finally:
+        building.close()
 
 
-def load_cohort(name: str = "default", manifest: str | Path | dict | None = None, limit: int | None = None,
-                db=None, cache: bool | str | Path = True) -> list[Case]:
+class _BuildProgress:
+    """A bar that appears once a phantom has to be built (not read from the case cache), so a first
+    run's minute of building is not silent; shown in the main process only (pool workers build
+    their own few cases while the runner's bar counts units)."""
+
+    def __init__(self, cohort: str, total: int) -> None:
+        self.cohort, self.total, self.bar = cohort, total, None
+
+    def built(self, i: int, case: Case) -> Case:
+        import multiprocessing
+
+        if self.bar is None and multiprocessing.parent_process() is None:
+            from hiseg_sim.progress import bar
+
+            self.bar = bar(
+                self.total, f"building the {self.cohort} cohort's phantoms (once; then cached)", unit="case", initial=i
+            )
+        return case
+
+    def passed(self, i: int) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def load_cohort(
+    name: str = "default",
+    manifest: str | Path | dict | None = None,
+    limit: int | None = None,
+    db=None,
+    cache: bool | str | Path = True,
+) -> list[Case]:
     """All the cohort's cases (first ``limit`` if given), built from the manifest (or the case cache)."""
     return list(iter_cohort(name, manifest, limit, db, cache))

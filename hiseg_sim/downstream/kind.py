@@ -43,11 +43,16 @@ def _sections(data, settings: dict, out: Path):
         lead.bullets.append(
             f"{r['title']}: {fmt_ci(r['dice'], r['lo'], r['hi'])}, against ground truth "
             f"{fmt_ci(r.get('diff_vs_gt'), r.get('diff_lo'), r.get('diff_hi'), signed=True)} "
-            f"({'significant' if sig == 'yes' else 'not significant' if sig == 'no' else 'no interval'}).")
-    lead.notes.append("Test Dice on the holdout cohort, 95 % bootstrap intervals over test cases; differences paired "
-                      "by test case; significant: the interval excludes 0.")
-    headline = {"downstream": {r["arm"]: r["dice"] for r in summary["table"]},
-                "findings": [b.replace("**", "") for b in lead.bullets]}
+            f"({'significant' if sig == 'yes' else 'not significant' if sig == 'no' else 'no interval'})."
+        )
+    lead.notes.append(
+        "Test Dice on the holdout cohort, 95 % bootstrap intervals over test cases; differences paired "
+        "by test case; significant: the interval excludes 0."
+    )
+    headline = {
+        "downstream": {r["arm"]: r["dice"] for r in summary["table"]},
+        "findings": [b.replace("**", "") for b in lead.bullets],
+    }
     return [lead, sec], headline
 
 

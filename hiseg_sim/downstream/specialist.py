@@ -354,14 +354,16 @@ class SpecialistAnnotator(Annotator):
 #: the downstream study ships (experiments/downstream.toml, arm specialist_n8), so the name alone
 #: gives the specialist the project reports on (the class's own defaults train a weaker one:
 #: no centre prior, no intensity augmentation, fewer steps).
-SHIPPED_DEFAULTS: dict = {"n_labelled": 8, "steps": 400, "neighbours": 3, "train": {"prior": True, "jitter_hu": 30.0}}
+SHIPPED_DEFAULTS: dict = {"n_labelled": 8, "neighbours": 3, "train": {"prior": True, "jitter_hu": 30.0, "steps": 400}}
 
 
 def build_specialist(**overrides) -> SpecialistAnnotator:
     """Registry builder: ``build_annotator("specialist_sam", n_labelled=4, ...)``.
 
     Unset arguments take :data:`SHIPPED_DEFAULTS`; a ``train`` table is merged key by key with the
-    shipped one (``train={"prior": False}`` keeps ``jitter_hu = 30``)."""
+    shipped one (``train={"prior": False}`` keeps ``jitter_hu = 30``), and ``steps`` given on its
+    own wins over ``train``'s. The downstream study builds its specialists here too, so the weights
+    it trains before the run are the ones the runner's workers load."""
     kw = {k: v for k, v in SHIPPED_DEFAULTS.items() if k != "train"}
     kw.update({k: v for k, v in overrides.items() if k != "train"})
     kw["train"] = {**SHIPPED_DEFAULTS["train"], **dict(overrides.get("train") or {})}

@@ -79,11 +79,12 @@ def settings_of(spec) -> dict:
 
 
 def _specialists(spec) -> dict:
-    """Arm label → the (untrained) :class:`SpecialistAnnotator` of every ``specialist_sam`` arm."""
-    from hiseg_sim.downstream.specialist import SpecialistAnnotator
+    """Arm label → the (untrained) :class:`SpecialistAnnotator` of every ``specialist_sam`` arm, built
+    as the runner builds it (the registry's builder), so both train and load the same weights."""
+    from hiseg_sim.downstream.specialist import build_specialist
 
     return {
-        arm.label: SpecialistAnnotator(**{k: v for k, v in arm.overrides.items() if k != "label"})
+        arm.label: build_specialist(**{k: v for k, v in arm.overrides.items() if k != "label"})
         for arm in spec.annotators
         if arm.name == "specialist_sam"
     }

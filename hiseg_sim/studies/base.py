@@ -79,13 +79,15 @@ class StudyKind:
 
     def print_summary(self, result: tuple[Any, Any], echo: Callable[[str], None]) -> None:
         """What the CLI prints after :meth:`run`."""
+        from hiseg_sim.analysis.section import fmt_ci
+
         data, rep = result
         if rep is None:
             echo(f"rows in {data.dir}")
             return
         for name, g in (rep.headline.get("groups") or {}).items():
             echo(
-                f"{name:>28}: Dice {g['dice']:.3f} [{g['dice_lo']:.3f}, {g['dice_hi']:.3f}]  "
+                f"{name:>28}: Dice {fmt_ci(g['dice'], g['dice_lo'], g['dice_hi'])}  "
                 f"{g['seconds']:.1f} s  {g['prompts']:.1f} prompts  (n={g['n']})"
             )
         for line in rep.headline.get("findings", [])[:3]:

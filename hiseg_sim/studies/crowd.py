@@ -16,8 +16,10 @@ from hiseg_sim.analysis.section import (
     common_settings,
     fmt_ci,
     ordered,
+    significance,
     summary_table,
 )
+from hiseg_sim.analysis.stats import bootstrap_ci
 from hiseg_sim.studies.base import StudyKind
 
 
@@ -117,12 +119,16 @@ def _sections(data, settings: dict, out: Path):
         by_band = by_band.reindex([b for b in M.SIZE_BANDS if b in by_band.index])
         by_band.columns = [f"k={k}" for k in by_band.columns]
         arms.tables.append(("STAPLE Dice by size band and k", by_band.reset_index()))
-    lead = _findings(curve, headline, methods, targets, worker, ref_arm, ref, max(ks))
+    paired = _paired_with_reference(draws, e, methods, ref_arm, min(n_boot, 2000), seed) if ref is not None else {}
+    headline["paired_with_reference"] = paired
+    lead = _findings(curve, headline, methods, targets, worker, ref_arm, ref, max(ks), paired)
     headline["findings"] = [b.replace("**", "").replace("`", "") for b in lead.bullets]
     return [lead, sec, arms], headline
 
 
-def _findings(curve, headline: dict, methods, targets, worker: str, ref_arm: str, ref, k_max: int) -> Section:
+def _findings(
+    curve, headline: dict, methods, targets, worker: str, ref_arm: str, ref, k_max: int, paired: dict | None = None
+) -> Section:
     """Key findings: what fusing k workers gives, where it saturates, how many a target needs."""
     f = Section("Key findings", lead=True, definitions=DEFINITIONS)
     for m in methods:
@@ -134,29 +140,58 @@ def _findings(curve, headline: dict, methods, targets, worker: str, ref_arm: str
             f"{m}: Dice {fmt_ci(c.at[k1, 'dice'], c.at[k1, 'lo'], c.at[k1, 'hi'])} with {k1} {worker}, "
             f"**{fmt_ci(c.at[kn, 'dice'], c.at[kn, 'lo'], c.at[kn, 'hi'])}** with {kn} "
             f"({c.at[kn, 'seconds']:.0f} simulated seconds per nodule); 90 % of the gain by k = {_k(sat['k_share'])}. "
-            + "; ".join(f"Dice ≥ {t} needs k = {_k(v[0])} on average, {_k(v[1])} to be 95 % sure"
-                        f"{'' if v[1] is not None else f' (None: not within {k_max})'}" for t, v in need.items())
+            + "; ".join(
+                f"Dice ≥ {t} needs k = {_k(v[0])} on average, {_k(v[1])} to be 95 % sure"
+                f"{'' if v[1] is not None else f' (None: not within {k_max})'}"
+                for t, v in need.items()
+            )
             + "."
         )
     if ref is not None:
-        f.bullets.append(f"One `{ref_arm}` per nodule: Dice **{fmt_ci(ref['dice'], ref['lo'], ref['hi'])}** in "
-                         f"{ref['seconds']:.1f} simulated seconds. These are separate estimates, not a paired "
-                         "comparison: overlapping intervals do not show the crowd is as good.")
+        f.bullets.append(
+            f"One `{ref_arm}` per nodule: Dice **{fmt_ci(ref['dice'], ref['lo'], ref['hi'])}** in "
+            f"{ref['seconds']:.1f} simulated seconds."
+        )
+        for m, d in (paired or {}).items():
+            sig = significance(d["lo"], d["hi"])
+            f.bullets.append(
+                f"{m} of {d['k']} `{worker}` against one `{ref_arm}`, paired by nodule: Dice "
+                f"{fmt_ci(d['diff'], d['lo'], d['hi'], signed=True)}, "
+                + {"yes": "significant", "no": "not significant (the interval includes 0)"}.get(sig, "no interval")
+                + "."
+            )
+        f.notes.append("Intervals are 95 % bootstrap intervals over nodules; significant: the interval excludes 0.")
     return f
+
+
+def _paired_with_reference(draws, e, methods, ref_arm: str, n_boot: int, seed: int) -> dict:
+    """Fused Dice with the most workers minus the reference arm's Dice, per nodule, with a bootstrap
+    interval over nodules: ``{method: {"k", "diff", "lo", "hi"}}``."""
+    ref = e[e["annotator"] == ref_arm].groupby("case_id")["final_dice"].mean()
+    out = {}
+    for m in methods:
+        dm = draws[draws["method"] == m]
+        k = int(dm["k"].max())
+        fused = dm[dm["k"] == k].groupby("case_id")["dice"].mean()
+        diff = (fused - ref).dropna()
+        if len(diff):
+            est, lo, hi = bootstrap_ci(diff.to_numpy(), diff.index.to_numpy(), n_boot, seed=seed)
+            out[m] = {"k": k, "diff": est, "lo": lo, "hi": hi}
+    return out
 
 
 #: What the crowd report's own columns mean.
 DEFINITIONS = {
     "k": "workers per nodule whose masks are fused",
     r"(majority|staple) Dice \[95% CI\]": "expected Dice of the fused mask of k random workers (mean over nodules of "
-                                          "the mean over draws), with its 95 % bootstrap interval over nodules",
+    "the mean over draws), with its 95 % bootstrap interval over nodules",
     "total seconds": "the k workers' simulated seconds per nodule, added up",
     "method": "fusion: majority (a pixel is in when more than half the masks have it) or STAPLE (EM-weighted)",
     r"Dice k=(\d+)": "expected Dice of the fused mask with that many workers",
     "90% of the gain at k": "the smallest k that reaches 90 % of the Dice gain from one worker to the whole pool",
     "next worker adds < 0.005 from k": "the smallest k from which one more worker adds less than 0.005 Dice",
     r"k for Dice ≥ (.+) \(mean / lower CI\)": "workers needed for that Dice: by the expected Dice / by the lower "
-                                              "end of its 95 % interval (None: not reached with the pool)",
+    "end of its 95 % interval (None: not reached with the pool)",
     "size_band": "nodule diameter band (mm)",
     r"k=(\d+)": "mean STAPLE Dice with that many workers, on the nodules of the band",
 }

@@ -39,39 +39,64 @@ def _findings(summ: pd.DataFrame, paired: list[dict], ref: str, people_mean, n_b
     its paired interval and whether it is significant."""
     f = Section("Key findings", lead=True)
     people = summ[summ["group"].map(P.is_person)]
-    if len(people):
+    if len(people) == 1:
+        g = people.iloc[0]
+        f.bullets.append(
+            f"`{g['group']}`: Dice **{fmt_ci(g['dice'], g['dice_lo'], g['dice_hi'])}** in "
+            f"{g['seconds']:.1f} simulated seconds and {g['prompts']:.1f} prompts per nodule."
+        )
+    elif len(people):
         hi = people.loc[people["dice"].idxmax()]
         lo = people.loc[people["dice"].idxmin()]
         fast = people.loc[people["seconds"].idxmin()]
-        f.bullets.append(f"Highest mean Dice among the people groups: `{hi['group']}` "
-                         f"**{fmt_ci(hi['dice'], hi['dice_lo'], hi['dice_hi'])}**; lowest: `{lo['group']}` "
-                         f"{fmt_ci(lo['dice'], lo['dice_lo'], lo['dice_hi'])}. Fastest: `{fast['group']}`, "
-                         f"{fast['seconds']:.1f} simulated seconds per nodule.")
-        if people_mean is not None:
-            f.bullets.append(f"Mean Dice over all people groups: **{fmt_ci(*people_mean)}** (Hi-Seg reports almost "
-                             "0.85 across its annotator groups).")
-    if paired:
+        f.bullets.append(
+            f"Highest mean Dice among the people groups: `{hi['group']}` "
+            f"**{fmt_ci(hi['dice'], hi['dice_lo'], hi['dice_hi'])}**; lowest: `{lo['group']}` "
+            f"{fmt_ci(lo['dice'], lo['dice_lo'], lo['dice_hi'])}. Fastest: `{fast['group']}`, "
+            f"{fast['seconds']:.1f} simulated seconds per nodule."
+        )
+        if people_mean is not None:  # more than one people group
+            f.bullets.append(
+                f"Mean Dice over all people groups: **{fmt_ci(*people_mean)}** (Hi-Seg reports almost "
+                "0.85 across its annotator groups)."
+            )
+    if paired and all(significance(r["d_lo"], r["d_hi"]) == "–" for r in paired):
+        f.bullets.append(
+            "Too few cases for intervals: no difference below can be called significant; run more "
+            "cases (--cases, --limit) for intervals."
+        )
+    elif paired:
         sig = [r for r in paired if significance(r["d_lo"], r["d_hi"]) == "yes"]
         rest = [r for r in paired if r not in sig]
-        txt = (f"Against `{ref}` (paired), Dice differs significantly for "
-               + ", ".join(f"`{r['group']}` ({fmt_ci(r['d'], r['d_lo'], r['d_hi'], signed=True)})" for r in sig)
-               if sig else f"Against `{ref}` (paired), no arm's Dice differs significantly")
+        txt = (
+            f"Against `{ref}` (paired), Dice differs significantly for "
+            + ", ".join(f"`{r['group']}` ({fmt_ci(r['d'], r['d_lo'], r['d_hi'], signed=True)})" for r in sig)
+            if sig
+            else f"Against `{ref}` (paired), no arm's Dice differs significantly"
+        )
+        names = ", ".join(f"`{r['group']}`" for r in rest)
         if rest:
-            txt += ("; not significantly for " if sig else ": not ") + ", ".join(f"`{r['group']}`" for r in rest)
+            txt += f"; not significantly for {names}" if sig else f" ({names})"
         f.bullets.append(txt + ".")
     for r in paired:
-        f.bullets.append(f"`{r['group']}` against `{ref}`: Dice {fmt_ci(r['d'], r['d_lo'], r['d_hi'], signed=True)}, "
-                         f"{_sig_words(r['d_lo'], r['d_hi'])}; time {fmt_ci(r['t'], r['t_lo'], r['t_hi'], 1, signed=True)} "
-                         f"s per nodule, {_sig_words(r['t_lo'], r['t_hi'])}.")
+        f.bullets.append(
+            f"`{r['group']}` against `{ref}`: Dice {fmt_ci(r['d'], r['d_lo'], r['d_hi'], signed=True)}, "
+            f"{_sig_words(r['d_lo'], r['d_hi'])}; time {fmt_ci(r['t'], r['t_lo'], r['t_hi'], 1, signed=True)} "
+            f"s per nodule, {_sig_words(r['t_lo'], r['t_hi'])}."
+        )
     if paired:
-        f.notes.append(f"Differences are paired (the same case and replicate, arm minus `{ref}`) with 95 % "
-                            f"bootstrap intervals over cases ({n_boot} resamples). *Significant* means the interval "
-                            "excludes 0; no correction for comparing several arms is made, so treat a single "
-                            "borderline result with care. Where a difference is not significant, which group has "
-                            "the higher mean says nothing: the tables list groups in order of training, not of result.")
+        f.notes.append(
+            f"Differences are paired (the same case and replicate, arm minus `{ref}`) with 95 % "
+            f"bootstrap intervals over cases ({n_boot} resamples). *Significant* means the interval "
+            "excludes 0; no correction for comparing several arms is made, so treat a single "
+            "borderline result with care. Where a difference is not significant, which group has "
+            "the higher mean says nothing: the tables list groups in order of training, not of result."
+        )
     elif ref:
-        f.notes.append(f"No arm `{ref}` in this run, so no paired differences; compare the groups' intervals "
-                            "below ([analysis] reference names the arm to compare with).")
+        f.notes.append(
+            f"No arm `{ref}` in this run, so no paired differences; compare the groups' intervals "
+            "below ([analysis] reference names the arm to compare with)."
+        )
     return f
 
 
@@ -83,9 +108,19 @@ def _sections(data, settings: dict, out: Path):
     summ = ordered(M.group_summary(e, "group", n_boot, seed), "group")
     sec = Section("Quality, time and prompts per group")
     ref = settings.get("reference", "expert_radiologist")
-    headline: dict = {"groups": {r["group"]: {"dice": r["dice"], "dice_lo": r["dice_lo"], "dice_hi": r["dice_hi"],
-                                              "seconds": r["seconds"], "prompts": r["prompts"], "n": int(r["n"])}
-                                 for _, r in summ.iterrows()}}
+    headline: dict = {
+        "groups": {
+            r["group"]: {
+                "dice": r["dice"],
+                "dice_lo": r["dice_lo"],
+                "dice_hi": r["dice_hi"],
+                "seconds": r["seconds"],
+                "prompts": r["prompts"],
+                "n": int(r["n"]),
+            }
+            for _, r in summ.iterrows()
+        }
+    }
     people_mean = None
     if summ["group"].map(P.is_person).any():
         pe = e[e["group"].map(P.is_person)]
@@ -99,39 +134,87 @@ def _sections(data, settings: dict, out: Path):
                 continue
             r = paired_bootstrap(e, "final_dice", "group", g, ref, n_boot=n_boot, seed=seed)
             t = paired_bootstrap(e, "seconds_total", "group", g, ref, n_boot=n_boot, seed=seed)
-            paired.append({"group": g, "d": r["diff"], "d_lo": r["lo"], "d_hi": r["hi"], "t": t["diff"],
-                           "t_lo": t["lo"], "t_hi": t["hi"]})
-            rows.append({"group": g, f"ΔDice vs {ref} [95% CI]": fmt_ci(r["diff"], r["lo"], r["hi"], signed=True),
-                         "Dice significant": significance(r["lo"], r["hi"]), "p (bootstrap)": r["p_boot"],
-                         f"Δseconds vs {ref} [95% CI]": fmt_ci(t["diff"], t["lo"], t["hi"], 1, signed=True),
-                         "seconds significant": significance(t["lo"], t["hi"]), "pairs": r["n_pairs"]})
+            paired.append(
+                {
+                    "group": g,
+                    "d": r["diff"],
+                    "d_lo": r["lo"],
+                    "d_hi": r["hi"],
+                    "t": t["diff"],
+                    "t_lo": t["lo"],
+                    "t_hi": t["hi"],
+                }
+            )
+            rows.append(
+                {
+                    "group": g,
+                    f"ΔDice vs {ref} [95% CI]": fmt_ci(r["diff"], r["lo"], r["hi"], signed=True),
+                    "Dice significant": significance(r["lo"], r["hi"]),
+                    "p (bootstrap)": r["p_boot"],
+                    f"Δseconds vs {ref} [95% CI]": fmt_ci(t["diff"], t["lo"], t["hi"], 1, signed=True),
+                    "seconds significant": significance(t["lo"], t["hi"]),
+                    "pairs": r["n_pairs"],
+                }
+            )
         if rows:
-            sec.tables.append((f"Paired differences against {ref} (same case and replicate; significant: the 95 % "
-                               "interval excludes 0)", pd.DataFrame(rows), f"paired_differences_vs_{ref}"))
+            sec.tables.append(
+                (
+                    f"Paired differences against {ref} (same case and replicate; significant: the 95 % "
+                    "interval excludes 0)",
+                    pd.DataFrame(rows),
+                    f"paired_differences_vs_{ref}",
+                )
+            )
         headline["paired"] = {r["group"]: {k: r[k] for k in ("d", "d_lo", "d_hi", "t", "t_lo", "t_hi")} for r in paired}
     findings = _findings(summ, paired, ref, people_mean, n_boot)
     headline["findings"] = [_plain(b) for b in findings.bullets]
-    sec.tables.insert(0, ("Per group: final Dice against the reference, simulated seconds and prompts per nodule",
-                          summary_table(summ), "per_group_summary"))
+    sec.tables.insert(
+        0,
+        (
+            "Per group: final Dice against the reference, simulated seconds and prompts per nodule",
+            summary_table(summ),
+            "per_group_summary",
+        ),
+    )
     curves = M.dice_time_curves(a, e, by="group", n_boot=min(n_boot, 400), seed=seed)
-    sec.figures.append(("Mean Dice against simulated time per group (bands: 95 % CI over cases). A person's Dice "
-                        "stays at their final Dice after they accept, and the curves run until the longest episode "
-                        "ends, so each curve ends at its group's mean final Dice.",
-                        P.plot_dice_vs_time(curves, out / "figures" / "dice_vs_time.png", by="group")))
-    sec.figures.append(("Final Dice per episode, seconds and prompts per nodule, per group",
-                        P.plot_distributions(e, summ, out / "figures" / "group_distributions.png", by="group")))
+    sec.figures.append(
+        (
+            "Mean Dice against simulated time per group (bands: 95 % CI over cases). A person's Dice "
+            "stays at their final Dice after they accept, and the curves run until the longest episode "
+            "ends, so each curve ends at its group's mean final Dice.",
+            P.plot_dice_vs_time(curves, out / "figures" / "dice_vs_time.png", by="group"),
+        )
+    )
+    sec.figures.append(
+        (
+            "Final Dice per episode, seconds and prompts per nodule, per group",
+            P.plot_distributions(e, summ, out / "figures" / "group_distributions.png", by="group"),
+        )
+    )
     strata = Section("By nodule size and texture")
     for col, name in (("size_band", "size band (mm)"), ("texture_group", "texture")):
         t = M.strata_table(e, "final_dice", "group", col)
         t = t.reindex(P.order_groups([i for i in t.index if i != "n (episodes)"]) + ["n (episodes)"]).astype(object)
         t.loc["n (episodes)"] = [str(int(v)) if pd.notna(v) else "0" for v in t.loc["n (episodes)"]]
-        strata.tables.append((f"Mean final Dice by {name} (last row: episodes per column)",
-                              t.reset_index().rename(columns={"index": "group"}), f"dice_by_{col}"))
+        strata.tables.append(
+            (
+                f"Mean final Dice by {name} (last row: episodes per column)",
+                t.reset_index().rename(columns={"index": "group"}),
+                f"dice_by_{col}",
+            )
+        )
         headline.setdefault("by_" + col, {})
-        headline["by_" + col] = {str(k): {c: float(v) for c, v in row.items() if pd.notna(v)}
-                                 for k, row in t.iterrows() if k != "n (episodes)"}
-    strata.figures.append(("Mean final Dice per group by size band and by texture",
-                           P.plot_strata(e, out / "figures" / "dice_by_size_texture.png", by="group")))
+        headline["by_" + col] = {
+            str(k): {c: float(v) for c, v in row.items() if pd.notna(v)}
+            for k, row in t.iterrows()
+            if k != "n (episodes)"
+        }
+    strata.figures.append(
+        (
+            "Mean final Dice per group by size band and by texture",
+            P.plot_strata(e, out / "figures" / "dice_by_size_texture.png", by="group"),
+        )
+    )
     inter = Section("Prompts and time to quality")
     noc = M.noc_table(a, e, thresholds, max_k)
     ns = M.noc_summary(noc, "group", max_k, min(n_boot, 1000), seed)
@@ -141,34 +224,56 @@ def _sections(data, settings: dict, out: Path):
     for c in wide.columns:
         tab[f"{c} mean"] = wide[c].to_numpy()
         tab[f"{c} never"] = never[c].to_numpy().astype(int)
-    inter.tables.append((f"NoC: prompts to reach each Dice level (never reached within {max_k} prompts counts as "
-                         f"{max_k}, as in RITM; 'never' = episodes that did not get there)", ordered(tab, "group"),
-                         "noc_prompts_to_dice_level"))
+    inter.tables.append(
+        (
+            f"NoC: prompts to reach each Dice level (never reached within {max_k} prompts counts as "
+            f"{max_k}, as in RITM; 'never' = episodes that did not get there)",
+            ordered(tab, "group"),
+            "noc_prompts_to_dice_level",
+        )
+    )
     ks = (1, 2, 3, 5)
     dk = M.dice_after_k(a, e, ks, "group", min(n_boot, 1000), seed)
     dkt = dk.pivot(index="group", columns="k", values="dice")
     dkt.columns = [f"Dice after {k}" for k in dkt.columns]
     for k in ks:
-        dkt[f"still prompting after {k}"] = [f"{100 * (e.loc[e['group'] == g, 'n_prompts'] >= k).mean():.0f}%"
-                                             for g in dkt.index]
-    inter.tables.append(("Mean Dice after k prompts, over all episodes: an episode that ended before its k-th prompt "
-                         "counts with its final Dice. The mean can fall with k because the episodes still prompting "
-                         "are the hard ones, and a mask mid-correction is often worse than the one the person keeps "
-                         "in the end (they undo a prompt that made it worse)", ordered(dkt.reset_index(), "group"),
-                         "dice_after_k_prompts"))
+        dkt[f"still prompting after {k}"] = [
+            f"{100 * (e.loc[e['group'] == g, 'n_prompts'] >= k).mean():.0f}%" for g in dkt.index
+        ]
+    inter.tables.append(
+        (
+            "Mean Dice after k prompts, over all episodes: an episode that ended before its k-th prompt "
+            "counts with its final Dice. The mean can fall with k because the episodes still prompting "
+            "are the hard ones, and a mask mid-correction is often worse than the one the person keeps "
+            "in the end (they undo a prompt that made it worse)",
+            ordered(dkt.reset_index(), "group"),
+            "dice_after_k_prompts",
+        )
+    )
     ttt = M.time_to_threshold(a, e, thresholds)
     ts = M.time_summary(ttt, "group", min(n_boot, 1000), seed)
     ts["AUC [95% CI]"] = [fmt_ci(r["auc"], r["auc_lo"], r["auc_hi"]) for _, r in ts.iterrows()]
     ts = ts.drop(columns=["auc", "auc_lo", "auc_hi"])
-    inter.tables.append(("Simulated seconds to reach each Dice level (median over the episodes that reach it, and "
-                         "the share that do), and the area under the Dice–time curve over the longest episode",
-                         ordered(ts, "group"), "time_to_dice_level"))
+    inter.tables.append(
+        (
+            "Simulated seconds to reach each Dice level (median over the episodes that reach it, and "
+            "the share that do), and the area under the Dice–time curve over the longest episode",
+            ordered(ts, "group"),
+            "time_to_dice_level",
+        )
+    )
     t85 = 0.85 if 0.85 in thresholds else thresholds[len(thresholds) // 2]
     reach = M.reach_curve(a, e, t85, max_k, "group")
-    inter.figures.append((f"NoC curves: share of episodes at Dice ≥ {t85:.2f} after k prompts",
-                          P.plot_reach_curves(reach, out / "figures" / "noc_curves.png", t85, by="group")))
-    headline["noc"] = {r["group"]: {r2["threshold"]: r2["noc_mean"] for _, r2 in ns[ns["group"] == r["group"]].iterrows()}
-                       for _, r in summ.iterrows()}
+    inter.figures.append(
+        (
+            f"NoC curves: share of episodes at Dice ≥ {t85:.2f} after k prompts",
+            P.plot_reach_curves(reach, out / "figures" / "noc_curves.png", t85, by="group"),
+        )
+    )
+    headline["noc"] = {
+        r["group"]: {r2["threshold"]: r2["noc_mean"] for _, r2 in ns[ns["group"] == r["group"]].iterrows()}
+        for _, r in summ.iterrows()
+    }
     return [findings, sec, strata, inter], headline
 
 

@@ -5,6 +5,7 @@ The ``protocols`` study kind: its ``[analysis]`` settings and its report section
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hiseg_sim.analysis import metrics as M
 from hiseg_sim.analysis import plots as P
@@ -69,7 +70,7 @@ def _sections(data, settings: dict, out: Path):
             ),
         )
     )
-    headline = {
+    headline: dict[str, Any] = {
         "protocols": {
             f"{r['group']}@{r['protocol']}": {"dice": r["dice"], "seconds": r["seconds"], "prompts": r["prompts"]}
             for _, r in summ.iterrows()
@@ -90,16 +91,29 @@ def _sections(data, settings: dict, out: Path):
         for _, r in sub.iterrows():
             if r["protocol"] == best["protocol"]:
                 continue
-            pb = paired_bootstrap(e, "final_dice", "annotator", f"{g}@{best['protocol']}", f"{g}@{r['protocol']}",
-                                  n_boot=min(n_boot, 2000), seed=seed)
-            parts.append(f"{fmt_ci(pb['diff'], pb['lo'], pb['hi'], signed=True)} over `{r['protocol']}` "
-                         f"({'significant' if significance(pb['lo'], pb['hi']) == 'yes' else 'not significant'})")
-        lead.bullets.append(f"`{g}`: highest Dice with `{best['protocol']}`, "
-                            f"{fmt_ci(best['dice'], best['dice_lo'], best['dice_hi'])} in {best['seconds']:.1f} s; "
-                            "paired, " + "; ".join(parts) + ".")
+            pb = paired_bootstrap(
+                e,
+                "final_dice",
+                "annotator",
+                f"{g}@{best['protocol']}",
+                f"{g}@{r['protocol']}",
+                n_boot=min(n_boot, 2000),
+                seed=seed,
+            )
+            parts.append(
+                f"{fmt_ci(pb['diff'], pb['lo'], pb['hi'], signed=True)} over `{r['protocol']}` "
+                f"({'significant' if significance(pb['lo'], pb['hi']) == 'yes' else 'not significant'})"
+            )
+        lead.bullets.append(
+            f"`{g}`: highest Dice with `{best['protocol']}`, "
+            f"{fmt_ci(best['dice'], best['dice_lo'], best['dice_hi'])} in {best['seconds']:.1f} s; "
+            "paired, " + "; ".join(parts) + "."
+        )
     if lead.bullets:
-        lead.notes.append("Paired by case and replicate, 95 % bootstrap intervals over cases; significant: the "
-                          "interval excludes 0 (not adjusted for several comparisons).")
+        lead.notes.append(
+            "Paired by case and replicate, 95 % bootstrap intervals over cases; significant: the "
+            "interval excludes 0 (not adjusted for several comparisons)."
+        )
     else:
         lead.bullets.append("Each group has one protocol here: nothing to compare within a group.")
     headline["findings"] = [b.replace("**", "").replace("`", "") for b in lead.bullets]
@@ -110,9 +124,9 @@ def _sections(data, settings: dict, out: Path):
 DEFINITIONS = {
     "group": "the group of simulated people, with the protocol after ' @ ' in the first table",
     "protocol": "the prompting protocol the arm was told to follow (box only, box then points, points only, or "
-                "the profile's own habits: default)",
+    "the profile's own habits: default)",
     r"noc@(\d+)": "NoC: mean prompts until the Dice first reaches the level (0.80 for noc@80); never counts as the "
-                  "prompt budget",
+    "prompt budget",
     r"noc@(\d+) never": "share of episodes that never reached the level within the prompt budget",
 }
 
