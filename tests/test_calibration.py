@@ -62,11 +62,14 @@ def _fake_pair():
 def test_agreement_stats():
     a = ball((5, 20, 20), (2, 10, 10), 4)
     s = C.agreement_stats([a, a, a], a, 1.5)
-    assert s == {"dice": 1.0, "z_end_mm": 0.0, "log_volume": 0.0}
+    assert s == {"dice": 1.0, "z_end_mm": 0.0, "log_volume": 0.0, "pairs": (1.0, 1.0, 1.0), "volume_cv": 0.0}
     b = np.zeros_like(a)
     b[1:3] = a[1:3]  # drops the top slices
     s = C.agreement_stats([a, b], a, 2.0)
     assert 0 < s["dice"] < 1 and s["z_end_mm"] > 0 and s["log_volume"] < 0
+    assert s["pairs"] == (s["dice"],)
+    va, vb = float(a.sum()), float(b.sum())
+    assert s["volume_cv"] == pytest.approx(np.std([va, vb], ddof=1) / np.mean([va, vb]))
 
 
 def test_generation_never_reads_reader_masks():
@@ -86,9 +89,10 @@ def test_generation_never_reads_reader_masks():
     assert (na.reads, nb.reads) == reads  # simulation read no reader mask
     assert sims[0] == sims[1]
     assert nodules[0].real != nodules[1].real
-    # the generation function is handed the reference geometry, texture and k: nothing else
+    # the generation function is handed the reference geometry, texture, k and the log difficulty
+    # the nodule's ratings predict (a number): nothing else
     sig = list(inspect.signature(C.simulate_panel).parameters)
-    assert sig == ["geometry", "texture", "k", "params", "rng", "draws", "difficulty_z"]
+    assert sig == ["geometry", "texture", "k", "params", "rng", "draws", "difficulty_z", "difficulty_log"]
 
 
 def test_reader_reference_uses_one_reader():

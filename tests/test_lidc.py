@@ -169,3 +169,18 @@ def test_inter_reader_dice_schema(db):
 def test_inter_reader_dice_whole_calibration_split(db):
     out = lidc_agreement.inter_reader_dice("calibration", db=db)
     assert out["n_nodules"] > 1400 and 0.7 < out["pairwise_dice_median"] < 0.9
+
+
+def test_lidc_diameter_is_the_mean_of_the_readers_own(db):
+    """pylidc's convention: each reader's largest in-plane distance between two points of one of
+    its contours (the outline lies just outside the nodule, so it is at least the interior's
+    Feret diameter on any slice), averaged over readers."""
+    from hiseg_sim.metrics import max_diameter_mm
+
+    n = db.get_nodule("LIDC-IDRI-0078/n1")
+    assert len(n.reader_diameters_mm) == n.n_readers
+    assert n.lidc_diameter_mm == pytest.approx(np.mean(n.reader_diameters_mm))
+    for d, m in zip(n.reader_diameters_mm, n.reader_masks):
+        k = int(m.sum(axis=(1, 2)).argmax())
+        assert d >= max_diameter_mm(m[k], n.spacing_zyx[1:]) - n.spacing_zyx[1]
+    assert n.pad((1, 1, 1)).reader_diameters_mm == n.reader_diameters_mm

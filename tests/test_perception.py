@@ -65,7 +65,8 @@ def scene():
 
 def test_signature_takes_no_ground_truth():
     params = list(inspect.signature(intended_mask).parameters)
-    assert params == ["reference", "spacing", "params", "rng", "image_hu", "texture", "difficulty_z"]
+    assert params == ["reference", "spacing", "params", "rng", "image_hu", "texture", "difficulty_z",
+                      "difficulty_log"]
     banned = {"gt", "ground_truth", "case", "reader_masks", "readers", "truth"}
     assert not banned & set(params)
 
@@ -327,3 +328,20 @@ def test_phantom_vessel_and_pleura_errors(phantoms):
             assert short.sum() < gt.sum() and not (short & ~gt).any()
     if not (vessel_seen and wall_seen):
         pytest.skip("no phantom among the first nodules has a sizeable attached vessel and a chest wall")
+
+
+def test_a_nodule_predicted_harder_is_drawn_further_apart():
+    """``difficulty_log`` (the log difficulty a nodule's features predict) widens the edge
+    disagreement like a harder case: panels drawn with +1 agree less than with -0.5."""
+    from hiseg_sim.annotators.behaviour.calibration import agreement_stats
+
+    g = np.ogrid[:9, :40, :40]
+    ball = ((g[0] - 4) * 1.5) ** 2 + ((g[1] - 20) * 0.7) ** 2 + ((g[2] - 20) * 0.7) ** 2 <= 5.0 ** 2
+
+    def panel_dice(offset):
+        rng = np.random.default_rng(3)
+        masks = [intended_mask(ball, (1.5, 0.7, 0.7), PerceptionParams(), rng, difficulty_z=0.0,
+                               difficulty_log=offset) for _ in range(6)]
+        return agreement_stats(masks, ball, 1.5)["dice"]
+
+    assert panel_dice(1.0) < panel_dice(-0.5) - 0.03

@@ -42,7 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hiseg_sim.data.lidc_raster import cluster_annotations, consensus_mask, parse_coords, rasterise_contours
+from hiseg_sim.data.lidc_raster import (
+    cluster_annotations,
+    consensus_mask,
+    contour_diameter_mm,
+    parse_coords,
+    rasterise_contours,
+)
 from hiseg_sim.metrics import max_diameter_mm
 
 __all__ = [
@@ -140,6 +146,9 @@ class Nodule:
     reader_masks: tuple[np.ndarray, ...] = field(repr=False)
     origin_zyx: tuple[int, int, int]
     spacing_zyx: tuple[float, float, float]
+    #: each reader's own diameter (mm) as pylidc's ``Annotation.diameter`` computes it: the
+    #: largest distance between two points of one of its contours (all contours, exclusions too)
+    reader_diameters_mm: tuple[float, ...] = ()
 
     @property
     def n_readers(self) -> int:
@@ -166,6 +175,16 @@ class Nodule:
         """Median reader texture (1 ground glass ... 5 solid), halves rounded up."""
         return int(np.floor(self.ratings["texture"] + 0.5))
 
+    @property
+    def lidc_diameter_mm(self) -> float:
+        """The LIDC size convention: the mean of the readers' own diameters
+        (:attr:`reader_diameters_mm`, pylidc's ``Annotation.diameter``; the outline points lie just
+        outside the nodule, so it is about a pixel more than an interior measure). Falls back to
+        :attr:`diameter_mm` for a nodule built without them."""
+        if not self.reader_diameters_mm:
+            return self.diameter_mm
+        return float(np.mean(self.reader_diameters_mm))
+
     @cached_property
     def diameter_mm(self) -> float:
         """Max Feret diameter (mm) of the consensus on its largest-area slice; 0.0 if it is empty.
@@ -186,7 +205,8 @@ class Nodule:
         before = [o - l for o, l in zip(self.origin_zyx, lo)]
         after = [h - o - s for h, o, s in zip(hi, self.origin_zyx, self.shape_zyx)]
         masks = tuple(_readonly(np.pad(m, list(zip(before, after)))) for m in self.reader_masks)
-        return Nodule(self.nodule_id, self.scan, self.annotations, masks, tuple(lo), self.spacing_zyx)
+        return Nodule(self.nodule_id, self.scan, self.annotations, masks, tuple(lo), self.spacing_zyx,
+                      self.reader_diameters_mm)
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -318,8 +338,9 @@ class LidcDatabase:
             origin, shape = tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo)
             masks = tuple(_readonly(rasterise_contours(per_ann[i][1], shape, origin, self.include_boundary))
                           for i in group)
+            diams = tuple(contour_diameter_mm([xy for _, _, xy in per_ann[i][1]], scan.pixel_spacing) for i in group)
             out.append(Nodule(f"{self._label[scan.scan_id]}/n{n}", scan, tuple(per_ann[i][0] for i in group),
-                              masks, origin, spacing))
+                              masks, origin, spacing, diams))
         return out
 
     def iter_nodules(self, split: str | None = None, min_readers: int = 1, progress: bool = False, *,

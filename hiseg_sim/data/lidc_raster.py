@@ -30,6 +30,7 @@ from itertools import combinations
 import numpy as np
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
+from scipy.spatial.distance import pdist
 from skimage.draw import polygon
 
 from hiseg_sim.metrics import dice
@@ -41,6 +42,7 @@ __all__ = [
     "pairwise_dice",
     "min_point_distances",
     "cluster_annotations",
+    "contour_diameter_mm",
 ]
 
 
@@ -212,3 +214,21 @@ def cluster_annotations(
         return out
 
     return sorted(split(np.arange(len(points)), float(tol)), key=lambda g: g[0])
+
+
+def contour_diameter_mm(contours: Iterable[np.ndarray], pixel_spacing: float) -> float:
+    """One reader's diameter as pylidc's ``Annotation.diameter`` computes it (the LIDC size
+    convention): the largest distance (mm) between two points of the same contour, over all the
+    reader's contours, each an ``(N, 2)`` array of ``(x, y)`` pixel indices; single-point
+    contours are skipped. ``0.0`` if no contour has two points.
+
+    >>> contour_diameter_mm([np.array([[0, 0], [3, 4], [1, 1]])], 0.5)
+    2.5
+    """
+    best = 0.0
+    for xy in contours:
+        xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+        if len(xy) < 2:
+            continue
+        best = max(best, float(pdist(xy).max()))
+    return best * float(pixel_spacing)

@@ -4,9 +4,12 @@ A phantom is a peripheral lung crop (64–100 mm in plane, at the scan's pixel s
 spacing) drawn around one LIDC nodule's reader masks: aerated parenchyma with texture, a
 branching vessel tree, often a vessel running into the nodule, in a quarter of the cases the
 chest wall the nodule sits on (pleura, intercostal muscle, fat, oblique ribs), the nodule painted
-from the readers' masks with a density set by its texture rating, then slice-profile
-partial volume, in-plane blur and correlated CT noise. The ground truth is exactly the readers'
-consensus mask placed on the phantom grid, and each reader's mask is carried too.
+from a latent object built from the readers' masks (:mod:`hiseg_sim.data.phantom_latent`: one
+more plausible reading of it, its edge as soft as the readers' spread and the LIDC margin rating
+say, spicules as the spiculation rating says) with a density set by its texture rating, then
+slice-profile partial volume, in-plane blur and correlated CT noise. The ground truth is exactly
+the readers' consensus mask placed on the phantom grid (so it is not the visible edge: where
+the readers disagree the image does too), and each reader's mask is carried too.
 
 >>> import numpy as np
 >>> zz, yy, xx = np.mgrid[:7, :30, :30]
@@ -31,12 +34,26 @@ from scipy import ndimage
 
 from hiseg_sim.data.case import Case
 from hiseg_sim.data.phantom_anatomy import (
-    ct_noise, lung_parenchyma, make_grid, paint_wall, parenchyma_speckle, place_wall, psf_blur, sample_wall,
-    slice_weights, stable_rng,
+    ct_noise,
+    lung_parenchyma,
+    make_grid,
+    paint_wall,
+    parenchyma_speckle,
+    place_wall,
+    psf_blur,
+    sample_wall,
+    slice_weights,
+    stable_rng,
 )
-from hiseg_sim.data.phantom_nodule import nodule_hu_map, nodule_occupancy, paint_nodule
+from hiseg_sim.data.phantom_latent import latent_nodule
+from hiseg_sim.data.phantom_nodule import nodule_hu_map, paint_nodule
 from hiseg_sim.data.phantom_vessels import (
-    Segments, bronchi_along, feeder_vessel, grow_tree, paint_segments, vessel_forest,
+    Segments,
+    bronchi_along,
+    feeder_vessel,
+    grow_tree,
+    paint_segments,
+    vessel_forest,
 )
 
 __all__ = ["render_phantom", "make_phantom", "anatomy_labels", "ANATOMY_CODES", "JUXTAPLEURAL_RATE", "ATTACHED_VESSEL_RATE"]
@@ -49,6 +66,9 @@ JUXTAPLEURAL_RATE = 0.25
 ATTACHED_VESSEL_RATE = 0.6
 #: Share of the other phantoms that still show a stretch of chest wall at a distance.
 DISTANT_WALL_RATE = 0.35
+#: In-plane room (pixels) around the readers' masks for the latent nodule's soft edge and
+#: spicules; the nodule crop sits at least 6 pixels inside the field of view.
+_PAD_PX = 6
 
 
 def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
@@ -104,7 +124,7 @@ def render_phantom(reader_masks, spacing_zyx, texture: float, slice_thickness: f
         raise ValueError(f"{nodule_id or 'nodule'}: the consensus mask is empty (the readers do not overlap)")
     union = (count > 0) | cons
     bb = _bbox(union)
-    cons_c, frac_c = cons[bb], (count[bb] / len(masks)).astype(np.float32)
+    cons_c = cons[bb]
     masks_c = [m[bb] for m in masks]
     cz, cy, cx = cons_c.shape
     rng = stable_rng(nodule_id, seed) if rng is None else rng
@@ -173,10 +193,14 @@ def render_phantom(reader_masks, spacing_zyx, texture: float, slice_thickness: f
         air = paint_segments(lumen, grid, np.zeros_like(air))
         vol += (rng.uniform(-990, -960) - vol) * air * (1.0 - ves)
 
-    # ---- nodule (painted on a crop of the fine grid, by maximum density)
-    occ_c = nodule_occupancy(cons_c, frac_c, px)
-    hu_c, nod_info = nodule_hu_map(rng, cons_c, (dz, px, px), tex, ratings.get("calcification", 6))
-    paint_nodule(vol, zf, occ_c, hu_c, off, dz)
+    # ---- nodule: the latent object on the crop grown by a few voxels (room for its soft edge
+    # and spicules), painted on the fine grid by maximum density
+    pad = np.array([min(mz, max(1, math.ceil(2.0 / dz))), _PAD_PX, _PAD_PX])
+    masks_p = [np.pad(m, [(int(q), int(q)) for q in pad]) for m in masks_c]
+    occ_c, latent_c, lat_info = latent_nodule(masks_p, (dz, px, px), rng, margin=ratings.get("margin", 3),
+                                              spiculation=ratings.get("spiculation", 1))
+    hu_c, nod_info = nodule_hu_map(rng, latent_c, (dz, px, px), tex, ratings.get("calcification", 6))
+    paint_nodule(vol, zf, occ_c, hu_c, off - pad, dz)
 
     # ---- wall, then slice profile, blur and noise
     if wall is not None:
@@ -215,7 +239,8 @@ def render_phantom(reader_masks, spacing_zyx, texture: float, slice_thickness: f
         "fov_mm": round(n * px, 2), "slice_thickness": float(slice_thickness),
         "lung_hu": round(float(lung_hu), 1), "vessel_hu": round(float(vessel_hu), 1),
         "nodule_hu": round(float(nod_info["mean_hu"]), 1), "noise_sd_hu": round(float(noise_sd), 1),
-        "psf_sigma_mm": round(float(psf), 3),
+        "psf_sigma_mm": round(float(psf), 3), "reader_spread_mm": round(lat_info["spread_mm"], 3),
+        "edge_width_mm": round(lat_info["edge_width_mm"], 3), "spicules": int(lat_info["spicules"]),
         "mask_offset_zyx": tuple(int(o - b.start) for o, b in zip(off, bb)),
         "anatomy": anatomy, "anatomy_codes": dict(ANATOMY_CODES),
     }
@@ -271,11 +296,13 @@ def make_phantom(nodule, seed: int = 0, fov_mm: float | None = None, rng: np.ran
     (:class:`hiseg_sim.data.lidc.Nodule` has them all).
 
     ``case.meta``: ``source`` ("phantom-lidc"), ``nodule_id``, ``patient_id``, ``split``,
-    ``seed``, ``texture``, ``ratings``, ``diameter_mm``, ``n_readers``, ``juxtapleural`` (the
+    ``seed``, ``texture``, ``ratings``, ``diameter_mm`` (consensus), ``lidc_diameter_mm`` (the
+    mean of the readers' own diameters, when the nodule has them), ``n_readers``, ``juxtapleural`` (the
     consensus touches the chest wall), ``vessel_attached`` (a vessel touches the consensus: the
     feeder vessel drawn for ~60 % of phantoms, or a tree vessel by chance), ``feeder_vessel``,
     ``wall_visible``, ``calcified``, ``fov_mm``, ``slice_thickness``, ``lung_hu``, ``vessel_hu``,
-    ``nodule_hu``, ``noise_sd_hu``, ``psf_sigma_mm``, ``mask_offset_zyx`` (LIDC crop voxel + offset
+    ``nodule_hu``, ``noise_sd_hu``, ``psf_sigma_mm``, ``reader_spread_mm`` / ``edge_width_mm`` (mean
+    on the latent edge) and ``spicules`` (:mod:`hiseg_sim.data.phantom_latent`), ``mask_offset_zyx`` (LIDC crop voxel + offset
     = phantom voxel), and ``anatomy``: a ``uint8`` ``(Z, Y, X)`` label map (:data:`ANATOMY_CODES`;
     ``3`` marks the vessel(s) attached to the nodule). Every key but ``anatomy`` is JSON-safe.
     """
@@ -301,5 +328,8 @@ def make_phantom(nodule, seed: int = 0, fov_mm: float | None = None, rng: np.ran
                 pixel_spacing=float(nodule.spacing_zyx[1]), slice_spacing=float(nodule.spacing_zyx[0]))
     if meta["diameter_mm"] is None:
         del meta["diameter_mm"]
+    lidc_d = getattr(nodule, "reader_diameters_mm", None)
+    if lidc_d:  # the LIDC size convention: the mean of the readers' own diameters (pylidc)
+        meta["lidc_diameter_mm"] = round(float(np.mean(lidc_d)), 2)
     return Case(case_id=nodule.nodule_id, volume_hu=vol, spacing_zyx=tuple(nodule.spacing_zyx), gt=gt,
                 reader_masks=readers, meta=meta)

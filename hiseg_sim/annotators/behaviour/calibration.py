@@ -78,7 +78,7 @@ import math
 import subprocess
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Sequence
@@ -120,7 +120,10 @@ _CORR_GRID = (0.5, 0.7, 1.0, 1.5)
 #: Box around each reference (mm): wider than any draw the search can make (checked: a draw that
 #: would reach beyond it rebuilds that nodule's box).
 _MARGIN_MM = 8.0
-_WEIGHTS = {"band_mean": 0.01, "band_ks": 0.05, "texture_gap": 0.02, "z_end_mm": 0.1, "log_volume": 0.03}
+_WEIGHTS = {"band_mean": 0.01, "band_ks": 0.05, "texture_gap": 0.02, "z_end_mm": 0.1, "log_volume": 0.03,
+            # the spread terms (``spread=True``): a third of the holdout tolerances the issue sets
+            # (SD within 0.015, pairs below 0.5 within 1.5 points, median volume CV within 0.05)
+            "dice_sd": 0.005, "frac_below_0_5": 0.005, "volume_cv": 0.015}
 
 
 # ----------------------------------------------------------------------------------- data set
@@ -143,14 +146,30 @@ class CalibrationNodule:
     texture: float
     reference_kind: str
     geometry: ReferenceGeometry
-    real: dict[str, float]
+    real: dict[str, Any]
+    #: the LIDC size convention (mean of the readers' own diameters, pylidc) and its band
+    lidc_diameter_mm: float = float("nan")
+    lidc_band: str = ""
+    #: median reader ratings (:data:`hiseg_sim.data.lidc.RATING_NAMES`); never used to generate
+    #: unless a difficulty model (:mod:`~hiseg_sim.annotators.behaviour.difficulty`) is given
+    ratings: dict[str, float] = field(default_factory=dict)
+    #: the readers' masks on the geometry's box, ``np.packbits`` of each flattened ``bool``
+    #: ``geometry.phi.shape`` array: read only by the spread report's energy distance
+    real_packed: tuple[np.ndarray, ...] = field(default=(), repr=False)
+
+    def real_masks(self) -> list[np.ndarray]:
+        """The readers' masks on the geometry's box (``bool`` ``geometry.phi.shape``)."""
+        shape = self.geometry.phi.shape
+        n = int(np.prod(shape))
+        return [np.unpackbits(p, count=n).astype(bool).reshape(shape) for p in self.real_packed]
 
 
-def agreement_stats(masks: Sequence[np.ndarray], reference: np.ndarray, dz_mm: float) -> dict[str, float]:
+def agreement_stats(masks: Sequence[np.ndarray], reference: np.ndarray, dz_mm: float) -> dict[str, Any]:
     """Agreement of a panel of masks (same grid as ``reference``): ``dice`` (mean pairwise Dice),
-    ``z_end_mm`` (mean over pairs of the mean |difference| of their first and last slice, mm) and
-    ``log_volume`` (mean log of each mask's volume over the reference's). Used alike for the
-    real readers and the simulated ones."""
+    ``z_end_mm`` (mean over pairs of the mean |difference| of their first and last slice, mm),
+    ``log_volume`` (mean log of each mask's volume over the reference's), ``pairs`` (each pair's
+    Dice, ``itertools.combinations`` order) and ``volume_cv`` (SD with ddof 1 over mean of the
+    masks' volumes). Used alike for the real readers and the simulated ones."""
     masks = [np.asarray(m, bool) for m in masks]
     vols = np.array([m.sum() for m in masks], float)
     ends = []
@@ -165,8 +184,10 @@ def agreement_stats(masks: Sequence[np.ndarray], reference: np.ndarray, dz_mm: f
         dices.append(1.0 if tot == 0 else 2.0 * inter[i, j] / tot)
         zdiff.append(0.5 * (abs(ends[i][0] - ends[j][0]) + abs(ends[i][1] - ends[j][1])) * dz_mm)
     vref = max(float(np.asarray(reference, bool).sum()), 1.0)
+    cv = float(vols.std(ddof=1) / vols.mean()) if len(vols) > 1 and vols.mean() > 0 else 0.0
     return {"dice": float(np.mean(dices)), "z_end_mm": float(np.nanmean(zdiff)) if zdiff else 0.0,
-            "log_volume": float(np.mean(np.log(np.maximum(vols, 1.0) / vref)))}
+            "log_volume": float(np.mean(np.log(np.maximum(vols, 1.0) / vref))),
+            "pairs": tuple(float(d) for d in dices), "volume_cv": cv}
 
 
 def _stable_rng(*keys) -> np.random.Generator:
@@ -207,10 +228,14 @@ def load_calibration_set(split: str = "calibration", min_readers: int = 2, refer
             ref, tex = np.asarray(nod.reader_masks[i]), float(nod.annotations[i].ratings["texture"])
         if not ref.any():
             continue
-        real = agreement_stats(nod.reader_masks, ref, nod.spacing_zyx[0])
+        readers = nod.reader_masks
+        real = agreement_stats(readers, ref, nod.spacing_zyx[0])
         geom = ReferenceGeometry.from_mask(ref, nod.spacing_zyx, margin_mm=margin_mm)
+        lidc_d = float(getattr(nod, "lidc_diameter_mm", nod.diameter_mm))
+        packed = tuple(np.packbits(np.asarray(m, bool)[geom.box_slices].ravel()) for m in readers)
         out.append(CalibrationNodule(nod.nodule_id, size_band(nod.diameter_mm), float(nod.diameter_mm),
-                                     nod.n_readers, tex, reference, geom, real))
+                                     nod.n_readers, tex, reference, geom, real, lidc_d, size_band(lidc_d),
+                                     dict(getattr(nod, "ratings", {}) or {}), packed))
     if cache:
         _CACHE[key] = out
     return out
@@ -241,14 +266,15 @@ def subsample(nodules: Sequence[CalibrationNodule], per_band: int | None = None,
 
 def simulate_panel(geometry: ReferenceGeometry, texture: float | None, k: int, params: PerceptionParams,
                    rng: np.random.Generator | None = None, draws: Sequence[StandardDraw] | None = None,
-                   difficulty_z: float | None = None) -> list[np.ndarray]:
+                   difficulty_z: float | None = None, difficulty_log: float = 0.0) -> list[np.ndarray]:
     """``k`` simulated experts' intended masks (on the geometry's box) from ONE reference.
 
     The generation is given the reference's geometry, its texture rating and ``k``: nothing of
     any other reader. Either ``rng`` (fresh draws: the case difficulty first, unless given, then
     the ``k`` draws) or ``k`` precomputed ``draws`` with the ``difficulty_z`` (common random numbers
-    across parameter values). A draw reaching beyond the box returns ``None`` in its place (the
-    caller widens the box).
+    across parameter values). ``difficulty_log``: the log difficulty the nodule's ratings predict
+    (:mod:`~hiseg_sim.annotators.behaviour.difficulty`; a number, never a reader's mask). A draw
+    reaching beyond the box returns ``None`` in its place (the caller widens the box).
     """
     if draws is None:
         if rng is None:
@@ -257,7 +283,7 @@ def simulate_panel(geometry: ReferenceGeometry, texture: float | None, k: int, p
             difficulty_z = case_difficulty(rng)
         draws = [standard_draw(geometry, rng, params.corr_len_mm) for _ in range(int(k))]
     z = 0.0 if difficulty_z is None else float(difficulty_z)
-    return [realise(geometry, params, dr, texture, difficulty_z=z) for dr in draws[:k]]
+    return [realise(geometry, params, dr, texture, difficulty_z=z, difficulty_log=difficulty_log) for dr in draws[:k]]
 
 
 class _DrawBank:
@@ -298,13 +324,23 @@ class _DrawBank:
 
 
 def simulate_set(nodules: Sequence[CalibrationNodule], params: PerceptionParams, reps: int = 1, seed: int = 0,
-                 bank: _DrawBank | None = None) -> list[list[dict[str, float]]]:
+                 bank: _DrawBank | None = None, on_panel=None,
+                 difficulty_log: Sequence[float] | None = None, progress: bool = False) -> list[list[dict[str, Any]]]:
     """For each nodule, ``reps`` simulated panels of ``n_readers`` experts from its reference:
-    their :func:`agreement_stats` (``out[i][r]``)."""
+    their :func:`agreement_stats` (``out[i][r]``).
+
+    ``on_panel(i, r, masks, geometry)``, if given, sees every panel's masks (``bool`` on
+    ``geometry``'s box) as it is made; ``on_panel(i, -1, None, None)`` says nodule ``i``'s
+    panels so far are void (a draw reached beyond the box, which is widened and redrawn).
+    ``difficulty_log[i]``: nodule ``i``'s feature-predicted log difficulty (default 0).
+    ``progress``: a bar over nodules on stderr."""
     own = bank is None  # a bank made here serves this one pass: each nodule's draws go once used
     bank = _DrawBank(nodules, reps, seed) if own else bank
     out = []
-    for i, n in enumerate(bank.nodules):
+    from hiseg_sim.progress import progress_iter
+
+    for i, n in progress_iter(list(enumerate(bank.nodules)), desc=f"simulating {bank.reps} expert panels per nodule",
+                              enabled=progress, unit="nodule"):
         for _ in range(6):
             geom = bank.geometry[i]
             draws = bank.draws(i, params.corr_len_mm)
@@ -312,13 +348,18 @@ def simulate_set(nodules: Sequence[CalibrationNodule], params: PerceptionParams,
             row = []
             for r in range(bank.reps):
                 masks = simulate_panel(geom, n.texture, n.n_readers, params, draws=draws[r],
-                                       difficulty_z=bank.z_difficulty[i][r])
+                                       difficulty_z=bank.z_difficulty[i][r],
+                                       difficulty_log=0.0 if difficulty_log is None else float(difficulty_log[i]))
                 if any(m is None for m in masks):
                     row = None
                     break
                 row.append(agreement_stats(masks, ref_box, geom.spacing[0]))
+                if on_panel is not None:
+                    on_panel(i, r, masks, geom)
             if row is not None:
                 break
+            if on_panel is not None:
+                on_panel(i, -1, None, None)
             bank.widen(i)
         else:
             raise RuntimeError(f"{n.nodule_id}: simulated masks keep reaching beyond the reference box; "
@@ -336,7 +377,8 @@ def _ks(a, b) -> float:
     return float(stats.ks_2samp(a, b).statistic) if len(a) and len(b) else float("nan")
 
 
-def compare(nodules: Sequence[CalibrationNodule], sims: list[list[dict[str, float]]]) -> dict[str, Any]:
+def compare(nodules: Sequence[CalibrationNodule], sims: list[list[dict[str, Any]]],
+            band_attr: str = "band") -> dict[str, Any]:
     """Real against simulated agreement: overall and per size band mean pairwise Dice and the KS
     statistic between the per-nodule distributions (real: one value per nodule; simulated: one per
     nodule and replicate), plus the texture gap, z-end and volume statistics of the objective."""
@@ -347,7 +389,7 @@ def compare(nodules: Sequence[CalibrationNodule], sims: list[list[dict[str, floa
                            "ks": _ks(real, np.concatenate(sim_d) if sim_d else [])}
     by = {}
     for b in SIZE_BANDS:
-        idx = [i for i, n in enumerate(nodules) if n.band == b]
+        idx = [i for i, n in enumerate(nodules) if getattr(n, band_attr) == b]
         if not idx:
             by[b] = {"real": None, "sim": None, "ks": None, "n": 0}
             continue
@@ -376,10 +418,26 @@ def compare(nodules: Sequence[CalibrationNodule], sims: list[list[dict[str, floa
         "log_volume": {"real": float(np.mean([n.real["log_volume"] for n in nodules])),
                        "sim": float(np.mean([np.mean([s["log_volume"] for s in row]) for row in sims]))},
     }
+    out["extra"]["spread"] = _spread_extra(nodules, sims)
     return out
 
 
-def _objective_terms(cmp: dict[str, Any]) -> dict[str, float]:
+def _spread_extra(nodules: Sequence[CalibrationNodule], sims: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """SD of per-nodule Dice, share of pairs below 0.5, median volume CV: real and simulated."""
+    if not nodules or "pairs" not in nodules[0].real:
+        return {}
+    rd = np.array([n.real["dice"] for n in nodules])
+    sd_ = np.array([p["dice"] for row in sims for p in row])
+    rp = np.concatenate([n.real["pairs"] for n in nodules])
+    sp = np.concatenate([p["pairs"] for row in sims for p in row])
+    rc = np.array([n.real["volume_cv"] for n in nodules])
+    sc = np.array([p["volume_cv"] for row in sims for p in row])
+    return {"dice_sd": {"real": float(rd.std(ddof=1)), "sim": float(sd_.std(ddof=1))},
+            "frac_below_0_5": {"real": float((rp < 0.5).mean()), "sim": float((sp < 0.5).mean())},
+            "volume_cv": {"real": float(np.median(rc)), "sim": float(np.median(sc))}}
+
+
+def _objective_terms(cmp: dict[str, Any], spread: bool = False) -> dict[str, float]:
     w = _WEIGHTS
     t = {}
     for b, v in cmp["by_size"].items():
@@ -392,6 +450,9 @@ def _objective_terms(cmp: dict[str, Any]) -> dict[str, float]:
             t[f"texture_gap[{size}]"] = ((g["sim"] - g["real"]) / w["texture_gap"]) ** 2
     t["z_end_mm"] = ((e["z_end_mm"]["sim"] - e["z_end_mm"]["real"]) / w["z_end_mm"]) ** 2
     t["log_volume"] = ((e["log_volume"]["sim"] - e["log_volume"]["real"]) / w["log_volume"]) ** 2
+    if spread:
+        for k, v in e.get("spread", {}).items():
+            t[k] = ((v["sim"] - v["real"]) / w[k]) ** 2
     return t
 
 
@@ -439,7 +500,8 @@ def fit_expert(split: str = "calibration", n_nodules: int | None = None, seed: i
                reference: str = "consensus", min_readers: int = 2, per_band: int = 150, reps: int = 2,
                maxfev: int = 200, corr_grid: Sequence[float] = _CORR_GRID, nm_runs: int = 1,
                start: PerceptionParams | None = None, save: bool | str | Path = True, db=None,
-               limit: int | None = None, fit_keys: Sequence[str] = FIT_KEYS) -> tuple[PerceptionParams, dict[str, Any]]:
+               limit: int | None = None, fit_keys: Sequence[str] = FIT_KEYS, difficulty=None,
+               spread: bool = False, bands: str = "consensus") -> tuple[PerceptionParams, dict[str, Any]]:
     """Fit the expert's boundary parameters on ``split`` (the calibration split; never the holdout).
 
     Args:
@@ -460,6 +522,12 @@ def fit_expert(split: str = "calibration", n_nodules: int | None = None, seed: i
         limit: read only the first ``limit`` nodules of the split (tests).
         fit_keys: the parameters Nelder-Mead moves (default :data:`FIT_KEYS`); the others stay at
             ``start`` (e.g. without ``"ggo_size_exp"`` for the model without the size x texture term).
+        difficulty: a :class:`~hiseg_sim.annotators.behaviour.difficulty.DifficultyModel` (fitted on
+            this split): each nodule's features give its log difficulty; ``None``: none.
+        spread: add the spread terms to the objective (SD of per-nodule Dice, share of pairs
+            below 0.5, median volume CV; weights in ``_WEIGHTS``).
+        bands: ``"consensus"`` (the consensus diameter) or ``"lidc"`` (the LIDC convention) for
+            the band terms.
 
     Returns:
         ``(params, report)``; ``report`` has the provenance, the search trace summary and the
@@ -481,11 +549,15 @@ def fit_expert(split: str = "calibration", n_nodules: int | None = None, seed: i
         f"loaded in {time.perf_counter() - t0:.1f} s")
     bank = _DrawBank(fitset, reps, seed)
     n_eval = [0]
+    battr = {"consensus": "band", "lidc": "lidc_band"}[bands]
+    off_fit = _offsets(fitset, difficulty)
+    off_all = _offsets(allset, difficulty)
 
     def J(params: PerceptionParams) -> tuple[float, dict]:
         n_eval[0] += 1
-        cmp = compare(bank.nodules, simulate_set(bank.nodules, params, reps, seed, bank))
-        return float(sum(_objective_terms(cmp).values())), cmp
+        cmp = compare(bank.nodules, simulate_set(bank.nodules, params, reps, seed, bank, difficulty_log=off_fit),
+                      battr)
+        return float(sum(_objective_terms(cmp, spread).values())), cmp
 
     base = START if start is None else start
     # 1. correlation length on a grid, the rest at the start values
@@ -506,9 +578,10 @@ def fit_expert(split: str = "calibration", n_nodules: int | None = None, seed: i
         if res.fun < best_j:
             best_p, best_j = p, float(res.fun)
     # 3. the fit on every nodule of the split (more replicates), for the report
-    full = compare(allset, simulate_set(allset, best_p, reps=4, seed=seed + 1))
+    full = compare(allset, simulate_set(allset, best_p, reps=4, seed=seed + 1, difficulty_log=off_all), battr)
     runtime = time.perf_counter() - t0
-    terms = _objective_terms(compare(bank.nodules, simulate_set(bank.nodules, best_p, reps, seed, bank)))
+    terms = _objective_terms(compare(bank.nodules, simulate_set(bank.nodules, best_p, reps, seed, bank,
+                                                                difficulty_log=off_fit), battr), spread)
     report = {
         "params": {k: round(v, 4) for k, v in best_p.to_dict().items()},
         "fitted": list(keys) + ["corr_len_mm (grid)"],
@@ -518,8 +591,13 @@ def fit_expert(split: str = "calibration", n_nodules: int | None = None, seed: i
             "objective": "sum over size bands of ((mean sim - mean real)/0.01)^2 + (KS/0.05)^2, "
                          "+ sum over D < 10, >= 10 mm of ((texture gap sim - real)/0.02)^2 "
                          "+ ((z-end disagreement sim - real)/0.1 mm)^2 "
-                         "+ ((mean log volume ratio sim - real)/0.03)^2; per-nodule mean pairwise Dice of "
-                         "k = n_readers simulated experts from one reference vs the real readers'",
+                         "+ ((mean log volume ratio sim - real)/0.03)^2"
+                         + (" + ((SD of per-nodule Dice sim - real)/0.005)^2 + ((share of pairs below 0.5 "
+                            "sim - real)/0.005)^2 + ((median volume CV sim - real)/0.015)^2" if spread else "")
+                         + f"; size bands by the {bands} diameter; per-nodule mean pairwise Dice of "
+                         "k = n_readers simulated experts from one reference vs the real readers'"
+                         + ("; case difficulty: exp(L(features) + difficulty_sd r^e z), L from "
+                            "agents/calibration/difficulty.json" if difficulty is not None else ""),
             "optimiser": f"grid over corr_len_mm {list(corr_grid)}, then Nelder-Mead (adaptive, maxfev "
                          f"{maxfev}) on {list(keys)} at the {nm_runs} best, common random numbers",
             "date": _dt.date.today().isoformat(), "code_version": _code_version(),
@@ -536,6 +614,15 @@ def fit_expert(split: str = "calibration", n_nodules: int | None = None, seed: i
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
     return best_p, report
+
+
+def _offsets(nodules: Sequence[CalibrationNodule], difficulty) -> list[float] | None:
+    """Each nodule's log difficulty from its features under ``difficulty`` (``None``: none)."""
+    if difficulty is None:
+        return None
+    from hiseg_sim.annotators.behaviour.difficulty import features_of
+
+    return [difficulty.log_difficulty(features_of(n)) for n in nodules]
 
 
 def _rounded(obj):
@@ -576,7 +663,7 @@ def evaluate(split: str = "holdout", params: PerceptionParams | None = None, *, 
     nodules = load_calibration_set(split, min_readers, reference, seed, db=db, progress=progress, limit=limit)
     if n_nodules is not None:
         nodules = subsample(nodules, n_total=int(n_nodules), seed=seed)
-    sims = simulate_set(nodules, params, reps=reps, seed=seed + 7)
+    sims = simulate_set(nodules, params, reps=reps, seed=seed + 7, progress=progress)
     cmp = compare(nodules, sims)
     for band, v in cmp["by_size"].items():
         idx = [i for i, n in enumerate(nodules) if n.band == band]

@@ -243,15 +243,18 @@ def estimate_texture(image_hu: np.ndarray, reference: np.ndarray, spacing=None) 
 
 
 def shift_scale(diameter_mm: float, texture: float | None, params: PerceptionParams,
-                difficulty_z: float = 0.0) -> float:
+                difficulty_z: float = 0.0, difficulty_log: float = 0.0) -> float:
     """The scale ``s`` of every shift, with ``r = D / 10 mm``: ``r ** size_exp * (1 + ggo_gain *
-    (5 - texture) / 4 * r ** ggo_size_exp) * max(exp(difficulty_sd * r ** difficulty_size_exp *
-    difficulty_z), difficulty_floor)``."""
+    (5 - texture) / 4 * r ** ggo_size_exp) * max(exp(difficulty_log + difficulty_sd * r **
+    difficulty_size_exp * difficulty_z), difficulty_floor)``. ``difficulty_log`` is the part of
+    the case's difficulty its nodule's own features predict
+    (:mod:`~hiseg_sim.annotators.behaviour.difficulty`), ``difficulty_z`` the rest."""
     r = max(float(diameter_mm), 1.0) / REFERENCE_DIAMETER_MM
     t = 5.0 if texture is None else float(np.clip(texture, 1.0, 5.0))
     s = r ** params.size_exp * (1.0 + params.ggo_gain * (5.0 - t) / 4.0 * r ** params.ggo_size_exp)
-    if difficulty_z and params.difficulty_sd:
-        s *= max(math.exp(params.difficulty_sd * r ** params.difficulty_size_exp * float(difficulty_z)),
+    if (difficulty_z and params.difficulty_sd) or difficulty_log:
+        s *= max(math.exp(float(difficulty_log)
+                          + params.difficulty_sd * r ** params.difficulty_size_exp * float(difficulty_z)),
                  params.difficulty_floor)
     return s
 
@@ -403,7 +406,7 @@ def standard_draw(geom: ReferenceGeometry, rng: np.random.Generator, corr_len_mm
 
 
 def realise(geom: ReferenceGeometry, params: PerceptionParams, draw: StandardDraw, texture: float | None = None,
-            *, allow_z: bool = True, difficulty_z: float = 0.0) -> np.ndarray | None:
+            *, allow_z: bool = True, difficulty_z: float = 0.0, difficulty_log: float = 0.0) -> np.ndarray | None:
     """The intended mask of one draw, on the geometry's box (``bool``, ``geom.phi.shape``).
 
     ``None`` when the draw would reach beyond the box where the box does not already span the
@@ -415,7 +418,7 @@ def realise(geom: ReferenceGeometry, params: PerceptionParams, draw: StandardDra
     dz, py, px = geom.spacing
     z0, z1, y0, y1, x0, x1 = geom.box
     Z, Y, X = geom.shape
-    s = shift_scale(geom.diameter_mm, texture, params, difficulty_z)
+    s = shift_scale(geom.diameter_mm, texture, params, difficulty_z, difficulty_log)
     glob = s * (params.bias_mm + params.bias_sd_mm * draw.b)  # this draw's global shift, mm
     if (y0 > 0 or x0 > 0 or y1 < Y or x1 < X) and _reach_mm(glob, s, params) > geom.margin_mm:
         return None
@@ -466,38 +469,44 @@ def _reach_mm(glob: float, s: float, params: PerceptionParams) -> float:
 
 def draw_from_geometry(geom: ReferenceGeometry, params: PerceptionParams, rng: np.random.Generator,
                        texture: float | None = None, *, allow_z: bool = True,
-                       difficulty_z: float = 0.0) -> np.ndarray | None:
+                       difficulty_z: float = 0.0, difficulty_log: float = 0.0) -> np.ndarray | None:
     """One draw on a precomputed geometry, on the full reference grid; ``None`` as :func:`realise`."""
     draw = standard_draw(geom, rng, params.corr_len_mm, with_field=params.shift_sd_mm > 0)
-    m = realise(geom, params, draw, texture, allow_z=allow_z, difficulty_z=difficulty_z)
+    m = realise(geom, params, draw, texture, allow_z=allow_z, difficulty_z=difficulty_z,
+                difficulty_log=difficulty_log)
     return None if m is None else geom.to_full(m)
 
 
 def boundary_intent(reference: np.ndarray, spacing, params: PerceptionParams, rng: np.random.Generator,
-                    texture: float | None = None, *, allow_z: bool = True, difficulty_z: float = 0.0) -> np.ndarray:
+                    texture: float | None = None, *, allow_z: bool = True, difficulty_z: float = 0.0,
+                    difficulty_log: float = 0.0) -> np.ndarray:
     """The boundary model alone (steps 1-4 of the module docstring) on a 3-D ``(Z, Y, X)`` mask.
 
     ``spacing``: ``(z, y, x)`` mm. ``allow_z=False`` keeps the reference's slices (2-D use).
-    ``difficulty_z``: the case's standard-normal difficulty (:func:`case_difficulty`).
+    ``difficulty_z``: the case's standard-normal difficulty (:func:`case_difficulty`);
+    ``difficulty_log``: the log difficulty its nodule's features predict (0: none).
     """
     ref = np.asarray(reference, dtype=bool)
     if not ref.any():
         return np.zeros(ref.shape, bool)
     # a box wide enough for a shift of 4.5 SD (global and local or z-end together) + 2 pixels
-    s = shift_scale(reference_diameter_mm(ref, spacing), texture, params, difficulty_z)
+    s = shift_scale(reference_diameter_mm(ref, spacing), texture, params, difficulty_z, difficulty_log)
     sd = params.bias_sd_mm + max(params.shift_sd_mm, params.z_sd_mm if allow_z else 0.0)
     margin = s * (max(params.bias_mm, 0.0) + 4.5 * sd) + 2.0 * max(spacing[1:])
     geom = ReferenceGeometry.from_mask(ref, spacing, margin_mm=margin)
     state = rng.bit_generator.state
-    out = draw_from_geometry(geom, params, rng, texture, allow_z=allow_z, difficulty_z=difficulty_z)
+    out = draw_from_geometry(geom, params, rng, texture, allow_z=allow_z, difficulty_z=difficulty_z,
+                                 difficulty_log=difficulty_log)
     if out is None:  # a very rare wide draw: redo it, from the same random state, on a wider box
         rng.bit_generator.state = state
         geom = ReferenceGeometry.from_mask(ref, spacing, margin_mm=3.0 * margin + 10.0)
-        out = draw_from_geometry(geom, params, rng, texture, allow_z=allow_z, difficulty_z=difficulty_z)
+        out = draw_from_geometry(geom, params, rng, texture, allow_z=allow_z, difficulty_z=difficulty_z,
+                                 difficulty_log=difficulty_log)
         if out is None:
             rng.bit_generator.state = state
             geom = ReferenceGeometry.from_mask(ref, spacing, margin_mm=float(max(ref.shape) * max(spacing)))
-            out = draw_from_geometry(geom, params, rng, texture, allow_z=allow_z, difficulty_z=difficulty_z)
+            out = draw_from_geometry(geom, params, rng, texture, allow_z=allow_z, difficulty_z=difficulty_z,
+                                 difficulty_log=difficulty_log)
     return out
 
 
@@ -506,7 +515,7 @@ def boundary_intent(reference: np.ndarray, spacing, params: PerceptionParams, rn
 
 def intended_mask(reference, spacing, params: PerceptionParams | None = None, rng: np.random.Generator | None = None,
                   image_hu: np.ndarray | None = None, texture: float | None = None,
-                  difficulty_z: float | None = None) -> np.ndarray:
+                  difficulty_z: float | None = None, difficulty_log: float = 0.0) -> np.ndarray:
     """One draw of the mask a person intends, from their idea of the nodule.
 
     Args:
@@ -523,6 +532,8 @@ def intended_mask(reference, spacing, params: PerceptionParams | None = None, rn
         difficulty_z: the case's standard-normal difficulty, shared by everyone who annotates it
             (:func:`case_difficulty`); default: drawn from ``rng``, which is right for one person
             on a case, not for a panel (pass one value to all of them).
+        difficulty_log: the log difficulty the nodule's own features predict
+            (:func:`hiseg_sim.annotators.behaviour.difficulty.case_log_difficulty`); 0: none.
 
     Returns:
         ``bool`` mask of the reference's shape. Empty only when the reference is empty.
@@ -550,7 +561,8 @@ def intended_mask(reference, spacing, params: PerceptionParams | None = None, rn
             ref = alt
     if texture is None and img is not None:
         texture = estimate_texture(img, ref, sp)
-    mask = boundary_intent(ref, sp, params, rng, texture, allow_z=not was2d, difficulty_z=difficulty_z)
+    mask = boundary_intent(ref, sp, params, rng, texture, allow_z=not was2d, difficulty_z=difficulty_z,
+                           difficulty_log=difficulty_log)
     if img is not None and (u[1:] < (params.p_include_vessel, params.p_miss_ggo_rim, params.p_pleura_error)).any():
         if u[1] < params.p_include_vessel:
             mask = E.include_vessel(mask, img, sp, params)

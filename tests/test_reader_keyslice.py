@@ -1,0 +1,52 @@
+"""The readers' bar for a box-prompted segmenter: leave-one-out agreement and the boxes JSON."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from hiseg_sim.data.reader_keyslice import boxes_json, key_slice_of, leave_one_out_dice
+
+
+def _disc(shape, c, r):
+    g = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((a - b) ** 2 for a, b in zip(g, c)) <= r * r
+
+
+def test_leave_one_out_scores_each_reader_against_the_others():
+    shape = (3, 20, 20)
+    a = _disc(shape, (1, 10, 10), 5)
+    odd = _disc(shape, (1, 4, 4), 3)
+    d = leave_one_out_dice([a, a, a, odd], z=1)
+    assert d[:3] == [1.0, 1.0, 1.0]  # the others' consensus (2 of 3) is the agreeing shape
+    assert d[3] < 0.3
+    assert leave_one_out_dice([a, a, odd]) == pytest.approx([2 * a.sum() / (a.sum() + (a | odd).sum())] * 2
+                                                            + [leave_one_out_dice([a, a, odd])[2]])
+    with pytest.raises(ValueError, match=">= 3"):
+        leave_one_out_dice([a, a])
+
+
+def test_key_slice_is_the_largest_slice():
+    m = np.zeros((5, 10, 10), bool)
+    m[1, 2:5, 2:5] = True
+    m[3, 1:8, 1:8] = True
+    assert key_slice_of(m) == 3
+
+
+def test_boxes_json_puts_the_box_beside_the_readers_per_band():
+    rows = [SimpleNamespace(case_id="a", diameter_mm=9.5, dice=0.8), SimpleNamespace(case_id="b", diameter_mm=25.0, dice=0.9),
+            SimpleNamespace(case_id="c", diameter_mm=24.0, dice=0.7)]
+    table = {b: {"key_slice": 0.85, "3d": 0.8, "n": 10} for b in ("<6", "6-10", "10-20", ">=20")}
+    readers = {"lidc": table, "consensus": {**table, "6-10": {"key_slice": 0.9, "3d": 0.8, "n": 5}}}
+    out = boxes_json(rows, lidc_diameters={"a": 10.5, "b": 26.0, "c": 23.0}, readers=readers)
+    bands = out["bands"]
+    assert list(bands) == ["<6", "6-10", "10-20", ">=20"]
+    assert bands["10-20"] == {"box": 0.8, "readers": 0.85, "n": 1, "n_readers": 10, "readers_3d": 0.8}
+    assert bands[">=20"]["box"] == pytest.approx(0.8) and bands[">=20"]["n"] == 2
+    assert bands["<6"]["box"] is None and bands["<6"]["n"] == 0
+    cons = out["bands_consensus_diameter"]["6-10"]
+    assert cons["n"] == 1 and cons["readers"] == 0.9  # 9.5 mm by the consensus diameter, its own bar
+    json.dumps(out, allow_nan=False)
