@@ -314,8 +314,15 @@ def boxes(
     cache_dir: Optional[Path] = typer.Option(None, help=_CACHE_HELP),
     fresh: bool = typer.Option(False, help="Segment again even if OUT holds this finished run."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print, as the last line, the tight-box Dice per size band beside the LIDC readers'."
+    ),
 ) -> None:
-    """The segmenter alone: a tight ground-truth box on every nodule's key slice, a Dice table and an overlay PNG."""
+    """The segmenter alone: a tight ground-truth box on every nodule's key slice, a Dice table and an overlay PNG.
+
+    With --json, the box's Dice per LIDC size band is set beside the LIDC readers' key-slice
+    agreement with the other readers' consensus (calibration split): a model that out-draws the
+    radiologists from a box would mean the image gives the answer away."""
     from rich.console import Console
     from rich.table import Table
 
@@ -370,6 +377,15 @@ def boxes(
         f"min {summary['dice_min']:.3f} over {summary['n']} nodules"
     )
     console.print(f"wrote {out / 'dice.csv'}, {out / 'summary.json'} and {overlay}")
+    if as_json:
+        from hiseg_sim.data.reader_keyslice import boxes_json
+        from hiseg_sim.progress import phase
+
+        with phase("measuring the LIDC readers' key-slice agreement on the calibration split"):
+            bands = boxes_json(rows)
+        path = out / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **bands}, indent=2) + "\n")
+        typer.echo(json.dumps(bands))
 
 
 # ---- LIDC, calibration -----------------------------------------------------------------------------
@@ -441,7 +457,9 @@ def calibrate(
     params = None
     if do_fit:
         params, _ = calibration.fit_expert(split=split, progress=progress and not as_json, save=True)
-    res = calibration.evaluate(split=split, params=params, reps=reps, progress=progress and not as_json)
+    from hiseg_sim.annotators.behaviour import calibration_spread
+
+    res = calibration_spread.evaluate_spread(split=split, params=params, reps=reps, progress=progress and not as_json)
     if as_json:
         typer.echo(json.dumps(res))
         return
@@ -456,6 +474,13 @@ def calibrate(
         ci = v.get("gap_ci95")
         gap = f"  sim - real {v['sim'] - v['real']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
         typer.echo(f"  {band:>5} mm (n={v['n']}): real {v['real']:.3f}  sim {v['sim']:.3f}  KS {v['ks']:.3f}{gap}")
+    for k in calibration_spread.SPREAD_KEYS:
+        typer.echo(f"  {k}: real {res[k]['real']:.3f}  sim {res[k]['sim']:.3f}")
+    g = res["ged"]
+    typer.echo(
+        f"  Spearman per nodule {res['spearman_per_nodule']:.3f}; energy distance (1 - IoU) {g['sim']:+.4f} "
+        f"(null 95 % {g['null_q025']:+.4f} ... {g['null_q975']:+.4f}, p {g['p']:.3f})"
+    )
 
 
 # ---- studies ---------------------------------------------------------------------------------------
@@ -617,6 +642,13 @@ def bench(
         "pool and Ray if installed; speed-ups and whether their rows agree.",
     ),
     rounds: int = typer.Option(1, min=1, help="With --executors: alternate the executors this many times (median)."),
+    fuzz: Optional[int] = typer.Option(
+        None,
+        "--fuzz",
+        min=1,
+        help="Instead: drive both envs with this many random actions each (e.g. 10000) and count "
+        "undocumented exceptions and NaN (exit 1 if any).",
+    ),
     out: Path = typer.Option(
         Path("runs/bench_executors"),
         help="With --executors: where the timed runs are written (each executor's run is made afresh there).",
@@ -625,6 +657,10 @@ def bench(
     """Env step against the raw decoder, encoder calls against slices, ONNX against eager and the
     machine's FLOP limit: all measured in one run (about a minute or two on two cores).
     With --executors, the executors' wall time on one sweep instead (a few minutes)."""
+    if fuzz is not None:
+        from hiseg_sim.fuzz import main as fuzz_main
+
+        raise typer.Exit(fuzz_main(["--actions", str(fuzz)] + (["--json"] if as_json else [])))
     if executors:
         _bench_executors(rounds, as_json, out)
         return

@@ -95,7 +95,7 @@ class FuzzStubSegmenter(Segmenter):
         pts = [] if coords is None else list(zip(coords[0].tolist(), labels[0].tolist()))
         if box is not None:
             x0, y0, x1, y1 = (round(v) for v in box[0].tolist())
-            region[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
+            region[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
         else:
             pos = [p for p, lab in pts if lab == 1]
             if pos:
@@ -121,8 +121,14 @@ def _disc(arr: np.ndarray, xy, r: int, value: bool) -> None:
 
 
 # ---- cases -------------------------------------------------------------------------------------
-def _sphere_case(case_id: str, shape: tuple[int, int, int], spacing: tuple[float, float, float],
-                 centre: tuple[float, float, float], radius_mm: float, seed: int):
+def _sphere_case(
+    case_id: str,
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    centre: tuple[float, float, float],
+    radius_mm: float,
+    seed: int,
+):
     """Lung background (-850 HU, noise), a solid sphere (+30 HU) and a vessel tube past it."""
     rng = np.random.default_rng(seed)
     z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
@@ -182,8 +188,13 @@ def _random_case_inputs(rng: np.random.Generator, i: int) -> dict:
     readers: Any = ()
     if rng.random() < 0.2:
         readers = (gt,) if rng.random() < 0.7 else gt
-    return {"case_id": f"fuzz-random-{i}" if rng.random() < 0.95 else ["", 7][int(rng.integers(2))],
-            "volume_hu": vol, "spacing_zyx": spacing, "gt": gt, "reader_masks": readers}
+    return {
+        "case_id": f"fuzz-random-{i}" if rng.random() < 0.95 else ["", 7][int(rng.integers(2))],
+        "volume_hu": vol,
+        "spacing_zyx": spacing,
+        "gt": gt,
+        "reader_masks": readers,
+    }
 
 
 # ---- actions -----------------------------------------------------------------------------------
@@ -251,16 +262,21 @@ def _random_options(rng: np.random.Generator, env, last_info: dict | None) -> An
     if r < 0.40:
         return {"case_id": cases[int(rng.integers(len(cases)))].case_id}
     if r < 0.55:
-        return {"case_index": int(rng.integers(len(cases))),
-                "time_model": TimeModel().scaled(mental_scale=float(rng.uniform(0.5, 2.0)))}
+        return {
+            "case_index": int(rng.integers(len(cases))),
+            "time_model": TimeModel().scaled(mental_scale=float(rng.uniform(0.5, 2.0))),
+        }
     if r < 0.70 and last_info is not None:  # replay the last episode's start
         opts = {"case_id": last_info["case_id"], "viewport": dict(last_info["viewport"])}
         if u.three_d:
             opts["start_slice"] = last_info["viewport"]["z0"] + int(last_info.get("slice", 0))
         return opts
     bad = int(rng.integers(12))
-    vp = dict(last_info["viewport"]) if last_info is not None else {"z0": 0, "n_slices": 1, "y0": 0, "x0": 0,
-                                                                    "size": u.size}
+    vp = (
+        dict(last_info["viewport"])
+        if last_info is not None
+        else {"z0": 0, "n_slices": 1, "y0": 0, "x0": 0, "size": u.size}
+    )
     cid = last_info["case_id"] if last_info is not None else cases[0].case_id
     return [
         {"case_index": -1},
@@ -296,10 +312,20 @@ def _random_env_kwargs(rng: np.random.Generator, three_d: bool) -> dict:
         kw["propagate_margin_px"] = int(rng.choice([0, 2, size]))
     if rng.random() < 0.2:
         name, value = [
-            ("viewport_px", 10**5), ("viewport_px", 8), ("viewport_px", 96.0), ("window", (float("nan"), 1500.0)),
-            ("window", (-600.0, 0.0)), ("window", "lung"), ("detection_sd_mm", 0.0), ("detection_sd_mm", math.inf),
-            ("pan_step_px", 0), ("time_penalty", -1.0), ("mask_feedback", "no"), ("render_scale", 0),
-            ("time_model", {"M": 2}), ("render_mode", "ansi"),
+            ("viewport_px", 10**5),
+            ("viewport_px", 8),
+            ("viewport_px", 96.0),
+            ("window", (float("nan"), 1500.0)),
+            ("window", (-600.0, 0.0)),
+            ("window", "lung"),
+            ("detection_sd_mm", 0.0),
+            ("detection_sd_mm", math.inf),
+            ("pan_step_px", 0),
+            ("time_penalty", -1.0),
+            ("mask_feedback", "no"),
+            ("render_scale", 0),
+            ("time_model", {"M": 2}),
+            ("render_mode", "ansi"),
         ][int(rng.integers(14))]
         kw[name] = value
     return kw
@@ -325,7 +351,9 @@ class _Tally:
         self.actions = self.undocumented = self.nan = self.documented = 0
         self._shown = 0
 
-    def call(self, what: str | Callable[[], str], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+    def call(
+        self, what: str | Callable[[], str], fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> tuple[bool, Any]:
         """Run ``fn(*args, **kwargs)``; count its exception by class. ``(True, result)`` on success.
 
         ``what`` names the call in the report of an undocumented exception (a callable is only
@@ -340,8 +368,10 @@ class _Tally:
             if self._shown < SHOW_FIRST:
                 self._shown += 1
                 name = what() if callable(what) else what
-                print(f"hiseg_sim.fuzz [{self.label}] undocumented exception in {name}:\n{traceback.format_exc()}",
-                      file=sys.stderr)
+                print(
+                    f"hiseg_sim.fuzz [{self.label}] undocumented exception in {name}:\n{traceback.format_exc()}",
+                    file=sys.stderr,
+                )
         return False, None
 
     def check(self, *outputs: Any) -> None:
@@ -349,8 +379,12 @@ class _Tally:
             self.nan += 1
 
     def as_dict(self) -> dict:
-        return {"actions": self.actions, "undocumented_exceptions": self.undocumented, "nan": self.nan,
-                "documented_errors": self.documented}
+        return {
+            "actions": self.actions,
+            "undocumented_exceptions": self.undocumented,
+            "nan": self.nan,
+            "documented_errors": self.documented,
+        }
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -381,8 +415,9 @@ def _fuzz_env(key: str, n: int, rng: np.random.Generator, segmenter, progress: b
     def build():
         while True:  # a bad argument set is counted, then another is drawn
             kw = _random_env_kwargs(rng, three_d)
-            ok, made = tally.call(f"gym.make({env_id!r}, **{kw!r})", gym.make, env_id, cases=pool,
-                                  segmenter=segmenter, **kw)
+            ok, made = tally.call(
+                f"gym.make({env_id!r}, **{kw!r})", gym.make, env_id, cases=pool, segmenter=segmenter, **kw
+            )
             if ok:
                 made.action_space.seed(int(rng.integers(2**31)))  # space.sample() draws from the space's own generator
                 return made
@@ -418,8 +453,9 @@ def _fuzz_env(key: str, n: int, rng: np.random.Generator, segmenter, progress: b
     return tally.as_dict()
 
 
-def run_fuzz(actions_per_env: int = 10_000, seed: int = 0, progress: bool = True, *,
-             segmenter: str | None = None) -> dict:
+def run_fuzz(
+    actions_per_env: int = 10_000, seed: int = 0, progress: bool = True, *, segmenter: str | None = None
+) -> dict:
     """Fuzz both environments with ``actions_per_env`` random actions each; see the module docstring.
 
     Args:
@@ -462,8 +498,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--actions must be >= 0")
     res = run_fuzz(args.actions, args.seed, progress=not args.no_progress, segmenter=args.segmenter)
     for key, r in res["envs"].items():
-        print(f"{ENV_IDS[key]}: {r['actions']} actions, {r['documented_errors']} documented errors, "
-              f"{r['undocumented_exceptions']} undocumented exceptions, {r['nan']} with NaN/inf")
+        print(
+            f"{ENV_IDS[key]}: {r['actions']} actions, {r['documented_errors']} documented errors, "
+            f"{r['undocumented_exceptions']} undocumented exceptions, {r['nan']} with NaN/inf"
+        )
     print(f"{res['seconds']:.1f} s")
     if args.json:
         print(json.dumps(res))

@@ -26,12 +26,24 @@ class ServerProcess:
     """``python -m hiseg_sim.annotate.cli`` in a child process; :attr:`url` is the first line it prints."""
 
     def __init__(self, store: Path, cache: Path, *args: str, port: int = 0, timeout: float = 120.0):
-        cmd = [sys.executable, "-m", "hiseg_sim.annotate.cli", "--store", str(store), "--cache-dir", str(cache),
-               "--port", str(port), "--no-prefetch", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "hiseg_sim.annotate.cli",
+            "--store",
+            str(store),
+            "--cache-dir",
+            str(cache),
+            "--port",
+            str(port),
+            "--no-prefetch",
+            *args,
+        ]
         self.log = store.parent / f"server-{port}-{os.getpid()}-{id(self)}.log"
         with open(self.log, "w") as err:  # a file, not a pipe nobody drains: the server never blocks on it
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=store.parent,
-                                         env=dict(os.environ))
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=store.parent, env=dict(os.environ)
+            )
         self.url = ""
         box: list[str] = []
         reader = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)
@@ -81,8 +93,15 @@ def served(tmp_path_factory):
     from hiseg_sim.annotate.app import create_app
 
     tmp = tmp_path_factory.mktemp("app")
-    app = create_app(tmp / "s.sqlite", "stub_synthetic_cases", "stub_env", cache_dir=tmp / "cache", prefetch=False,
-                     feedback="score", n_cases=2)
+    app = create_app(
+        tmp / "s.sqlite",
+        "stub_synthetic_cases",
+        "stub_env",
+        cache_dir=tmp / "cache",
+        prefetch=False,
+        feedback="score",
+        n_cases=2,
+    )
     srv = ThreadServer(app)
     yield srv.url, app.state.service
     srv.stop()
@@ -93,13 +112,18 @@ def test_routes_answer_as_documented(served):
     code, page = http("GET", url)
     assert code == 200 and b'<canvas id="view"' in page
     assert http("GET", url + "static/app.js")[0] == 200 and http("GET", url + "static/style.css")[0] == 200
-    code, body = http("POST", url + "api/sessions",
-                      {"participant": "p01", "group": "g", "study": "pilot", "client_ms": 1})
+    code, body = http(
+        "POST", url + "api/sessions", {"participant": "p01", "group": "g", "study": "pilot", "client_ms": 1}
+    )
     st = json.loads(body)
     assert code == 200 and st["phase"] == "annotating" and st["next_seq"] == 1 and st["n_cases"] == 2
     act = url + f"api/sessions/{st['session_id']}/actions"
-    box = {"seq": 1, "action": {"kind": "box", "x0": 30, "y0": 30, "x1": 66, "y1": 66}, "client_ms": 2,
-           "pointer": [66, 66]}
+    box = {
+        "seq": 1,
+        "action": {"kind": "box", "x0": 30, "y0": 30, "x1": 66, "y1": 66},
+        "client_ms": 2,
+        "pointer": [66, 66],
+    }
     code, body = http("POST", act, box)
     assert code == 200 and json.loads(body)["next_seq"] == 2
     assert json.loads(http("POST", act, box)[1])["next_seq"] == 2  # a retry is answered, not applied
@@ -122,17 +146,23 @@ def test_errors_are_one_line_with_the_fix(served):
     url, _ = served
     code, body = http("GET", url + "api/sessions/nope")
     assert code == 404 and json.loads(body)["detail"].endswith("start a new one")
-    code, _ = http("POST", url + "api/sessions",
-                   {"participant": "Jane Doe", "group": "g", "study": "s", "client_ms": 1})
+    code, _ = http(
+        "POST", url + "api/sessions", {"participant": "Jane Doe", "group": "g", "study": "s", "client_ms": 1}
+    )
     assert code == 422  # a name with a space is not a pseudonymous id
-    st = json.loads(http("POST", url + "api/sessions", {"participant": "p02", "group": "g", "study": "s",
-                                                        "client_ms": 1})[1])
-    code, body = http("POST", url + f"api/sessions/{st['session_id']}/actions",
-                      {"seq": 1, "action": {"kind": "point", "x": 400, "y": 3, "positive": True}, "client_ms": 2})
+    st = json.loads(
+        http("POST", url + "api/sessions", {"participant": "p02", "group": "g", "study": "s", "client_ms": 1})[1]
+    )
+    code, body = http(
+        "POST",
+        url + f"api/sessions/{st['session_id']}/actions",
+        {"seq": 1, "action": {"kind": "point", "x": 400, "y": 3, "positive": True}, "client_ms": 2},
+    )
     detail = json.loads(body)["detail"]
     assert code == 422 and "outside the 96x96 viewport" in detail and "\n" not in detail
-    code, body = http("POST", url + f"api/sessions/{st['session_id']}/actions",
-                      {"seq": 1, "action": {"kind": "next"}, "client_ms": 3})
+    code, body = http(
+        "POST", url + f"api/sessions/{st['session_id']}/actions", {"seq": 1, "action": {"kind": "next"}, "client_ms": 3}
+    )
     assert code == 200 and json.loads(body)["next_seq"] == 2  # the refused click took no number
 
 
@@ -141,9 +171,19 @@ def test_the_command_prints_its_url_first(tmp_path, monkeypatch, capsys):
 
     made, real = [], cli.server
     monkeypatch.setattr(cli, "server", lambda app: made.append(real(app)) or made[-1])
-    run = threading.Thread(target=cli.annotate, daemon=True, kwargs=dict(
-        port=0, cohort="stub_synthetic_cases", store=tmp_path / "s.sqlite", segmenter="stub_env",
-        cache_dir=tmp_path / "cache", prefetch=False, n_cases=1))
+    run = threading.Thread(
+        target=cli.annotate,
+        daemon=True,
+        kwargs=dict(
+            port=0,
+            cohort="stub_synthetic_cases",
+            store=tmp_path / "s.sqlite",
+            segmenter="stub_env",
+            cache_dir=tmp_path / "cache",
+            prefetch=False,
+            n_cases=1,
+        ),
+    )
     run.start()
     out = ""
     for _ in range(600):
@@ -166,15 +206,16 @@ def test_a_bad_cohort_is_one_line_naming_the_fix(tmp_path):
 
     with pytest.raises(SystemExit) as err:
         annotate(cohort="./no/such/folder", segmenter="stub_env", store=tmp_path / "s.sqlite")
-    assert str(err.value).startswith("hiseg-sim annotate: cohort './no/such/folder' looks like a path but does not "
-                                     "exist; give an existing folder")
+    assert str(err.value).startswith(
+        "hiseg-sim annotate: cohort './no/such/folder' looks like a path but does not exist; give an existing folder"
+    )
     assert not (tmp_path / "s.sqlite").exists()
 
 
 def test_every_asset_is_local():
     for f in STATIC.iterdir():
         text = f.read_text()
-        for bad in ("http://", "https://", "src=\"//", "href=\"//", "@import", "url("):
+        for bad in ("http://", "https://", 'src="//', 'href="//', "@import", "url("):
             assert bad not in text, f"{f.name} loads something from elsewhere ({bad})"
     html = (STATIC / "index.html").read_text()
     assert 'src="/static/app.js"' in html and 'href="/static/style.css"' in html
@@ -184,14 +225,33 @@ def test_the_app_layer_imports_only_the_layers_below_it():
     """annotate imports env, segmenters, data, annotators, experiments and the base modules; only the
     command line (hiseg_sim/cli.py) imports annotate."""
     pkg = ROOT / "hiseg_sim"
-    allowed = {"annotate", "env", "segmenters", "data", "annotators", "experiments", "registry", "codec", "seeding",
-               "metrics", "timing", "limits", "progress", "resources"}
+    allowed = {
+        "annotate",
+        "env",
+        "segmenters",
+        "data",
+        "annotators",
+        "experiments",
+        "registry",
+        "codec",
+        "seeding",
+        "metrics",
+        "timing",
+        "limits",
+        "progress",
+        "resources",
+    }
     wrong, importers = [], []
     for path in pkg.rglob("*.py"):
         inside = path.is_relative_to(pkg / "annotate")
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 parts = name.split(".")
                 if parts[0] != "hiseg_sim":

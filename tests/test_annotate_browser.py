@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install -y "
-                                "chromium): the browser tests drive the system Chromium")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="/usr/bin/chromium is missing (apt-get install -y chromium): the browser tests drive the system Chromium",
+)
 
 from playwright.sync_api import sync_playwright
 
@@ -27,8 +29,16 @@ from hiseg_sim.env.trace import replay
 from tests.test_annotate_app import ServerProcess, http
 
 #: Chromium without its calls home (it would hammer the closed network).
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SERVER_ARGS = ["--cohort", "default", "--segmenter", "stub_env", "--n-cases", "3", "--feedback", "score"]
 
 
@@ -77,8 +87,13 @@ def replay_env(served: Served):
 
     from hiseg_sim.annotate.cases import load_annotation_cases
 
-    return gym.make("hiseg_sim/NoduleSeg3D-v0", cases=load_annotation_cases("default", limit=3), segmenter="stub_env",
-                    cache_dir=str(served.cache), time_penalty=0.0)
+    return gym.make(
+        "hiseg_sim/NoduleSeg3D-v0",
+        cases=load_annotation_cases("default", limit=3),
+        segmenter="stub_env",
+        cache_dir=str(served.cache),
+        time_penalty=0.0,
+    )
 
 
 class Participant:
@@ -155,18 +170,28 @@ class Participant:
         self.button("#prop-next")
         s = self.key("ArrowUp")
         assert s["view"]["slice"] == s0["view"]["slice"]
-        return [{"kind": "box", "x0": c - 22, "y0": c - 22, "x1": c + 22, "y1": c + 22},
-                {"kind": "point", "x": c, "y": c, "positive": True},
-                {"kind": "point", "x": c - 15, "y": c - 15, "positive": False},
-                {"kind": "undo"}, {"kind": "next"}, {"kind": "prev"}, {"kind": "propagate", "direction": 1},
-                {"kind": "prev"}, {"kind": "accept"}]
+        return [
+            {"kind": "box", "x0": c - 22, "y0": c - 22, "x1": c + 22, "y1": c + 22},
+            {"kind": "point", "x": c, "y": c, "positive": True},
+            {"kind": "point", "x": c - 15, "y": c - 15, "positive": False},
+            {"kind": "undo"},
+            {"kind": "next"},
+            {"kind": "prev"},
+            {"kind": "propagate", "direction": 1},
+            {"kind": "prev"},
+            {"kind": "accept"},
+        ]
 
 
 def _same_action(sent: dict, stored: dict) -> bool:
     if sent.keys() != stored.keys():
         return False
-    return all(abs(sent[k] - stored[k]) <= 0.5 if isinstance(sent[k], (int, float)) and not isinstance(sent[k], bool)
-               else sent[k] == stored[k] for k in sent)
+    return all(
+        abs(sent[k] - stored[k]) <= 0.5
+        if isinstance(sent[k], (int, float)) and not isinstance(sent[k], bool)
+        else sent[k] == stored[k]
+        for k in sent
+    )
 
 
 def test_a_participant_annotates_three_nodules_and_the_trace_replays(served, page):
@@ -186,8 +211,9 @@ def test_a_participant_annotates_three_nodules_and_the_trace_replays(served, pag
 
     store = SessionStore(served.store)
     rows = store.actions(st["session_id"])
-    assert len(rows) == 27 and all(_same_action(a, r.action) for a, r in zip(sent, rows)), \
-        [(a, r.action) for a, r in zip(sent, rows) if not _same_action(a, r.action)]
+    assert len(rows) == 27 and all(_same_action(a, r.action) for a, r in zip(sent, rows)), [
+        (a, r.action) for a, r in zip(sent, rows) if not _same_action(a, r.action)
+    ]
     box, click, undo, prop = rows[0], rows[1], rows[3], rows[6]
     assert (box.pointer_x, box.pointer_y) == (box.action["x1"], box.action["y1"])
     assert (click.pointer_x, click.pointer_y) == (click.action["x"], click.action["y"])
@@ -201,8 +227,10 @@ def test_a_participant_annotates_three_nodules_and_the_trace_replays(served, pag
     assert code == 200 and [r.ok for r in replay(trace, env)] == [True] * 3
     assert check_replay(store, st["session_id"], env) == 27
     lat = page.evaluate("window.hiseg.latencies()")
-    print(f"\npage: action to mask drawn (stub segmenter) median {statistics.median(lat):.0f} ms, "
-          f"max {max(lat):.0f} ms over {len(lat)} actions")
+    print(
+        f"\npage: action to mask drawn (stub segmenter) median {statistics.median(lat):.0f} ms, "
+        f"max {max(lat):.0f} ms over {len(lat)} actions"
+    )
 
 
 def test_screenshot_of_the_page(served, page, tmp_path):
@@ -225,7 +253,7 @@ def test_screenshot_of_the_page(served, page, tmp_path):
     st = person.state()
     image = np.frombuffer(base64.b64decode(st["view"]["image"]), np.uint8).reshape(96, 96).astype(int)
     mask = np.unpackbits(np.frombuffer(base64.b64decode(st["view"]["mask"]), np.uint8), count=96 * 96).reshape(96, 96)
-    clear = (mask == 0)
+    clear = mask == 0
     clear[24:73, 24:73] &= False  # the box outline and the click are drawn over this square
     grey = shown[..., 0]
     # away from the overlays the canvas shows the env's observation: its lung-window image, pixel for pixel
@@ -234,7 +262,9 @@ def test_screenshot_of_the_page(served, page, tmp_path):
     under = shown[mask == 1]
     assert len(under) > 20 and np.mean(under[:, 0] > under[:, 2] + 40) > 0.95  # orange over the slice (a green click)
     yellow = (shot[..., 0] > 200) & (shot[..., 1] > 200) & (shot[..., 2] < 60)
-    assert yellow[int(b["y"]):int(b["y"] + b["height"]), int(b["x"]):int(b["x"] + b["width"])].sum() > 400  # the box
+    assert (
+        yellow[int(b["y"]) : int(b["y"] + b["height"]), int(b["x"]) : int(b["x"] + b["width"])].sum() > 400
+    )  # the box
     for sel in ("#undo", "#prev", "#next-slice", "#prop-prev", "#prop-next", "#accept"):
         assert page.is_visible(sel) and page.is_enabled(sel)
     assert page.inner_text("#progress") == "Nodule 1 of 3"

@@ -44,8 +44,9 @@ def _measure_and_replay(litemedsam, tmp_path):
     svc = AnnotationService(tmp_path / "s.sqlite", "default", litemedsam, n_cases=2, prefetch=False, threads=1)
     srv = ThreadServer(create_app(tmp_path / "s.sqlite", service=svc))
     try:
-        code, body = http("POST", srv.url + "api/sessions", {"participant": "p-lat", "group": "g", "study": "bench",
-                                                             "client_ms": 0})
+        code, body = http(
+            "POST", srv.url + "api/sessions", {"participant": "p-lat", "group": "g", "study": "bench", "client_ms": 0}
+        )
         st = json.loads(body)
         assert code == 200, body
         url = srv.url + f"api/sessions/{st['session_id']}/actions"
@@ -67,8 +68,10 @@ def _measure_and_replay(litemedsam, tmp_path):
                 round_trip.append(ms)
                 decode.append(st["decode_ms"])
         app_ms = [t - d for t, d in zip(round_trip, decode)]
-        print(f"\nLiteMedSAM ({litemedsam.runtime}, 1 thread) HTTP round trip of a prompt: {_summary(round_trip)}; "
-              f"of it the decoder {_summary(decode)}; the app's own share {_summary(app_ms)}")
+        print(
+            f"\nLiteMedSAM ({litemedsam.runtime}, 1 thread) HTTP round trip of a prompt: {_summary(round_trip)}; "
+            f"of it the decoder {_summary(decode)}; the app's own share {_summary(app_ms)}"
+        )
         # What the app adds to the decoder (HTTP, env bookkeeping, the committed write, the JSON view) is
         # asserted; the total also depends on how busy the machine's cores are, and is reported.
         assert statistics.median(app_ms) < APP_BUDGET_MS
@@ -89,8 +92,10 @@ def _measure_and_replay(litemedsam, tmp_path):
                 drawn = page.evaluate("window.hiseg.latencies()")
                 browser.close()
             page_app = [t - s["decode_ms"] for t, s in zip(drawn, states)]
-            print(f"LiteMedSAM page, mouse event to mask drawn: {_summary(drawn)}; without the decoder "
-                  f"{_summary(page_app)}")
+            print(
+                f"LiteMedSAM page, mouse event to mask drawn: {_summary(drawn)}; without the decoder "
+                f"{_summary(page_app)}"
+            )
             assert len(drawn) == len(states) and statistics.median(page_app) < PAGE_BUDGET_MS
 
         for sid in {s.session_id for s in svc.store.sessions()}:

@@ -21,8 +21,13 @@ from hiseg_sim.annotate.export import write_parquet, write_trace_jsonl
 from hiseg_sim.annotate.schema import ActionIn, ActionRequest, StartRequest
 from hiseg_sim.annotate.service import AnnotationService
 
-SECRETS = {"PatientName": "Doe^Janet", "PatientID": "SECRET-4711", "PatientBirthDate": "19580214",
-           "InstitutionName": "St Elsewhere Chest Clinic", "AccessionNumber": "ACC99887766"}
+SECRETS = {
+    "PatientName": "Doe^Janet",
+    "PatientID": "SECRET-4711",
+    "PatientBirthDate": "19580214",
+    "InstitutionName": "St Elsewhere Chest Clinic",
+    "AccessionNumber": "ACC99887766",
+}
 SHAPE = (10, 80, 80)  # z, y, x
 
 
@@ -69,13 +74,25 @@ def test_a_dicom_case_is_logged_under_a_pseudonym_with_geometry_only(tmp_path):
     assert case.meta["source"] == "user_scan" and case.spacing_zyx == pytest.approx((2.5, 0.7, 0.7))
     assert pseudonymise(case) is case and case_key(case) == case.case_id  # already safe: left as it is
 
-    svc = AnnotationService(tmp_path / "store" / "s.sqlite", cohort, "stub_env", cache_dir=tmp_path / "cache",
-                            prefetch=False, feedback="worked_example")
+    svc = AnnotationService(
+        tmp_path / "store" / "s.sqlite",
+        cohort,
+        "stub_env",
+        cache_dir=tmp_path / "cache",
+        prefetch=False,
+        feedback="worked_example",
+    )
     st = svc.start(StartRequest(participant="p01", group="g", study="pilot", client_ms=1))
     assert st.case_key == case.case_id
-    for seq, action in enumerate([{"kind": "box", "x0": 30, "y0": 30, "x1": 66, "y1": 66},
-                                  {"kind": "point", "x": 48, "y": 50, "positive": True},
-                                  {"kind": "propagate", "direction": 1}, {"kind": "accept"}], start=1):
+    for seq, action in enumerate(
+        [
+            {"kind": "box", "x0": 30, "y0": 30, "x1": 66, "y1": 66},
+            {"kind": "point", "x": 48, "y": 50, "positive": True},
+            {"kind": "propagate", "direction": 1},
+            {"kind": "accept"},
+        ],
+        start=1,
+    ):
         st = svc.act(st.session_id, ActionRequest(seq=seq, action=ActionIn(**action), client_ms=seq, pointer=None))
     assert st.phase == "feedback" and st.feedback.dice > 0  # the nodule was in view and segmented
     write_trace_jsonl(svc.store, st.session_id, tmp_path / "store" / "trace.jsonl")

@@ -18,8 +18,9 @@ from hiseg_sim.env.trace import TRACE_FIELDS, read_trace, replay
 
 def _service(tmp_path, **kw):
     kw.setdefault("prefetch", False)
-    return AnnotationService(tmp_path / "s.sqlite", "stub_synthetic_cases", "stub_env", cache_dir=tmp_path / "cache",
-                             **kw)
+    return AnnotationService(
+        tmp_path / "s.sqlite", "stub_synthetic_cases", "stub_env", cache_dir=tmp_path / "cache", **kw
+    )
 
 
 def _bits(b64: str, size: int) -> np.ndarray:
@@ -43,8 +44,9 @@ class Person:
 
     def next(self):
         self.ms += 2_000
-        self.state = self.svc.next(self.state.session_id, NextRequest(case_index=self.state.case_index + 1,
-                                                                      client_ms=self.ms))
+        self.state = self.svc.next(
+            self.state.session_id, NextRequest(case_index=self.state.case_index + 1, client_ms=self.ms)
+        )
         return self.state
 
 
@@ -89,8 +91,18 @@ def test_every_action_is_stored_with_its_mask_and_replays_to_the_same_masks(tmp_
     sid = p.state.session_id
     rows = svc.store.actions(sid)
     assert [r.seq for r in rows] == list(range(1, 11)) and p.state.next_seq == 11
-    assert [r.action["kind"] for r in rows] == ["box", "point", "point", "undo", "propagate", "next", "prev", "prev",
-                                                "accept", "box"]
+    assert [r.action["kind"] for r in rows] == [
+        "box",
+        "point",
+        "point",
+        "undo",
+        "propagate",
+        "next",
+        "prev",
+        "prev",
+        "accept",
+        "box",
+    ]
     assert rows[1].pointer_x == 50.5 and rows[1].pointer_y == 44.25 and rows[0].pointer_x is None
     assert rows[8].terminated and [r.episode for r in rows] == [0] * 9 + [1]
     assert check_replay(svc.store, sid, svc.make_env()) == 10
@@ -212,8 +224,9 @@ def test_exports_have_the_trace_keys_and_replay_in_the_env(tmp_path):
     import pandas as pd
 
     df = pd.read_parquet(tmp_path / "a.parquet")
-    assert {"client_ms", "pointer_x", "pointer_y", "mask_bits", "participant", "group", "study",
-            "sim_seconds"} <= set(df)
+    assert {"client_ms", "pointer_x", "pointer_y", "mask_bits", "participant", "group", "study", "sim_seconds"} <= set(
+        df
+    )
     assert json.loads(df["action"][0]) == {"kind": "box", "x0": 30.0, "x1": 66.0, "y0": 30.0, "y1": 66.0}
     assert len(actions_frame(svc.store)) == 11
 
@@ -248,8 +261,10 @@ def test_the_2d_env_has_the_key_slice_only(tmp_path):
 
 def test_a_shuffled_order_is_seeded_by_the_person(tmp_path):
     svc = _service(tmp_path, order="shuffled", n_cases=2)
-    orders = {p: svc.store.session(Person(svc, participant=p).state.session_id).case_keys
-              for p in ("p01", "p02", "p03", "p04")}
+    orders = {
+        p: svc.store.session(Person(svc, participant=p).state.session_id).case_keys
+        for p in ("p01", "p02", "p03", "p04")
+    }
     assert all(len(keys) == 2 and set(keys) <= {"synth-0", "synth-1", "synth-edge"} for keys in orders.values())
     assert len({tuple(k) for k in orders.values()}) > 1  # people meet the nodules in different orders
     again = _service(tmp_path / "again", order="shuffled", n_cases=2)

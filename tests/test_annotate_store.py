@@ -13,25 +13,62 @@ from hiseg_sim.codec import pack_mask
 
 
 def _session(sid="s1", participant="p01", finished=None):
-    return SessionRecord(session_id=sid, participant=participant, grp="g", study="pilot", cohort="default",
-                         segmenter="stub_env", env_id="hiseg_sim/NoduleSeg3D-v0", feedback="score", practice=2,
-                         case_keys=["a/n1", "b/n2"], created_ms=1_700_000_000_000, finished_ms=finished)
+    return SessionRecord(
+        session_id=sid,
+        participant=participant,
+        grp="g",
+        study="pilot",
+        cohort="default",
+        segmenter="stub_env",
+        env_id="hiseg_sim/NoduleSeg3D-v0",
+        feedback="score",
+        practice=2,
+        case_keys=["a/n1", "b/n2"],
+        created_ms=1_700_000_000_000,
+        finished_ms=finished,
+    )
 
 
 def _episode(sid="s1", episode=0):
-    return EpisodeRecord(session_id=sid, episode=episode, case_key="a/n1", seed=123,
-                         viewport={"z0": 3, "n_slices": 9, "y0": -4, "x0": 8, "size": 96}, start_slice=7,
-                         spacing_zyx=(2.5, 0.7, 0.7), shape_zyx=(12, 96, 96), started_ms=1, started_client_ms=2)
+    return EpisodeRecord(
+        session_id=sid,
+        episode=episode,
+        case_key="a/n1",
+        seed=123,
+        viewport={"z0": 3, "n_slices": 9, "y0": -4, "x0": 8, "size": 96},
+        start_slice=7,
+        spacing_zyx=(2.5, 0.7, 0.7),
+        shape_zyx=(12, 96, 96),
+        started_ms=1,
+        started_client_ms=2,
+    )
 
 
 def _action(sid="s1", seq=1, mask=None):
     mask = np.zeros((9, 96, 96), bool) if mask is None else mask
-    return ActionRecord(session_id=sid, seq=seq, episode=0, step=seq, client_ms=10 + seq, server_ms=20 + seq,
-                        pointer_x=12.25, pointer_y=None,
-                        action={"kind": "point", "x": 12.25, "y": 40.0, "positive": False},
-                        prompt={"slice": 7, "points": [[12.25, 40.0]], "labels": [0], "box": None, "mask_prompt": True},
-                        slice=7, invalid_action="", dice=0.5, iou=1 / 3, iou_pred=0.9, reward=0.5, sim_seconds=1.5,
-                        sim_seconds_total=3.0, terminated=False, truncated=False, **pack_mask(mask, (3, 0, 0)))
+    return ActionRecord(
+        session_id=sid,
+        seq=seq,
+        episode=0,
+        step=seq,
+        client_ms=10 + seq,
+        server_ms=20 + seq,
+        pointer_x=12.25,
+        pointer_y=None,
+        action={"kind": "point", "x": 12.25, "y": 40.0, "positive": False},
+        prompt={"slice": 7, "points": [[12.25, 40.0]], "labels": [0], "box": None, "mask_prompt": True},
+        slice=7,
+        invalid_action="",
+        dice=0.5,
+        iou=1 / 3,
+        iou_pred=0.9,
+        reward=0.5,
+        sim_seconds=1.5,
+        sim_seconds_total=3.0,
+        terminated=False,
+        truncated=False,
+        **pack_mask(mask, (3, 0, 0)),
+    )
 
 
 def test_records_come_back_equal(tmp_path):

@@ -18,7 +18,7 @@ BANDS = ["<6", "6-10", "10-20", ">=20"]
 
 def ball(shape, centre, r_vox):
     grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-    return sum((g - c) ** 2 for g, c in zip(grids, centre)) <= r_vox ** 2
+    return sum((g - c) ** 2 for g, c in zip(grids, centre)) <= r_vox**2
 
 
 class _Annotation:
@@ -212,8 +212,16 @@ def test_gap_interval_is_a_bootstrap_over_nodules():
 
 
 def _fake(nid, diameter, texture, real):
-    return C.CalibrationNodule(nid, C.size_band(diameter), diameter, 2, texture, "consensus", None,
-                               {"dice": real, "z_end_mm": 0.0, "log_volume": 0.0})
+    return C.CalibrationNodule(
+        nid,
+        C.size_band(diameter),
+        diameter,
+        2,
+        texture,
+        "consensus",
+        None,
+        {"dice": real, "z_end_mm": 0.0, "log_volume": 0.0},
+    )
 
 
 def test_texture_gap_is_taken_below_and_above_10_mm():

@@ -13,8 +13,9 @@ from hiseg_sim.annotators.behaviour.calibration import agreement_stats
 
 
 def _nod(dice, pairs, cv, band="6-10", lidc_band="10-20"):
-    return SimpleNamespace(real={"dice": dice, "pairs": tuple(pairs), "volume_cv": cv}, band=band, lidc_band=lidc_band,
-                           n_readers=2)
+    return SimpleNamespace(
+        real={"dice": dice, "pairs": tuple(pairs), "volume_cv": cv}, band=band, lidc_band=lidc_band, n_readers=2
+    )
 
 
 def _panel(dice, cv):
@@ -23,8 +24,11 @@ def _panel(dice, cv):
 
 def test_spread_metrics_on_hand_made_values():
     nods = [_nod(0.9, [0.9], 0.1), _nod(0.4, [0.4], 0.5), _nod(0.7, [0.7], 0.3)]
-    sims = [[_panel(0.85, 0.1), _panel(0.95, 0.2)], [_panel(0.6, 0.3), _panel(0.45, 0.5)],
-            [_panel(0.7, 0.2), _panel(0.7, 0.2)]]
+    sims = [
+        [_panel(0.85, 0.1), _panel(0.95, 0.2)],
+        [_panel(0.6, 0.3), _panel(0.45, 0.5)],
+        [_panel(0.7, 0.2), _panel(0.7, 0.2)],
+    ]
     m = S.spread_metrics(nods, sims)
     assert m["pairwise_dice_mean"] == pytest.approx({"real": 2.0 / 3.0, "sim": 0.7083333})
     assert m["per_nodule_dice_sd"]["real"] == pytest.approx(np.std([0.9, 0.4, 0.7], ddof=1))
@@ -65,8 +69,7 @@ def test_energy_distance_is_near_its_null_for_exchangeable_panels_and_far_for_a_
     nodules = []
     for _ in range(30):
         real = [reader() for _ in range(3)]
-        nodules.append(SimpleNamespace(n_readers=3, real_masks=lambda real=real: real,
-                                       geometry=_geom(shape)))
+        nodules.append(SimpleNamespace(n_readers=3, real_masks=lambda real=real: real, geometry=_geom(shape)))
     same, wrong = S.EnergyDistance(nodules), S.EnergyDistance(nodules)
     for i in range(len(nodules)):
         for r in range(4):

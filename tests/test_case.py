@@ -6,7 +6,8 @@ from hiseg_sim.data.case import Case, CaseError
 
 def make(**kw):
     vol = np.full((4, 8, 8), -800.0, np.float32)
-    gt = np.zeros((4, 8, 8), bool); gt[1:3, 2:5, 2:5] = True
+    gt = np.zeros((4, 8, 8), bool)
+    gt[1:3, 2:5, 2:5] = True
     args = dict(case_id="c", volume_hu=vol, spacing_zyx=(2.0, 0.7, 0.7), gt=gt)
     args.update(kw)
     return Case(**args)
@@ -21,7 +22,8 @@ def test_valid_case_converts_types():
 
 
 def test_nan_volume_names_the_voxel():
-    v = np.zeros((4, 8, 8), np.float32); v[2, 3, 4] = np.nan
+    v = np.zeros((4, 8, 8), np.float32)
+    v[2, 3, 4] = np.nan
     with pytest.raises(CaseError, match=r"non-finite.*\(2, 3, 4\)"):
         make(volume_hu=v)
 
@@ -50,8 +52,9 @@ def test_empty_gt_and_non_binary_reader_mask():
         make(reader_masks=(np.full((4, 8, 8), 2),))
 
 
-@pytest.mark.parametrize("sp", [(1e-4, 1, 1), (1, 1, 1e4), (1, float("inf"), 1), ("1", 1, 1), (True, 1, 1), "111",
-                                None, (1, 1, 1, 1)])
+@pytest.mark.parametrize(
+    "sp", [(1e-4, 1, 1), (1, 1, 1e4), (1, float("inf"), 1), ("1", 1, 1), (True, 1, 1), "111", None, (1, 1, 1, 1)]
+)
 def test_spacing_outside_the_documented_range(sp):
     with pytest.raises(CaseError, match="spacing"):
         make(spacing_zyx=sp)
@@ -68,7 +71,8 @@ def test_case_id_must_be_a_non_empty_str(cid):
 
 
 def test_volume_beyond_float32_names_the_voxel():
-    v = np.zeros((4, 8, 8)); v[1, 2, 3] = 1e39
+    v = np.zeros((4, 8, 8))
+    v[1, 2, 3] = 1e39
     with pytest.raises(CaseError, match=r"beyond the float32 range .*\(1, 2, 3\)"):
         make(volume_hu=v)
 
@@ -87,8 +91,11 @@ def test_volume_and_masks_that_are_not_arrays_of_numbers():
 
 def test_reader_masks_and_meta_containers():
     gt = make().gt
-    with pytest.raises(CaseError, match=r"reader_masks must be a sequence of \(Z, Y, X\) masks, e.g. \(mask,\); "
-                                        r"got an array of shape \(4, 8, 8\)"):
+    with pytest.raises(
+        CaseError,
+        match=r"reader_masks must be a sequence of \(Z, Y, X\) masks, e.g. \(mask,\); "
+        r"got an array of shape \(4, 8, 8\)",
+    ):
         make(reader_masks=gt)
     with pytest.raises(CaseError, match="reader_masks must be a sequence"):
         make(reader_masks=None)

@@ -25,8 +25,12 @@ class FakeDb:
             for i in range(n_per_split):
                 pid = f"LIDC-IDRI-{base + i // 2:04d}"
                 nid = f"{pid}/n{i % 2 + 1}"
-                nod = fake_nodule(nid, radius_mm=float(rng.uniform(1.2, 14)), texture=int(rng.integers(1, 6)),
-                                  n_readers=int(rng.integers(1, 5)))
+                nod = fake_nodule(
+                    nid,
+                    radius_mm=float(rng.uniform(1.2, 14)),
+                    texture=int(rng.integers(1, 6)),
+                    n_readers=int(rng.integers(1, 5)),
+                )
                 nod.split = split
                 nod.scan = SimpleNamespace(**{**nod.scan.__dict__, "patient_id": pid})
                 self.nodules[nid] = nod
@@ -108,7 +112,8 @@ def test_build_manifest_is_deterministic_and_stratified(fake_db):
     assert a == b
     c = C.build_manifest(n_default=12, n_holdout=6, seed=1, db=fake_db)
     assert [x["nodule_id"] for x in c["cohorts"]["default"]["cases"]] != [
-        x["nodule_id"] for x in a["cohorts"]["default"]["cases"]] or c != a
+        x["nodule_id"] for x in a["cohorts"]["default"]["cases"]
+    ] or c != a
     for name, split in (("default", "calibration"), ("holdout", "holdout")):
         for case in a["cohorts"][name]["cases"]:
             nod = fake_db.get_nodule(case["nodule_id"])
@@ -140,8 +145,10 @@ def test_write_read_roundtrip_and_load(fake_db, tmp_path):
 
 
 def _minimal(**cohort):
-    return {"version": 1, "cohorts": {"default": {"cases": [{"nodule_id": "LIDC-IDRI-0001/n1", "phantom_seed": 0}],
-                                                  **cohort}}}
+    return {
+        "version": 1,
+        "cohorts": {"default": {"cases": [{"nodule_id": "LIDC-IDRI-0001/n1", "phantom_seed": 0}], **cohort}},
+    }
 
 
 def test_errors_name_the_problem(fake_db, tmp_path):

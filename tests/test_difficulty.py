@@ -12,19 +12,30 @@ from hiseg_sim.annotators.behaviour.difficulty_fit import implied_log_difficulty
 
 
 def _nod(i, rng):
-    ratings = {"subtlety": float(rng.integers(1, 6)), "internalStructure": 1.0, "calcification": 6.0,
-               "sphericity": float(rng.integers(2, 6)), "margin": float(rng.integers(1, 6)),
-               "lobulation": float(rng.integers(1, 6)), "spiculation": float(rng.integers(1, 6)),
-               "texture": float(rng.integers(1, 6))}
-    return SimpleNamespace(nodule_id=f"n{i}", ratings=ratings, lidc_diameter_mm=float(rng.uniform(3, 30)),
-                           diameter_mm=0.0, n_readers=int(rng.integers(2, 5)), texture=ratings["texture"])
+    ratings = {
+        "subtlety": float(rng.integers(1, 6)),
+        "internalStructure": 1.0,
+        "calcification": 6.0,
+        "sphericity": float(rng.integers(2, 6)),
+        "margin": float(rng.integers(1, 6)),
+        "lobulation": float(rng.integers(1, 6)),
+        "spiculation": float(rng.integers(1, 6)),
+        "texture": float(rng.integers(1, 6)),
+    }
+    return SimpleNamespace(
+        nodule_id=f"n{i}",
+        ratings=ratings,
+        lidc_diameter_mm=float(rng.uniform(3, 30)),
+        diameter_mm=0.0,
+        n_readers=int(rng.integers(2, 5)),
+        texture=ratings["texture"],
+    )
 
 
 def test_features_from_a_nodule_and_from_a_case_meta_agree():
     rng = np.random.default_rng(0)
     n = _nod(0, rng)
-    meta = {"ratings": n.ratings, "lidc_diameter_mm": n.lidc_diameter_mm, "diameter_mm": 99.0,
-            "n_readers": n.n_readers}
+    meta = {"ratings": n.ratings, "lidc_diameter_mm": n.lidc_diameter_mm, "diameter_mm": 99.0, "n_readers": n.n_readers}
     assert D.features_of(n) == D.features_of(meta)
     f = D.features_of({"ratings": {"margin": 1, "calcification": 3}, "diameter_mm": 20.0, "n_readers": 2})
     assert f["log2_diameter"] == pytest.approx(1.0) and f["calcified"] == 1.0 and f["two_readers"] == 1.0
@@ -48,8 +59,9 @@ def test_regression_recovers_a_planted_margin_effect_and_is_centred():
 
 
 def test_a_case_without_ratings_gets_no_offset():
-    model = D.DifficultyModel(tuple([0.0] * len(D.FEATURES)), tuple([1.0] * len(D.FEATURES)),
-                              tuple([0.5] * len(D.FEATURES)), 0.1)
+    model = D.DifficultyModel(
+        tuple([0.0] * len(D.FEATURES)), tuple([1.0] * len(D.FEATURES)), tuple([0.5] * len(D.FEATURES)), 0.1
+    )
     assert D.case_log_difficulty({}, model) == 0.0
     assert D.case_log_difficulty({"ratings": {"margin": 1}, "diameter_mm": 10.0}, model) != 0.0
 
@@ -59,7 +71,7 @@ def test_implied_difficulty_is_higher_where_readers_agree_less():
     from hiseg_sim.annotators.behaviour.perception import PerceptionParams, ReferenceGeometry
 
     g = np.ogrid[:9, :40, :40]
-    ball = ((g[0] - 4) * 1.5) ** 2 + ((g[1] - 20) * 0.7) ** 2 + ((g[2] - 20) * 0.7) ** 2 <= 5.0 ** 2
+    ball = ((g[0] - 4) * 1.5) ** 2 + ((g[1] - 20) * 0.7) ** 2 + ((g[2] - 20) * 0.7) ** 2 <= 5.0**2
     geom = ReferenceGeometry.from_mask(ball, (1.5, 0.7, 0.7), margin_mm=8.0)
 
     def nod(nid, dice):

@@ -80,7 +80,9 @@ def test_same_seed_same_rollout(env_id, cases, stub):
     for (o1, r1, i1), (o2, r2, i2) in zip(*rollouts):
         assert r1 == r2
         assert o1.keys() == o2.keys() and all(np.array_equal(o1[k], o2[k]) for k in o1)
-        assert i1["dice"] == i2["dice"] and i1["seconds"] == i2["seconds"] and i1["invalid_action"] == i2["invalid_action"]
+        assert (
+            i1["dice"] == i2["dice"] and i1["seconds"] == i2["seconds"] and i1["invalid_action"] == i2["invalid_action"]
+        )
 
 
 def test_key_slice_and_noisy_viewport(cases, stub):
@@ -105,8 +107,8 @@ def test_viewport_pads_with_air_near_the_border(cases, stub):
     assert vp.x0 < 0  # the nodule sits 6 px from the left edge
     air = to_uint8_window(np.array([[AIR_HU]], np.float32), LUNG_WINDOW)[0, 0]
     assert (obs["image"][0, :, : -vp.x0] == air).all()
-    inside = env.case.volume_hu[vp.z0, max(vp.y0, 0):vp.y0 + vp.size, 0:vp.x0 + vp.size]
-    got = obs["image"][0, max(0, -vp.y0):max(0, -vp.y0) + inside.shape[0], -vp.x0:]
+    inside = env.case.volume_hu[vp.z0, max(vp.y0, 0) : vp.y0 + vp.size, 0 : vp.x0 + vp.size]
+    got = obs["image"][0, max(0, -vp.y0) : max(0, -vp.y0) + inside.shape[0], -vp.x0 :]
     assert np.array_equal(got, to_uint8_window(inside, LUNG_WINDOW))
 
 
@@ -162,7 +164,7 @@ def test_dice_matches_metrics_on_full_masks(env_id, cases, stub):
                 vp = env.viewport
                 for i in range(vp.n_slices):
                     assert psd[i] == pytest.approx(metrics.dice(vol[vp.z0 + i], gt[vp.z0 + i]))
-                assert (psd[vp.n_slices:] == -1).all()
+                assert (psd[vp.n_slices :] == -1).all()
 
 
 def test_reward_is_dice_gain_minus_lambda_seconds(cases, stub):
@@ -294,7 +296,11 @@ def test_3d_propagation_and_slice_entries(cases, stub):
     obs, r, *_, info = env.step(Propagate(1))
     assert info["slice"] == start + 1 and obs["slice"] == start + 1 and info["invalid_action"] == ""
     assert obs["slice_has_mask"][start + 1] == 1 and info["dice"] > d_before
-    assert u.last_prompt["mask_prompt"] and u.last_prompt["points"] is None and u.last_prompt["slice"] == u.viewport.z0 + start + 1
+    assert (
+        u.last_prompt["mask_prompt"]
+        and u.last_prompt["points"] is None
+        and u.last_prompt["slice"] == u.viewport.z0 + start + 1
+    )
     x0, y0, x1, y1 = u.last_prompt["box"]
     m = u.slab_masks()[start]
     ys, xs = np.nonzero(m)
@@ -328,9 +334,11 @@ def test_step_before_reset_and_render(cases, stub):
 def test_truncation_by_time_limit(cases, stub):
     env = make("hiseg_sim/NoduleSeg2D-v0", cases, stub)
     env.reset(seed=0)
-    for i in range(20):
+    steps = 0
+    for _ in range(20):
         _, _, term, trunc, _ = env.step(PointAction(60, 60))
-    assert trunc and not term and i == 19
+        steps += 1
+    assert trunc and not term and steps == 20
 
 
 def test_arguments_are_validated(cases, stub):
@@ -378,33 +386,36 @@ def test_smaller_viewport(cases, stub):
 
 
 # ---- argument and option bounds ----------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"viewport_px": 10**5}, EnvArgumentError, r"viewport_px must be an integer in \[16, 1024\]; got 100000"),
-    ({"viewport_px": 15}, EnvArgumentError, r"\[16, 1024\]"),
-    ({"viewport_px": 96.0}, EnvArgumentTypeError, "viewport_px must be an integer"),
-    ({"window": (float("nan"), 1500)}, EnvArgumentError, "window level must be a finite number"),
-    ({"window": (-600, 0)}, EnvArgumentError, r"window width must be a finite number in \[1, 100000\] HU"),
-    ({"window": (-600, float("inf"))}, EnvArgumentError, "window width"),
-    ({"window": (-600,)}, EnvArgumentError, r"window must be \(level, width\)"),
-    ({"window": "lung"}, EnvArgumentTypeError, r"window must be \(level, width\)"),
-    ({"detection_sd_mm": float("inf")}, EnvArgumentError, r"detection_sd_mm .*\(0, 100\] mm"),
-    ({"pan_step_px": 0}, EnvArgumentError, r"pan_step_px must be an integer in \[1, 128\]"),
-    ({"pan_step_px": 129}, EnvArgumentError, "pan_step_px"),
-    ({"time_penalty": 1e308}, EnvArgumentError, r"time_penalty .*\[0, 1000\]"),
-    ({"time_model": {"M": 2}}, EnvArgumentTypeError, "time_model must be None or a hiseg_sim.timing.TimeModel"),
-    ({"mask_feedback": "no"}, EnvArgumentTypeError, r"mask_feedback must be True or False \(or 1 / 0\)"),
-    ({"mask_feedback": 2}, EnvArgumentError, "mask_feedback"),
-    ({"render_gt": None}, EnvArgumentTypeError, "render_gt"),
-    ({"render_scale": 0}, EnvArgumentError, r"render_scale must be an integer in \[1, 16\]"),
-    ({"viewport_px": 1024, "render_scale": 8}, EnvArgumentError, r"viewport_px \* render_scale must be <= 4096"),
-    ({"max_slices": 0}, EnvArgumentError, r"max_slices must be an integer in \[1, 512\]"),
-    ({"max_slices": 10**6}, EnvArgumentError, "max_slices"),
-    ({"propagate_margin_px": -1}, EnvArgumentError, r"propagate_margin_px must be an integer in \[0, 128\]"),
-    ({"cache_dir": 5}, EnvArgumentTypeError, "cache_dir must be None, a str or a path"),
-    ({"segmenter": "nope"}, EnvArgumentError, "'nope' is not a registered segmenter; one of .*litemedsam"),
-    ({"segmenter": 5}, EnvArgumentTypeError, "segmenter must be a registry name"),
-    ({"cases": "synth-0"}, EnvArgumentTypeError, "cases must be a sequence of Case"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"viewport_px": 10**5}, EnvArgumentError, r"viewport_px must be an integer in \[16, 1024\]; got 100000"),
+        ({"viewport_px": 15}, EnvArgumentError, r"\[16, 1024\]"),
+        ({"viewport_px": 96.0}, EnvArgumentTypeError, "viewport_px must be an integer"),
+        ({"window": (float("nan"), 1500)}, EnvArgumentError, "window level must be a finite number"),
+        ({"window": (-600, 0)}, EnvArgumentError, r"window width must be a finite number in \[1, 100000\] HU"),
+        ({"window": (-600, float("inf"))}, EnvArgumentError, "window width"),
+        ({"window": (-600,)}, EnvArgumentError, r"window must be \(level, width\)"),
+        ({"window": "lung"}, EnvArgumentTypeError, r"window must be \(level, width\)"),
+        ({"detection_sd_mm": float("inf")}, EnvArgumentError, r"detection_sd_mm .*\(0, 100\] mm"),
+        ({"pan_step_px": 0}, EnvArgumentError, r"pan_step_px must be an integer in \[1, 128\]"),
+        ({"pan_step_px": 129}, EnvArgumentError, "pan_step_px"),
+        ({"time_penalty": 1e308}, EnvArgumentError, r"time_penalty .*\[0, 1000\]"),
+        ({"time_model": {"M": 2}}, EnvArgumentTypeError, "time_model must be None or a hiseg_sim.timing.TimeModel"),
+        ({"mask_feedback": "no"}, EnvArgumentTypeError, r"mask_feedback must be True or False \(or 1 / 0\)"),
+        ({"mask_feedback": 2}, EnvArgumentError, "mask_feedback"),
+        ({"render_gt": None}, EnvArgumentTypeError, "render_gt"),
+        ({"render_scale": 0}, EnvArgumentError, r"render_scale must be an integer in \[1, 16\]"),
+        ({"viewport_px": 1024, "render_scale": 8}, EnvArgumentError, r"viewport_px \* render_scale must be <= 4096"),
+        ({"max_slices": 0}, EnvArgumentError, r"max_slices must be an integer in \[1, 512\]"),
+        ({"max_slices": 10**6}, EnvArgumentError, "max_slices"),
+        ({"propagate_margin_px": -1}, EnvArgumentError, r"propagate_margin_px must be an integer in \[0, 128\]"),
+        ({"cache_dir": 5}, EnvArgumentTypeError, "cache_dir must be None, a str or a path"),
+        ({"segmenter": "nope"}, EnvArgumentError, "'nope' is not a registered segmenter; one of .*litemedsam"),
+        ({"segmenter": 5}, EnvArgumentTypeError, "segmenter must be a registry name"),
+        ({"cases": "synth-0"}, EnvArgumentTypeError, "cases must be a sequence of Case"),
+    ],
+)
 def test_constructor_arguments_outside_their_bounds(cases, stub, kwargs, error, match):
     kw = {"cases": cases, "segmenter": stub, "viewport_px": 128, **kwargs}
     with pytest.raises(error, match=match) as exc:
@@ -415,9 +426,20 @@ def test_constructor_arguments_outside_their_bounds(cases, stub, kwargs, error, 
 def test_constructor_bounds_themselves_are_accepted(cases, stub):
     from hiseg_sim.env import NoduleSeg3DEnv
 
-    env = NoduleSeg3DEnv(cases, stub, viewport_px=16, pan_step_px=16, detection_sd_mm=100, window=(-100000, 1),
-                         time_penalty=1000, max_slices=512, propagate_margin_px=16, render_scale=16,
-                         mask_feedback=np.int64(0), render_gt=np.bool_(True))
+    env = NoduleSeg3DEnv(
+        cases,
+        stub,
+        viewport_px=16,
+        pan_step_px=16,
+        detection_sd_mm=100,
+        window=(-100000, 1),
+        time_penalty=1000,
+        max_slices=512,
+        propagate_margin_px=16,
+        render_scale=16,
+        mask_feedback=np.int64(0),
+        render_gt=np.bool_(True),
+    )
     assert env.mask_feedback is False and env.render_gt is True and env.size == 16
     obs, _ = env.reset(seed=0)
     assert obs["slice_in_slab"].shape == (512,)
@@ -445,16 +467,19 @@ def _viewport_of(env, case_index=0):
     return dict(info["viewport"]), info
 
 
-@pytest.mark.parametrize("options, error, match", [
-    ({"case_index": -1}, EnvArgumentError, r"options\['case_index'\] must be an integer in \[0, 2\]; got -1"),
-    ({"case_index": 3}, EnvArgumentError, "case_index"),
-    ({"case_index": 1.0}, EnvArgumentTypeError, "case_index"),
-    ({"case_index": True}, EnvArgumentTypeError, "case_index"),
-    ({"case_id": 0}, EnvArgumentTypeError, r"options\['case_id'\] must be a str"),
-    ({"case_id": "synth-0", "case_index": 0}, EnvArgumentError, "not both"),
-    ({"case_idx": 0}, EnvArgumentError, r"unknown reset option\(s\) 'case_idx'; the options are case_id"),
-    ({"time_model": "slow"}, EnvArgumentTypeError, "TimeModel"),
-])
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"case_index": -1}, EnvArgumentError, r"options\['case_index'\] must be an integer in \[0, 2\]; got -1"),
+        ({"case_index": 3}, EnvArgumentError, "case_index"),
+        ({"case_index": 1.0}, EnvArgumentTypeError, "case_index"),
+        ({"case_index": True}, EnvArgumentTypeError, "case_index"),
+        ({"case_id": 0}, EnvArgumentTypeError, r"options\['case_id'\] must be a str"),
+        ({"case_id": "synth-0", "case_index": 0}, EnvArgumentError, "not both"),
+        ({"case_idx": 0}, EnvArgumentError, r"unknown reset option\(s\) 'case_idx'; the options are case_id"),
+        ({"time_model": "slow"}, EnvArgumentTypeError, "TimeModel"),
+    ],
+)
 @pytest.mark.parametrize("env_id", IDS, ids=IDS)
 def test_reset_options_outside_their_bounds(env_id, cases, stub, options, error, match):
     env = make(env_id, cases, stub)

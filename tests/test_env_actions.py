@@ -24,8 +24,18 @@ from hiseg_sim.env.actions import (
     to_array,
 )
 
-TYPED = [PointAction(3, 4), PointAction(5, 6, positive=False), BoxAction(1, 2, 30, 40), BoxAction(30, 40, 1, 2),
-         Undo(), Accept(), NextSlice(), PrevSlice(), Propagate(1), Propagate(-1)]
+TYPED = [
+    PointAction(3, 4),
+    PointAction(5, 6, positive=False),
+    BoxAction(1, 2, 30, 40),
+    BoxAction(30, 40, 1, 2),
+    Undo(),
+    Accept(),
+    NextSlice(),
+    PrevSlice(),
+    Propagate(1),
+    Propagate(-1),
+]
 
 
 @pytest.mark.parametrize("action", TYPED, ids=lambda a: type(a).__name__)
@@ -83,18 +93,21 @@ def test_box_helpers():
 
 
 # ---- field checks of the typed actions --------------------------------------------------------
-@pytest.mark.parametrize("make, field", [
-    (lambda: PointAction("3", "4"), r"PointAction\.x"),
-    (lambda: PointAction(3, None), r"PointAction\.y"),
-    (lambda: PointAction(True, 4), r"PointAction\.x"),
-    (lambda: PointAction(3, 4, positive="no"), r"PointAction\.positive"),
-    (lambda: PointAction(3, 4, positive=0.5), r"PointAction\.positive"),
-    (lambda: PointAction(3, 4, positive=None), r"PointAction\.positive"),
-    (lambda: BoxAction(0, 0, "9", 9), r"BoxAction\.x1"),
-    (lambda: BoxAction(0, 0, 9, [9]), r"BoxAction\.y1"),
-    (lambda: Propagate(True), r"Propagate\.direction"),
-    (lambda: Propagate(1.0), r"Propagate\.direction"),
-])
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: PointAction("3", "4"), r"PointAction\.x"),
+        (lambda: PointAction(3, None), r"PointAction\.y"),
+        (lambda: PointAction(True, 4), r"PointAction\.x"),
+        (lambda: PointAction(3, 4, positive="no"), r"PointAction\.positive"),
+        (lambda: PointAction(3, 4, positive=0.5), r"PointAction\.positive"),
+        (lambda: PointAction(3, 4, positive=None), r"PointAction\.positive"),
+        (lambda: BoxAction(0, 0, "9", 9), r"BoxAction\.x1"),
+        (lambda: BoxAction(0, 0, 9, [9]), r"BoxAction\.y1"),
+        (lambda: Propagate(True), r"Propagate\.direction"),
+        (lambda: Propagate(1.0), r"Propagate\.direction"),
+    ],
+)
 def test_fields_of_the_wrong_type_raise_a_type_error_naming_them(make, field):
     with pytest.raises(ActionTypeError, match=field) as exc:
         make()
@@ -102,14 +115,17 @@ def test_fields_of_the_wrong_type_raise_a_type_error_naming_them(make, field):
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("make, field", [
-    (lambda: PointAction(float("nan"), 4), r"PointAction\.x must be a finite number"),
-    (lambda: PointAction(3, -float("inf")), r"PointAction\.y must be a finite number"),
-    (lambda: PointAction(3, 10**400), r"PointAction\.y must be a finite number"),
-    (lambda: PointAction(3, 4, positive=2), r"PointAction\.positive must be True or False \(or 1 / 0\); got 2"),
-    (lambda: BoxAction(0, float("inf"), 9, 9), r"BoxAction\.y0 must be a finite number"),
-    (lambda: Propagate(0), r"Propagate\.direction must be \+1 or -1; got 0"),
-])
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: PointAction(float("nan"), 4), r"PointAction\.x must be a finite number"),
+        (lambda: PointAction(3, -float("inf")), r"PointAction\.y must be a finite number"),
+        (lambda: PointAction(3, 10**400), r"PointAction\.y must be a finite number"),
+        (lambda: PointAction(3, 4, positive=2), r"PointAction\.positive must be True or False \(or 1 / 0\); got 2"),
+        (lambda: BoxAction(0, float("inf"), 9, 9), r"BoxAction\.y0 must be a finite number"),
+        (lambda: Propagate(0), r"Propagate\.direction must be \+1 or -1; got 0"),
+    ],
+)
 def test_field_values_out_of_bounds_raise_invalid_action_error(make, field):
     with pytest.raises(InvalidActionError, match=field) as exc:
         make()

@@ -37,8 +37,14 @@ def _gt_box(env, pad=3):
     g = env.unwrapped._gt_crop[env.unwrapped._cur]
     ys, xs = np.nonzero(g)
     S = env.unwrapped.size
-    return (max(0, xs.min() - pad), max(0, ys.min() - pad), min(S - 1, xs.max() + pad), min(S - 1, ys.max() + pad),
-            float(xs.mean()), float(ys.mean()))
+    return (
+        max(0, xs.min() - pad),
+        max(0, ys.min() - pad),
+        min(S - 1, xs.max() + pad),
+        min(S - 1, ys.max() + pad),
+        float(xs.mean()),
+        float(ys.mean()),
+    )
 
 
 def test_litemedsam_episode_scores_and_replays(one_case, litemedsam, tmp_path):

@@ -58,8 +58,10 @@ def test_trace_schema_and_replay(env_id, tmp_path):
 
 
 def test_perceived_quality_and_memory_only():
-    env = TraceRecorder(gym.make("hiseg_sim/NoduleSeg2D-v0", cases=synthetic_cases(), segmenter=EnvStubSegmenter()),
-                        annotator="expert-1")
+    env = TraceRecorder(
+        gym.make("hiseg_sim/NoduleSeg2D-v0", cases=synthetic_cases(), segmenter=EnvStubSegmenter()),
+        annotator="expert-1",
+    )
     with pytest.raises(RuntimeError):
         env.set_perceived_quality(0.5)
     env.reset(seed=0)
@@ -76,8 +78,9 @@ def test_perceived_quality_and_memory_only():
 
 
 def test_episode_statistics():
-    env = EpisodeStatistics(gym.make("hiseg_sim/NoduleSeg2D-v0", cases=synthetic_cases(), segmenter=EnvStubSegmenter(),
-                                     time_penalty=0.01))
+    env = EpisodeStatistics(
+        gym.make("hiseg_sim/NoduleSeg2D-v0", cases=synthetic_cases(), segmenter=EnvStubSegmenter(), time_penalty=0.01)
+    )
     env.reset(seed=0)
     ret = 0.0
     for a in ([2, 20, 20, 80, 80], [3, 0, 0, 0, 0], [3, 0, 0, 0, 0], [2, 20, 20, 80, 80], [4, 0, 0, 0, 0]):

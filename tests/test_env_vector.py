@@ -37,8 +37,14 @@ def test_async_four_workers_share_the_disk_cache(env_id, tmp_path):
 
 def test_sync_vector_env_and_same_seed_same_batch(tmp_path):
     a = make_vec_env("hiseg_sim/NoduleSeg3D-v0", 4, "sync", cases=synthetic_cases(), segmenter=EnvStubSegmenter())
-    b = make_vec_env("hiseg_sim/NoduleSeg3D-v0", 4, "async", cases=synthetic_cases(), segmenter=EnvStubSegmenter(),
-                     cache_dir=tmp_path)
+    b = make_vec_env(
+        "hiseg_sim/NoduleSeg3D-v0",
+        4,
+        "async",
+        cases=synthetic_cases(),
+        segmenter=EnvStubSegmenter(),
+        cache_dir=tmp_path,
+    )
     try:
         oa, ob = _drive(a, 25, seed=3), _drive(b, 25, seed=3)
         assert all(np.array_equal(oa[k], ob[k]) for k in oa)  # the executor does not change the trace
@@ -50,8 +56,13 @@ def test_sync_vector_env_and_same_seed_same_batch(tmp_path):
 
 
 def test_gymnasium_make_vec_with_the_registered_id():
-    vec = gym.make_vec("hiseg_sim/NoduleSeg2D-v0", num_envs=4, vectorization_mode="sync",
-                       cases=synthetic_cases(), segmenter=EnvStubSegmenter())
+    vec = gym.make_vec(
+        "hiseg_sim/NoduleSeg2D-v0",
+        num_envs=4,
+        vectorization_mode="sync",
+        cases=synthetic_cases(),
+        segmenter=EnvStubSegmenter(),
+    )
     try:
         _drive(vec, 10)
     finally:
@@ -71,8 +82,13 @@ def test_sb3_make_vec_env_subproc():
     from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
     from stable_baselines3.common.vec_env import SubprocVecEnv
 
-    vec = sb3_make_vec_env("hiseg_sim/NoduleSeg2D-v0", n_envs=4, seed=0, vec_env_cls=SubprocVecEnv,
-                           env_kwargs={"cases": synthetic_cases(), "segmenter": EnvStubSegmenter()})
+    vec = sb3_make_vec_env(
+        "hiseg_sim/NoduleSeg2D-v0",
+        n_envs=4,
+        seed=0,
+        vec_env_cls=SubprocVecEnv,
+        env_kwargs={"cases": synthetic_cases(), "segmenter": EnvStubSegmenter()},
+    )
     try:
         obs = vec.reset()
         assert obs["image"].shape == (4, 1, 96, 96)

@@ -20,7 +20,13 @@ import pandas as pd
 import pytest
 
 from hiseg_sim.experiments import (
-    CorruptShardWarning, RunMismatchError, SpecError, load_run, load_spec, run_study, spec_from_dict,
+    CorruptShardWarning,
+    RunMismatchError,
+    SpecError,
+    load_run,
+    load_spec,
+    run_study,
+    spec_from_dict,
 )
 from hiseg_sim.experiments.spec import shipped_specs_dir
 from hiseg_sim.experiments.units import episode_seed, plan_units, sequence_order
@@ -62,8 +68,9 @@ def test_a_serial_run_with_its_own_thread_count_gives_the_process_its_setting_ba
 
     set_threads(2)
     try:
-        data = run_study(_spec(episode_fn=HARNESS), tmp_path, executor="serial", cache_dir=cache_dir,
-                         progress=False, threads=1)
+        data = run_study(
+            _spec(episode_fn=HARNESS), tmp_path, executor="serial", cache_dir=cache_dir, progress=False, threads=1
+        )
         assert data.meta["sessions"][-1]["executor"] == "serial" and len(data.episodes)
         # the run used one thread, but the next serial run in this process starts from two again
         assert torch.get_num_threads() == 2 and get_threads() == 2
@@ -79,25 +86,36 @@ def test_shipped_studies_validate(path):
     assert len(spec.config_hash()) == 16
 
 
-@pytest.mark.parametrize("mutate, needle", [
-    (lambda d: d["run"].update(replicate=2), "[run] unknown key 'replicate'; did you mean 'replicates'?"),
-    (lambda d: d["run"].update(workers="two"), "[run] workers: must be an integer >= 0"),
-    (lambda d: d["run"].update(executor="threads"), "[run] executor: must be one of serial, process, ray"),
-    (lambda d: d["study"].pop("name"), "[study] name: missing"),
-    (lambda d: d["study"].update(kind="survey"), "[study] kind: unknown study kind 'survey'. Study kinds:"),
-    (lambda d: d.update(analysis={"draw": 30}), "[analysis] unknown key 'draw'"),
-    (lambda d: d.update(analysis={"refrence": "tight"}), "[analysis] unknown key 'refrence'; did you mean 'reference'?"),
-    (lambda d: d.update(analysis={"reference": "nobody"}), "[analysis] reference: 'nobody' is not an arm label"),
-    (lambda d: d["annotators"][1].update(label="tight"), "label: 'tight' is used by more than one arm"),
-    (lambda d: d["annotators"][0].update(name="expert_radiolgist"),
-     "[annotators #1] name: unknown annotator 'expert_radiolgist'; did you mean 'expert_radiologist'?"),
-    (lambda d: d["annotators"][0].update(feedbak="score"), "[annotators #1] unknown key 'feedbak'"),
-    (lambda d: d["annotators"][0].update(practice=3), "[annotators #1] practice: only with [run] design"),
-    (lambda d: d["run"].update(design="sequence", length=0), "[run] length: must be an integer >= 1"),
-    (lambda d: d["cases"].update(per_stratum=2), "[cases] per_stratum: only for a cohort"),
-    (lambda d: d["segmenters"].update(names=["litemedsm"]), "unknown segmenter 'litemedsm'; did you mean 'litemedsam'?"),
-    (lambda d: d.update(analysis=3), "[top level] analysis: must be a table"),
-])
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda d: d["run"].update(replicate=2), "[run] unknown key 'replicate'; did you mean 'replicates'?"),
+        (lambda d: d["run"].update(workers="two"), "[run] workers: must be an integer >= 0"),
+        (lambda d: d["run"].update(executor="threads"), "[run] executor: must be one of serial, process, ray"),
+        (lambda d: d["study"].pop("name"), "[study] name: missing"),
+        (lambda d: d["study"].update(kind="survey"), "[study] kind: unknown study kind 'survey'. Study kinds:"),
+        (lambda d: d.update(analysis={"draw": 30}), "[analysis] unknown key 'draw'"),
+        (
+            lambda d: d.update(analysis={"refrence": "tight"}),
+            "[analysis] unknown key 'refrence'; did you mean 'reference'?",
+        ),
+        (lambda d: d.update(analysis={"reference": "nobody"}), "[analysis] reference: 'nobody' is not an arm label"),
+        (lambda d: d["annotators"][1].update(label="tight"), "label: 'tight' is used by more than one arm"),
+        (
+            lambda d: d["annotators"][0].update(name="expert_radiolgist"),
+            "[annotators #1] name: unknown annotator 'expert_radiolgist'; did you mean 'expert_radiologist'?",
+        ),
+        (lambda d: d["annotators"][0].update(feedbak="score"), "[annotators #1] unknown key 'feedbak'"),
+        (lambda d: d["annotators"][0].update(practice=3), "[annotators #1] practice: only with [run] design"),
+        (lambda d: d["run"].update(design="sequence", length=0), "[run] length: must be an integer >= 1"),
+        (lambda d: d["cases"].update(per_stratum=2), "[cases] per_stratum: only for a cohort"),
+        (
+            lambda d: d["segmenters"].update(names=["litemedsm"]),
+            "unknown segmenter 'litemedsm'; did you mean 'litemedsam'?",
+        ),
+        (lambda d: d.update(analysis=3), "[top level] analysis: must be a table"),
+    ],
+)
 def test_spec_errors_name_the_key(mutate, needle):
     d = stub_spec_dict()
     mutate(d)
@@ -152,16 +170,18 @@ def test_serial_run_tables(serial_run):
 
 
 def test_process_pool_gives_the_serial_rows(serial_run, tmp_path, cache_dir):
-    proc = run_study(_spec(episode_fn=HARNESS), tmp_path, executor="process", workers=2, cache_dir=cache_dir,
-                     progress=False)
+    proc = run_study(
+        _spec(episode_fn=HARNESS), tmp_path, executor="process", workers=2, cache_dir=cache_dir, progress=False
+    )
     _same(serial_run, proc)
     assert proc.meta["sessions"][-1]["workers"] == 2
 
 
 def test_ray_gives_the_serial_rows(serial_run, tmp_path, cache_dir):
     pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'hiseg-sim[ray]'); not installed here")
-    ray_run = run_study(_spec(episode_fn=HARNESS), tmp_path, executor="ray", workers=2, cache_dir=cache_dir,
-                        progress=False)
+    ray_run = run_study(
+        _spec(episode_fn=HARNESS), tmp_path, executor="ray", workers=2, cache_dir=cache_dir, progress=False
+    )
     _same(serial_run, ray_run)
 
 
@@ -180,10 +200,19 @@ def test_sigkill_midway_then_resume_gives_the_uninterrupted_rows(tmp_path, cache
     out = tmp_path / "killed"
     script = tmp_path / "run.py"
     script.write_text(_KILL_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "HISEG_STUB_DELAY_S": "0.15"}  # slow in the killed run only: the same spec runs at full speed below
-    proc = subprocess.Popen([sys.executable, str(script), json.dumps(spec_d), str(out), cache_dir], cwd=REPO, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "HISEG_STUB_DELAY_S": "0.15",
+    }  # slow in the killed run only: the same spec runs at full speed below
+    proc = subprocess.Popen(
+        [sys.executable, str(script), json.dumps(spec_d), str(out), cache_dir],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     shards = out / "shards"
     deadline = time.time() + 90
     try:
@@ -199,7 +228,9 @@ def test_sigkill_midway_then_resume_gives_the_uninterrupted_rows(tmp_path, cache
     assert json.loads((out / "run.json").read_text())["status"] == "running"  # it never got to say otherwise
     resumed = run_study(spec_from_dict(spec_d), out, executor="serial", cache_dir=cache_dir, progress=False)
     assert resumed.meta["sessions"][-1]["units_skipped"] == n_before
-    whole = run_study(spec_from_dict(spec_d), tmp_path / "whole", executor="serial", cache_dir=cache_dir, progress=False)
+    whole = run_study(
+        spec_from_dict(spec_d), tmp_path / "whole", executor="serial", cache_dir=cache_dir, progress=False
+    )
     _same(resumed, whole)
     e = resumed.episodes
     assert not e.duplicated(["annotator", "case_id", "replicate"]).any() and len(e) == 8 * 4
@@ -213,8 +244,8 @@ def test_corrupt_and_partial_shards_are_detected_and_rerun(serial_run, tmp_path,
     shards = sorted((out / "shards").glob("*.episodes.parquet"))
     truncated, orphaned = shards[0], shards[1]
     data = truncated.read_bytes()
-    truncated.write_bytes(data[: len(data) // 2])               # a half-written file
-    orphaned.unlink()                                            # actions + cases shards without their episodes
+    truncated.write_bytes(data[: len(data) // 2])  # a half-written file
+    orphaned.unlink()  # actions + cases shards without their episodes
     (out / "shards" / ".x.episodes.parquet.abc.tmp").write_bytes(b"junk")  # a killed writer's temporary
     with pytest.warns(CorruptShardWarning) as rec:
         again = run_study(_spec(episode_fn=HARNESS), out, executor="serial", cache_dir=cache_dir, progress=False)

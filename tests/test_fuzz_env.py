@@ -90,8 +90,11 @@ def _typed_random(rng, space):
     a = from_array(space.sample())
 
     def coord():
-        return float(rng.choice([0.0, size - 1.0, rng.uniform(0, size - 1), rng.uniform(0, 1.5),
-                                 rng.uniform(size - 2.5, size - 1)]))
+        return float(
+            rng.choice(
+                [0.0, size - 1.0, rng.uniform(0, size - 1), rng.uniform(0, 1.5), rng.uniform(size - 2.5, size - 1)]
+            )
+        )
 
     if isinstance(a, PointAction):
         return PointAction(coord(), coord(), a.positive)
@@ -105,9 +108,17 @@ def _typed_random(rng, space):
 
 def _junk(rng, size, n_kinds):
     """An action outside the space."""
-    return [np.array([n_kinds, 0, 0, 0, 0]), np.array([0, size, 0, 0, 0]), np.array([0, -1, 3, 0, 0]),
-            np.array([2, 0, 0, np.nan, 1.0]), np.array([0, 1, 2]), PointAction(size - 0.4, 1.0),
-            BoxAction(-0.6, 0, 3, 3), "click", np.array([0, 2**63, 1, 0, 0], np.uint64)][int(rng.integers(9))]
+    return [
+        np.array([n_kinds, 0, 0, 0, 0]),
+        np.array([0, size, 0, 0, 0]),
+        np.array([0, -1, 3, 0, 0]),
+        np.array([2, 0, 0, np.nan, 1.0]),
+        np.array([0, 1, 2]),
+        PointAction(size - 0.4, 1.0),
+        BoxAction(-0.6, 0, 3, 3),
+        "click",
+        np.array([0, 2**63, 1, 0, 0], np.uint64),
+    ][int(rng.integers(9))]
 
 
 @pytest.mark.parametrize("env_id", IDS, ids=IDS)
@@ -143,8 +154,11 @@ def test_seeded_walk(env_id):
 
 # ---- hypothesis: any action sequence ----------------------------------------------------------
 ANY_NUMBER = st.one_of(
-    st.integers(-3, S + 3), st.floats(-3, S + 3), st.floats(allow_nan=True, allow_infinity=True),
-    st.integers(-(2**70), 2**70), st.sampled_from([np.float32(3.5), np.int64(7), np.uint8(2)]),
+    st.integers(-3, S + 3),
+    st.floats(-3, S + 3),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([np.float32(3.5), np.int64(7), np.uint8(2)]),
 )
 ANY_FIELD = st.one_of(ANY_NUMBER, st.booleans(), st.text(max_size=3), st.none())
 ANY_FLAG = st.one_of(st.booleans(), st.integers(-2, 3), st.text(max_size=2), st.none(), st.floats(0, 1))
@@ -202,7 +216,9 @@ def _in_space(action, env) -> bool:
     if isinstance(action, np.ndarray):
         if action.shape != (5,) or action.dtype.kind not in "if" or not np.isfinite(action).all():
             return False
-        return bool((action == np.rint(action)).all() and (action >= 0).all() and (action < env.action_space.nvec).all())
+        return bool(
+            (action == np.rint(action)).all() and (action >= 0).all() and (action < env.action_space.nvec).all()
+        )
     if int(action.kind) >= n_kinds:
         return False
     coords = [getattr(action, f) for f in ("x", "y", "x0", "y0", "x1", "y1") if hasattr(action, f)]
@@ -263,8 +279,22 @@ def options_and_validity(draw, env):
         opts = {"case_id": case.case_id, "viewport": dict(info["viewport"])}
         if u.three_d:
             opts["start_slice"] = info["viewport"]["z0"] + info["slice"]
-    flaw = draw(st.sampled_from(["", "", "unknown_key", "not_a_dict", "case_index", "case_id", "both", "viewport",
-                                 "start_slice", "time_model"]))
+    flaw = draw(
+        st.sampled_from(
+            [
+                "",
+                "",
+                "unknown_key",
+                "not_a_dict",
+                "case_index",
+                "case_id",
+                "both",
+                "viewport",
+                "start_slice",
+                "time_model",
+            ]
+        )
+    )
     if not flaw:
         return opts, True
     opts = dict(opts or {})
@@ -289,8 +319,11 @@ def options_and_validity(draw, env):
         opts.pop("start_slice", None)
         opts.pop("case_index", None)
         opts["case_id"] = case.case_id
-        how = draw(st.sampled_from(["z0_neg", "z0_past", "size", "n0", "n_big", "missing", "extra", "type", "offset",
-                                    "not_key"]))
+        how = draw(
+            st.sampled_from(
+                ["z0_neg", "z0_past", "size", "n0", "n_big", "missing", "extra", "type", "offset", "not_key"]
+            )
+        )
         if how == "not_key" and u.three_d:
             how = "z0_neg"
         if how == "z0_neg":
@@ -318,8 +351,9 @@ def options_and_validity(draw, env):
         opts.pop("viewport", None)
         opts["start_slice"] = draw(st.one_of(st.integers(max_value=-1), st.integers(min_value=Z), BAD_INT))
     else:
-        opts["time_model"] = draw(st.one_of(st.dictionaries(st.text(max_size=2), st.floats(), max_size=2),
-                                            st.integers(), st.text(max_size=3)))
+        opts["time_model"] = draw(
+            st.one_of(st.dictionaries(st.text(max_size=2), st.floats(), max_size=2), st.integers(), st.text(max_size=3))
+        )
     return opts, False
 
 
@@ -349,20 +383,26 @@ NOT_INT = st.one_of(st.floats(), st.text(max_size=3), st.booleans(), st.none())
 NOT_REAL = st.one_of(st.text(max_size=3), st.booleans(), st.none(), st.just(float("nan")), st.just(float("inf")))
 #: argument -> (values within the documented bounds, values outside them or of the wrong type)
 ARGS = {
-    "viewport_px": (st.integers(16, 160),
-                    st.one_of(st.integers(max_value=15), st.integers(min_value=1025), NOT_INT)),
-    "detection_sd_mm": (st.floats(0.01, 100.0),
-                        st.one_of(st.floats(max_value=0.0), st.floats(min_value=100.001), NOT_REAL)),
-    "window": (st.tuples(st.floats(-5000, 5000), st.floats(1.0, 1e5)),
-               st.one_of(st.tuples(st.floats(allow_nan=True), st.floats(max_value=0.99)),
-                         st.tuples(st.just(float("nan")), st.floats(1, 10)), st.tuples(st.floats(1, 10)),
-                         st.just("lung"))),
-    "time_penalty": (st.floats(0, 1000),
-                     st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1000.01), NOT_REAL)),
-    "mask_feedback": (st.sampled_from([True, False, 0, 1, np.bool_(True)]),
-                      st.one_of(st.integers(2, 9), st.text(max_size=2), st.none(), st.floats())),
-    "render_scale": (st.integers(1, 2),
-                     st.one_of(st.integers(max_value=0), st.integers(min_value=17), NOT_INT)),
+    "viewport_px": (st.integers(16, 160), st.one_of(st.integers(max_value=15), st.integers(min_value=1025), NOT_INT)),
+    "detection_sd_mm": (
+        st.floats(0.01, 100.0),
+        st.one_of(st.floats(max_value=0.0), st.floats(min_value=100.001), NOT_REAL),
+    ),
+    "window": (
+        st.tuples(st.floats(-5000, 5000), st.floats(1.0, 1e5)),
+        st.one_of(
+            st.tuples(st.floats(allow_nan=True), st.floats(max_value=0.99)),
+            st.tuples(st.just(float("nan")), st.floats(1, 10)),
+            st.tuples(st.floats(1, 10)),
+            st.just("lung"),
+        ),
+    ),
+    "time_penalty": (st.floats(0, 1000), st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1000.01), NOT_REAL)),
+    "mask_feedback": (
+        st.sampled_from([True, False, 0, 1, np.bool_(True)]),
+        st.one_of(st.integers(2, 9), st.text(max_size=2), st.none(), st.floats()),
+    ),
+    "render_scale": (st.integers(1, 2), st.one_of(st.integers(max_value=0), st.integers(min_value=17), NOT_INT)),
 }
 ARGS_3D = {
     "max_slices": (st.integers(1, 80), st.one_of(st.integers(max_value=0), st.integers(min_value=513), NOT_INT)),
@@ -409,8 +449,23 @@ VOLUME = st.one_of(
     hnp.arrays(np.float32, SHAPES, elements=st.floats(-3000, 3000, width=32)),
     hnp.arrays(np.int16, SHAPES),
 )
-CASE_FLAWS = ["", "", "", "nan", "inf", "beyond_float32", "bool_volume", "mask_shape", "mask_values",
-              "empty_gt", "spacing_value", "spacing_length", "spacing_type", "case_id", "readers"]
+CASE_FLAWS = [
+    "",
+    "",
+    "",
+    "nan",
+    "inf",
+    "beyond_float32",
+    "bool_volume",
+    "mask_shape",
+    "mask_values",
+    "empty_gt",
+    "spacing_value",
+    "spacing_length",
+    "spacing_type",
+    "case_id",
+    "readers",
+]
 
 
 @st.composite
@@ -418,8 +473,13 @@ def case_inputs(draw):
     """``(Case kwargs, flaw)``: valid inputs with at most one documented violation."""
     vol = draw(VOLUME)
     shape = vol.shape
-    gt = draw(st.one_of(hnp.arrays(np.bool_, shape), hnp.arrays(np.uint8, shape, elements=st.integers(0, 1)),
-                        hnp.arrays(np.float32, shape, elements=st.sampled_from([0.0, 1.0]))))
+    gt = draw(
+        st.one_of(
+            hnp.arrays(np.bool_, shape),
+            hnp.arrays(np.uint8, shape, elements=st.integers(0, 1)),
+            hnp.arrays(np.float32, shape, elements=st.sampled_from([0.0, 1.0])),
+        )
+    )
     gt.flat[draw(st.integers(0, gt.size - 1))] = 1
     spacing = draw(st.tuples(*[st.floats(1e-3, 1e3)] * 3))
     kw = {"case_id": "fuzz", "volume_hu": vol, "spacing_zyx": spacing, "gt": gt, "reader_masks": ()}
@@ -440,9 +500,9 @@ def case_inputs(draw):
     elif flaw == "spacing_value":
         i = draw(st.integers(0, 2))
         bad = draw(st.one_of(st.floats(max_value=9.99e-4), st.floats(min_value=1000.01), st.just(float("nan"))))
-        kw["spacing_zyx"] = spacing[:i] + (bad,) + spacing[i + 1:]
+        kw["spacing_zyx"] = spacing[:i] + (bad,) + spacing[i + 1 :]
     elif flaw == "spacing_length":
-        kw["spacing_zyx"] = spacing[:draw(st.sampled_from([0, 1, 2]))] + spacing * draw(st.sampled_from([0, 1]))
+        kw["spacing_zyx"] = spacing[: draw(st.sampled_from([0, 1, 2]))] + spacing * draw(st.sampled_from([0, 1]))
     elif flaw == "spacing_type":
         kw["spacing_zyx"] = draw(st.sampled_from(["1,1,1", None, (True, 1.0, 1.0), ("1", 1.0, 1.0)]))
     elif flaw == "case_id":

@@ -9,8 +9,13 @@ import pytest
 
 from hiseg_sim.data import lidc, lidc_agreement
 from hiseg_sim.data.lidc import LidcDatabase, split_of
-from hiseg_sim.data.lidc_raster import pairwise_dice
-from hiseg_sim.data.lidc_raster import cluster_annotations, consensus_mask, parse_coords, rasterise_contours
+from hiseg_sim.data.lidc_raster import (
+    cluster_annotations,
+    consensus_mask,
+    pairwise_dice,
+    parse_coords,
+    rasterise_contours,
+)
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +37,17 @@ def test_missing_database_is_a_clear_error(tmp_path):
         LidcDatabase(tmp_path / "nope.sqlite")
 
 
-@pytest.mark.parametrize("pid,split", [("LIDC-IDRI-0001", "calibration"), ("LIDC-IDRI-0800", "calibration"),
-                                       ("LIDC-IDRI-0801", "holdout"), ("LIDC-IDRI-1012", "holdout"),
-                                       ("LIDC-IDRI-1013", None), ("LIDC-IDRI-0000", None)])
+@pytest.mark.parametrize(
+    "pid,split",
+    [
+        ("LIDC-IDRI-0001", "calibration"),
+        ("LIDC-IDRI-0800", "calibration"),
+        ("LIDC-IDRI-0801", "holdout"),
+        ("LIDC-IDRI-1012", "holdout"),
+        ("LIDC-IDRI-1013", None),
+        ("LIDC-IDRI-0000", None),
+    ],
+)
 def test_split_boundaries(pid, split):
     assert split_of(pid) == split
 
@@ -101,20 +114,24 @@ def test_parse_coords():
 
 
 def test_rasterise_square_with_hole():
-    square = np.array([(x, 2) for x in range(2, 12)] + [(11, y) for y in range(3, 12)]
-                      + [(x, 11) for x in range(10, 1, -1)] + [(2, y) for y in range(10, 2, -1)])  # (x, y)
+    square = np.array(
+        [(x, 2) for x in range(2, 12)]
+        + [(11, y) for y in range(3, 12)]
+        + [(x, 11) for x in range(10, 1, -1)]
+        + [(2, y) for y in range(10, 2, -1)]
+    )  # (x, y)
     hole = np.array([(5, 5), (8, 5), (8, 8), (5, 8)])
     contours = [(3, True, square), (3, False, hole)]  # slice 3 of the scan
     m = rasterise_contours(contours, (2, 14, 14), origin_zyx=(2, 0, 0))
     assert m.shape == (2, 14, 14) and not m[0].any()
     expected = np.zeros((14, 14), bool)
-    expected[3:11, 3:11] = True          # strict interior of the outline at 2 and 11
-    expected[5:9, 5:9] = False           # the hole and its outline
+    expected[3:11, 3:11] = True  # strict interior of the outline at 2 and 11
+    expected[5:9, 5:9] = False  # the hole and its outline
     assert np.array_equal(m[1], expected)
     m = rasterise_contours(contours, (2, 14, 14), origin_zyx=(2, 0, 0), include_boundary=True)
     expected = np.zeros((14, 14), bool)
     expected[2:12, 2:12] = True
-    expected[6:8, 6:8] = False           # only the hole's interior goes
+    expected[6:8, 6:8] = False  # only the hole's interior goes
     assert np.array_equal(m[1], expected)
     # the order of the contours does not matter; a crop offset moves the mask
     assert np.array_equal(rasterise_contours(contours[::-1], (2, 14, 14), (2, 0, 0), True), m)
@@ -125,20 +142,23 @@ def test_rasterise_square_with_hole():
 def test_consensus_rule():
     a = np.zeros((1, 1, 4), bool)
     masks4 = [a.copy() for _ in range(4)]
-    masks4[0][..., 0] = masks4[1][..., 0] = True      # 2 of 4
-    masks4[2][..., 1] = True                          # 1 of 4
+    masks4[0][..., 0] = masks4[1][..., 0] = True  # 2 of 4
+    masks4[2][..., 1] = True  # 1 of 4
     assert consensus_mask(masks4)[0, 0].tolist() == [True, False, False, False]
     masks3 = [a.copy() for _ in range(3)]
-    masks3[0][..., 2] = True                          # 1 of 3
-    masks3[0][..., 3] = masks3[1][..., 3] = True      # 2 of 3
+    masks3[0][..., 2] = True  # 1 of 3
+    masks3[0][..., 3] = masks3[1][..., 3] = True  # 2 of 3
     assert consensus_mask(masks3)[0, 0].tolist() == [False, False, False, True]
     assert consensus_mask(masks3[:1]).tolist() == masks3[0].tolist()
 
 
 def test_pairwise_dice_on_hand_made_masks():
-    a = np.zeros((2, 3, 3), bool); a[0] = True            # 9 voxels
-    b = np.zeros((2, 3, 3), bool); b[0, 0] = True         # 3, all shared with a
-    c = np.zeros((2, 3, 3), bool); c[1] = True            # 9, disjoint
+    a = np.zeros((2, 3, 3), bool)  # 9 voxels
+    a[0] = True
+    b = np.zeros((2, 3, 3), bool)  # 3, all shared with a
+    b[0, 0] = True
+    c = np.zeros((2, 3, 3), bool)  # 9, disjoint
+    c[1] = True
     assert pairwise_dice([a, b, c]) == pytest.approx([2 * 3 / 12, 0.0, 0.0])
     assert pairwise_dice([a]) == []
 
@@ -154,8 +174,15 @@ def test_clustering_splits_oversized_groups_only():
 
 def test_inter_reader_dice_schema(db):
     out = lidc_agreement.inter_reader_dice("calibration", db=db, patients=["LIDC-IDRI-0078", "LIDC-IDRI-0069"])
-    assert set(out) == {"n_nodules", "pairwise_dice_mean", "pairwise_dice_median", "by_size", "by_texture",
-                        "n_by_size", "n_by_texture"}
+    assert set(out) == {
+        "n_nodules",
+        "pairwise_dice_mean",
+        "pairwise_dice_median",
+        "by_size",
+        "by_texture",
+        "n_by_size",
+        "n_by_texture",
+    }
     assert list(out["by_size"]) == ["<6", "6-10", "10-20", ">=20"] == list(out["n_by_size"])
     assert list(out["by_texture"]) == ["1", "2", "3", "4", "5"] == list(out["n_by_texture"])
     assert out["n_nodules"] == sum(out["n_by_size"].values()) == sum(out["n_by_texture"].values()) >= 3

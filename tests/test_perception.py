@@ -25,7 +25,7 @@ QUIET = PerceptionParams(bias_sd_mm=0.0, shift_sd_mm=0.0, z_sd_mm=0.0)  # no bou
 
 def ball(shape, centre, radius_mm, spacing=SP):
     grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-    return sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing)) <= radius_mm ** 2
+    return sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing)) <= radius_mm**2
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,18 @@ def scene():
     two_blobs[blob] = 40.0
     plain = lung.copy()
     plain[nod] = 30.0
-    return dict(nod=nod, vessel=vessel, wall=wall, core=core, blob=blob, with_vessel=with_vessel, at_wall=at_wall,
-                part_solid=part_solid, two_blobs=two_blobs, plain=plain)
+    return dict(
+        nod=nod,
+        vessel=vessel,
+        wall=wall,
+        core=core,
+        blob=blob,
+        with_vessel=with_vessel,
+        at_wall=at_wall,
+        part_solid=part_solid,
+        two_blobs=two_blobs,
+        plain=plain,
+    )
 
 
 # ----------------------------------------------------------------------------------- interface
@@ -65,8 +75,7 @@ def scene():
 
 def test_signature_takes_no_ground_truth():
     params = list(inspect.signature(intended_mask).parameters)
-    assert params == ["reference", "spacing", "params", "rng", "image_hu", "texture", "difficulty_z",
-                      "difficulty_log"]
+    assert params == ["reference", "spacing", "params", "rng", "image_hu", "texture", "difficulty_z", "difficulty_log"]
     banned = {"gt", "ground_truth", "case", "reader_masks", "readers", "truth"}
     assert not banned & set(params)
 
@@ -130,8 +139,12 @@ def test_bias_grows_or_shrinks(scene):
     assert (inn & ~ref).sum() == 0 and inn.sum() < ref.sum()
     # with noise too, on average
     noisy = PerceptionParams(shift_sd_mm=0.3, bias_sd_mm=0.1)
-    vol = {b: np.mean([intended_mask(ref, SP, noisy.replace(bias_mm=b), np.random.default_rng(s)).sum()
-                       for s in range(10)]) for b in (-0.5, 0.0, 0.5)}
+    vol = {
+        b: np.mean(
+            [intended_mask(ref, SP, noisy.replace(bias_mm=b), np.random.default_rng(s)).sum() for s in range(10)]
+        )
+        for b in (-0.5, 0.0, 0.5)
+    }
     assert vol[-0.5] < vol[0.0] < vol[0.5]
 
 
@@ -185,7 +198,7 @@ def test_z_extent_moves_by_whole_slices_and_keeps_the_key_slice():
         assert np.array_equal(zs, np.arange(zs[0], zs[-1] + 1))  # no gaps
         lo.add(int(zs[0] - zs_ref[0]))
         hi.add(int(zs[-1] - zs_ref[-1]))
-        kept = m[zs_ref[0]:zs_ref[-1] + 1] & ~ref[zs_ref[0]:zs_ref[-1] + 1]
+        kept = m[zs_ref[0] : zs_ref[-1] + 1] & ~ref[zs_ref[0] : zs_ref[-1] + 1]
         assert not kept.any()  # in plane nothing changes without a shift
     assert min(lo) < 0 < max(lo) and min(hi) < 0 < max(hi)
 
@@ -238,8 +251,9 @@ def test_include_vessel_takes_in_the_attached_vessel(scene):
     added = m & ~nod
     assert added.sum() >= 20 and (added & ~ves).sum() == 0  # only vessel voxels come in
     # through intended_mask, with the probability at 1 and at 0
-    p1 = intended_mask(nod, SP, QUIET.replace(p_include_vessel=1.0), np.random.default_rng(0),
-                       image_hu=scene["with_vessel"])
+    p1 = intended_mask(
+        nod, SP, QUIET.replace(p_include_vessel=1.0), np.random.default_rng(0), image_hu=scene["with_vessel"]
+    )
     p0 = intended_mask(nod, SP, QUIET, np.random.default_rng(0), image_hu=scene["with_vessel"])
     assert (p1 & ves).sum() >= 20 and not (p0 & ves).any()
     # nothing to take in without a vessel
@@ -270,15 +284,21 @@ def test_wrong_spot_intends_another_blob(scene):
     nod, blob = scene["nod"], scene["blob"]
     alt = E.wrong_spot(nod, scene["two_blobs"], SP, QUIET, np.random.default_rng(0))
     assert alt is not None and np.array_equal(alt, blob)
-    m = intended_mask(nod, SP, PerceptionParams(p_wrong_spot=1.0), np.random.default_rng(0),
-                      image_hu=scene["two_blobs"])
+    m = intended_mask(
+        nod, SP, PerceptionParams(p_wrong_spot=1.0), np.random.default_rng(0), image_hu=scene["two_blobs"]
+    )
     assert not (m & nod).any() and dice(m, blob) > 0.6
     assert E.wrong_spot(nod, scene["plain"], SP, QUIET, np.random.default_rng(0)) is None  # nothing else to take
 
 
 def test_two_d_with_image(scene):
-    m = intended_mask(scene["nod"][4], SP[1:], QUIET.replace(p_include_vessel=1.0), np.random.default_rng(0),
-                      image_hu=scene["with_vessel"][4])
+    m = intended_mask(
+        scene["nod"][4],
+        SP[1:],
+        QUIET.replace(p_include_vessel=1.0),
+        np.random.default_rng(0),
+        image_hu=scene["with_vessel"][4],
+    )
     assert m.shape == (72, 72) and (m & scene["vessel"][4] & ~scene["nod"][4]).sum() >= 5
 
 
@@ -336,12 +356,14 @@ def test_a_nodule_predicted_harder_is_drawn_further_apart():
     from hiseg_sim.annotators.behaviour.calibration import agreement_stats
 
     g = np.ogrid[:9, :40, :40]
-    ball = ((g[0] - 4) * 1.5) ** 2 + ((g[1] - 20) * 0.7) ** 2 + ((g[2] - 20) * 0.7) ** 2 <= 5.0 ** 2
+    ball = ((g[0] - 4) * 1.5) ** 2 + ((g[1] - 20) * 0.7) ** 2 + ((g[2] - 20) * 0.7) ** 2 <= 5.0**2
 
     def panel_dice(offset):
         rng = np.random.default_rng(3)
-        masks = [intended_mask(ball, (1.5, 0.7, 0.7), PerceptionParams(), rng, difficulty_z=0.0,
-                               difficulty_log=offset) for _ in range(6)]
+        masks = [
+            intended_mask(ball, (1.5, 0.7, 0.7), PerceptionParams(), rng, difficulty_z=0.0, difficulty_log=offset)
+            for _ in range(6)
+        ]
         return agreement_stats(masks, ball, 1.5)["dice"]
 
     assert panel_dice(1.0) < panel_dice(-0.5) - 0.03

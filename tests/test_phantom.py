@@ -11,7 +11,11 @@ from scipy import ndimage
 
 from hiseg_sim.data.case import Case
 from hiseg_sim.data.phantom import (
-    ANATOMY_CODES, ATTACHED_VESSEL_RATE, JUXTAPLEURAL_RATE, make_phantom, render_phantom,
+    ANATOMY_CODES,
+    ATTACHED_VESSEL_RATE,
+    JUXTAPLEURAL_RATE,
+    make_phantom,
+    render_phantom,
 )
 from hiseg_sim.data.phantom_anatomy import stable_rng
 
@@ -24,8 +28,15 @@ def ellipsoid(shape, centre, radii):
     return sum(((g - c) / r) ** 2 for g, c, r in zip((zz, yy, xx), centre, radii)) <= 1.0
 
 
-def fake_nodule(nodule_id="LIDC-IDRI-0999/n1", radius_mm=6.0, spacing=(1.25, 0.7, 0.7), thickness=1.25,
-                texture=5, n_readers=3, calcification=6):
+def fake_nodule(
+    nodule_id="LIDC-IDRI-0999/n1",
+    radius_mm=6.0,
+    spacing=(1.25, 0.7, 0.7),
+    thickness=1.25,
+    texture=5,
+    n_readers=3,
+    calcification=6,
+):
     """A Nodule-like object: ellipsoid reader masks that differ by about a pixel."""
     dz, px, _ = spacing
     rz, rxy = radius_mm / dz, radius_mm / px
@@ -35,9 +46,17 @@ def fake_nodule(nodule_id="LIDC-IDRI-0999/n1", radius_mm=6.0, spacing=(1.25, 0.7
     scan = SimpleNamespace(patient_id=nodule_id.split("/")[0], slice_thickness=thickness, pixel_spacing=px)
     ratings = {"texture": float(texture), "calcification": float(calcification), "subtlety": 4.0}
     cons = 2 * np.sum(masks, axis=0) >= n_readers
-    return SimpleNamespace(nodule_id=nodule_id, reader_masks=masks, spacing_zyx=spacing, scan=scan,
-                           texture=texture, ratings=ratings, consensus=cons, n_readers=n_readers,
-                           diameter_mm=2 * radius_mm)
+    return SimpleNamespace(
+        nodule_id=nodule_id,
+        reader_masks=masks,
+        spacing_zyx=spacing,
+        scan=scan,
+        texture=texture,
+        ratings=ratings,
+        consensus=cons,
+        n_readers=n_readers,
+        diameter_mm=2 * radius_mm,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +88,19 @@ def test_case_validates_and_keeps_spacing(case, nodule):
 
 def test_meta_keys_and_json_safe(case):
     m = case.meta
-    for key in ("nodule_id", "patient_id", "split", "texture", "ratings", "diameter_mm", "n_readers",
-                "juxtapleural", "vessel_attached", "seed", "source"):
+    for key in (
+        "nodule_id",
+        "patient_id",
+        "split",
+        "texture",
+        "ratings",
+        "diameter_mm",
+        "n_readers",
+        "juxtapleural",
+        "vessel_attached",
+        "seed",
+        "source",
+    ):
         assert key in m, key
     assert m["source"] == "phantom-lidc" and m["split"] == "holdout" and m["n_readers"] == 3
     json.dumps({k: v for k, v in m.items() if k != "anatomy"})
@@ -180,7 +210,6 @@ def test_thick_and_thin_slices_and_single_reader():
     assert thick.spacing_zyx == (2.5, 0.8, 0.8) and len(thick.reader_masks) == 1
     thin = make_phantom(fake_nodule(spacing=(0.625, 0.6, 0.6), thickness=1.25, n_readers=4), seed=0)
     assert thin.shape[0] > thick.shape[0]
-
 
 
 def test_render_phantom_rejects_bad_input():

@@ -13,7 +13,7 @@ def test_manifest_keeps_the_shipped_phantom_and_adds_distinct_seeds():
     cases = man["cohorts"]["renderings"]["cases"]
     assert len(cases) == 4 * len(shipped)
     for i, entry in enumerate(shipped):
-        mine = cases[4 * i: 4 * i + 4]
+        mine = cases[4 * i : 4 * i + 4]
         assert {c["nodule_id"] for c in mine} == {entry["nodule_id"]}
         assert mine[0]["phantom_seed"] == entry["phantom_seed"] and mine[0]["rendering"] == 0
         assert len({c["phantom_seed"] for c in mine}) == 4

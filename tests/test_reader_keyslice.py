@@ -23,8 +23,9 @@ def test_leave_one_out_scores_each_reader_against_the_others():
     d = leave_one_out_dice([a, a, a, odd], z=1)
     assert d[:3] == [1.0, 1.0, 1.0]  # the others' consensus (2 of 3) is the agreeing shape
     assert d[3] < 0.3
-    assert leave_one_out_dice([a, a, odd]) == pytest.approx([2 * a.sum() / (a.sum() + (a | odd).sum())] * 2
-                                                            + [leave_one_out_dice([a, a, odd])[2]])
+    assert leave_one_out_dice([a, a, odd]) == pytest.approx(
+        [2 * a.sum() / (a.sum() + (a | odd).sum())] * 2 + [leave_one_out_dice([a, a, odd])[2]]
+    )
     with pytest.raises(ValueError, match=">= 3"):
         leave_one_out_dice([a, a])
 
@@ -37,8 +38,11 @@ def test_key_slice_is_the_largest_slice():
 
 
 def test_boxes_json_puts_the_box_beside_the_readers_per_band():
-    rows = [SimpleNamespace(case_id="a", diameter_mm=9.5, dice=0.8), SimpleNamespace(case_id="b", diameter_mm=25.0, dice=0.9),
-            SimpleNamespace(case_id="c", diameter_mm=24.0, dice=0.7)]
+    rows = [
+        SimpleNamespace(case_id="a", diameter_mm=9.5, dice=0.8),
+        SimpleNamespace(case_id="b", diameter_mm=25.0, dice=0.9),
+        SimpleNamespace(case_id="c", diameter_mm=24.0, dice=0.7),
+    ]
     table = {b: {"key_slice": 0.85, "3d": 0.8, "n": 10} for b in ("<6", "6-10", "10-20", ">=20")}
     readers = {"lidc": table, "consensus": {**table, "6-10": {"key_slice": 0.9, "3d": 0.8, "n": 5}}}
     out = boxes_json(rows, lidc_diameters={"a": 10.5, "b": 26.0, "c": 23.0}, readers=readers)

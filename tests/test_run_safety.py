@@ -99,8 +99,9 @@ def _write_toml(d: dict, path: Path) -> Path:
 
 def _same(a, b) -> None:
     for t in ("episodes", "actions", "cases"):
-        pd.testing.assert_frame_equal(getattr(a, t).reset_index(drop=True), getattr(b, t).reset_index(drop=True),
-                                      check_exact=True)
+        pd.testing.assert_frame_equal(
+            getattr(a, t).reset_index(drop=True), getattr(b, t).reset_index(drop=True), check_exact=True
+        )
 
 
 def _cli() -> list[str]:
@@ -109,16 +110,38 @@ def _cli() -> list[str]:
 
 
 def _cli_env(mark: str, delay: float) -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-            "HISEG_STUB_DELAY_S": str(delay), "HISEG_NO_PROGRESS": "1", MARK_VAR: mark}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "HISEG_STUB_DELAY_S": str(delay),
+        "HISEG_NO_PROGRESS": "1",
+        MARK_VAR: mark,
+    }
 
 
 def _start_run(spec_toml: Path, out: Path, cache_dir: str, mark: str, delay: float) -> subprocess.Popen:
     """``hiseg-sim run`` on the process executor, two workers, in its own session."""
-    cmd = _cli() + ["run", str(spec_toml), "--out", str(out), "--executor", "process", "--workers", "2",
-                    "--cache-dir", cache_dir, "--no-report"]
-    return subprocess.Popen(cmd, cwd=REPO, env=_cli_env(mark, delay), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = _cli() + [
+        "run",
+        str(spec_toml),
+        "--out",
+        str(out),
+        "--executor",
+        "process",
+        "--workers",
+        "2",
+        "--cache-dir",
+        cache_dir,
+        "--no-report",
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=_cli_env(mark, delay),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _marked(mark: str) -> dict[int, str]:
@@ -186,8 +209,12 @@ def test_a_second_writer_is_refused_at_once_naming_the_holder_and_the_lock(tmp_p
         assert time.monotonic() - t0 < 2.0
         msg = str(err.value)
         assert "\n" not in msg
-        for part in (f"pid {os.getpid()}", socket.gethostname(), f"started {holder['started']}",
-                     str(tmp_path / "run" / LOCK_NAME)):
+        for part in (
+            f"pid {os.getpid()}",
+            socket.gethostname(),
+            f"started {holder['started']}",
+            str(tmp_path / "run" / LOCK_NAME),
+        ):
             assert part in msg, msg
     assert not store.holder_path.exists()  # the holder record goes with the lock
     with RunStore(tmp_path / "run").lock():  # and the lock can be taken again
@@ -206,8 +233,14 @@ _HOLD_SCRIPT = textwrap.dedent("""
 def test_the_lock_of_a_killed_writer_does_not_block_the_next(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_SCRIPT, str(run_dir)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_SCRIPT, str(run_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held", holder.stderr.read()
         with pytest.raises(RunLockedError, match=f"pid {holder.pid} "), RunStore(run_dir).lock():
@@ -406,8 +439,11 @@ def test_kill_9_of_the_driver_leaves_no_worker_and_the_run_resumes_to_the_lone_r
         # midway: units committed and the pool up (forkserver, two workers, resource tracker)
         up = _wait_for(lambda: _n_committed(out) >= 2 and len(_marked(mark)) >= 4 or driver.poll() is not None, 90)
         children = {p: c for p, c in _marked(mark).items() if p != driver.pid}
-        assert up and driver.poll() is None and len(children) >= 3, \
-            (children, driver.poll(), driver.stderr.read().decode()[-2000:] if driver.poll() is not None else "")
+        assert up and driver.poll() is None and len(children) >= 3, (
+            children,
+            driver.poll(),
+            driver.stderr.read().decode()[-2000:] if driver.poll() is not None else "",
+        )
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
         gone = _wait_for(lambda: not _marked(mark), 10, poll=0.1)
@@ -418,8 +454,7 @@ def test_kill_9_of_the_driver_leaves_no_worker_and_the_run_resumes_to_the_lone_r
         _kill_marked(mark)
     n_before = _n_committed(out)
     assert 2 <= n_before < 8, f"the kill landed after {n_before} of 8 units"
-    resumed = run_study(spec_from_dict(_slow_spec_dict()), out, executor="serial", cache_dir=cache_dir,
-                        progress=False)
+    resumed = run_study(spec_from_dict(_slow_spec_dict()), out, executor="serial", cache_dir=cache_dir, progress=False)
     assert resumed.meta["sessions"][-1]["units_skipped"] == n_before
     _same(resumed, lone_run)
 
@@ -453,8 +488,7 @@ def test_ctrl_c_stops_the_run_promptly_leaves_no_child_and_records_the_session(t
 
 # ---- 5. two concurrent runs into one directory -------------------------------------------------------
 @needs_proc
-def test_two_concurrent_runs_into_one_directory_the_second_is_refused_the_first_is_whole(tmp_path, cache_dir,
-                                                                                          lone_run):
+def test_two_concurrent_runs_into_one_directory_the_second_is_refused_the_first_is_whole(tmp_path, cache_dir, lone_run):
     spec_toml = _write_toml(_slow_spec_dict(), tmp_path / "stub.toml")
     out, mark = tmp_path / "run", uuid.uuid4().hex
     first = _start_run(spec_toml, out, cache_dir, mark, delay=0.1)
@@ -462,10 +496,28 @@ def test_two_concurrent_runs_into_one_directory_the_second_is_refused_the_first_
         holder = out / "run.lock.holder"
         started = _wait_for(lambda: holder.is_file() and (out / "run.json").is_file() or first.poll() is not None, 60)
         assert started and first.poll() is None, first.stderr.read().decode()[-2000:]
-        second = subprocess.run(_cli() + ["run", str(spec_toml), "--out", str(out), "--executor", "process",
-                                          "--workers", "2", "--cache-dir", cache_dir, "--no-report"],
-                                cwd=REPO, env=_cli_env(mark, 0.0), capture_output=True, text=True, timeout=60,
-                                check=False)
+        second = subprocess.run(
+            _cli()
+            + [
+                "run",
+                str(spec_toml),
+                "--out",
+                str(out),
+                "--executor",
+                "process",
+                "--workers",
+                "2",
+                "--cache-dir",
+                cache_dir,
+                "--no-report",
+            ],
+            cwd=REPO,
+            env=_cli_env(mark, 0.0),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert first.poll() is None, "the first run ended before the second was refused: the test proves nothing"
         assert second.returncode == 2, (second.returncode, second.stderr[-2000:])
         errors = [line for line in second.stderr.splitlines() if line.startswith("error: ")]

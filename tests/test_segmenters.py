@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from hiseg_sim import metrics, segmenters as S
+from hiseg_sim import metrics
+from hiseg_sim import segmenters as S
 from hiseg_sim.segmenters import EmbeddingCache, Prompt, PromptError, SegmenterError
 from tests.stubs import StubSegmenter
 
@@ -77,7 +78,7 @@ def test_disk_cache_shared_and_corrupt_entry_recomputed_stub(tmp_path, disc_slic
     img, _ = disc_slice
     a = StubSegmenter(cache=EmbeddingCache(disk_dir=tmp_path))
     emb = a.encode(img)
-    b = StubSegmenter(cache=EmbeddingCache(disk_dir=tmp_path))   # another process would see the same files
+    b = StubSegmenter(cache=EmbeddingCache(disk_dir=tmp_path))  # another process would see the same files
     assert np.array_equal(b.encode(img).features, emb.features) and b.encoder_calls == 0
     path = b.cache.path_for(emb.key)
     path.write_bytes(b"not an npz at all")
@@ -148,15 +149,16 @@ def test_litemedsam_checksum_verified_and_box_segments_disc(litemedsam, disc_sli
     emb = litemedsam.encode(img)
     calls = litemedsam.encoder_calls
     litemedsam.encode(img)
-    assert litemedsam.encoder_calls == calls          # the same slice twice: one encoder call
+    assert litemedsam.encoder_calls == calls  # the same slice twice: one encoder call
     assert emb.features.shape == (256, 64, 64)
     ys, xs = np.nonzero(gt)
     pred = litemedsam.decode(emb, Prompt(box=[xs.min() - 1, ys.min() - 1, xs.max() + 1, ys.max() + 1]))
     assert metrics.dice(pred.mask, gt) > 0.9
     assert 0.5 < pred.iou_pred <= 1.2
     # feeding the low-res logits back as a mask prompt keeps the answer
-    again = litemedsam.decode(emb, Prompt(box=[xs.min() - 1, ys.min() - 1, xs.max() + 1, ys.max() + 1],
-                                          mask_logits=pred.low_res_logits))
+    again = litemedsam.decode(
+        emb, Prompt(box=[xs.min() - 1, ys.min() - 1, xs.max() + 1, ys.max() + 1], mask_logits=pred.low_res_logits)
+    )
     assert metrics.dice(again.mask, gt) > 0.85
 
 
@@ -191,10 +193,16 @@ def test_sam_vit_b_path_with_random_weights(tmp_path, disc_slice):
 def test_check_finite_weights_names_the_first_bad_tensor(tmp_path):
     from hiseg_sim.segmenters.checks import check_finite_weights
 
-    state = {"a.weight": torch.ones(3), "steps": torch.tensor([2**62]), "b": {"bias": torch.tensor([1.0, float("inf")]),
-             "scale": torch.tensor([float("nan")] * 2 + [0.0])}}
-    with pytest.raises(SegmenterError, match=r"ckpt /x/m\.pth holds non-finite weights: tensor 'b\.bias' has 0 NaN "
-                                             r"and 1 infinite value\(s\) of 2") as exc:
+    state = {
+        "a.weight": torch.ones(3),
+        "steps": torch.tensor([2**62]),
+        "b": {"bias": torch.tensor([1.0, float("inf")]), "scale": torch.tensor([float("nan")] * 2 + [0.0])},
+    }
+    with pytest.raises(
+        SegmenterError,
+        match=r"ckpt /x/m\.pth holds non-finite weights: tensor 'b\.bias' has 0 NaN "
+        r"and 1 infinite value\(s\) of 2",
+    ) as exc:
         check_finite_weights(state, "/x/m.pth", "ckpt")
     assert "\n" not in str(exc.value)
     check_finite_weights({"a.weight": torch.ones(3), "steps": torch.tensor([2**62])}, "/x/m.pth")  # fine
@@ -205,7 +213,9 @@ def test_checkpoints_with_non_finite_weights_are_refused(tmp_path, bad):
     """Such a file used to load and then give empty masks; the error names the file and the tensor."""
     ckpt = tmp_path / "diverged.pth"
     torch.save({"image_encoder.patch_embed.seq.0.c.weight": torch.tensor([0.5, bad])}, ckpt)
-    pattern = r"checkpoint .*diverged\.pth holds non-finite weights: tensor 'image_encoder\.patch_embed\.seq\.0\.c\.weight'"
+    pattern = (
+        r"checkpoint .*diverged\.pth holds non-finite weights: tensor 'image_encoder\.patch_embed\.seq\.0\.c\.weight'"
+    )
     with pytest.raises(SegmenterError, match="LiteMedSAM " + pattern):
         S.build("litemedsam", checkpoint=ckpt, runtime="torch")
     wrapped = tmp_path / "wrapped.pth"  # LiteMedSAM training checkpoints nest the weights under "model"
@@ -229,7 +239,9 @@ def test_real_litemedsam_weights_with_one_nan_are_refused(tmp_path):
     weights[name].view(-1)[0] = float("nan")
     bad = tmp_path / "lite_medsam_nan.pth"
     torch.save(state, bad)
-    with pytest.raises(SegmenterError, match=rf"lite_medsam_nan\.pth holds non-finite weights: tensor '{re.escape(name)}' has 1 NaN"):
+    with pytest.raises(
+        SegmenterError, match=rf"lite_medsam_nan\.pth holds non-finite weights: tensor '{re.escape(name)}' has 1 NaN"
+    ):
         S.build("litemedsam", checkpoint=bad, runtime="torch")
 
 

@@ -41,8 +41,14 @@ __all__ = ["STATIC_DIR", "create_app"]
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-def create_app(store_path: str | Path, cohort: str = "default", segmenter: str | object = "litemedsam", *,
-               service: AnnotationService | None = None, **service_kwargs) -> FastAPI:
+def create_app(
+    store_path: str | Path,
+    cohort: str = "default",
+    segmenter: str | object = "litemedsam",
+    *,
+    service: AnnotationService | None = None,
+    **service_kwargs,
+) -> FastAPI:
     """The app recording into ``store_path``; ``service_kwargs`` go to :class:`AnnotationService`
     (``env``, ``cases``, ``cache_dir``, ``feedback``, ``n_cases``, ``order``, ``prefetch``, ``env_kwargs``,
     ``threads``).

@@ -76,15 +76,19 @@ def _user_cases(spec: str) -> list[Case] | None:
     p = Path(spec).expanduser()
     if not p.exists():
         if "/" in spec or spec.startswith("."):
-            raise FileNotFoundError(f"cohort {spec!r} looks like a path but does not exist; give an existing folder, "
-                                    "IMAGE::MASK, or a cohort name such as 'default'")
+            raise FileNotFoundError(
+                f"cohort {spec!r} looks like a path but does not exist; give an existing folder, "
+                "IMAGE::MASK, or a cohort name such as 'default'"
+            )
         return None
     if (p / "dataset.json").is_file():
         return list(io.iter_msd_lung(p, crop_margin_mm=CROP_MARGIN_MM))
     if p.is_dir():
         return list(io.iter_lidc_dicom(p))
-    raise ValueError(f"cohort {spec!r} is a file; give IMAGE::MASK for one scan and its label map, an MSD "
-                     "Task06_Lung folder or a folder of LIDC-IDRI DICOM")
+    raise ValueError(
+        f"cohort {spec!r} is a file; give IMAGE::MASK for one scan and its label map, an MSD "
+        "Task06_Lung folder or a folder of LIDC-IDRI DICOM"
+    )
 
 
 def load_annotation_cases(cohort: str = "default", limit: int | None = None) -> list[Case]:

@@ -33,8 +33,9 @@ def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise SystemExit(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or 0 for any free "
-                         "one") from None
+        raise SystemExit(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or 0 for any free one"
+        ) from None
     sock.listen(128)
     return sock
 
@@ -62,24 +63,32 @@ def serve(app, host: str = "127.0.0.1", port: int = 0, announce=None) -> None:
 
 def annotate(
     port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (the URL printed first has it).")] = 0,
-    cohort: Annotated[str, typer.Option(help="A cohort name ('default'), an MSD Task06_Lung folder, a folder of "
-                                             "LIDC-IDRI DICOM, or IMAGE::MASK.")] = "default",
-    store: Annotated[Path, typer.Option(help="SQLite session store (made if missing; sessions resume from "
-                                             "it).")] = DEFAULT_STORE,
+    cohort: Annotated[
+        str,
+        typer.Option(
+            help="A cohort name ('default'), an MSD Task06_Lung folder, a folder of LIDC-IDRI DICOM, or IMAGE::MASK."
+        ),
+    ] = "default",
+    store: Annotated[
+        Path, typer.Option(help="SQLite session store (made if missing; sessions resume from it).")
+    ] = DEFAULT_STORE,
     segmenter: Annotated[str, typer.Option(help="Segmenter registry name.")] = "litemedsam",
     host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     env: Annotated[str, typer.Option(help="3d (scroll, propagate) or 2d (key slice only).")] = "3d",
-    feedback: Annotated[str, typer.Option(help="After each nodule, for studies not shipped in experiments/: "
-                                               "none, score or worked_example.")] = "none",
+    feedback: Annotated[
+        str,
+        typer.Option(help="After each nodule, for studies not shipped in experiments/: none, score or worked_example."),
+    ] = "none",
     n_cases: Annotated[int | None, typer.Option(help="Nodules per session (default: all).")] = None,
-    order: Annotated[str, typer.Option(help="cohort (same order for all) or shuffled (seeded per "
-                                            "person).")] = "cohort",
-    cache_dir: Annotated[Path | None, typer.Option(help="Embedding cache shared with studies (default "
-                                                           "~/.cache/hiseg-sim/embeddings).")] = None,
-    prefetch: Annotated[bool, typer.Option(help="Encode the slices next to the one in view in the "
-                                                "background.")] = True,
-    threads: Annotated[int | None, typer.Option(help="Model threads (default $HISEG_THREADS, else 1: a decode "
-                                                     "waits least on shared cores).")] = None,
+    order: Annotated[str, typer.Option(help="cohort (same order for all) or shuffled (seeded per person).")] = "cohort",
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Embedding cache shared with studies (default ~/.cache/hiseg-sim/embeddings).")
+    ] = None,
+    prefetch: Annotated[bool, typer.Option(help="Encode the slices next to the one in view in the background.")] = True,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Model threads (default $HISEG_THREADS, else 1: a decode waits least on shared cores)."),
+    ] = None,
 ) -> None:
     """Serve the annotation page: people outline nodules with the segmenter; every action is recorded."""
     from hiseg_sim.annotate.app import create_app
@@ -87,8 +96,18 @@ def annotate(
     try:
         if threads is None:
             threads = int(os.environ.get("HISEG_THREADS") or 1)
-        app = create_app(store, cohort, segmenter, env=env, feedback=feedback, n_cases=n_cases, order=order,
-                         cache_dir=cache_dir, prefetch=prefetch, threads=threads)
+        app = create_app(
+            store,
+            cohort,
+            segmenter,
+            env=env,
+            feedback=feedback,
+            n_cases=n_cases,
+            order=order,
+            cache_dir=cache_dir,
+            prefetch=prefetch,
+            threads=threads,
+        )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise SystemExit(f"hiseg-sim annotate: {str(exc).splitlines()[0]}") from None
 

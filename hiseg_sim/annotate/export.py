@@ -29,9 +29,27 @@ from hiseg_sim.env.trace import ReplayMismatch, write_trace
 
 __all__ = ["actions_frame", "check_replay", "mask_after", "trace_records", "write_parquet", "write_trace_jsonl"]
 
-_EXTRA = ("session_id", "seq", "participant", "group", "study", "client_ms", "server_ms", "pointer_x", "pointer_y",
-          "slice", "sim_seconds", "sim_seconds_total", "mask_z0", "mask_y0", "mask_x0", "mask_dz", "mask_dy",
-          "mask_dx", "mask_bits")
+_EXTRA = (
+    "session_id",
+    "seq",
+    "participant",
+    "group",
+    "study",
+    "client_ms",
+    "server_ms",
+    "pointer_x",
+    "pointer_y",
+    "slice",
+    "sim_seconds",
+    "sim_seconds_total",
+    "mask_z0",
+    "mask_y0",
+    "mask_x0",
+    "mask_dz",
+    "mask_dy",
+    "mask_dx",
+    "mask_bits",
+)
 
 
 def _open(store: SessionStore | str | Path) -> tuple[SessionStore, bool]:
@@ -50,12 +68,28 @@ def _rows(store: SessionStore, session_id: str) -> list[tuple[dict, dict]]:
         ep = eps[a.episode]
         before = prev.get(a.episode, ep.started_client_ms)
         prev[a.episode] = a.client_ms
-        rec = {"env": sess.env_id, "case": ep.case_key, "annotator": sess.participant, "episode": ep.episode,
-               "seed": ep.seed, "viewport": dict(ep.viewport), "start_slice": ep.start_slice, "step": a.step,
-               "action": dict(a.action), "prompt": a.prompt, "seconds": (a.client_ms - before) / 1000.0,
-               "seconds_total": (a.client_ms - ep.started_client_ms) / 1000.0, "reward": a.reward,
-               "dice": a.dice, "iou": a.iou, "iou_pred": a.iou_pred, "invalid_action": a.invalid_action,
-               "perceived_quality": None, "terminated": a.terminated, "truncated": a.truncated}
+        rec = {
+            "env": sess.env_id,
+            "case": ep.case_key,
+            "annotator": sess.participant,
+            "episode": ep.episode,
+            "seed": ep.seed,
+            "viewport": dict(ep.viewport),
+            "start_slice": ep.start_slice,
+            "step": a.step,
+            "action": dict(a.action),
+            "prompt": a.prompt,
+            "seconds": (a.client_ms - before) / 1000.0,
+            "seconds_total": (a.client_ms - ep.started_client_ms) / 1000.0,
+            "reward": a.reward,
+            "dice": a.dice,
+            "iou": a.iou,
+            "iou_pred": a.iou_pred,
+            "invalid_action": a.invalid_action,
+            "perceived_quality": None,
+            "terminated": a.terminated,
+            "truncated": a.truncated,
+        }
         extra = {k: getattr(a, k) for k in _EXTRA if hasattr(a, k)}
         extra.update(participant=sess.participant, group=sess.grp, study=sess.study)
         out.append((rec, extra))
@@ -114,7 +148,7 @@ def mask_after(row, viewport: dict) -> np.ndarray:
     n, size = int(viewport["n_slices"]), int(viewport["size"])
     out = np.zeros((n, size, size), bool)
     dz = z - int(viewport["z0"])
-    out[dz:dz + crop.shape[0], y:y + crop.shape[1], x:x + crop.shape[2]] = crop
+    out[dz : dz + crop.shape[0], y : y + crop.shape[1], x : x + crop.shape[2]] = crop
     return out
 
 
@@ -147,8 +181,10 @@ def check_replay(store: SessionStore | str | Path, session_id: str, env) -> int:
         _, _, _, _, info = env.step(action_from_dict(rec["action"]))
         where = f"session {session_id}, nodule {rec['episode'] + 1} ({rec['case']}), action {rec['step']}"
         if not np.array_equal(u.slab_masks(), mask_after(extra, rec["viewport"])):
-            raise ReplayMismatch(f"{where}: the replayed masks differ from the recorded ones; replay with the "
-                                 "session's cohort and segmenter")
+            raise ReplayMismatch(
+                f"{where}: the replayed masks differ from the recorded ones; replay with the "
+                "session's cohort and segmenter"
+            )
         if abs(float(info["dice"]) - float(rec["dice"])) > 1e-9:
             raise ReplayMismatch(f"{where}: replayed Dice {info['dice']:.6f}, recorded {rec['dice']:.6f}")
     return len(rows)

@@ -99,8 +99,12 @@ class Prefetcher:
                         encode_once(self._seg, item, self._window)
                         self._seen.add(key)
             except Exception as exc:  # noqa: BLE001 - a failed prefetch only costs the person a wait
-                warnings.warn(f"prefetching an embedding failed ({type(exc).__name__}: {exc}); "
-                              "slices will be encoded when prompted", RuntimeWarning, stacklevel=1)
+                warnings.warn(
+                    f"prefetching an embedding failed ({type(exc).__name__}: {exc}); "
+                    "slices will be encoded when prompted",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
             finally:
                 with self._cond:
                     self._pending -= 1

@@ -17,9 +17,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from hiseg_sim.env.actions import Action, action_from_dict
 
 __all__ = [
-    "FEEDBACK_MODES", "FeedbackMode", "GROUP_PATTERN", "NAME_PATTERN", "ActionIn", "ActionRecord", "ActionRequest",
-    "EpisodeRecord", "FeedbackView",
-    "NextRequest", "SessionRecord", "SessionState", "SlicePrompts", "SliceView", "StartRequest",
+    "FEEDBACK_MODES",
+    "FeedbackMode",
+    "GROUP_PATTERN",
+    "NAME_PATTERN",
+    "ActionIn",
+    "ActionRecord",
+    "ActionRequest",
+    "EpisodeRecord",
+    "FeedbackView",
+    "NextRequest",
+    "SessionRecord",
+    "SessionState",
+    "SlicePrompts",
+    "SliceView",
+    "StartRequest",
 ]
 
 #: Participant ids and study names: plain tokens (no dots, no path separators, no spaces).
@@ -73,8 +85,9 @@ class ActionRequest(BaseModel):
     seq: int = Field(ge=1)
     action: ActionIn
     client_ms: int = Field(description="page clock when the person acted")
-    pointer: tuple[float, float] | None = Field(None, description="(x, y) viewport pixels of the pointer, "
-                                                   "None when it was off the image")
+    pointer: tuple[float, float] | None = Field(
+        None, description="(x, y) viewport pixels of the pointer, None when it was off the image"
+    )
 
 
 class NextRequest(BaseModel):
@@ -138,8 +151,9 @@ class SessionState(BaseModel):
     invalid_action: str = ""
     feedback: FeedbackView | None = None
     server_ms: float = Field(0.0, description="time the server spent on this request")
-    decode_ms: float | None = Field(None, description="of it, the segmenter's decode of the last action "
-                                       "(None if it decoded nothing)")
+    decode_ms: float | None = Field(
+        None, description="of it, the segmenter's decode of the last action (None if it decoded nothing)"
+    )
 
 
 # ---- store rows -------------------------------------------------------------------------------

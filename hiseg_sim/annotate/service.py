@@ -100,10 +100,22 @@ class AnnotationService:
             a decode is not slowed by spin-waits, and the prefetcher encodes on the other core.
     """
 
-    def __init__(self, store_path: str | Path, cohort: str = "default", segmenter: str | object = "litemedsam", *,
-                 env: str = "3d", cases: list | None = None, cache_dir: str | Path | None = None,
-                 feedback: str = "none", n_cases: int | None = None, order: str = "cohort", prefetch: bool = True,
-                 env_kwargs: dict | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        store_path: str | Path,
+        cohort: str = "default",
+        segmenter: str | object = "litemedsam",
+        *,
+        env: str = "3d",
+        cases: list | None = None,
+        cache_dir: str | Path | None = None,
+        feedback: str = "none",
+        n_cases: int | None = None,
+        order: str = "cohort",
+        prefetch: bool = True,
+        env_kwargs: dict | None = None,
+        threads: int | None = None,
+    ) -> None:
         from hiseg_sim.experiments.spec import ENV_ALIASES
 
         if feedback not in FEEDBACK_MODES:
@@ -157,8 +169,9 @@ class AnnotationService:
         import hiseg_sim  # noqa: F401 - registers the env ids
 
         seg = self.segmenter if segmenter is None else segmenter
-        return gym.make(self.env_id, cases=self.cases, segmenter=seg, cache_dir=self.cache_dir, time_penalty=0.0,
-                        **self.env_kwargs)
+        return gym.make(
+            self.env_id, cases=self.cases, segmenter=seg, cache_dir=self.cache_dir, time_penalty=0.0, **self.env_kwargs
+        )
 
     def close(self) -> None:
         if self.prefetcher is not None:
@@ -184,9 +197,11 @@ class AnnotationService:
         if rec.finished_ms is None:
             ep = self.store.episodes(session_id)[-1]
             if ep.case_key not in {c.case_id for c in self.cases}:
-                raise ResumeError(f"session {session_id} was recorded on case {ep.case_key!r}, which this "
-                                  f"server's cohort does not hold; start the server with the session's cohort "
-                                  f"({rec.cohort!r})")
+                raise ResumeError(
+                    f"session {session_id} was recorded on case {ep.case_key!r}, which this "
+                    f"server's cohort does not hold; start the server with the session's cohort "
+                    f"({rec.cohort!r})"
+                )
             live = LiveSession(self.make_env())
             live.resume(ep)
             mine = [a for a in acts if a.episode == ep.episode]
@@ -196,9 +211,11 @@ class AnnotationService:
             if mine:
                 want = mask_after(mine[-1].model_dump(), ep.viewport)
                 if not np.array_equal(want, live.slab_masks()) or live.z0 + live.current_slice != mine[-1].slice:
-                    raise ResumeError(f"session {session_id}: replaying its {len(mine)} actions on {ep.case_key} "
-                                      f"gives other masks than recorded; start the server with the session's "
-                                      f"segmenter ({rec.segmenter!r}) and cohort ({rec.cohort!r})")
+                    raise ResumeError(
+                        f"session {session_id}: replaying its {len(mine)} actions on {ep.case_key} "
+                        f"gives other masks than recorded; start the server with the session's "
+                        f"segmenter ({rec.segmenter!r}) and cohort ({rec.cohort!r})"
+                    )
             self._live[session_id] = live
             if live.ended:
                 self._prefetch_next(rec, ep.episode + 1)
@@ -243,11 +260,26 @@ class AnnotationService:
 
     def _state(self, rec: SessionRecord, live: LiveSession | None, t0: float) -> SessionState:
         sid = rec.session_id
-        base: dict[str, Any] = dict(session_id=sid, participant=rec.participant, group=rec.grp, study=rec.study,
-                    feedback_mode=rec.feedback, n_cases=len(rec.case_keys), next_seq=self._next_seq[sid])
+        base: dict[str, Any] = dict(
+            session_id=sid,
+            participant=rec.participant,
+            group=rec.grp,
+            study=rec.study,
+            feedback_mode=rec.feedback,
+            n_cases=len(rec.case_keys),
+            next_seq=self._next_seq[sid],
+        )
         if rec.finished_ms is not None or live is None or live.episode is None:
-            return SessionState(**base, phase="done", case_index=len(rec.case_keys), step=0, n_slices=0, size=0,
-                                z0=0, server_ms=(time.perf_counter() - t0) * 1000)
+            return SessionState(
+                **base,
+                phase="done",
+                case_index=len(rec.case_keys),
+                step=0,
+                n_slices=0,
+                size=0,
+                z0=0,
+                server_ms=(time.perf_counter() - t0) * 1000,
+            )
         ep = live.episode
         feedback = None
         if live.ended:
@@ -257,12 +289,23 @@ class AnnotationService:
                 feedback.dice = float(live.info["dice"])
                 feedback.seconds = (self._last_ms[sid] - ep.started_client_ms) / 1000.0
         ref = feedback is not None and feedback.mode == "worked_example"
-        return SessionState(**base, phase="feedback" if live.ended else "annotating", case_index=ep.episode,
-                            case_key=ep.case_key, step=live.step_count, n_slices=live.n_slices, size=live.size,
-                            z0=live.z0, view=live.view(reference=ref), slices_with_mask=live.slices_with_mask(),
-                            iou_pred=float(live.info.get("iou_pred", 0.0)),
-                            invalid_action=str(live.info.get("invalid_action", "")), feedback=feedback,
-                            server_ms=(time.perf_counter() - t0) * 1000, decode_ms=live.decode_ms)
+        return SessionState(
+            **base,
+            phase="feedback" if live.ended else "annotating",
+            case_index=ep.episode,
+            case_key=ep.case_key,
+            step=live.step_count,
+            n_slices=live.n_slices,
+            size=live.size,
+            z0=live.z0,
+            view=live.view(reference=ref),
+            slices_with_mask=live.slices_with_mask(),
+            iou_pred=float(live.info.get("iou_pred", 0.0)),
+            invalid_action=str(live.info.get("invalid_action", "")),
+            feedback=feedback,
+            server_ms=(time.perf_counter() - t0) * 1000,
+            decode_ms=live.decode_ms,
+        )
 
     def state(self, session_id: str) -> SessionState:
         t0 = time.perf_counter()
@@ -293,12 +336,18 @@ class AnnotationService:
         seed = self._seed(rec, key)
         info = live.begin(seed, key)
         case = live.unwrapped.case
-        ep = EpisodeRecord(session_id=rec.session_id, episode=index, case_key=key, seed=seed,
-                           viewport=info["viewport"], start_slice=live.z0 + live.current_slice,
-                           spacing_zyx=cast(tuple[float, float, float], tuple(float(s) for s in case.spacing_zyx)),
-                           shape_zyx=cast(tuple[int, int, int], tuple(int(n) for n in case.shape)),
-                           started_ms=_now_ms(),
-                           started_client_ms=int(client_ms))
+        ep = EpisodeRecord(
+            session_id=rec.session_id,
+            episode=index,
+            case_key=key,
+            seed=seed,
+            viewport=info["viewport"],
+            start_slice=live.z0 + live.current_slice,
+            spacing_zyx=cast(tuple[float, float, float], tuple(float(s) for s in case.spacing_zyx)),
+            shape_zyx=cast(tuple[int, int, int], tuple(int(n) for n in case.shape)),
+            started_ms=_now_ms(),
+            started_client_ms=int(client_ms),
+        )
         live.episode = ep
         self._last_ms[rec.session_id] = int(client_ms)
         return ep
@@ -316,12 +365,21 @@ class AnnotationService:
             if self.order == "shuffled":
                 rng = sequence_rng(stable_int(req.study), stable_int(req.participant) % 2**32)
                 keys = [keys[i] for i in rng.permutation(len(keys))]
-            keys = keys[:self.n_cases]
+            keys = keys[: self.n_cases]
             sid = uuid.uuid4().hex
-            rec = SessionRecord(session_id=sid, participant=req.participant, grp=req.group, study=req.study,
-                                cohort=cohort_label(self.cohort), segmenter=self.segmenter_name, env_id=self.env_id,
-                                feedback=mode,
-                                practice=practice, case_keys=keys, created_ms=_now_ms())
+            rec = SessionRecord(
+                session_id=sid,
+                participant=req.participant,
+                grp=req.group,
+                study=req.study,
+                cohort=cohort_label(self.cohort),
+                segmenter=self.segmenter_name,
+                env_id=self.env_id,
+                feedback=mode,
+                practice=practice,
+                case_keys=keys,
+                created_ms=_now_ms(),
+            )
             live = LiveSession(self.make_env())
             ep = self._begin_episode(rec, live, 0, req.client_ms)
             self.store.add_session(rec, ep)
@@ -345,8 +403,9 @@ class AnnotationService:
             if req.seq < expected:
                 stored = self.store.action(session_id, req.seq)
                 if stored is None or stored.action != req.action.model_dump(exclude_none=True):
-                    raise Conflict(f"action {req.seq} is already recorded as another action (a second tab?); "
-                                   "reload the page")
+                    raise Conflict(
+                        f"action {req.seq} is already recorded as another action (a second tab?); reload the page"
+                    )
                 return self._state(rec, live, t0)  # a retry of an action already done
             if req.seq > expected:
                 raise Conflict(f"action {req.seq} arrived before action {expected}; reload the page")
@@ -357,13 +416,28 @@ class AnnotationService:
             packed = pack_mask(live.slab_masks(), (live.z0, 0, 0))
             px, py = req.pointer if req.pointer is not None else (None, None)
             record = ActionRecord(
-                session_id=session_id, seq=req.seq, episode=live.episode.episode, step=live.step_count,
-                client_ms=req.client_ms, server_ms=_now_ms(), pointer_x=px, pointer_y=py,
-                action=req.action.model_dump(exclude_none=True), prompt=live.unwrapped.last_prompt,
-                slice=live.z0 + live.current_slice, invalid_action=out.info["invalid_action"],
-                dice=out.info["dice"], iou=out.info["iou"], iou_pred=out.info["iou_pred"], reward=out.reward,
-                sim_seconds=out.info["seconds"], sim_seconds_total=out.info["seconds_total"],
-                terminated=out.terminated, truncated=out.truncated, **packed)
+                session_id=session_id,
+                seq=req.seq,
+                episode=live.episode.episode,
+                step=live.step_count,
+                client_ms=req.client_ms,
+                server_ms=_now_ms(),
+                pointer_x=px,
+                pointer_y=py,
+                action=req.action.model_dump(exclude_none=True),
+                prompt=live.unwrapped.last_prompt,
+                slice=live.z0 + live.current_slice,
+                invalid_action=out.info["invalid_action"],
+                dice=out.info["dice"],
+                iou=out.info["iou"],
+                iou_pred=out.info["iou_pred"],
+                reward=out.reward,
+                sim_seconds=out.info["seconds"],
+                sim_seconds_total=out.info["seconds_total"],
+                terminated=out.terminated,
+                truncated=out.truncated,
+                **packed,
+            )
             try:
                 self.store.add_action(record)
             except BaseException:
@@ -388,8 +462,11 @@ class AnnotationService:
             if req.case_index <= cur:
                 return self._state(rec, live, t0)  # a retry of a Next already done
             if req.case_index > cur + 1 or not live.ended:
-                raise Conflict(f"cannot go to nodule {req.case_index + 1} from nodule {cur + 1}"
-                               + ("" if live.ended else " before accepting it") + "; reload the page")
+                raise Conflict(
+                    f"cannot go to nodule {req.case_index + 1} from nodule {cur + 1}"
+                    + ("" if live.ended else " before accepting it")
+                    + "; reload the page"
+                )
             if req.case_index >= len(rec.case_keys):
                 self.store.finish_session(session_id, _now_ms())
                 self._forget(session_id)

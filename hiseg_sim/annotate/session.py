@@ -164,5 +164,6 @@ class LiveSession:
             raise IndexError(f"slice {k} is outside the slab [0, {self.n_slices}); scroll within it")
         mask = self.slab_masks()[k]
         ref = b64_bits(self.unwrapped.scoring_reference()[k]) if reference else None
-        return SliceView(slice=k, image=b64_u8(self.slice_image(k)), mask=b64_bits(mask), reference=ref,
-                         prompts=self.prompts(k))
+        return SliceView(
+            slice=k, image=b64_u8(self.slice_image(k)), mask=b64_bits(mask), reference=ref, prompts=self.prompts(k)
+        )

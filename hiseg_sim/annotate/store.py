@@ -70,8 +70,9 @@ class SessionStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._columns = {t: {n: _column(f.annotation) for n, f in m.model_fields.items()}
-                         for t, (m, _) in _TABLES.items()}
+        self._columns = {
+            t: {n: _column(f.annotation) for n, f in m.model_fields.items()} for t, (m, _) in _TABLES.items()
+        }
         self._create()
 
     # ---- layout ----------------------------------------------------------------------------
@@ -80,8 +81,10 @@ class SessionStore:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if version not in (0, self.LAYOUT) or (version == 0 and tables):
-                raise StoreError(f"{self.path} is not a hiseg-sim session store of layout {self.LAYOUT} "
-                                 f"(user_version {version}); give another --store path")
+                raise StoreError(
+                    f"{self.path} is not a hiseg-sim session store of layout {self.LAYOUT} "
+                    f"(user_version {version}); give another --store path"
+                )
             self._db.execute("BEGIN IMMEDIATE")
             for table, (_, key) in _TABLES.items():
                 cols = ", ".join(f"{n} {t}" for n, (t, _) in self._columns[table].items())
@@ -108,8 +111,9 @@ class SessionStore:
         model, _ = _TABLES[table]
         cols = self._columns[table]
         with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(cols)} FROM {table} WHERE {where} ORDER BY {order}",
-                                    args).fetchall()
+            rows = self._db.execute(
+                f"SELECT {', '.join(cols)} FROM {table} WHERE {where} ORDER BY {order}", args
+            ).fetchall()
         out = []
         for row in rows:
             d = {n: (json.loads(v) if cols[n][1] and v is not None else v) for n, v in zip(cols, row)}
@@ -142,8 +146,10 @@ class SessionStore:
 
     def finish_session(self, session_id: str, finished_ms: int) -> None:
         with self._lock:
-            self._db.execute("UPDATE sessions SET finished_ms = ? WHERE session_id = ? AND finished_ms IS NULL",
-                             (int(finished_ms), session_id))
+            self._db.execute(
+                "UPDATE sessions SET finished_ms = ? WHERE session_id = ? AND finished_ms IS NULL",
+                (int(finished_ms), session_id),
+            )
 
     # ---- reading ---------------------------------------------------------------------------
     def session(self, session_id: str) -> SessionRecord | None:
@@ -155,8 +161,12 @@ class SessionStore:
 
     def open_session(self, participant: str, group: str, study: str) -> SessionRecord | None:
         """The person's latest unfinished session in this group and study, if any."""
-        rows = self._select("sessions", "participant = ? AND grp = ? AND study = ? AND finished_ms IS NULL",
-                            (participant, group, study), "created_ms DESC")
+        rows = self._select(
+            "sessions",
+            "participant = ? AND grp = ? AND study = ? AND finished_ms IS NULL",
+            (participant, group, study),
+            "created_ms DESC",
+        )
         return rows[0] if rows else None
 
     def episodes(self, session_id: str) -> list[EpisodeRecord]:
@@ -174,5 +184,6 @@ class SessionStore:
 
     def count_actions(self, session_id: str) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM actions WHERE session_id = ?",
-                                        (session_id,)).fetchone()[0])
+            return int(
+                self._db.execute("SELECT COUNT(*) FROM actions WHERE session_id = ?", (session_id,)).fetchone()[0]
+            )

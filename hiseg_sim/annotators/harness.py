@@ -31,6 +31,7 @@ import gymnasium as gym
 import numpy as np
 
 from hiseg_sim.annotators.base import Annotator, Feedback, Knowledge, RobotKnowledge
+from hiseg_sim.annotators.behaviour.difficulty import case_log_difficulty
 from hiseg_sim.annotators.behaviour.perception import case_difficulty, intended_mask
 from hiseg_sim.env.actions import action_to_dict, coerce_action
 from hiseg_sim.env.viewport import AIR_HU, crop2d
@@ -95,7 +96,15 @@ def make_knowledge(
         if rng is None:
             raise ValueError("the perception step needs an rng")
         img = image if three_d else image[0]
-        intent = intended_mask(gt, spacing, params, rng, image_hu=img, difficulty_z=case_difficulty(key=u.case.case_id))
+        intent = intended_mask(
+            gt,
+            spacing,
+            params,
+            rng,
+            image_hu=img,
+            difficulty_z=case_difficulty(key=u.case.case_id),
+            difficulty_log=case_log_difficulty(u.case.meta),  # 0 until a difficulty model is saved
+        )
     kw = dict(
         case_id=u.case.case_id,
         image_hu=image if three_d else image[0],

@@ -73,8 +73,10 @@ def validate_volume(volume: Any, name: str = "volume") -> np.ndarray:
         big = np.isfinite(arr) & (np.abs(arr) > _FLOAT32_MAX)
         if big.any():
             first = tuple(int(i) for i in np.argwhere(big)[0])
-            raise CaseError(f"{name} holds {int(big.sum())} value(s) beyond the float32 range (|HU| > 3.4e38), "
-                            f"the first at (z, y, x) = {first}; these are not Hounsfield units")
+            raise CaseError(
+                f"{name} holds {int(big.sum())} value(s) beyond the float32 range (|HU| > 3.4e38), "
+                f"the first at (z, y, x) = {first}; these are not Hounsfield units"
+            )
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     bad = ~np.isfinite(arr)
     if bad.any():
@@ -101,8 +103,9 @@ def validate_spacing(spacing: Any, ndim: int = 3, name: str = "spacing_zyx") -> 
     if len(sp) != ndim:
         raise CaseError(f"{name} must have {ndim} entries; got {len(sp)}: {sp}")
     if not all(np.isfinite(s) and SPACING_MM_MIN <= s <= SPACING_MM_MAX for s in sp):
-        raise CaseError(f"{name} entries must be finite and in [{SPACING_MM_MIN:g}, {SPACING_MM_MAX:g}] mm "
-                        f"(so > 0); got {sp}")
+        raise CaseError(
+            f"{name} entries must be finite and in [{SPACING_MM_MIN:g}, {SPACING_MM_MAX:g}] mm (so > 0); got {sp}"
+        )
     return sp
 
 
@@ -157,11 +160,15 @@ class Case:
             raise CaseError(f"{self.case_id}: gt is empty; a Case needs a non-empty reference mask to score against")
         object.__setattr__(self, "gt", gt)
         rm = self.reader_masks
-        if isinstance(rm, (str, bytes, dict)) or not hasattr(rm, "__iter__") \
-                or (isinstance(rm, np.ndarray) and rm.ndim != 4):
+        if (
+            isinstance(rm, (str, bytes, dict))
+            or not hasattr(rm, "__iter__")
+            or (isinstance(rm, np.ndarray) and rm.ndim != 4)
+        ):
             what = f"an array of shape {rm.shape}" if isinstance(rm, np.ndarray) else type(rm).__name__
-            raise CaseError(f"{self.case_id}: reader_masks must be a sequence of (Z, Y, X) masks, e.g. (mask,); "
-                            f"got {what}")
+            raise CaseError(
+                f"{self.case_id}: reader_masks must be a sequence of (Z, Y, X) masks, e.g. (mask,); got {what}"
+            )
         readers = tuple(validate_mask(m, vol.shape, f"{self.case_id}: reader_masks[{i}]") for i, m in enumerate(rm))
         object.__setattr__(self, "reader_masks", readers)
         if not isinstance(self.meta, dict):

@@ -52,13 +52,30 @@ from hiseg_sim.data.lidc_raster import (
 from hiseg_sim.metrics import max_diameter_mm
 
 __all__ = [
-    "SPLITS", "RATING_NAMES", "IMAGE_SIZE", "database_path", "patient_number", "split_of",
-    "ScanInfo", "ReaderAnnotation", "Nodule", "LidcDatabase",
+    "SPLITS",
+    "RATING_NAMES",
+    "IMAGE_SIZE",
+    "database_path",
+    "patient_number",
+    "split_of",
+    "ScanInfo",
+    "ReaderAnnotation",
+    "Nodule",
+    "LidcDatabase",
 ]
 
 SPLITS: dict[str, tuple[int, int]] = {"calibration": (1, 800), "holdout": (801, 1012)}
-RATING_NAMES = ("subtlety", "internalStructure", "calcification", "sphericity", "margin",
-                "lobulation", "spiculation", "texture", "malignancy")
+RATING_NAMES = (
+    "subtlety",
+    "internalStructure",
+    "calcification",
+    "sphericity",
+    "margin",
+    "lobulation",
+    "spiculation",
+    "texture",
+    "malignancy",
+)
 IMAGE_SIZE = 512  # every LIDC-IDRI image is 512x512
 
 
@@ -202,11 +219,12 @@ class Nodule:
         full = self.scan.shape_zyx
         lo = [max(0, o - int(m)) for o, m in zip(self.origin_zyx, margin_vox_zyx)]
         hi = [min(f, o + s + int(m)) for o, s, m, f in zip(self.origin_zyx, self.shape_zyx, margin_vox_zyx, full)]
-        before = [o - l for o, l in zip(self.origin_zyx, lo)]
+        before = [o - low for o, low in zip(self.origin_zyx, lo)]
         after = [h - o - s for h, o, s in zip(hi, self.origin_zyx, self.shape_zyx)]
         masks = tuple(_readonly(np.pad(m, list(zip(before, after)))) for m in self.reader_masks)
-        return Nodule(self.nodule_id, self.scan, self.annotations, masks, tuple(lo), self.spacing_zyx,
-                      self.reader_diameters_mm)
+        return Nodule(
+            self.nodule_id, self.scan, self.annotations, masks, tuple(lo), self.spacing_zyx, self.reader_diameters_mm
+        )
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -240,16 +258,28 @@ class LidcDatabase:
                 zvals[sid].append(val)
             rows = con.execute(
                 "SELECT id, patient_id, study_instance_uid, series_instance_uid, pixel_spacing, "
-                "slice_thickness, contrast_used FROM scans ORDER BY id").fetchall()
+                "slice_thickness, contrast_used FROM scans ORDER BY id"
+            ).fetchall()
         self._scans: dict[int, ScanInfo] = {}
         for sid, pid, study, series, ps, thick, contrast in rows:
             z = np.asarray(zvals.get(sid, ()), dtype=float)
             zu = np.unique(z)
             if len(zu) != len(z):
-                warnings.warn(f"{pid} (scan {sid}): {len(z) - len(zu)} duplicate slice position(s) merged")
+                warnings.warn(
+                    f"{pid} (scan {sid}): {len(z) - len(zu)} duplicate slice position(s) merged", stacklevel=2
+                )
             spacing = float(np.median(np.diff(zu))) if len(zu) > 1 else float(thick)
-            self._scans[sid] = ScanInfo(int(sid), pid, study, series, float(ps), float(thick), spacing,
-                                        tuple(float(v) for v in zu), bool(contrast))
+            self._scans[sid] = ScanInfo(
+                int(sid),
+                pid,
+                study,
+                series,
+                float(ps),
+                float(thick),
+                spacing,
+                tuple(float(v) for v in zu),
+                bool(contrast),
+            )
         self._by_series = {s.series_uid: s for s in self._scans.values()}
         self._label: dict[int, str] = {}
         seen: dict[str, int] = defaultdict(int)
@@ -274,7 +304,8 @@ class LidcDatabase:
             for aid, sid, *vals in con.execute(f"SELECT id, scan_id, {cols} FROM annotations ORDER BY id"):
                 ann[sid].append(ReaderAnnotation(int(aid), dict(zip(RATING_NAMES, (int(v) for v in vals)))))
             for aid, inc, z, coords in con.execute(
-                    "SELECT annotation_id, inclusion, image_z_position, coords FROM contours ORDER BY id"):
+                "SELECT annotation_id, inclusion, image_z_position, coords FROM contours ORDER BY id"
+            ):
                 contours[aid].append((float(z), bool(inc), coords))
         self._ann, self._contours = dict(ann), dict(contours)
 
@@ -318,8 +349,11 @@ class LidcDatabase:
             for z, inc, coords in self._contours.get(a.annotation_id, []):
                 k = int(np.abs(zpos - z).argmin())
                 if abs(zpos[k] - z) > 0.5 * scan.slice_spacing:
-                    warnings.warn(f"{scan.patient_id} annotation {a.annotation_id}: contour at z={z} mm "
-                                  "matches no slice; dropped")
+                    warnings.warn(
+                        f"{scan.patient_id} annotation {a.annotation_id}: contour at z={z} mm "
+                        "matches no slice; dropped",
+                        stacklevel=2,
+                    )
                     continue
                 xy = parse_coords(coords)
                 contours.append((k, inc, xy))
@@ -331,20 +365,39 @@ class LidcDatabase:
         spacing = (scan.slice_spacing, scan.pixel_spacing, scan.pixel_spacing)
         out = []
         for n, group in enumerate(groups, start=1):
-            ext = np.array([(k, *xy.min(axis=0)[::-1], k, *xy.max(axis=0)[::-1])
-                            for i in group for k, _, xy in per_ann[i][1]])  # (z, y, x) min, then max
+            ext = np.array(
+                [(k, *xy.min(axis=0)[::-1], k, *xy.max(axis=0)[::-1]) for i in group for k, _, xy in per_ann[i][1]]
+            )  # (z, y, x) min, then max
             lo = np.maximum(ext[:, :3].min(axis=0) - margin_vox, 0)
             hi = np.minimum(ext[:, 3:].max(axis=0) + margin_vox + 1, scan.shape_zyx)
             origin, shape = tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo)
-            masks = tuple(_readonly(rasterise_contours(per_ann[i][1], shape, origin, self.include_boundary))
-                          for i in group)
+            masks = tuple(
+                _readonly(rasterise_contours(per_ann[i][1], shape, origin, self.include_boundary)) for i in group
+            )
             diams = tuple(contour_diameter_mm([xy for _, _, xy in per_ann[i][1]], scan.pixel_spacing) for i in group)
-            out.append(Nodule(f"{self._label[scan.scan_id]}/n{n}", scan, tuple(per_ann[i][0] for i in group),
-                              masks, origin, spacing, diams))
+            out.append(
+                Nodule(
+                    f"{self._label[scan.scan_id]}/n{n}",
+                    scan,
+                    tuple(per_ann[i][0] for i in group),
+                    masks,
+                    origin,
+                    spacing,
+                    diams,
+                )
+            )
         return out
 
-    def iter_nodules(self, split: str | None = None, min_readers: int = 1, progress: bool = False, *,
-                     max_readers: int = 4, patients=None, limit: int | None = None) -> Iterator[Nodule]:
+    def iter_nodules(
+        self,
+        split: str | None = None,
+        min_readers: int = 1,
+        progress: bool = False,
+        *,
+        max_readers: int = 4,
+        patients=None,
+        limit: int | None = None,
+    ) -> Iterator[Nodule]:
         """Nodules of every scan in ``split`` with ``min_readers <= n_readers <= max_readers``.
 
         ``patients``: optional collection of patient ids to restrict to; ``limit``: stop after
@@ -356,6 +409,7 @@ class LidcDatabase:
             scans = [s for s in scans if s.patient_id in wanted]
         if progress:
             from tqdm.auto import tqdm
+
             scans = tqdm(scans, desc=f"LIDC {split or 'all'}", unit="scan")
         count = 0
         for scan in scans:
@@ -370,8 +424,10 @@ class LidcDatabase:
         """The nodule with this id (``"LIDC-IDRI-0078/n1"``, second scans ``".../s2/n1"``)."""
         m = _NODULE_ID.fullmatch(nodule_id.strip())
         if m is None:
-            raise KeyError(f"malformed nodule id {nodule_id!r}; expected 'LIDC-IDRI-NNNN/n<k>' "
-                           "(or 'LIDC-IDRI-NNNN/s2/n<k>' for a patient's second scan)")
+            raise KeyError(
+                f"malformed nodule id {nodule_id!r}; expected 'LIDC-IDRI-NNNN/n<k>' "
+                "(or 'LIDC-IDRI-NNNN/s2/n<k>' for a patient's second scan)"
+            )
         pid, s, k = m.group(1), m.group(2), int(m.group(3))
         label = pid if s in (None, "1") else f"{pid}/s{s}"
         if label not in self._by_label:

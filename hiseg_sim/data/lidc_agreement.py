@@ -21,8 +21,12 @@ from hiseg_sim.data.lidc_raster import pairwise_dice
 __all__ = ["pairwise_dice", "inter_reader_dice", "size_band", "SIZE_BANDS"]
 
 # Consensus diameter bands in mm: [lo, hi).
-SIZE_BANDS: dict[str, tuple[float, float]] = {"<6": (0.0, 6.0), "6-10": (6.0, 10.0), "10-20": (10.0, 20.0),
-                                              ">=20": (20.0, float("inf"))}
+SIZE_BANDS: dict[str, tuple[float, float]] = {
+    "<6": (0.0, 6.0),
+    "6-10": (6.0, 10.0),
+    "10-20": (10.0, 20.0),
+    ">=20": (20.0, float("inf")),
+}
 
 
 def size_band(diameter_mm: float) -> str:
@@ -41,8 +45,15 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def inter_reader_dice(split: str | None = "calibration", min_readers: int = 2, db: LidcDatabase | None = None,
-                      progress: bool = False, *, patients=None, limit: int | None = None) -> dict:
+def inter_reader_dice(
+    split: str | None = "calibration",
+    min_readers: int = 2,
+    db: LidcDatabase | None = None,
+    progress: bool = False,
+    *,
+    patients=None,
+    limit: int | None = None,
+) -> dict:
     """Mean pairwise 3-D Dice between readers, per nodule, summarised over a split.
 
     Every nodule with ``min_readers`` to 4 readers contributes the mean of its readers'

@@ -56,7 +56,14 @@ from hiseg_sim.data.phantom_vessels import (
     vessel_forest,
 )
 
-__all__ = ["render_phantom", "make_phantom", "anatomy_labels", "ANATOMY_CODES", "JUXTAPLEURAL_RATE", "ATTACHED_VESSEL_RATE"]
+__all__ = [
+    "render_phantom",
+    "make_phantom",
+    "anatomy_labels",
+    "ANATOMY_CODES",
+    "JUXTAPLEURAL_RATE",
+    "ATTACHED_VESSEL_RATE",
+]
 
 #: Labels of ``meta["anatomy"]``, a ``uint8`` ``(Z, Y, X)`` map of what each voxel mostly holds.
 ANATOMY_CODES = {0: "lung", 1: "nodule", 2: "vessel", 3: "attached_vessel", 4: "chest_wall", 5: "bone"}
@@ -82,10 +89,19 @@ def _integrate(w: np.ndarray, fine: np.ndarray) -> np.ndarray:
     return (w @ fine.reshape(f, ny * nx)).reshape(w.shape[0], ny, nx)
 
 
-def render_phantom(reader_masks, spacing_zyx, texture: float, slice_thickness: float, seed: int = 0, *,
-                   nodule_id: str = "", consensus: np.ndarray | None = None, ratings: dict | None = None,
-                   fov_mm: float | None = None, rng: np.random.Generator | None = None,
-                   ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], dict[str, Any]]:
+def render_phantom(
+    reader_masks,
+    spacing_zyx,
+    texture: float,
+    slice_thickness: float,
+    seed: int = 0,
+    *,
+    nodule_id: str = "",
+    consensus: np.ndarray | None = None,
+    ratings: dict | None = None,
+    fov_mm: float | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], dict[str, Any]]:
     """Draw one phantom around a nodule given as reader masks.
 
     Args:
@@ -179,8 +195,16 @@ def render_phantom(reader_masks, spacing_zyx, texture: float, slice_thickness: f
     hi = np.array([zf[-1] + 15.0, fov_real + 15.0, fov_real + 15.0])
     periph = np.array([rng.uniform(-0.3, 0.3), nrm[0], nrm[1]])
     periph /= np.linalg.norm(periph)
-    tree, ves = vessel_forest(rng, grid, periph, lo, hi, in_lung, None if wall is None else wall < 0.5,
-                              target_fraction=rng.uniform(0.02, 0.035))
+    tree, ves = vessel_forest(
+        rng,
+        grid,
+        periph,
+        lo,
+        hi,
+        in_lung,
+        None if wall is None else wall < 0.5,
+        target_fraction=rng.uniform(0.02, 0.035),
+    )
     if attach:
         feed = _feeder(rng, cons_c, off, step, periph, nrm, extent_mm, lo, hi, in_lung)
         paint_segments(feed, grid, ves)
@@ -197,8 +221,9 @@ def render_phantom(reader_masks, spacing_zyx, texture: float, slice_thickness: f
     # and spicules), painted on the fine grid by maximum density
     pad = np.array([min(mz, max(1, math.ceil(2.0 / dz))), _PAD_PX, _PAD_PX])
     masks_p = [np.pad(m, [(int(q), int(q)) for q in pad]) for m in masks_c]
-    occ_c, latent_c, lat_info = latent_nodule(masks_p, (dz, px, px), rng, margin=ratings.get("margin", 3),
-                                              spiculation=ratings.get("spiculation", 1))
+    occ_c, latent_c, lat_info = latent_nodule(
+        masks_p, (dz, px, px), rng, margin=ratings.get("margin", 3), spiculation=ratings.get("spiculation", 1)
+    )
     hu_c, nod_info = nodule_hu_map(rng, latent_c, (dz, px, px), tex, ratings.get("calcification", 6))
     paint_nodule(vol, zf, occ_c, hu_c, off - pad, dz)
 
@@ -231,23 +256,37 @@ def render_phantom(reader_masks, spacing_zyx, texture: float, slice_thickness: f
     anatomy, near = anatomy_labels(gt, ves_c, wall_c, bone_c)
     wall_m = np.isin(anatomy, (4, 5))
     meta = {
-        "source": "phantom-lidc", "nodule_id": nodule_id, "seed": int(seed), "texture": tex,
-        "ratings": ratings, "n_readers": len(masks),
-        "juxtapleural": bool((near & wall_m).any()), "vessel_attached": bool((anatomy == 3).any()),
+        "source": "phantom-lidc",
+        "nodule_id": nodule_id,
+        "seed": int(seed),
+        "texture": tex,
+        "ratings": ratings,
+        "n_readers": len(masks),
+        "juxtapleural": bool((near & wall_m).any()),
+        "vessel_attached": bool((anatomy == 3).any()),
         "feeder_vessel": attach,
-        "wall_visible": bool(wall_m.any()), "calcified": bool(nod_info["calcified"]),
-        "fov_mm": round(n * px, 2), "slice_thickness": float(slice_thickness),
-        "lung_hu": round(float(lung_hu), 1), "vessel_hu": round(float(vessel_hu), 1),
-        "nodule_hu": round(float(nod_info["mean_hu"]), 1), "noise_sd_hu": round(float(noise_sd), 1),
-        "psf_sigma_mm": round(float(psf), 3), "reader_spread_mm": round(lat_info["spread_mm"], 3),
-        "edge_width_mm": round(lat_info["edge_width_mm"], 3), "spicules": int(lat_info["spicules"]),
+        "wall_visible": bool(wall_m.any()),
+        "calcified": bool(nod_info["calcified"]),
+        "fov_mm": round(n * px, 2),
+        "slice_thickness": float(slice_thickness),
+        "lung_hu": round(float(lung_hu), 1),
+        "vessel_hu": round(float(vessel_hu), 1),
+        "nodule_hu": round(float(nod_info["mean_hu"]), 1),
+        "noise_sd_hu": round(float(noise_sd), 1),
+        "psf_sigma_mm": round(float(psf), 3),
+        "reader_spread_mm": round(lat_info["spread_mm"], 3),
+        "edge_width_mm": round(lat_info["edge_width_mm"], 3),
+        "spicules": int(lat_info["spicules"]),
         "mask_offset_zyx": tuple(int(o - b.start) for o, b in zip(off, bb)),
-        "anatomy": anatomy, "anatomy_codes": dict(ANATOMY_CODES),
+        "anatomy": anatomy,
+        "anatomy_codes": dict(ANATOMY_CODES),
     }
     return out, gt, tuple(readers), meta
 
 
-def anatomy_labels(gt: np.ndarray, vessel: np.ndarray, wall: np.ndarray, bone: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def anatomy_labels(
+    gt: np.ndarray, vessel: np.ndarray, wall: np.ndarray, bone: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``uint8`` label map (:data:`ANATOMY_CODES`) from output-grid occupancies (each voxel gets
     what fills at least half of it; the nodule wins), and the nodule's 26-neighbourhood.
 
@@ -312,9 +351,17 @@ def make_phantom(nodule, seed: int = 0, fov_mm: float | None = None, rng: np.ran
         texture = ratings.get("texture", 5)
     scan = nodule.scan
     vol, gt, readers, meta = render_phantom(
-        nodule.reader_masks, nodule.spacing_zyx, texture, float(scan.slice_thickness), seed,
-        nodule_id=nodule.nodule_id, consensus=getattr(nodule, "consensus", None), ratings=ratings,
-        fov_mm=fov_mm, rng=rng)
+        nodule.reader_masks,
+        nodule.spacing_zyx,
+        texture,
+        float(scan.slice_thickness),
+        seed,
+        nodule_id=nodule.nodule_id,
+        consensus=getattr(nodule, "consensus", None),
+        ratings=ratings,
+        fov_mm=fov_mm,
+        rng=rng,
+    )
     patient = getattr(scan, "patient_id", None) or nodule.nodule_id.split("/")[0]
     try:
         from hiseg_sim.data.lidc import split_of
@@ -323,13 +370,24 @@ def make_phantom(nodule, seed: int = 0, fov_mm: float | None = None, rng: np.ran
     except (ImportError, ValueError):
         split = None
     diameter = getattr(nodule, "diameter_mm", None)
-    meta.update(patient_id=patient, split=split, n_readers=len(nodule.reader_masks),
-                diameter_mm=round(float(diameter), 2) if diameter is not None else None,
-                pixel_spacing=float(nodule.spacing_zyx[1]), slice_spacing=float(nodule.spacing_zyx[0]))
+    meta.update(
+        patient_id=patient,
+        split=split,
+        n_readers=len(nodule.reader_masks),
+        diameter_mm=round(float(diameter), 2) if diameter is not None else None,
+        pixel_spacing=float(nodule.spacing_zyx[1]),
+        slice_spacing=float(nodule.spacing_zyx[0]),
+    )
     if meta["diameter_mm"] is None:
         del meta["diameter_mm"]
     lidc_d = getattr(nodule, "reader_diameters_mm", None)
     if lidc_d:  # the LIDC size convention: the mean of the readers' own diameters (pylidc)
         meta["lidc_diameter_mm"] = round(float(np.mean(lidc_d)), 2)
-    return Case(case_id=nodule.nodule_id, volume_hu=vol, spacing_zyx=tuple(nodule.spacing_zyx), gt=gt,
-                reader_masks=readers, meta=meta)
+    return Case(
+        case_id=nodule.nodule_id,
+        volume_hu=vol,
+        spacing_zyx=tuple(nodule.spacing_zyx),
+        gt=gt,
+        reader_masks=readers,
+        meta=meta,
+    )

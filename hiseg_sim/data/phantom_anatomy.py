@@ -27,9 +27,21 @@ from scipy import ndimage
 from scipy.special import expit
 
 __all__ = [
-    "Grid", "WallSpec", "stable_rng", "make_grid", "slice_weights", "hat_matrix", "smooth_field",
-    "lung_parenchyma", "parenchyma_speckle", "sample_wall", "place_wall", "wall_depth", "paint_wall",
-    "ct_noise", "psf_blur",
+    "Grid",
+    "WallSpec",
+    "stable_rng",
+    "make_grid",
+    "slice_weights",
+    "hat_matrix",
+    "smooth_field",
+    "lung_parenchyma",
+    "parenchyma_speckle",
+    "sample_wall",
+    "place_wall",
+    "wall_depth",
+    "paint_wall",
+    "ct_noise",
+    "psf_blur",
 ]
 
 
@@ -111,8 +123,9 @@ def hat_matrix(x: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     return np.clip(1.0 - np.abs(x[:, None] - nodes[None, :]) / step, 0.0, None).astype(np.float32)
 
 
-def smooth_field(rng: np.random.Generator, z_mm: np.ndarray, y_mm: np.ndarray, x_mm: np.ndarray,
-                 corr_mm: float) -> np.ndarray:
+def smooth_field(
+    rng: np.random.Generator, z_mm: np.ndarray, y_mm: np.ndarray, x_mm: np.ndarray, corr_mm: float
+) -> np.ndarray:
     """A smooth random field of unit SD and correlation length about ``corr_mm`` on the grid
     ``z_mm x y_mm x x_mm``: Gaussian noise on a lattice of step ``corr_mm``, lightly smoothed,
     then linearly interpolated (separable matrices, so it costs little)."""
@@ -143,8 +156,9 @@ def lung_parenchyma(rng: np.random.Generator, grid: Grid, base_hu: float) -> np.
     return vol
 
 
-def parenchyma_speckle(rng: np.random.Generator, shape: tuple[int, int, int], px: float,
-                       per_cm2: float = 6.0) -> np.ndarray:
+def parenchyma_speckle(
+    rng: np.random.Generator, shape: tuple[int, int, int], px: float, per_cm2: float = 6.0
+) -> np.ndarray:
     """Output-grid HU increments from sub-millimetre vessels and interstitium: sparse dots of
     +15…+90 HU blurred to ~0.45 mm, weakly correlated between neighbouring slices."""
     z, ny, nx = shape
@@ -193,8 +207,12 @@ class WallSpec:
         dx = x - (self.contact_yx[1] - nx * self.radius_mm)
         t = self.radius_mm * math.atan2(dx * ny - dy * nx, dy * ny + dx * nx)
         amp, wl, ph, sz = self.wobble
-        return (math.hypot(dy, dx) - self.radius_mm + self.z_slope * (z - self.z_ref)
-                + amp * math.sin(2 * math.pi * t / wl + ph + sz * z))
+        return (
+            math.hypot(dy, dx)
+            - self.radius_mm
+            + self.z_slope * (z - self.z_ref)
+            + amp * math.sin(2 * math.pi * t / wl + ph + sz * z)
+        )
 
     def with_contact(self, contact_yx) -> WallSpec:
         return WallSpec(**{**self.__dict__, "contact_yx": (float(contact_yx[0]), float(contact_yx[1]))})
@@ -212,12 +230,22 @@ def sample_wall(rng: np.random.Generator, normal_angle: float, z_ref: float) -> 
         (1.5, 40.0),  # skin
     )
     return WallSpec(
-        normal_yx=(math.sin(normal_angle), math.cos(normal_angle)), contact_yx=(0.0, 0.0),
-        radius_mm=rng.uniform(70, 160), z_ref=float(z_ref), z_slope=rng.uniform(-0.2, 0.2), layers=layers,
+        normal_yx=(math.sin(normal_angle), math.cos(normal_angle)),
+        contact_yx=(0.0, 0.0),
+        radius_mm=rng.uniform(70, 160),
+        z_ref=float(z_ref),
+        z_slope=rng.uniform(-0.2, 0.2),
+        layers=layers,
         wobble=(rng.uniform(0.2, 0.8), rng.uniform(30, 80), rng.uniform(0, 2 * math.pi), rng.uniform(-0.1, 0.1)),
-        rib_depth=depth, rib_half_thick=half_thick, rib_half_height=rng.uniform(4.5, 6.5),
-        rib_pitch=rng.uniform(18, 26), rib_angle=rng.uniform(0.25, 0.7), rib_phase=rng.uniform(0, 26),
-        cortex_mm=rng.uniform(0.8, 1.4), cortex_hu=rng.uniform(900, 1300), marrow_hu=rng.uniform(180, 350),
+        rib_depth=depth,
+        rib_half_thick=half_thick,
+        rib_half_height=rng.uniform(4.5, 6.5),
+        rib_pitch=rng.uniform(18, 26),
+        rib_angle=rng.uniform(0.25, 0.7),
+        rib_phase=rng.uniform(0, 26),
+        cortex_mm=rng.uniform(0.8, 1.4),
+        cortex_hu=rng.uniform(900, 1300),
+        marrow_hu=rng.uniform(180, 350),
     )
 
 
@@ -289,8 +317,14 @@ def psf_blur(vol: np.ndarray, px: float, sigma_mm: float) -> np.ndarray:
     return ndimage.gaussian_filter(vol, (0, s, s), mode="nearest").astype(np.float32)
 
 
-def ct_noise(rng: np.random.Generator, shape: tuple[int, int, int], px: float, sd_hu: float,
-             cutoff_cyc_mm: float = 0.6, z_sigma_slices: float = 0.0) -> np.ndarray:
+def ct_noise(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    px: float,
+    sd_hu: float,
+    cutoff_cyc_mm: float = 0.6,
+    z_sigma_slices: float = 0.0,
+) -> np.ndarray:
     """Correlated CT noise of SD ``sd_hu``: white noise shaped in-plane by a filtered-backprojection
     noise power spectrum ``NPS(f) ~ f exp(-(f / cutoff)^2)`` (zero at DC, peak near
     ``cutoff / sqrt 2``), optionally correlated along z (overlapping reconstructions)."""
@@ -299,7 +333,7 @@ def ct_noise(rng: np.random.Generator, shape: tuple[int, int, int], px: float, s
     fy = np.fft.fftfreq(ny, d=px)[:, None]
     fx = np.fft.rfftfreq(nx, d=px)[None, :]
     f = np.hypot(fy, fx)
-    amp = np.sqrt(f * np.exp(-(f / cutoff_cyc_mm) ** 2)).astype(np.float32)
+    amp = np.sqrt(f * np.exp(-((f / cutoff_cyc_mm) ** 2))).astype(np.float32)
     noise = np.fft.irfft2(np.fft.rfft2(white, axes=(1, 2)) * amp, s=(ny, nx), axes=(1, 2)).astype(np.float32)
     if z_sigma_slices > 0.05 and z > 1:
         noise = ndimage.gaussian_filter1d(noise, z_sigma_slices, axis=0, mode="nearest")

@@ -89,8 +89,9 @@ def _spicules(rng: np.random.Generator, latent: np.ndarray, spacing, count: int)
     return out
 
 
-def latent_nodule(reader_masks, spacing_zyx, rng: np.random.Generator, margin: float = 3,
-                  spiculation: float = 1) -> tuple[np.ndarray, np.ndarray, dict]:
+def latent_nodule(
+    reader_masks, spacing_zyx, rng: np.random.Generator, margin: float = 3, spiculation: float = 1
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """The latent nodule of 1+ ``bool`` ``(Z, Y, X)`` reader masks on one crop grid.
 
     Returns ``(occupancy, latent, info)``: ``float32`` tissue fraction 0..1 (edge and spicules
@@ -118,6 +119,9 @@ def latent_nodule(reader_masks, spacing_zyx, rng: np.random.Generator, margin: f
     spic = _spicules(rng, latent, sp, n_spic)
     occ = np.maximum(occ, spic)
     edge = np.abs(phi_l) < max(sp[1:])
-    info = {"spread_mm": float(spread[edge].mean()) if edge.any() else 0.0,
-            "edge_width_mm": float(width[edge].mean()) if edge.any() else w_margin, "spicules": n_spic}
+    info = {
+        "spread_mm": float(spread[edge].mean()) if edge.any() else 0.0,
+        "edge_width_mm": float(width[edge].mean()) if edge.any() else w_margin,
+        "spicules": n_spic,
+    }
     return occ, latent, info

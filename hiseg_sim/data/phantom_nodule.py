@@ -29,8 +29,13 @@ from hiseg_sim.data.phantom_anatomy import hat_matrix
 __all__ = ["TEXTURE_HU", "nodule_occupancy", "nodule_hu_map", "paint_nodule"]
 
 #: HU range drawn from for each texture rating (for 3: the ground-glass rim).
-TEXTURE_HU: dict[int, tuple[float, float]] = {1: (-680, -540), 2: (-500, -400), 3: (-620, -500),
-                                              4: (-100, -10), 5: (0, 60)}
+TEXTURE_HU: dict[int, tuple[float, float]] = {
+    1: (-680, -540),
+    2: (-500, -400),
+    3: (-620, -500),
+    4: (-100, -10),
+    5: (0, 60),
+}
 #: HU range of the solid core of a part-solid (texture 3) nodule.
 PART_SOLID_CORE_HU = (-120.0, 20.0)
 #: Occupancy of voxels marked by fewer than half the readers, at a reader fraction of 0.5.
@@ -54,8 +59,9 @@ def _smooth_noise(rng: np.random.Generator, shape, spacing_zyx, corr_mm: float) 
     return f / (f.std() + 1e-9)
 
 
-def nodule_hu_map(rng: np.random.Generator, consensus: np.ndarray, spacing_zyx, texture: int,
-                  calcification: float = 6) -> tuple[np.ndarray, dict]:
+def nodule_hu_map(
+    rng: np.random.Generator, consensus: np.ndarray, spacing_zyx, texture: int, calcification: float = 6
+) -> tuple[np.ndarray, dict]:
     """HU of the nodule tissue at every voxel of the crop (``float32``, same shape).
 
     Returns the map and ``{"mean_hu", "calcified", "core_fraction"}`` (mean over the consensus).
@@ -108,8 +114,9 @@ def _calcify(rng, hu, consensus, spacing_zyx, pattern: int, het) -> np.ndarray:
     return hu + (calc_hu - hu) * blob
 
 
-def paint_nodule(vol: np.ndarray, z_fine: np.ndarray, occupancy: np.ndarray, hu: np.ndarray,
-                 offset_zyx, dz: float) -> np.ndarray:
+def paint_nodule(
+    vol: np.ndarray, z_fine: np.ndarray, occupancy: np.ndarray, hu: np.ndarray, offset_zyx, dz: float
+) -> np.ndarray:
     """Paint the nodule into the fine-grid ``vol`` ``(F, Y, X)`` in place and return it.
 
     ``occupancy`` and ``hu`` are on the crop grid; crop voxel ``[k, i, j]`` is output voxel
@@ -127,6 +134,6 @@ def paint_nodule(vol: np.ndarray, z_fine: np.ndarray, occupancy: np.ndarray, hu:
     m = hat_matrix(z_fine[k0:k1], nodes)
     occ_f = np.tensordot(m, occ_p, axes=(1, 0))
     hu_f = np.tensordot(m, hu_p, axes=(1, 0)) / np.maximum(occ_f, 1e-6)
-    sub = vol[k0:k1, oy:oy + cy, ox:ox + cx]  # a view
+    sub = vol[k0:k1, oy : oy + cy, ox : ox + cx]  # a view
     sub += np.where(hu_f > sub, (hu_f - sub) * occ_f, 0.0).astype(np.float32)
     return vol

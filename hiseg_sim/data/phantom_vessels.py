@@ -14,8 +14,8 @@ twigs near the pleura, as on chest CT.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -45,8 +45,12 @@ class Segments:
         return len(self.r0)
 
     def __add__(self, other: Segments) -> Segments:
-        return Segments(np.vstack([self.p0, other.p0]), np.vstack([self.p1, other.p1]),
-                        np.concatenate([self.r0, other.r0]), np.concatenate([self.r1, other.r1]))
+        return Segments(
+            np.vstack([self.p0, other.p0]),
+            np.vstack([self.p1, other.p1]),
+            np.concatenate([self.r0, other.r0]),
+            np.concatenate([self.r1, other.r1]),
+        )
 
 
 def random_unit(rng: np.random.Generator) -> np.ndarray:
@@ -69,10 +73,17 @@ def _turn(rng: np.random.Generator, d: np.ndarray, sigma: float, pull: np.ndarra
     return d / np.linalg.norm(d)
 
 
-def grow_tree(rng: np.random.Generator, roots: list[tuple[np.ndarray, np.ndarray, float]],
-              lo: np.ndarray, hi: np.ndarray, periphery: np.ndarray | None = None,
-              in_lung: Callable[[np.ndarray], bool] | None = None, r_min: float = 0.35,
-              max_segments: int = 1500, step_mm: float = 4.0) -> Segments:
+def grow_tree(
+    rng: np.random.Generator,
+    roots: list[tuple[np.ndarray, np.ndarray, float]],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    periphery: np.ndarray | None = None,
+    in_lung: Callable[[np.ndarray], bool] | None = None,
+    r_min: float = 0.35,
+    max_segments: int = 1500,
+    step_mm: float = 4.0,
+) -> Segments:
     """Grow vessel trees from ``roots`` ``[(start zyx mm, unit direction, radius mm), ...]``.
 
     Args:
@@ -100,7 +111,8 @@ def grow_tree(rng: np.random.Generator, roots: list[tuple[np.ndarray, np.ndarray
             p = q
             qz, qy, qx = float(q[0]), float(q[1]), float(q[2])
             if not (lo_t[0] <= qz <= hi_t[0] and lo_t[1] <= qy <= hi_t[1] and lo_t[2] <= qx <= hi_t[2]) or (
-                    in_lung is not None and not in_lung(q)):
+                in_lung is not None and not in_lung(q)
+            ):
                 alive = False
                 break
         if not alive or r_end < r_min:
@@ -118,9 +130,18 @@ def grow_tree(rng: np.random.Generator, roots: list[tuple[np.ndarray, np.ndarray
     return Segments.from_list(rows)
 
 
-def feeder_vessel(rng: np.random.Generator, contact: np.ndarray, inward: np.ndarray, away: np.ndarray,
-                  r_contact: float, lo: np.ndarray, hi: np.ndarray, depth_in: float = 1.0,
-                  in_lung: Callable[[np.ndarray], bool] | None = None, max_len: float = 80.0) -> tuple[Segments, list]:
+def feeder_vessel(
+    rng: np.random.Generator,
+    contact: np.ndarray,
+    inward: np.ndarray,
+    away: np.ndarray,
+    r_contact: float,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    depth_in: float = 1.0,
+    in_lung: Callable[[np.ndarray], bool] | None = None,
+    max_len: float = 80.0,
+) -> tuple[Segments, list]:
     """A vessel that reaches the nodule: it starts ``depth_in`` mm inside the nodule at ``contact``
     (zyx mm, on its surface), leaves along ``away`` (unit), curving gently, and widens to ~1.6x its
     radius at the contact as it runs back toward the hilar side until it leaves the box.
@@ -205,9 +226,17 @@ def bronchi_along(rng: np.random.Generator, tree: Segments, r_min: float = 1.1) 
     return Segments.from_list(outer), Segments.from_list(lumen)
 
 
-def vessel_forest(rng: np.random.Generator, grid: Grid, periphery: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                  in_lung: Callable[[np.ndarray], bool] | None = None, lung: np.ndarray | None = None,
-                  target_fraction: float = 0.025, max_batches: int = 8) -> tuple[Segments, np.ndarray]:
+def vessel_forest(
+    rng: np.random.Generator,
+    grid: Grid,
+    periphery: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    in_lung: Callable[[np.ndarray], bool] | None = None,
+    lung: np.ndarray | None = None,
+    target_fraction: float = 0.025,
+    max_batches: int = 8,
+) -> tuple[Segments, np.ndarray]:
     """Grow trees in batches until vessels fill ``target_fraction`` of the lung in the output slab.
 
     Each batch holds four roots entering from the hilar side (``-periphery``) of the field, 1.2–2.4

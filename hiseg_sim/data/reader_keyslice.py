@@ -47,14 +47,15 @@ def leave_one_out_dice(reader_masks, z: int | None = None) -> list[float]:
         raise ValueError(f"leave-one-out agreement needs >= 3 readers; got {len(masks)}")
     out = []
     for i, m in enumerate(masks):
-        others = consensus_mask(masks[:i] + masks[i + 1:])
+        others = consensus_mask(masks[:i] + masks[i + 1 :])
         out.append(dice(m, others) if z is None else dice(m[z], others[z]))
     return out
 
 
 @lru_cache(maxsize=4)
-def reader_keyslice_agreement(split: str = "calibration", min_readers: int = 3, band_by: str = "lidc",
-                              db=None) -> dict[str, dict[str, Any]]:
+def reader_keyslice_agreement(
+    split: str = "calibration", min_readers: int = 3, band_by: str = "lidc", db=None
+) -> dict[str, dict[str, Any]]:
     """``{band: {"key_slice": mean Dice, "3d": mean Dice, "n": readers}}`` over
     :data:`~hiseg_sim.data.lidc_agreement.SIZE_BANDS` (one value per reader of every nodule with
     ``min_readers``..4 readers; about 20 s for the calibration split)."""
@@ -73,12 +74,22 @@ def reader_keyslice_agreement(split: str = "calibration", min_readers: int = 3, 
         band = size_band(nod.lidc_diameter_mm if band_by == "lidc" else nod.diameter_mm)
         key[band].extend(leave_one_out_dice(nod.reader_masks, key_slice_of(cons)))
         vol[band].extend(leave_one_out_dice(nod.reader_masks))
-    return {b: {"key_slice": float(np.mean(key[b])) if key[b] else None,
-                "3d": float(np.mean(vol[b])) if vol[b] else None, "n": len(key[b])} for b in SIZE_BANDS}
+    return {
+        b: {
+            "key_slice": float(np.mean(key[b])) if key[b] else None,
+            "3d": float(np.mean(vol[b])) if vol[b] else None,
+            "n": len(key[b]),
+        }
+        for b in SIZE_BANDS
+    }
 
 
-def boxes_json(rows: Iterable[Any], lidc_diameters: dict[str, float] | None = None, db=None,
-               readers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def boxes_json(
+    rows: Iterable[Any],
+    lidc_diameters: dict[str, float] | None = None,
+    db=None,
+    readers: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The object of ``hiseg-sim boxes --json``: per LIDC size band the mean tight-box Dice of the
     run's ``rows`` (each with ``case_id`` and ``dice``; ``diameter_mm`` is the consensus one),
     the calibration readers' key-slice agreement with the others' consensus, and ``n`` (boxes)::
@@ -99,15 +110,20 @@ def boxes_json(rows: Iterable[Any], lidc_diameters: dict[str, float] | None = No
             db = LidcDatabase()
         lidc_diameters = {r.case_id: float(db.get_nodule(r.case_id).lidc_diameter_mm) for r in rows}
     out: dict[str, Any] = {}
-    for name, band_by, diam in (("bands", "lidc", lambda r: lidc_diameters[r.case_id]),
-                                ("bands_consensus_diameter", "consensus", lambda r: float(r.diameter_mm))):
+    for name, band_by, diam in (
+        ("bands", "lidc", lambda r: lidc_diameters[r.case_id]),
+        ("bands_consensus_diameter", "consensus", lambda r: float(r.diameter_mm)),
+    ):
         bar = reader_keyslice_agreement("calibration", 3, band_by) if readers is None else readers[band_by]
         table = {}
         for b in SIZE_BANDS:
             d = [float(r.dice) for r in rows if size_band(diam(r)) == b]
-            table[b] = {"box": round(float(np.mean(d)), 4) if d else None,
-                        "readers": None if bar[b]["key_slice"] is None else round(bar[b]["key_slice"], 4),
-                        "n": len(d), "n_readers": bar[b]["n"],
-                        "readers_3d": None if bar[b]["3d"] is None else round(bar[b]["3d"], 4)}
+            table[b] = {
+                "box": round(float(np.mean(d)), 4) if d else None,
+                "readers": None if bar[b]["key_slice"] is None else round(bar[b]["key_slice"], 4),
+                "n": len(d),
+                "n_readers": bar[b]["n"],
+                "readers_3d": None if bar[b]["3d"] is None else round(bar[b]["3d"], 4),
+            }
         out[name] = table
     return out

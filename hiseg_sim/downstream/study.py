@@ -22,7 +22,7 @@ nodules and 120 more calibration-split phantoms), every one labelled by every an
 
 ``[analysis]`` settings (all optional): ``seeds`` ([0, 1]), ``train_steps`` (400), ``crowd_k`` (3),
 ``arms`` (table: ``expert``, ``crowd``, ``novice``, ``specialist`` → arm labels),
-``test_cohort`` ("holdout", or ``"module:function"`` returning cases), ``test_neighbours`` (2),
+``test_cohort`` ("holdout", or a registered case source), ``test_neighbours`` (2),
 ``weight_floor`` (0.2), ``n_boot`` (2000), ``train_workers`` (2), ``train`` (table of other
 :class:`~hiseg_sim.downstream.training.TrainConfig` fields).
 """

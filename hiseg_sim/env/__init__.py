@@ -40,10 +40,30 @@ from hiseg_sim.env.actions import (
 from hiseg_sim.env.validation import EnvArgumentError, EnvArgumentTypeError
 
 __all__ = [
-    "ENV_IDS", "INVALID_CODES", "Accept", "Action", "ActionTypeError", "BoxAction", "EnvArgumentError",
-    "EnvArgumentTypeError", "EpisodeStatistics", "InvalidActionError", "Kind", "NextSlice", "NoduleSeg2DEnv",
-    "NoduleSeg3DEnv", "PointAction", "PrevSlice", "Propagate", "ResetNeeded", "TraceRecorder", "Undo",
-    "make_vec_env", "read_trace", "register_envs", "replay",
+    "ENV_IDS",
+    "INVALID_CODES",
+    "Accept",
+    "Action",
+    "ActionTypeError",
+    "BoxAction",
+    "EnvArgumentError",
+    "EnvArgumentTypeError",
+    "EpisodeStatistics",
+    "InvalidActionError",
+    "Kind",
+    "NextSlice",
+    "NoduleSeg2DEnv",
+    "NoduleSeg3DEnv",
+    "PointAction",
+    "PrevSlice",
+    "Propagate",
+    "ResetNeeded",
+    "TraceRecorder",
+    "Undo",
+    "make_vec_env",
+    "read_trace",
+    "register_envs",
+    "replay",
 ]
 
 #: id → (entry point, max_episode_steps). 20 steps in 2-D: the click budget of the RITM / NoC
@@ -63,8 +83,13 @@ def register_envs() -> None:
 
     for env_id, (entry_point, max_steps) in ENV_IDS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry_point, max_episode_steps=max_steps,
-                         nondeterministic=False, disable_env_checker=True)
+            gym.register(
+                id=env_id,
+                entry_point=entry_point,
+                max_episode_steps=max_steps,
+                nondeterministic=False,
+                disable_env_checker=True,
+            )
 
 
 _LAZY = {

@@ -40,7 +40,7 @@ import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from enum import IntEnum
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -73,7 +73,7 @@ _INT_LIMIT = 2.0**53
 def _show(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters, for one-line messages."""
     r = " ".join(repr(value).split())
-    return r if len(r) <= limit else r[:limit - 3] + "..."
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 class InvalidActionError(ValueError):
@@ -87,8 +87,9 @@ class ActionTypeError(InvalidActionError, TypeError):
 def _coordinate(owner: str, name: str, value: Any) -> int | float:
     """``value`` as a Python ``int`` or ``float`` (the same number), after checking it is a finite real."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ActionTypeError(f"{owner}.{name} must be a real number (viewport pixels); "
-                              f"got {type(value).__name__} {_show(value)}")
+        raise ActionTypeError(
+            f"{owner}.{name} must be a real number (viewport pixels); got {type(value).__name__} {_show(value)}"
+        )
     v = int(value) if isinstance(value, numbers.Integral) else float(value)
     try:
         finite = math.isfinite(v)
@@ -166,7 +167,7 @@ class BoxAction:
     def kind(self) -> Kind:
         return Kind.BOX
 
-    def normalised(self) -> "BoxAction":
+    def normalised(self) -> BoxAction:
         """The same box with ``x0 <= x1`` and ``y0 <= y1``."""
         return BoxAction(min(self.x0, self.x1), min(self.y0, self.y1), max(self.x0, self.x1), max(self.y0, self.y1))
 
@@ -225,7 +226,9 @@ class Propagate:
     def __post_init__(self) -> None:
         d = self.direction
         if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
-            raise ActionTypeError(f"Propagate.direction must be the integer +1 or -1; got {type(d).__name__} {_show(d)}")
+            raise ActionTypeError(
+                f"Propagate.direction must be the integer +1 or -1; got {type(d).__name__} {_show(d)}"
+            )
         if d not in (1, -1):
             raise InvalidActionError(f"Propagate.direction must be +1 or -1; got {_show(d)}")
         object.__setattr__(self, "direction", int(d))
@@ -235,10 +238,19 @@ class Propagate:
         return Kind.PROPAGATE_NEXT if self.direction == 1 else Kind.PROPAGATE_PREV
 
 
-Action = Union[PointAction, BoxAction, Undo, Accept, NextSlice, PrevSlice, Propagate]
+Action = PointAction | BoxAction | Undo | Accept | NextSlice | PrevSlice | Propagate
 _TYPED = (PointAction, BoxAction, Undo, Accept, NextSlice, PrevSlice, Propagate)
-_NAMES = {Kind.POSITIVE: "point", Kind.NEGATIVE: "point", Kind.BOX: "box", Kind.UNDO: "undo", Kind.ACCEPT: "accept",
-          Kind.NEXT: "next", Kind.PREV: "prev", Kind.PROPAGATE_NEXT: "propagate", Kind.PROPAGATE_PREV: "propagate"}
+_NAMES = {
+    Kind.POSITIVE: "point",
+    Kind.NEGATIVE: "point",
+    Kind.BOX: "box",
+    Kind.UNDO: "undo",
+    Kind.ACCEPT: "accept",
+    Kind.NEXT: "next",
+    Kind.PREV: "prev",
+    Kind.PROPAGATE_NEXT: "propagate",
+    Kind.PROPAGATE_PREV: "propagate",
+}
 
 
 def kind_name(action: Action) -> str:
@@ -258,9 +270,14 @@ def from_array(a: Any) -> Action:
     """
     try:
         flat = np.asarray(a).reshape(-1)
-        ok = flat.shape == (5,) and (np.issubdtype(flat.dtype, np.integer)
-                                     or (np.issubdtype(flat.dtype, np.floating) and bool(np.all(np.isfinite(flat)))
-                                         and bool(np.all(flat == np.rint(flat)))))
+        ok = flat.shape == (5,) and (
+            np.issubdtype(flat.dtype, np.integer)
+            or (
+                np.issubdtype(flat.dtype, np.floating)
+                and bool(np.all(np.isfinite(flat)))
+                and bool(np.all(flat == np.rint(flat)))
+            )
+        )
     except (TypeError, ValueError):
         ok = False
     if not ok:
@@ -274,8 +291,14 @@ def from_array(a: Any) -> Action:
         return PointAction(x, y, kind == Kind.POSITIVE)
     if kind == Kind.BOX:
         return BoxAction(x, y, x2, y2)
-    simple = {Kind.UNDO: Undo(), Kind.ACCEPT: Accept(), Kind.NEXT: NextSlice(), Kind.PREV: PrevSlice(),
-              Kind.PROPAGATE_NEXT: Propagate(1), Kind.PROPAGATE_PREV: Propagate(-1)}
+    simple = {
+        Kind.UNDO: Undo(),
+        Kind.ACCEPT: Accept(),
+        Kind.NEXT: NextSlice(),
+        Kind.PREV: PrevSlice(),
+        Kind.PROPAGATE_NEXT: Propagate(1),
+        Kind.PROPAGATE_PREV: Propagate(-1),
+    }
     return simple[kind]
 
 
@@ -293,7 +316,7 @@ def to_array(action: Action) -> np.ndarray:
         return out
     if not np.all(np.abs(xy) < _INT_LIMIT):  # beyond this the int64 cast would wrap round
         raise InvalidActionError(f"{type(action).__name__} coordinates {xy.tolist()} do not fit a pixel index")
-    out[1:1 + xy.size] = xy
+    out[1 : 1 + xy.size] = xy
     return out
 
 
@@ -325,8 +348,9 @@ def action_from_dict(d: dict) -> Action:
         return Propagate(d.get("direction", 1))
     simple: dict[str, Callable[[], Action]] = {"undo": Undo, "accept": Accept, "next": NextSlice, "prev": PrevSlice}
     if not isinstance(kind, str) or kind not in simple:
-        raise InvalidActionError(f"unknown action kind {_show(kind)} in {_show(d)}; one of "
-                                 f"point, box, {', '.join(simple)}, propagate")
+        raise InvalidActionError(
+            f"unknown action kind {_show(kind)} in {_show(d)}; one of point, box, {', '.join(simple)}, propagate"
+        )
     return simple[kind]()
 
 
@@ -334,8 +358,10 @@ def _check_xy(x: float, y: float, width: int, height: int, what: str) -> None:
     if not (np.isfinite(x) and np.isfinite(y)):
         raise InvalidActionError(f"{what} ({x}, {y}) is not finite")
     if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
-        raise InvalidActionError(f"{what} ({x}, {y}) lies outside the {width}x{height} viewport "
-                                 f"(x in [0, {width - 1}], y in [0, {height - 1}]): not in the action space")
+        raise InvalidActionError(
+            f"{what} ({x}, {y}) lies outside the {width}x{height} viewport "
+            f"(x in [0, {width - 1}], y in [0, {height - 1}]): not in the action space"
+        )
 
 
 def coerce_action(action: Any, space: spaces.MultiDiscrete) -> Action:
@@ -347,8 +373,10 @@ def coerce_action(action: Any, space: spaces.MultiDiscrete) -> Action:
     height = int(space.nvec[2])
     if isinstance(action, _TYPED):
         if int(action.kind) >= n_kinds:
-            raise InvalidActionError(f"{type(action).__name__} is not available here (this environment has kinds "
-                                     f"0..{n_kinds - 1}); it is not in the action space")
+            raise InvalidActionError(
+                f"{type(action).__name__} is not available here (this environment has kinds "
+                f"0..{n_kinds - 1}); it is not in the action space"
+            )
         if isinstance(action, PointAction):
             _check_xy(action.x, action.y, width, height, "point")
         elif isinstance(action, BoxAction):
@@ -360,12 +388,21 @@ def coerce_action(action: Any, space: spaces.MultiDiscrete) -> Action:
     except Exception as exc:  # noqa: BLE001 - whatever numpy makes of it, it is not an action
         raise InvalidActionError(f"action {_show(action)} is neither a typed action nor an array") from exc
     if arr.shape != (5,) or not np.issubdtype(arr.dtype, np.integer):
-        if arr.shape == (5,) and np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) \
-                and np.all(arr == np.rint(arr)) and np.all(np.abs(arr) < _INT_LIMIT):
+        if (
+            arr.shape == (5,)
+            and np.issubdtype(arr.dtype, np.floating)
+            and np.all(np.isfinite(arr))
+            and np.all(arr == np.rint(arr))
+            and np.all(np.abs(arr) < _INT_LIMIT)
+        ):
             arr = arr.astype(np.int64)
         else:
-            raise InvalidActionError(f"action {_show(action)} is not in {space}: expected 5 integers [kind, x, y, x2, y2]")
+            raise InvalidActionError(
+                f"action {_show(action)} is not in {space}: expected 5 integers [kind, x, y, x2, y2]"
+            )
     # Compared before any cast, so a huge unsigned entry cannot wrap round into the space.
     if not (np.all(arr >= 0) and np.all(arr < space.nvec)):
-        raise InvalidActionError(f"action {arr.tolist()} is not in {space} (kind < {n_kinds}, x < {width}, y < {height})")
+        raise InvalidActionError(
+            f"action {arr.tolist()} is not in {space} (kind < {n_kinds}, x < {width}, y < {height})"
+        )
     return from_array(arr.astype(space.dtype))

@@ -38,37 +38,56 @@ class NoduleSegBase(gym.Env):
     three_d: bool = False
     env_id: str = ""
 
-    def __init__(self, cases: Sequence | Callable[[], Sequence] | None = None, segmenter: Any = "litemedsam",
-                 cache_dir: str | None = None, viewport_px: int = 96, detection_sd_mm: float = 3.0,
-                 pan_step_px: int = 8, window: tuple[float, float] | None = None, time_penalty: float = 0.0,
-                 time_model: TimeModel | None = None, mask_feedback: bool = True, render_mode: str | None = None,
-                 render_gt: bool = False, render_scale: int = 4, max_slices: int = 1, propagate_margin_px: int = 2):
+    def __init__(
+        self,
+        cases: Sequence | Callable[[], Sequence] | None = None,
+        segmenter: Any = "litemedsam",
+        cache_dir: str | None = None,
+        viewport_px: int = 96,
+        detection_sd_mm: float = 3.0,
+        pan_step_px: int = 8,
+        window: tuple[float, float] | None = None,
+        time_penalty: float = 0.0,
+        time_model: TimeModel | None = None,
+        mask_feedback: bool = True,
+        render_mode: str | None = None,
+        render_gt: bool = False,
+        render_scale: int = 4,
+        max_slices: int = 1,
+        propagate_margin_px: int = 2,
+    ):
         from hiseg_sim.segmenters.base import LUNG_WINDOW
 
         # Every argument is checked here, against the bounds documented in hiseg_sim.env.validation
         # and the class docstrings, so none fails later inside numpy or the model.
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise V.EnvArgumentError(f"render_mode must be one of {self.metadata['render_modes']} or None; "
-                                     f"got {render_mode!r}")
+            raise V.EnvArgumentError(
+                f"render_mode must be one of {self.metadata['render_modes']} or None; got {render_mode!r}"
+            )
         V.check_cases_source(cases)
         V.check_segmenter(segmenter)
         V.check_path_or_none("cache_dir", cache_dir)
         size = V.check_int("viewport_px", viewport_px, *V.VIEWPORT_PX)
-        detection_sd_mm = V.check_real("detection_sd_mm", detection_sd_mm, 0.0, V.DETECTION_SD_MM_MAX,
-                                       lo_open=True, unit=" mm")
+        detection_sd_mm = V.check_real(
+            "detection_sd_mm", detection_sd_mm, 0.0, V.DETECTION_SD_MM_MAX, lo_open=True, unit=" mm"
+        )
         pan_step_px = V.check_int("pan_step_px", pan_step_px, 1, size)
         window = V.check_window(window if window is not None else LUNG_WINDOW)
-        time_penalty = V.check_real("time_penalty (lambda, reward per simulated second)", time_penalty, 0.0,
-                                    V.TIME_PENALTY_MAX)
+        time_penalty = V.check_real(
+            "time_penalty (lambda, reward per simulated second)", time_penalty, 0.0, V.TIME_PENALTY_MAX
+        )
         if time_model is not None and not isinstance(time_model, TimeModel):
-            raise V.EnvArgumentTypeError(f"time_model must be None or a hiseg_sim.timing.TimeModel; "
-                                         f"got {type(time_model).__name__}")
+            raise V.EnvArgumentTypeError(
+                f"time_model must be None or a hiseg_sim.timing.TimeModel; got {type(time_model).__name__}"
+            )
         mask_feedback = V.check_bool("mask_feedback", mask_feedback)
         render_gt = V.check_bool("render_gt", render_gt)
         render_scale = V.check_int("render_scale", render_scale, 1, V.RENDER_SCALE_MAX)
         if size * render_scale > V.MAX_FRAME_PX:
-            raise V.EnvArgumentError(f"viewport_px * render_scale must be <= {V.MAX_FRAME_PX} (the side of a rendered "
-                                     f"frame); got {size} * {render_scale}: lower render_scale")
+            raise V.EnvArgumentError(
+                f"viewport_px * render_scale must be <= {V.MAX_FRAME_PX} (the side of a rendered "
+                f"frame); got {size} * {render_scale}: lower render_scale"
+            )
         max_slices = V.check_int("max_slices", max_slices, 1, V.MAX_SLICES)
         propagate_margin_px = V.check_int("propagate_margin_px", propagate_margin_px, 0, size)
         self.size = size
@@ -162,26 +181,38 @@ class NoduleSegBase(gym.Env):
         options = V.check_option_keys(options)
         tm = options.get("time_model")
         if tm is not None and not isinstance(tm, TimeModel):
-            raise V.EnvArgumentTypeError(f"options['time_model'] must be a hiseg_sim.timing.TimeModel; "
-                                         f"got {type(tm).__name__}")
+            raise V.EnvArgumentTypeError(
+                f"options['time_model'] must be a hiseg_sim.timing.TimeModel; got {type(tm).__name__}"
+            )
         super().reset(seed=seed)
         case = self._pick_case(options)
         key = case.key_slice
         if "viewport" in options:
-            vp = Viewport(**V.check_viewport_option(options["viewport"], size=self.size, case_shape=case.shape,
-                                                    three_d=self.three_d, max_slices=self.max_slices,
-                                                    key_slice=key, case_id=case.case_id))
+            vp = Viewport(
+                **V.check_viewport_option(
+                    options["viewport"],
+                    size=self.size,
+                    case_shape=case.shape,
+                    three_d=self.three_d,
+                    max_slices=self.max_slices,
+                    key_slice=key,
+                    case_id=case.case_id,
+                )
+            )
         else:
-            y0, x0 = place_viewport(case.gt[key], case.spacing_zyx[1:], self.size, self.np_random,
-                                    self.detection_sd_mm, self.pan_step_px)
+            y0, x0 = place_viewport(
+                case.gt[key], case.spacing_zyx[1:], self.size, self.np_random, self.detection_sd_mm, self.pan_step_px
+            )
             z0, n = slab_range(case.shape[0], key, self.max_slices) if self.three_d else (key, 1)
             vp = Viewport(z0, n, y0, x0, self.size)
         if "start_slice" in options:
             start = V.check_int("options['start_slice']", options["start_slice"])
             if not vp.z0 <= start < vp.z0 + vp.n_slices:
-                raise V.EnvArgumentError(f"options['start_slice'] = {start} lies outside the slab "
-                                         f"[{vp.z0}, {vp.z0 + vp.n_slices}) of case {case.case_id!r}"
-                                         + ("" if self.three_d else " (the 2-D env's one slice is the key slice)"))
+                raise V.EnvArgumentError(
+                    f"options['start_slice'] = {start} lies outside the slab "
+                    f"[{vp.z0}, {vp.z0 + vp.n_slices}) of case {case.case_id!r}"
+                    + ("" if self.three_d else " (the 2-D env's one slice is the key slice)")
+                )
         if self.three_d:
             if "start_slice" not in options:
                 zs = case.gt_slices
@@ -194,7 +225,7 @@ class NoduleSegBase(gym.Env):
         self._episode_time_model = tm  # this episode only (an annotator group's scaled model); None: time_model
         self.case, self.viewport = case, vp
         n, S = vp.n_slices, self.size
-        gt_slab = case.gt[vp.z0:vp.z0 + n]
+        gt_slab = case.gt[vp.z0 : vp.z0 + n]
         self._gt_crop = np.stack([crop2d(g, vp.y0, vp.x0, S, fill=False) for g in gt_slab])
         self._gt_full = gt_slab.sum(axis=(1, 2)).astype(np.int64)
         valid = crop2d(np.ones(case.shape[1:], bool), vp.y0, vp.x0, S, fill=False)
@@ -259,8 +290,12 @@ class NoduleSegBase(gym.Env):
 
         seg = self.segmenter
         counters = getattr(seg, "counters", None)
-        return {"encoder_calls": int(getattr(counters, "encoder_calls", -1)), "keys": sorted(self._keys_touched),
-                "pid": os.getpid(), "segmenter_id": id(seg)}
+        return {
+            "encoder_calls": int(getattr(counters, "encoder_calls", -1)),
+            "keys": sorted(self._keys_touched),
+            "pid": os.getpid(),
+            "segmenter_id": id(seg),
+        }
 
     # ---- scoring and observation ------------------------------------------------------------
     def _score(self) -> tuple[float, float]:
@@ -332,8 +367,9 @@ class NoduleSegBase(gym.Env):
         else:
             pts = labels = None
         try:
-            prompt = Prompt(points=pts, labels=labels, box=None if box is None else np.array(box, np.float32),
-                            mask_logits=mask_in)
+            prompt = Prompt(
+                points=pts, labels=labels, box=None if box is None else np.array(box, np.float32), mask_logits=mask_in
+            )
             t0 = time.perf_counter()
             pred = self.segmenter.decode(emb, prompt)
             self.last_decode_s = time.perf_counter() - t0
@@ -341,8 +377,18 @@ class NoduleSegBase(gym.Env):
             return False
         mask = pred.mask if self._valid is None else pred.mask & self._valid
         inter, npred = overlap_counts(mask, self._gt_crop[z])
-        self._stacks[z].append(SliceState(tuple(points), None if box is None else tuple(float(v) for v in box),
-                                          mask, pred.low_res_logits, float(pred.iou_pred), inter, npred, source))
+        self._stacks[z].append(
+            SliceState(
+                tuple(points),
+                None if box is None else tuple(float(v) for v in box),
+                mask,
+                pred.low_res_logits,
+                float(pred.iou_pred),
+                inter,
+                npred,
+                source,
+            )
+        )
         self._inter[z], self._pred[z] = inter, npred
         self.last_decode = (emb, prompt)
         self.last_prompt = {
@@ -427,9 +473,19 @@ class NoduleSegBase(gym.Env):
                     self._seen.add(t)
                 else:
                     code = "prompt_rejected"
-        charge = action_seconds(self.episode_time_model, A.kind_name(act), pointer=self._pointer, tool=self._tool,
-                                device=self._device, xy=xy, xy2=xy2, decoded=decoded, slices_moved=moved,
-                                new_slice=new_slice, measured_latency_s=self.last_decode_s)
+        charge = action_seconds(
+            self.episode_time_model,
+            A.kind_name(act),
+            pointer=self._pointer,
+            tool=self._tool,
+            device=self._device,
+            xy=xy,
+            xy2=xy2,
+            decoded=decoded,
+            slices_moved=moved,
+            new_slice=new_slice,
+            measured_latency_s=self.last_decode_s,
+        )
         self._pointer, self._tool, self._device = charge.pointer, charge.tool, charge.device
         self._steps += 1
         self._seconds_total += charge.seconds
@@ -484,7 +540,7 @@ class NoduleSegBase(gym.Env):
         xs, xe = max(vp.x0, 0), min(vp.x0 + self.size, X)
         if ys < ye and xs < xe:  # else the viewport lies wholly off the scan: nothing to paste
             m = self.slab_masks()
-            out[vp.z0:vp.z0 + vp.n_slices, ys:ye, xs:xe] = m[:, ys - vp.y0:ye - vp.y0, xs - vp.x0:xe - vp.x0]
+            out[vp.z0 : vp.z0 + vp.n_slices, ys:ye, xs:xe] = m[:, ys - vp.y0 : ye - vp.y0, xs - vp.x0 : xe - vp.x0]
         return out
 
     def render(self):
@@ -499,9 +555,15 @@ class NoduleSegBase(gym.Env):
         if self.three_d:
             has_gt = (self._gt_full > 0) if self.render_gt else None
             slices = {"current": z, "has_mask": [bool(s) and s[-1].pred > 0 for s in self._stacks], "has_gt": has_gt}
-        return render_frame(self._slice_u8(z), None if st is None else st.mask, st.points if st else (),
-                            st.box if st else None, self._gt_crop[z] if self.render_gt else None,
-                            self.render_scale, slices)
+        return render_frame(
+            self._slice_u8(z),
+            None if st is None else st.mask,
+            st.points if st else (),
+            st.box if st else None,
+            self._gt_crop[z] if self.render_gt else None,
+            self.render_scale,
+            slices,
+        )
 
     def close(self):
         self._emb = {}

@@ -168,11 +168,35 @@ class NoduleSeg2DEnv(NoduleSegBase):
     three_d = False
     env_id = "hiseg_sim/NoduleSeg2D-v0"
 
-    def __init__(self, cases=None, segmenter="litemedsam", cache_dir=None, viewport_px: int = 96,
-                 detection_sd_mm: float = 3.0, pan_step_px: int = 8, window=None, time_penalty: float = 0.0,
-                 time_model=None, mask_feedback: bool = True, render_mode: str | None = None,
-                 render_gt: bool = False, render_scale: int = 4):
-        super().__init__(cases=cases, segmenter=segmenter, cache_dir=cache_dir, viewport_px=viewport_px,
-                         detection_sd_mm=detection_sd_mm, pan_step_px=pan_step_px, window=window,
-                         time_penalty=time_penalty, time_model=time_model, mask_feedback=mask_feedback,
-                         render_mode=render_mode, render_gt=render_gt, render_scale=render_scale, max_slices=1)
+    def __init__(
+        self,
+        cases=None,
+        segmenter="litemedsam",
+        cache_dir=None,
+        viewport_px: int = 96,
+        detection_sd_mm: float = 3.0,
+        pan_step_px: int = 8,
+        window=None,
+        time_penalty: float = 0.0,
+        time_model=None,
+        mask_feedback: bool = True,
+        render_mode: str | None = None,
+        render_gt: bool = False,
+        render_scale: int = 4,
+    ):
+        super().__init__(
+            cases=cases,
+            segmenter=segmenter,
+            cache_dir=cache_dir,
+            viewport_px=viewport_px,
+            detection_sd_mm=detection_sd_mm,
+            pan_step_px=pan_step_px,
+            window=window,
+            time_penalty=time_penalty,
+            time_model=time_model,
+            mask_feedback=mask_feedback,
+            render_mode=render_mode,
+            render_gt=render_gt,
+            render_scale=render_scale,
+            max_slices=1,
+        )

@@ -48,8 +48,9 @@ def observation_space(size: int, max_slices: int | None = None) -> spaces.Dict:
     return spaces.Dict(d)
 
 
-def draw_prompts(size: int, points: tuple[tuple[float, float, int], ...],
-                 box: tuple[float, float, float, float] | None) -> np.ndarray:
+def draw_prompts(
+    size: int, points: tuple[tuple[float, float, int], ...], box: tuple[float, float, float, float] | None
+) -> np.ndarray:
     """``uint8`` ``(3, size, size)`` map of the prompts on a slice (255 where drawn).
 
     Args:
@@ -62,13 +63,13 @@ def draw_prompts(size: int, points: tuple[tuple[float, float, int], ...],
     for x, y, lab in points:
         xi, yi = int(round(x)), int(round(y))
         ch = 0 if lab == 1 else 1
-        out[ch, max(yi - _DOT, 0):yi + _DOT + 1, max(xi - _DOT, 0):xi + _DOT + 1] = 255
+        out[ch, max(yi - _DOT, 0) : yi + _DOT + 1, max(xi - _DOT, 0) : xi + _DOT + 1] = 255
     if box is not None:
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         x0, x1 = max(0, min(x0, size - 1)), max(0, min(x1, size - 1))
         y0, y1 = max(0, min(y0, size - 1)), max(0, min(y1, size - 1))
-        out[2, y0, x0:x1 + 1] = 255
-        out[2, y1, x0:x1 + 1] = 255
-        out[2, y0:y1 + 1, x0] = 255
-        out[2, y0:y1 + 1, x1] = 255
+        out[2, y0, x0 : x1 + 1] = 255
+        out[2, y1, x0 : x1 + 1] = 255
+        out[2, y0 : y1 + 1, x0] = 255
+        out[2, y0 : y1 + 1, x1] = 255
     return out

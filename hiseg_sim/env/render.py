@@ -35,8 +35,15 @@ def _up(a: np.ndarray, s: int) -> np.ndarray:
     return np.repeat(np.repeat(a, s, axis=0), s, axis=1)
 
 
-def render_frame(image_u8: np.ndarray, mask: np.ndarray | None, points, box, gt: np.ndarray | None = None,
-                 scale: int = 4, slices: dict | None = None) -> np.ndarray:
+def render_frame(
+    image_u8: np.ndarray,
+    mask: np.ndarray | None,
+    points,
+    box,
+    gt: np.ndarray | None = None,
+    scale: int = 4,
+    slices: dict | None = None,
+) -> np.ndarray:
     """One RGB frame, ``uint8`` ``(H*scale [+ bar], W*scale, 3)``.
 
     Args:
@@ -64,10 +71,10 @@ def render_frame(image_u8: np.ndarray, mask: np.ndarray | None, points, box, gt:
         X0, Y0 = x0 * s, y0 * s
         X1, Y1 = min((x1 + 1) * s - 1, w * s - 1), min((y1 + 1) * s - 1, h * s - 1)
         t = max(1, s // 2)
-        frame[Y0:Y0 + t, X0:X1 + 1] = _YELLOW
-        frame[Y1 - t + 1:Y1 + 1, X0:X1 + 1] = _YELLOW
-        frame[Y0:Y1 + 1, X0:X0 + t] = _YELLOW
-        frame[Y0:Y1 + 1, X1 - t + 1:X1 + 1] = _YELLOW
+        frame[Y0 : Y0 + t, X0 : X1 + 1] = _YELLOW
+        frame[Y1 - t + 1 : Y1 + 1, X0 : X1 + 1] = _YELLOW
+        frame[Y0 : Y1 + 1, X0 : X0 + t] = _YELLOW
+        frame[Y0 : Y1 + 1, X1 - t + 1 : X1 + 1] = _YELLOW
     r = max(2.5, 1.5 * s)
     for x, y, lab in points:
         c = ((y + 0.5) * s, (x + 0.5) * s)
@@ -89,13 +96,13 @@ def _slice_bar(width: int, slices: dict) -> np.ndarray:
     edges = np.linspace(0, width, n + 1).astype(int)
     for i in range(n):
         a, b = edges[i], max(edges[i] + 1, edges[i + 1] - 1)
-        bar[2:bar_h - 2, a:b] = _ORANGE.astype(np.uint8) if has_mask[i] else 70
+        bar[2 : bar_h - 2, a:b] = _ORANGE.astype(np.uint8) if has_mask[i] else 70
         if has_gt is not None and has_gt[i]:
-            bar[bar_h - 3:bar_h, a:b] = _CYAN
+            bar[bar_h - 3 : bar_h, a:b] = _CYAN
         if i == slices["current"]:
             bar[0:2, a:b] = 255
-            bar[:, a:a + 1] = 255
-            bar[:, b - 1:b] = 255
+            bar[:, a : a + 1] = 255
+            bar[:, b - 1 : b] = 255
     return bar
 
 
@@ -112,8 +119,7 @@ def save_frames_png(frames: list[np.ndarray], titles: list[str], path, ncols: in
     ncols = min(ncols, n)
     nrows = (n + ncols - 1) // ncols
     h, w = frames[0].shape[:2]
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * w / dpi, nrows * (h / dpi + 0.45)), dpi=dpi,
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * w / dpi, nrows * (h / dpi + 0.45)), dpi=dpi, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, frame, title in zip(axes.ravel(), frames, titles):
@@ -124,8 +130,9 @@ def save_frames_png(frames: list[np.ndarray], titles: list[str], path, ncols: in
     plt.close(fig)
 
 
-def record_episode_png(env, actions, path, *, seed: int | None = None, options: dict | None = None,
-                       ncols: int = 4) -> list[dict]:
+def record_episode_png(
+    env, actions, path, *, seed: int | None = None, options: dict | None = None, ncols: int = 4
+) -> list[dict]:
     """Step ``env`` (made with ``render_mode="rgb_array"``) through ``actions`` and save every frame to one PNG.
 
     The first frame is the reset; each title gives the step, the action and the Dice after it.
@@ -142,8 +149,10 @@ def record_episode_png(env, actions, path, *, seed: int | None = None, options: 
         what = d.pop("kind") + ("" if not d else " " + ",".join(_fmt(v) for v in d.values()))
         extra = f" z={info['slice']}" if "slice" in info else ""
         flag = f" [{info['invalid_action']}]" if info["invalid_action"] else ""
-        titles.append(f"{t}: {what}{flag}\nDice {info['dice']:.3f}  IoU_pred {info['iou_pred']:.2f}  "
-                      f"{info['seconds_total']:.1f} s{extra}")
+        titles.append(
+            f"{t}: {what}{flag}\nDice {info['dice']:.3f}  IoU_pred {info['iou_pred']:.2f}  "
+            f"{info['seconds_total']:.1f} s{extra}"
+        )
         frames.append(env.render())
         infos.append(info)
         if term or trunc:

@@ -39,8 +39,9 @@ def iou_from_counts(inter: int | float, pred: int | float, gt: int | float) -> f
     return 1.0 if union == 0 else inter / union
 
 
-def per_slice_dice(inter: np.ndarray, pred: np.ndarray, gt: np.ndarray, length: int | None = None,
-                   fill: float = -1.0) -> np.ndarray:
+def per_slice_dice(
+    inter: np.ndarray, pred: np.ndarray, gt: np.ndarray, length: int | None = None, fill: float = -1.0
+) -> np.ndarray:
     """Dice of each slice from count arrays (same length); padded with ``fill`` up to ``length``.
 
     The padding is -1 rather than NaN so that two equal infos compare equal.

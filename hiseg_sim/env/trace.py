@@ -48,9 +48,27 @@ from hiseg_sim.env.actions import action_from_dict
 
 __all__ = ["TRACE_FIELDS", "ReplayMismatch", "ReplayResult", "read_trace", "replay", "write_trace"]
 
-TRACE_FIELDS = ("env", "case", "annotator", "episode", "seed", "viewport", "start_slice", "step", "action", "prompt",
-                "seconds", "seconds_total", "reward", "dice", "iou_pred", "invalid_action", "perceived_quality",
-                "terminated", "truncated")
+TRACE_FIELDS = (
+    "env",
+    "case",
+    "annotator",
+    "episode",
+    "seed",
+    "viewport",
+    "start_slice",
+    "step",
+    "action",
+    "prompt",
+    "seconds",
+    "seconds_total",
+    "reward",
+    "dice",
+    "iou_pred",
+    "invalid_action",
+    "perceived_quality",
+    "terminated",
+    "truncated",
+)
 
 
 class ReplayMismatch(AssertionError):
@@ -119,7 +137,9 @@ def _episodes(records: list[dict]) -> list[list[dict]]:
     return eps
 
 
-def replay(trace: str | os.PathLike | Iterable[dict], env, atol: float = 1e-6, strict: bool = True) -> list[ReplayResult]:
+def replay(
+    trace: str | os.PathLike | Iterable[dict], env, atol: float = 1e-6, strict: bool = True
+) -> list[ReplayResult]:
     """Replay a trace in ``env`` (same env id, same cases, same segmenter); return one result per episode.
 
     Each episode is reset on its recorded case and viewport (``options``), so replay needs neither
@@ -152,7 +172,9 @@ def replay(trace: str | os.PathLike | Iterable[dict], env, atol: float = 1e-6, s
             res.max_abs_diff = float("inf")
         res.final_mask = env.unwrapped.slab_masks()
         if strict and res.max_abs_diff > atol:
-            raise ReplayMismatch(f"episode {res.episode} on {res.case}: Dice differs by {res.max_abs_diff:.3g} "
-                                 f"(> {atol}); recorded {res.recorded_dice}, replayed {res.replayed_dice}")
+            raise ReplayMismatch(
+                f"episode {res.episode} on {res.case}: Dice differs by {res.max_abs_diff:.3g} "
+                f"(> {atol}); recorded {res.recorded_dice}, replayed {res.replayed_dice}"
+            )
         results.append(res)
     return results

@@ -115,7 +115,7 @@ class EnvArgumentTypeError(EnvArgumentError, TypeError):
 def _show(value: Any, limit: int = 80) -> str:
     """``repr(value)`` on one line, cut to ``limit`` characters."""
     r = " ".join(repr(value).split())
-    return r if len(r) <= limit else r[:limit - 3] + "..."
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def _is_int(value: Any) -> bool:
@@ -164,8 +164,9 @@ def check_bool(name: str, value: Any) -> bool:
 def check_window(window: Any, name: str = "window") -> tuple[float, float]:
     """``(level, width)`` HU as two floats within the documented bounds, or raise."""
     lo_w, hi_w = WINDOW_WIDTH_HU
-    what = (f"{name} must be (level, width) in HU with |level| <= {WINDOW_LEVEL_MAX_HU:g} and "
-            f"width in [{lo_w:g}, {hi_w:g}]")
+    what = (
+        f"{name} must be (level, width) in HU with |level| <= {WINDOW_LEVEL_MAX_HU:g} and width in [{lo_w:g}, {hi_w:g}]"
+    )
     if isinstance(window, (str, bytes, Mapping)) or not hasattr(window, "__len__") or not hasattr(window, "__iter__"):
         raise EnvArgumentTypeError(f"{what}; got {type(window).__name__} {_show(window)}")
     items = list(window)
@@ -189,42 +190,56 @@ def check_option_keys(options: Any) -> dict:
         raise EnvArgumentTypeError(f"reset options must be None or a dict; got {type(options).__name__}")
     unknown = sorted(str(k) for k in options if k not in OPTION_KEYS)
     if unknown:
-        raise EnvArgumentError(f"unknown reset option(s) {', '.join(map(repr, unknown))}; "
-                               f"the options are {', '.join(OPTION_KEYS)}")
+        raise EnvArgumentError(
+            f"unknown reset option(s) {', '.join(map(repr, unknown))}; the options are {', '.join(OPTION_KEYS)}"
+        )
     if "case_id" in options and "case_index" in options:
         raise EnvArgumentError("give options['case_id'] or options['case_index'], not both")
     return dict(options)
 
 
-def check_viewport_option(d: Any, *, size: int, case_shape: tuple[int, int, int], three_d: bool,
-                          max_slices: int, key_slice: int, case_id: str) -> dict[str, int]:
+def check_viewport_option(
+    d: Any, *, size: int, case_shape: tuple[int, int, int], three_d: bool, max_slices: int, key_slice: int, case_id: str
+) -> dict[str, int]:
     """The integers of ``options["viewport"]`` after checking them against the case; see the module table."""
     if not isinstance(d, Mapping):
-        raise EnvArgumentTypeError(f"options['viewport'] must be a dict with keys {', '.join(VIEWPORT_KEYS)} "
-                                   f"(as in info['viewport']); got {type(d).__name__}")
+        raise EnvArgumentTypeError(
+            f"options['viewport'] must be a dict with keys {', '.join(VIEWPORT_KEYS)} "
+            f"(as in info['viewport']); got {type(d).__name__}"
+        )
     missing = [k for k in VIEWPORT_KEYS if k not in d]
     extra = sorted(str(k) for k in d if k not in VIEWPORT_KEYS)
     if missing or extra:
-        raise EnvArgumentError(f"options['viewport'] must have exactly the keys {', '.join(VIEWPORT_KEYS)}; "
-                               f"missing {missing}, unknown {extra}")
+        raise EnvArgumentError(
+            f"options['viewport'] must have exactly the keys {', '.join(VIEWPORT_KEYS)}; "
+            f"missing {missing}, unknown {extra}"
+        )
     v = {k: check_int(f"options['viewport']['{k}']", d[k]) for k in VIEWPORT_KEYS}
     Z = case_shape[0]
     if v["size"] != size:
         raise EnvArgumentError(f"options['viewport'] has size {v['size']}, this env's viewport is {size} px")
     n_max = min(max_slices, Z) if three_d else 1
     if not 1 <= v["n_slices"] <= n_max:
-        raise EnvArgumentError(f"options['viewport']['n_slices'] must be in [1, {n_max}] (min(max_slices, Z) in 3-D, "
-                               f"1 in 2-D); got {v['n_slices']}")
+        raise EnvArgumentError(
+            f"options['viewport']['n_slices'] must be in [1, {n_max}] (min(max_slices, Z) in 3-D, "
+            f"1 in 2-D); got {v['n_slices']}"
+        )
     if not 0 <= v["z0"] <= Z - v["n_slices"]:
-        raise EnvArgumentError(f"options['viewport'] slab [z0, z0 + n_slices) = [{v['z0']}, {v['z0'] + v['n_slices']}) "
-                               f"must lie inside the {Z} slices of case {case_id!r}")
+        raise EnvArgumentError(
+            f"options['viewport'] slab [z0, z0 + n_slices) = [{v['z0']}, {v['z0'] + v['n_slices']}) "
+            f"must lie inside the {Z} slices of case {case_id!r}"
+        )
     if not three_d and v["z0"] != key_slice:
-        raise EnvArgumentError(f"options['viewport']['z0'] = {v['z0']} is not the key slice {key_slice} of case "
-                               f"{case_id!r}: the 2-D env scores the key slice")
+        raise EnvArgumentError(
+            f"options['viewport']['z0'] = {v['z0']} is not the key slice {key_slice} of case "
+            f"{case_id!r}: the 2-D env scores the key slice"
+        )
     for k in ("y0", "x0"):
         if not -VIEWPORT_OFFSET_MAX <= v[k] <= VIEWPORT_OFFSET_MAX:
-            raise EnvArgumentError(f"options['viewport']['{k}'] = {v[k]} is not a pixel offset; it must be in "
-                                   f"[{-VIEWPORT_OFFSET_MAX}, {VIEWPORT_OFFSET_MAX}]")
+            raise EnvArgumentError(
+                f"options['viewport']['{k}'] = {v[k]} is not a pixel offset; it must be in "
+                f"[{-VIEWPORT_OFFSET_MAX}, {VIEWPORT_OFFSET_MAX}]"
+            )
     return v
 
 
@@ -235,12 +250,15 @@ def check_segmenter(segmenter: Any) -> None:
 
         names = segmenters.available()
         if segmenter not in names:
-            raise EnvArgumentError(f"segmenter {_show(segmenter)} is not a registered segmenter; one of {', '.join(names)}")
+            raise EnvArgumentError(
+                f"segmenter {_show(segmenter)} is not a registered segmenter; one of {', '.join(names)}"
+            )
         return
     if (hasattr(segmenter, "encode") and hasattr(segmenter, "decode")) or callable(segmenter):
         return
-    raise EnvArgumentTypeError(f"segmenter must be a registry name, a Segmenter or a callable building one; "
-                               f"got {type(segmenter).__name__}")
+    raise EnvArgumentTypeError(
+        f"segmenter must be a registry name, a Segmenter or a callable building one; got {type(segmenter).__name__}"
+    )
 
 
 def check_cases_source(cases: Any) -> None:
@@ -248,8 +266,9 @@ def check_cases_source(cases: Any) -> None:
     if cases is None or callable(cases):
         return
     if isinstance(cases, (str, bytes, Mapping)) or not hasattr(cases, "__iter__"):
-        raise EnvArgumentTypeError(f"cases must be a sequence of Case, a callable returning one, or None; "
-                                   f"got {type(cases).__name__}")
+        raise EnvArgumentTypeError(
+            f"cases must be a sequence of Case, a callable returning one, or None; got {type(cases).__name__}"
+        )
 
 
 def check_cases(cases: list) -> None:
@@ -262,5 +281,7 @@ def check_cases(cases: list) -> None:
             raise EnvArgumentTypeError(f"cases[{i}] is a {type(c).__name__}, not a hiseg_sim.data.case.Case")
         other = seen.setdefault(c.case_id, c)
         if other is not c:
-            raise EnvArgumentError(f"cases[{i}] reuses case_id {c.case_id!r} of another case; "
-                                   "case ids must be unique (options['case_id'] and traces name cases by id)")
+            raise EnvArgumentError(
+                f"cases[{i}] reuses case_id {c.case_id!r} of another case; "
+                "case ids must be unique (options['case_id'] and traces name cases by id)"
+            )

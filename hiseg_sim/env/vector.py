@@ -36,9 +36,21 @@ class EnvFactory:
         **kwargs: passed to ``gym.make``.
     """
 
-    def __init__(self, env_id: str, wrappers: Sequence[Callable] = (), threads: int | str | None = None,
-                 workers: int = 1, **kwargs):
-        self.env_id, self.wrappers, self.threads, self.workers, self.kwargs = env_id, tuple(wrappers), threads, workers, kwargs
+    def __init__(
+        self,
+        env_id: str,
+        wrappers: Sequence[Callable] = (),
+        threads: int | str | None = None,
+        workers: int = 1,
+        **kwargs,
+    ):
+        self.env_id, self.wrappers, self.threads, self.workers, self.kwargs = (
+            env_id,
+            tuple(wrappers),
+            threads,
+            workers,
+            kwargs,
+        )
 
     def __call__(self) -> gym.Env:
         import hiseg_sim  # noqa: F401  (registers the ids in a fresh worker)
@@ -63,9 +75,18 @@ def _set_threads(n: int | None, workers: int) -> int:
     return set_threads(n, workers=workers)
 
 
-def make_vec_env(env_id: str = "hiseg_sim/NoduleSeg2D-v0", num_envs: int = 4, mode: str = "async", *,
-                 cache_dir: str | os.PathLike | None = None, segmenter="litemedsam", torch_threads: int | str | None = "auto",
-                 wrappers: Sequence[Callable] = (), context: str | None = None, **env_kwargs) -> gym.vector.VectorEnv:
+def make_vec_env(
+    env_id: str = "hiseg_sim/NoduleSeg2D-v0",
+    num_envs: int = 4,
+    mode: str = "async",
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    segmenter="litemedsam",
+    torch_threads: int | str | None = "auto",
+    wrappers: Sequence[Callable] = (),
+    context: str | None = None,
+    **env_kwargs,
+) -> gym.vector.VectorEnv:
     """A ``SyncVectorEnv`` (``mode="sync"``) or ``AsyncVectorEnv`` (``mode="async"``) of ``num_envs`` envs.
 
     Args:
@@ -91,16 +112,27 @@ def make_vec_env(env_id: str = "hiseg_sim/NoduleSeg2D-v0", num_envs: int = 4, mo
             from hiseg_sim.segmenters import default_cache_dir
 
             cache_dir = default_cache_dir()
-        fns = [EnvFactory(env_id, wrappers, torch_threads, num_envs, segmenter=segmenter,
-                          cache_dir=None if cache_dir is None else str(cache_dir), **env_kwargs)
-               for _ in range(num_envs)]
+        fns = [
+            EnvFactory(
+                env_id,
+                wrappers,
+                torch_threads,
+                num_envs,
+                segmenter=segmenter,
+                cache_dir=None if cache_dir is None else str(cache_dir),
+                **env_kwargs,
+            )
+            for _ in range(num_envs)
+        ]
         return gym.vector.AsyncVectorEnv(fns, context=context)
     if isinstance(segmenter, str):
         from hiseg_sim import segmenters
 
         segmenter = segmenters.build(segmenter, cache_dir=cache_dir)
-    fns = [EnvFactory(env_id, wrappers, None, 1, segmenter=segmenter, cache_dir=cache_dir, **env_kwargs)
-           for _ in range(num_envs)]
+    fns = [
+        EnvFactory(env_id, wrappers, None, 1, segmenter=segmenter, cache_dir=cache_dir, **env_kwargs)
+        for _ in range(num_envs)
+    ]
     return gym.vector.SyncVectorEnv(fns)
 
 

@@ -51,7 +51,7 @@ class Viewport:
         return {k: int(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Viewport":
+    def from_dict(cls, d: dict) -> Viewport:
         return cls(**{k: int(d[k]) for k in ("z0", "n_slices", "y0", "x0", "size")})
 
     @property
@@ -71,7 +71,7 @@ def crop2d(image: np.ndarray, y0: int, x0: int, size: int, fill: float | bool = 
     ys, ye = max(y0, 0), min(y0 + size, h)
     xs, xe = max(x0, 0), min(x0 + size, w)
     if ys < ye and xs < xe:
-        out[ys - y0:ye - y0, xs - x0:xe - x0] = image[ys:ye, xs:xe]
+        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
     return out
 
 
@@ -82,8 +82,15 @@ def slab_range(n_z: int, start_z: int, max_slices: int) -> tuple[int, int]:
     return z0, n
 
 
-def place_viewport(gt2d: np.ndarray, spacing_yx: tuple[float, float], size: int, rng: np.random.Generator,
-                   detection_sd_mm: float = 3.0, pan_step_px: int = 8, max_tries: int = 100) -> tuple[int, int]:
+def place_viewport(
+    gt2d: np.ndarray,
+    spacing_yx: tuple[float, float],
+    size: int,
+    rng: np.random.Generator,
+    detection_sd_mm: float = 3.0,
+    pan_step_px: int = 8,
+    max_tries: int = 100,
+) -> tuple[int, int]:
     """Top-left ``(y0, x0)`` of a viewport centred on a noisy detection point; see the module docstring.
 
     Args:
@@ -97,7 +104,9 @@ def place_viewport(gt2d: np.ndarray, spacing_yx: tuple[float, float], size: int,
     if not gt2d.any():
         raise ValueError("the start slice holds no ground truth: cannot place the viewport on the nodule")
     if not detection_sd_mm > 0:
-        raise ValueError(f"detection_sd_mm must be > 0 (the viewport is never centred exactly on the nodule); got {detection_sd_mm}")
+        raise ValueError(
+            f"detection_sd_mm must be > 0 (the viewport is never centred exactly on the nodule); got {detection_sd_mm}"
+        )
     pan = max(1, int(pan_step_px))
     ys, xs = np.nonzero(gt2d)
     cy, cx = float(ys.mean()), float(xs.mean())

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 from collections import deque
+from typing import Any
 
 import gymnasium as gym
 
@@ -36,8 +36,13 @@ class TraceRecorder(gym.Wrapper):
     >>> # env = TraceRecorder(gym.make("hiseg_sim/NoduleSeg2D-v0", cases=cases), "runs/t.jsonl", "expert")
     """
 
-    def __init__(self, env: gym.Env, path: str | os.PathLike | None = None, annotator: str = "policy",
-                 keep_in_memory: bool = True):
+    def __init__(
+        self,
+        env: gym.Env,
+        path: str | os.PathLike | None = None,
+        annotator: str = "policy",
+        keep_in_memory: bool = True,
+    ):
         super().__init__(env)
         self.path = path
         self.annotator = annotator
@@ -55,8 +60,15 @@ class TraceRecorder(gym.Wrapper):
         u: Any = self.env.unwrapped
         vp = info["viewport"]
         start = vp["z0"] + int(info.get("slice", 0))
-        self._ctx = {"env": u.env_id, "case": info["case_id"], "annotator": self.annotator, "episode": self._episode,
-                     "seed": seed, "viewport": vp, "start_slice": start}
+        self._ctx = {
+            "env": u.env_id,
+            "case": info["case_id"],
+            "annotator": self.annotator,
+            "episode": self._episode,
+            "seed": seed,
+            "viewport": vp,
+            "start_slice": start,
+        }
         self._step = 0
         return obs, info
 
@@ -66,10 +78,20 @@ class TraceRecorder(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._step += 1
         rec = dict(self._ctx)
-        rec.update(step=self._step, action=action_to_dict(typed), prompt=u.last_prompt,
-                   seconds=info["seconds"], seconds_total=info["seconds_total"], reward=float(reward),
-                   dice=info["dice"], iou_pred=info["iou_pred"], invalid_action=info["invalid_action"],
-                   perceived_quality=None, terminated=bool(terminated), truncated=bool(truncated))
+        rec.update(
+            step=self._step,
+            action=action_to_dict(typed),
+            prompt=u.last_prompt,
+            seconds=info["seconds"],
+            seconds_total=info["seconds_total"],
+            reward=float(reward),
+            dice=info["dice"],
+            iou_pred=info["iou_pred"],
+            invalid_action=info["invalid_action"],
+            perceived_quality=None,
+            terminated=bool(terminated),
+            truncated=bool(truncated),
+        )
         if self.keep_in_memory:
             self.records.append(rec)
         self._pending.append(rec)
@@ -128,9 +150,16 @@ class EpisodeStatistics(gym.Wrapper):
         self._len += 1
         self._invalid += bool(info.get("invalid_action"))
         if terminated or truncated:
-            stats = {"r": self._ret, "l": self._len, "t": time.perf_counter() - self._t0, "dice": float(info["dice"]),
-                     "seconds": float(info["seconds_total"]), "n_prompts": int(info["n_prompts"]),
-                     "n_invalid": self._invalid, "accepted": bool(terminated)}
+            stats = {
+                "r": self._ret,
+                "l": self._len,
+                "t": time.perf_counter() - self._t0,
+                "dice": float(info["dice"]),
+                "seconds": float(info["seconds_total"]),
+                "n_prompts": int(info["n_prompts"]),
+                "n_invalid": self._invalid,
+                "accepted": bool(terminated),
+            }
             info = dict(info, episode=stats)
             self.history.append(stats)
         return obs, reward, terminated, truncated, info

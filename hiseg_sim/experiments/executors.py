@@ -48,7 +48,11 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from hiseg_sim.experiments.spec import EXECUTORS
 from hiseg_sim.experiments.units import WorkUnit
 from hiseg_sim.experiments.worker import (
-    UnitResult, WorkerContext, cached_context, init_worker, run_unit_in_worker,
+    UnitResult,
+    WorkerContext,
+    cached_context,
+    init_worker,
+    run_unit_in_worker,
 )
 
 __all__ = ["available_cores", "resolve_workers", "run_serial", "run_process", "run_ray", "run_units", "UnitFailed"]
@@ -79,8 +83,7 @@ def _threads_for(workers: int) -> int:
     return threads_for(workers)
 
 
-def run_serial(units: Sequence[WorkUnit], cfg: dict,
-               workers: int | None = None) -> Generator[UnitResult, None, None]:
+def run_serial(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) -> Generator[UnitResult, None, None]:
     """Run ``units`` one after another in this process. A thread count in ``cfg`` holds for this
     run only: the process's own setting comes back afterwards (else a ``serial:1`` benchmark run
     would leave every later serial run in the process on one thread)."""
@@ -92,14 +95,21 @@ def run_serial(units: Sequence[WorkUnit], cfg: dict,
             try:
                 yield ctx.run_unit(u)
             except Exception as exc:
-                raise UnitFailed(f"unit {u.unit_id} ({u.segmenter}, cases {list(u.case_ids)[:3]}) failed: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+                raise UnitFailed(
+                    f"unit {u.unit_id} ({u.segmenter}, cases {list(u.case_ids)[:3]}) failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
 
 
 #: Modules the forkserver imports once, so each pool worker is forked with them already loaded
 #: (importing torch, ONNX Runtime and the package costs a worker about 1-2 s otherwise).
-PRELOAD = ["hiseg_sim.experiments.worker", "hiseg_sim.segmenters", "hiseg_sim.env", "hiseg_sim.annotators.registry",
-           "onnxruntime"]
+PRELOAD = [
+    "hiseg_sim.experiments.worker",
+    "hiseg_sim.segmenters",
+    "hiseg_sim.env",
+    "hiseg_sim.annotators.registry",
+    "onnxruntime",
+]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -187,8 +197,9 @@ def _mp_context(method: str | None):
     return ctx
 
 
-def run_process(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None,
-                start_method: str | None = None) -> Generator[UnitResult, None, None]:
+def run_process(
+    units: Sequence[WorkUnit], cfg: dict, workers: int | None = None, start_method: str | None = None
+) -> Generator[UnitResult, None, None]:
     """Run ``units`` on a local process pool; yield each result as it completes.
 
     Stopped early (an error, Ctrl-C, the generator closed), it kills its workers rather than
@@ -197,8 +208,9 @@ def run_process(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None
         return
     n = resolve_workers(workers, len(units))
     wcfg = {**cfg, "threads": cfg.get("threads") or _threads_for(n), "workers": n}
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=_mp_context(start_method), initializer=_init_pool_worker,
-                               initargs=(os.getpid(), wcfg))
+    pool = ProcessPoolExecutor(
+        max_workers=n, mp_context=_mp_context(start_method), initializer=_init_pool_worker, initargs=(os.getpid(), wcfg)
+    )
     finished = False
     try:
         futures = {pool.submit(run_unit_in_worker, u): u for u in units}
@@ -210,8 +222,10 @@ def run_process(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None
                 try:
                     res = f.result()
                 except Exception as exc:
-                    raise UnitFailed(f"unit {u.unit_id} ({u.segmenter}, cases {list(u.case_ids)[:3]}) failed in a "
-                                     f"worker: {type(exc).__name__}: {exc}") from exc
+                    raise UnitFailed(
+                        f"unit {u.unit_id} ({u.segmenter}, cases {list(u.case_ids)[:3]}) failed in a "
+                        f"worker: {type(exc).__name__}: {exc}"
+                    ) from exc
                 yield res
         finished = True
     finally:
@@ -225,8 +239,7 @@ def _ray_task(cfg: dict, key: str, unit: WorkUnit) -> UnitResult:
     return cached_context(key, cfg).run_unit(unit)
 
 
-def run_ray(units: Sequence[WorkUnit], cfg: dict,
-            workers: int | None = None) -> Generator[UnitResult, None, None]:
+def run_ray(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) -> Generator[UnitResult, None, None]:
     """Run ``units`` as Ray tasks (one per unit; the segmenter is built once per Ray worker)."""
     try:
         import ray
@@ -266,8 +279,10 @@ def run_ray(units: Sequence[WorkUnit], cfg: dict,
                 try:
                     res = ray.get(r)
                 except Exception as exc:
-                    raise UnitFailed(f"unit {u.unit_id} ({u.segmenter}, cases {list(u.case_ids)[:3]}) failed in a "
-                                     f"Ray task: {type(exc).__name__}: {exc}") from exc
+                    raise UnitFailed(
+                        f"unit {u.unit_id} ({u.segmenter}, cases {list(u.case_ids)[:3]}) failed in a "
+                        f"Ray task: {type(exc).__name__}: {exc}"
+                    ) from exc
                 yield res
     finally:
         for r in pending:
@@ -279,8 +294,9 @@ def run_ray(units: Sequence[WorkUnit], cfg: dict,
 _RUNNERS = {"serial": run_serial, "process": run_process, "ray": run_ray}
 
 
-def run_units(executor: str, units: Sequence[WorkUnit], cfg: dict,
-              workers: int | None = None) -> Generator[UnitResult, None, None]:
+def run_units(
+    executor: str, units: Sequence[WorkUnit], cfg: dict, workers: int | None = None
+) -> Generator[UnitResult, None, None]:
     """Dispatch to :func:`run_serial`, :func:`run_process` or :func:`run_ray`."""
     if executor not in _RUNNERS:
         raise ValueError(f"unknown executor {executor!r}; one of {', '.join(EXECUTORS)}")

@@ -30,9 +30,11 @@ from hiseg_sim.experiments.worker import worker_config
 
 __all__ = ["SEED_SCHEME", "RunPlan", "plan_study", "run_study", "default_run_dir"]
 
-SEED_SCHEME = ("episode seed = SeedSequence([study_seed, sha256_u64(arm_label), sha256_u64(case_id), replicate])"
-               ".generate_state(1, uint32)[0]; sequence order = SeedSequence([study_seed, sha256_u64('sequence-order'), "
-               "replicate]) permutation")
+SEED_SCHEME = (
+    "episode seed = SeedSequence([study_seed, sha256_u64(arm_label), sha256_u64(case_id), replicate])"
+    ".generate_state(1, uint32)[0]; sequence order = SeedSequence([study_seed, sha256_u64('sequence-order'), "
+    "replicate]) permutation"
+)
 
 
 @dataclass
@@ -56,9 +58,14 @@ def default_run_dir(spec: StudySpec, runs_root: str | os.PathLike = "runs") -> P
     return run_dir_for(runs_root, spec.name)
 
 
-def plan_study(spec: StudySpec | str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-               executor: str | None = None, workers: int | None = None, cache_dir: str | os.PathLike | None = None,
-               ) -> RunPlan:
+def plan_study(
+    spec: StudySpec | str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    executor: str | None = None,
+    workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> RunPlan:
     """Load (if a path) and plan a study without running anything."""
     if not isinstance(spec, StudySpec):
         spec = load_spec(Path(spec))
@@ -81,10 +88,18 @@ def plan_study(spec: StudySpec | str | os.PathLike, out_dir: str | os.PathLike |
     return RunPlan(spec, units, run_dir, str(Path(cache_dir).expanduser()), cases)
 
 
-def run_study(spec: StudySpec | str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-              executor: str | None = None, workers: int | None = None, cache_dir: str | os.PathLike | None = None,
-              fresh: bool = False, progress: bool = True, max_units: int | None = None,
-              threads: int | None = None) -> RunData:
+def run_study(
+    spec: StudySpec | str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    executor: str | None = None,
+    workers: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+    max_units: int | None = None,
+    threads: int | None = None,
+) -> RunData:
     """Run (or resume) a study and return its tables.
 
     Args:
@@ -115,8 +130,9 @@ def run_study(spec: StudySpec | str | os.PathLike, out_dir: str | os.PathLike | 
     return load_run(plan.run_dir)
 
 
-def _run_locked(plan: RunPlan, store: RunStore, fresh: bool, progress: bool, max_units: int | None,
-                threads: int | None) -> None:
+def _run_locked(
+    plan: RunPlan, store: RunStore, fresh: bool, progress: bool, max_units: int | None, threads: int | None
+) -> None:
     spec = plan.spec
     seeds = {"study_seed": spec.seed, "scheme": SEED_SCHEME, "n_episodes": plan.n_episodes}
     meta = store.prepare(spec.to_dict(), spec.config_hash(), seeds, len(plan.units), fresh=fresh)
@@ -126,9 +142,14 @@ def _run_locked(plan: RunPlan, store: RunStore, fresh: bool, progress: bool, max
         todo = todo[: int(max_units)]
     n_workers = 1 if spec.run.executor == "serial" else resolve_workers(spec.run.workers, len(todo))
     cfg = worker_config(spec, plan.cache_dir, threads, n_workers)
-    session: dict[str, Any] = {"executor": spec.run.executor, "workers": n_workers, "units_skipped": len(done),
-                               "units_run": 0, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                               "loadavg_start": _loadavg()}
+    session: dict[str, Any] = {
+        "executor": spec.run.executor,
+        "workers": n_workers,
+        "units_skipped": len(done),
+        "units_run": 0,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "loadavg_start": _loadavg(),
+    }
     t0 = time.perf_counter()
     bar = _bar(len(todo), f"{spec.name} ({spec.run.executor})", progress and bool(todo))
     try:
@@ -140,8 +161,10 @@ def _run_locked(plan: RunPlan, store: RunStore, fresh: bool, progress: bool, max
                 session["units_run"] += 1
                 seg = res.info.get("segmenter")
                 if seg and seg not in meta["segmenters"]:
-                    meta["segmenters"][seg] = {"weights_sha256": res.info.get("weights_sha256"),
-                                               "runtime": res.info.get("runtime")}
+                    meta["segmenters"][seg] = {
+                        "weights_sha256": res.info.get("weights_sha256"),
+                        "runtime": res.info.get("runtime"),
+                    }
                 if bar is not None:
                     bar.update(1)
     finally:
@@ -150,8 +173,11 @@ def _run_locked(plan: RunPlan, store: RunStore, fresh: bool, progress: bool, max
         session.update(wall_s=round(time.perf_counter() - t0, 3), loadavg_end=_loadavg())
         meta["sessions"].append(session)
         complete = len(done) + session["units_run"]  # whole at the start, or written whole since
-        meta.update(units_complete=complete, status="complete" if complete == len(plan.units) else "partial",
-                    updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        meta.update(
+            units_complete=complete,
+            status="complete" if complete == len(plan.units) else "partial",
+            updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
         store.write_meta(meta)
 
 
@@ -163,8 +189,6 @@ def _loadavg() -> list[float] | None:
 
 
 def _bar(total: int, desc: str, enabled: bool):
-    if not enabled or os.environ.get("HISEG_NO_PROGRESS"):
-        return None
-    from tqdm.auto import tqdm
+    from hiseg_sim.progress import bar
 
-    return tqdm(total=total, desc=desc, unit="unit", dynamic_ncols=True, leave=False)
+    return bar(total, desc, unit="unit", enabled=enabled)

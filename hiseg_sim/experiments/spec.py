@@ -64,9 +64,10 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hiseg_sim.annotators.behaviour.teacher import EXAMPLE_ORDERS, FEEDBACK_MODES, FeedbackDesign
 from hiseg_sim.registry import Registry
@@ -77,8 +78,21 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 __all__ = [
-    "SpecError", "AnnotatorSpec", "CasesSpec", "RunSpec", "StudySpec", "load_spec", "spec_from_dict",
-    "ENV_ALIASES", "EPISODES", "STUDY_KINDS", "FEEDBACK_MODES", "EXAMPLE_ORDERS", "DESIGNS", "EXECUTORS", "DEFAULT_EPISODE_FN",
+    "SpecError",
+    "AnnotatorSpec",
+    "CasesSpec",
+    "RunSpec",
+    "StudySpec",
+    "load_spec",
+    "spec_from_dict",
+    "ENV_ALIASES",
+    "EPISODES",
+    "STUDY_KINDS",
+    "FEEDBACK_MODES",
+    "EXAMPLE_ORDERS",
+    "DESIGNS",
+    "EXECUTORS",
+    "DEFAULT_EPISODE_FN",
 ]
 
 ENV_ALIASES = {"2d": "hiseg_sim/NoduleSeg2D-v0", "3d": "hiseg_sim/NoduleSeg3D-v0"}
@@ -172,12 +186,19 @@ class StudySpec:
     def result_dict(self) -> dict:
         """What determines the episodes (the input of :meth:`config_hash`)."""
         return {
-            "seed": self.seed, "env_id": self.env_id, "env_kwargs": self.env_kwargs, "cases": asdict(self.cases),
+            "seed": self.seed,
+            "env_id": self.env_id,
+            "env_kwargs": self.env_kwargs,
+            "cases": asdict(self.cases),
             "segmenters": list(self.active_segmenters()),
             "checkpoints": {k: v for k, v in sorted(self.checkpoints.items()) if k in self.active_segmenters()},
             "annotators": [asdict(a) for a in self.annotators],
-            "run": {"replicates": self.run.replicates, "design": self.run.design, "length": self.run.length,
-                    "episode_fn": self.run.episode_fn},
+            "run": {
+                "replicates": self.run.replicates,
+                "design": self.run.design,
+                "length": self.run.length,
+                "episode_fn": self.run.episode_fn,
+            },
         }
 
     def config_hash(self) -> str:
@@ -192,7 +213,7 @@ class StudySpec:
         d["__spec__"] = 1
         return d
 
-    def with_run(self, **changes) -> "StudySpec":
+    def with_run(self, **changes) -> StudySpec:
         """A copy with ``[run]`` settings changed (e.g. ``executor="serial"``); validated."""
         run = replace(self.run, **changes)
         _check_run(run, self._where())
@@ -278,10 +299,16 @@ def spec_from_dict(data: dict, where: str = "study spec") -> StudySpec:
     _no_unknown(data, _TOP, where, "top level")
     study = _get(data, "study", _is_table, "a table", where, "top level")
     if study is None:
-        raise SpecError(f"{where}: missing table [study] (with at least name = \"...\")")
+        raise SpecError(f'{where}: missing table [study] (with at least name = "...")')
     _no_unknown(study, _STUDY, where, "study")
-    name = _get(study, "name", lambda v: _is_str(v) and _NAME.match(v) is not None,
-                "a plain name: 1-128 letters, digits, '_', '.', '+' or '-', not starting with '.' (it names runs/<name>/)", where, "study")
+    name = _get(
+        study,
+        "name",
+        lambda v: _is_str(v) and _NAME.match(v) is not None,
+        "a plain name: 1-128 letters, digits, '_', '.', '+' or '-', not starting with '.' (it names runs/<name>/)",
+        where,
+        "study",
+    )
     if name is None:
         raise SpecError(f"{where}: [study] name: missing (the study's name; it names runs/<name>/)")
     kind = _get(study, "kind", _is_str, "a study kind such as 'groups'", where, "study", "groups")
@@ -292,31 +319,57 @@ def spec_from_dict(data: dict, where: str = "study spec") -> StudySpec:
     env = _get(study, "env", _is_str, "'2d', '3d' or a registered Gymnasium id", where, "study", "2d")
     env_id = ENV_ALIASES.get(env.lower(), env)
     if "/" not in env_id:
-        raise SpecError(f"{where}: [study] env: must be '2d', '3d' or a registered Gymnasium id like "
-                        f"'hiseg_sim/NoduleSeg2D-v0'; got {env!r}")
+        raise SpecError(
+            f"{where}: [study] env: must be '2d', '3d' or a registered Gymnasium id like "
+            f"'hiseg_sim/NoduleSeg2D-v0'; got {env!r}"
+        )
     env_kwargs = dict(_get(study, "env_kwargs", _is_table, "a table", where, "study", {}))
     for bad in ("cases", "segmenter", "cache_dir"):
         if bad in env_kwargs:
-            raise SpecError(f"{where}: [study.env_kwargs] {bad}: set by the runner; use [cases] / [segmenters] / "
-                            "[run] cache_dir instead")
+            raise SpecError(
+                f"{where}: [study.env_kwargs] {bad}: set by the runner; use [cases] / [segmenters] / "
+                "[run] cache_dir instead"
+            )
 
     cases = _parse_cases(_get(data, "cases", _is_table, "a table", where, "top level", {}), where)
-    segs, optional, ckpts = _parse_segmenters(_get(data, "segmenters", _is_table, "a table", where, "top level", {}), where)
+    segs, optional, ckpts = _parse_segmenters(
+        _get(data, "segmenters", _is_table, "a table", where, "top level", {}), where
+    )
     run = _parse_run(_get(data, "run", _is_table, "a table", where, "top level", {}), where)
-    arms_raw = _get(data, "annotators", lambda v: isinstance(v, list) and bool(v) and all(isinstance(a, dict) for a in v),
-                    "a non-empty array of tables ([[annotators]])", where, "top level")
+    arms_raw = _get(
+        data,
+        "annotators",
+        lambda v: isinstance(v, list) and bool(v) and all(isinstance(a, dict) for a in v),
+        "a non-empty array of tables ([[annotators]])",
+        where,
+        "top level",
+    )
     if arms_raw is None:
-        raise SpecError(f"{where}: missing [[annotators]]: at least one table with name = \"<profile or robot>\"")
+        raise SpecError(f'{where}: missing [[annotators]]: at least one table with name = "<profile or robot>"')
     arms = tuple(_parse_arm(a, i, where, run) for i, a in enumerate(arms_raw))
     labels = [a.label for a in arms]
     dup = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dup:
-        raise SpecError(f"{where}: [[annotators]] label: {dup[0]!r} is used by more than one arm; give each a "
-                        "unique label = \"...\"")
+        raise SpecError(
+            f'{where}: [[annotators]] label: {dup[0]!r} is used by more than one arm; give each a unique label = "..."'
+        )
     analysis = dict(_get(data, "analysis", _is_table, "a table", where, "top level", {}))
-    spec = StudySpec(name=name, kind=kind, description=desc.strip(), seed=seed, env_id=env_id, env_kwargs=env_kwargs,
-                     cases=cases, segmenters=segs, optional_segmenters=optional, checkpoints=ckpts, annotators=arms,
-                     run=run, analysis=analysis, path=where if where != "study spec" else None)
+    spec = StudySpec(
+        name=name,
+        kind=kind,
+        description=desc.strip(),
+        seed=seed,
+        env_id=env_id,
+        env_kwargs=env_kwargs,
+        cases=cases,
+        segmenters=segs,
+        optional_segmenters=optional,
+        checkpoints=ckpts,
+        annotators=arms,
+        run=run,
+        analysis=analysis,
+        path=where if where != "study spec" else None,
+    )
     STUDY_KINDS.get(kind).validate(spec, where)
     return spec
 
@@ -338,8 +391,14 @@ def _parse_cases(t: dict, where: str) -> CasesSpec:
     per = _get(t, "per_stratum", _pos_int, "an integer >= 1", where, "cases")
     if per is not None and source:
         raise SpecError(f"{where}: [cases] per_stratum: only for a cohort (it reads the manifest's strata)")
-    return CasesSpec(cohort=cohort, source=source, kwargs=dict(_get(t, "kwargs", _is_table, "a table", where, "cases", {})),
-                     ids=ids, per_stratum=per, limit=_get(t, "limit", _pos_int, "an integer >= 1", where, "cases"))
+    return CasesSpec(
+        cohort=cohort,
+        source=source,
+        kwargs=dict(_get(t, "kwargs", _is_table, "a table", where, "cases", {})),
+        ids=ids,
+        per_stratum=per,
+        limit=_get(t, "limit", _pos_int, "an integer >= 1", where, "cases"),
+    )
 
 
 def _is_seg_name(v) -> bool:
@@ -348,12 +407,33 @@ def _is_seg_name(v) -> bool:
 
 def _parse_segmenters(t: dict, where: str):
     _no_unknown(t, _SEGS, where, "segmenters")
-    names = _get(t, "names", lambda v: isinstance(v, list) and bool(v) and all(_is_seg_name(s) for s in v),
-                 "a non-empty list of segmenter names (optionally name@runtime)", where, "segmenters", ["litemedsam"])
-    optional = _get(t, "optional", lambda v: isinstance(v, list) and all(_is_seg_name(s) for s in v),
-                    "a list of registry names", where, "segmenters", [])
-    ckpts = _get(t, "checkpoints", lambda v: _is_table(v) and all(_is_str(p) for p in v.values()),
-                 "a table of name = \"path\"", where, "segmenters", {})
+    names = _get(
+        t,
+        "names",
+        lambda v: isinstance(v, list) and bool(v) and all(_is_seg_name(s) for s in v),
+        "a non-empty list of segmenter names (optionally name@runtime)",
+        where,
+        "segmenters",
+        ["litemedsam"],
+    )
+    optional = _get(
+        t,
+        "optional",
+        lambda v: isinstance(v, list) and all(_is_seg_name(s) for s in v),
+        "a list of registry names",
+        where,
+        "segmenters",
+        [],
+    )
+    ckpts = _get(
+        t,
+        "checkpoints",
+        lambda v: _is_table(v) and all(_is_str(p) for p in v.values()),
+        'a table of name = "path"',
+        where,
+        "segmenters",
+        {},
+    )
     for n in list(names) + list(optional):
         _check_segmenter_name(n, where)
     ckpts = {k: str(Path(v).expanduser()) for k, v in ckpts.items()}
@@ -373,7 +453,9 @@ def _check_segmenter_name(name: str, where: str) -> None:
     if base not in known:
         raise SpecError(f"{where}: [segmenters] unknown segmenter {base!r}{_suggest(base, known)}")
     if runtime and runtime not in segmenters.RUNTIMES:
-        raise SpecError(f"{where}: [segmenters] {name!r}: unknown runtime {runtime!r}; one of {', '.join(segmenters.RUNTIMES)}")
+        raise SpecError(
+            f"{where}: [segmenters] {name!r}: unknown runtime {runtime!r}; one of {', '.join(segmenters.RUNTIMES)}"
+        )
 
 
 def _parse_arm(t: dict, i: int, where: str, run: RunSpec) -> AnnotatorSpec:
@@ -386,37 +468,55 @@ def _parse_arm(t: dict, i: int, where: str, run: RunSpec) -> AnnotatorSpec:
 
     if name not in ANNOTATORS:
         raise SpecError(f"{where}: [{tname}] name: {ANNOTATORS.unknown_message(name)}")
-    label = _get(t, "label", lambda v: _is_str(v) and _LABEL.match(v) is not None,
-                 "a label of letters, digits, '_', '.', '+', '@' or '-'", where, tname, None)
+    label = _get(
+        t,
+        "label",
+        lambda v: _is_str(v) and _LABEL.match(v) is not None,
+        "a label of letters, digits, '_', '.', '+', '@' or '-'",
+        where,
+        tname,
+        None,
+    )
     if label is None:
         label = name
     fb = _get(t, "feedback", lambda v: v in FEEDBACK_MODES, f"one of {', '.join(FEEDBACK_MODES)}", where, tname, "none")
     practice = _get(t, "practice", _nonneg_int, "an integer >= 0", where, tname)
     if practice is not None and run.design != "sequence":
-        raise SpecError(f"{where}: [{tname}] practice: only with [run] design = \"sequence\"")
+        raise SpecError(f'{where}: [{tname}] practice: only with [run] design = "sequence"')
     if practice is not None and run.length is not None and practice > run.length:
         raise SpecError(f"{where}: [{tname}] practice: {practice} is more than [run] length = {run.length}")
     fb = _feedback_design(t, fb, where, tname, run)
-    return AnnotatorSpec(name=name, label=label, overrides=dict(_get(t, "overrides", _is_table, "a table", where, tname, {})),
-                         replicates=_get(t, "replicates", _pos_int, "an integer >= 1", where, tname),
-                         feedback=fb, practice=practice)
+    return AnnotatorSpec(
+        name=name,
+        label=label,
+        overrides=dict(_get(t, "overrides", _is_table, "a table", where, tname, {})),
+        replicates=_get(t, "replicates", _pos_int, "an integer >= 1", where, tname),
+        feedback=fb,
+        practice=practice,
+    )
 
 
 def _feedback_design(t: dict, mode: str, where: str, tname: str, run: RunSpec) -> str:
     """The arm's ``feedback`` text: the mode, with ``feedback_every``, ``examples`` and ``tutorial``."""
     every = _get(t, "feedback_every", _pos_int, "an integer >= 1 (1: after every case)", where, tname, 1)
-    examples = _get(t, "examples", lambda v: v in EXAMPLE_ORDERS, f"one of {', '.join(EXAMPLE_ORDERS)}", where, tname,
-                    "own")
-    tutorial = _get(t, "tutorial", _nonneg_int, "an integer >= 0 (worked examples before the first case)", where,
-                    tname, 0)
+    examples = _get(
+        t, "examples", lambda v: v in EXAMPLE_ORDERS, f"one of {', '.join(EXAMPLE_ORDERS)}", where, tname, "own"
+    )
+    tutorial = _get(
+        t, "tutorial", _nonneg_int, "an integer >= 0 (worked examples before the first case)", where, tname, 0
+    )
     for key, default in (("feedback_every", 1), ("examples", "own"), ("tutorial", 0)):
         if t.get(key, default) != default and run.design != "sequence":
-            raise SpecError(f"{where}: [{tname}] {key}: only with [run] design = \"sequence\" (one person over many cases)")
+            raise SpecError(
+                f'{where}: [{tname}] {key}: only with [run] design = "sequence" (one person over many cases)'
+            )
     if every != 1 and mode == "none":
-        raise SpecError(f"{where}: [{tname}] feedback_every: needs a feedback other than \"none\"")
+        raise SpecError(f'{where}: [{tname}] feedback_every: needs a feedback other than "none"')
     if examples != "own" and not mode.startswith("worked_example"):
-        raise SpecError(f"{where}: [{tname}] examples: needs feedback = \"worked_example\" or "
-                        f"\"worked_example_uninformative\"; got {mode!r}")
+        raise SpecError(
+            f'{where}: [{tname}] examples: needs feedback = "worked_example" or '
+            f'"worked_example_uninformative"; got {mode!r}'
+        )
     return FeedbackDesign(mode, every, examples, tutorial).key()
 
 
@@ -426,16 +526,17 @@ def _parse_run(t: dict, where: str) -> RunSpec:
         replicates=_get(t, "replicates", _pos_int, "an integer >= 1", where, "run", 1),
         design=_get(t, "design", lambda v: v in DESIGNS, f"one of {', '.join(DESIGNS)}", where, "run", "crossed"),
         length=_get(t, "length", _pos_int, "an integer >= 1", where, "run"),
-        executor=_get(t, "executor", lambda v: v in EXECUTORS, f"one of {', '.join(EXECUTORS)}", where, "run", "process"),
+        executor=_get(
+            t, "executor", lambda v: v in EXECUTORS, f"one of {', '.join(EXECUTORS)}", where, "run", "process"
+        ),
         workers=_get(t, "workers", _nonneg_int, "an integer >= 0 (0 = all cores)", where, "run", 0),
         cache_dir=_get(t, "cache_dir", _is_str, "a directory path", where, "run"),
-        episode_fn=_get(t, "episode_fn", _is_str, "a registered episode function", where, "run",
-                        DEFAULT_EPISODE_FN),
+        episode_fn=_get(t, "episode_fn", _is_str, "a registered episode function", where, "run", DEFAULT_EPISODE_FN),
     )
     if run.episode_fn not in EPISODES:
         raise SpecError(f"{where}: [run] episode_fn: {EPISODES.unknown_message(run.episode_fn)}")
     if run.length is not None and run.design != "sequence":
-        raise SpecError(f"{where}: [run] length: only with design = \"sequence\"")
+        raise SpecError(f'{where}: [run] length: only with design = "sequence"')
     return run
 
 

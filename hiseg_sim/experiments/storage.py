@@ -56,9 +56,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["SHARD_FORMAT", "SORT_KEYS", "TABLES", "CorruptShardWarning", "NotARunDirError", "RunData",
-           "RunLockedError", "RunMismatchError", "RunNameError", "RunStore", "atomic_write_bytes", "load_run",
-           "run_dir_for", "versions"]
+__all__ = [
+    "SHARD_FORMAT",
+    "SORT_KEYS",
+    "TABLES",
+    "CorruptShardWarning",
+    "NotARunDirError",
+    "RunData",
+    "RunLockedError",
+    "RunMismatchError",
+    "RunNameError",
+    "RunStore",
+    "atomic_write_bytes",
+    "load_run",
+    "run_dir_for",
+    "versions",
+]
 
 #: shard tables, in write order (the manifest follows them: its presence marks the unit complete)
 TABLES = ("cases", "actions", "episodes")
@@ -110,13 +123,16 @@ def run_dir_for(root: str | os.PathLike, name: str) -> Path:
     if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
         raise RunNameError(
             f"run name {name!r} is not a plain name: use 1-128 letters, digits, '_', '.', '+' or '-', not starting "
-            "with '.' (no '/', '..', empty or absolute names), e.g. [study] name = \"my_study\"")
+            "with '.' (no '/', '..', empty or absolute names), e.g. [study] name = \"my_study\""
+        )
     root = Path(root)
     run_dir = root / name
     real_root, real = os.path.realpath(root), os.path.realpath(run_dir)
     if os.path.dirname(real) != real_root:
-        raise RunNameError(f"{run_dir} resolves to {real}, outside {real_root}: remove that link, or give the "
-                           "directory you mean as the output directory (--out)")
+        raise RunNameError(
+            f"{run_dir} resolves to {real}, outside {real_root}: remove that link, or give the "
+            "directory you mean as the output directory (--out)"
+        )
     return run_dir
 
 
@@ -219,8 +235,14 @@ def versions() -> dict:
 
     import hiseg_sim
 
-    out = {"python": platform.python_version(), "platform": platform.platform(), "numpy": numpy.__version__,
-           "pandas": pd.__version__, "pyarrow": pa.__version__, "hiseg_sim": hiseg_sim.__version__}
+    out = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": numpy.__version__,
+        "pandas": pd.__version__,
+        "pyarrow": pa.__version__,
+        "hiseg_sim": hiseg_sim.__version__,
+    }
     for mod in ("torch", "gymnasium", "onnxruntime", "scipy", "SimpleITK", "ray"):
         try:
             m = __import__(mod)
@@ -239,8 +261,12 @@ def _git_commit() -> str | None:
         return None
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -309,10 +335,16 @@ class RunStore:
         except filelock.Timeout:
             raise RunLockedError(self._refusal()) from None
         except (OSError, NotImplementedError) as exc:
-            raise RunLockedError(f"cannot lock {self.lock_path} ({type(exc).__name__}: {exc}): the filesystem offers "
-                                 "no file locks (flock); put the run directory on a local disk") from None
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "argv": [str(a) for a in sys.argv[:8]]}
+            raise RunLockedError(
+                f"cannot lock {self.lock_path} ({type(exc).__name__}: {exc}): the filesystem offers "
+                "no file locks (flock); put the run directory on a local disk"
+            ) from None
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": [str(a) for a in sys.argv[:8]],
+        }
         try:
             atomic_write_bytes(self.holder_path, (json.dumps(holder) + "\n").encode())
             yield
@@ -333,14 +365,20 @@ class RunStore:
         # a holder that died, is given a moment to be replaced before it is reported.
         deadline = time.monotonic() + 1.0
         h = self._holder()
-        while (h is None or (h.get("host") == socket.gethostname() and not _pid_alive(h.get("pid")))) \
-                and time.monotonic() < deadline:
+        while (
+            h is None or (h.get("host") == socket.gethostname() and not _pid_alive(h.get("pid")))
+        ) and time.monotonic() < deadline:
             time.sleep(0.05)
             h = self._holder()
-        who = (f"pid {h.get('pid')} on {h.get('host')}, started {h.get('started')}" if h
-               else f"holder unknown: {self.holder_path.name} not written")
-        return (f"{os.path.abspath(self.dir)} is being written by another hiseg-sim run ({who}; lock "
-                f"{os.path.abspath(self.lock_path)}): wait for it to end, or write to another directory (--out)")
+        who = (
+            f"pid {h.get('pid')} on {h.get('host')}, started {h.get('started')}"
+            if h
+            else f"holder unknown: {self.holder_path.name} not written"
+        )
+        return (
+            f"{os.path.abspath(self.dir)} is being written by another hiseg-sim run ({who}; lock "
+            f"{os.path.abspath(self.lock_path)}): wait for it to end, or write to another directory (--out)"
+        )
 
     # ---- run.json -------------------------------------------------------------------------
     def read_meta(self) -> dict | None:
@@ -354,7 +392,9 @@ class RunStore:
 
     def write_meta(self, meta: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.dir / "run.json", (json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n").encode())
+        atomic_write_bytes(
+            self.dir / "run.json", (json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n").encode()
+        )
 
     def is_run_dir(self) -> bool:
         """Whether the directory holds a ``run.json`` or ``spec.json`` written by this module."""
@@ -377,13 +417,17 @@ class RunStore:
         if not self.dir.is_dir() or self.is_run_dir():
             return
         ours = {LOCK_NAME, HOLDER_NAME}
-        others = [e.name for e in self.dir.iterdir()
-                  if e.name not in ours and not (e == self.shards and e.is_dir() and not any(e.iterdir()))]
+        others = [
+            e.name
+            for e in self.dir.iterdir()
+            if e.name not in ours and not (e == self.shards and e.is_dir() and not any(e.iterdir()))
+        ]
         if others:
             raise NotARunDirError(
                 f"{os.path.abspath(self.dir)} holds no hiseg-sim run (no run.json or spec.json of one, but "
                 f"{len(others)} other entr{'y' if len(others) == 1 else 'ies'}, e.g. {min(others)!r}): --fresh "
-                "deletes nothing there; give a new or empty output directory")
+                "deletes nothing there; give a new or empty output directory"
+            )
 
     def prepare(self, spec_dict: dict, config_hash: str, seeds: dict, n_units: int, fresh: bool = False) -> dict:
         """Create the directory or check it holds the same configuration; returns ``run.json``'s content.
@@ -401,7 +445,8 @@ class RunStore:
             raise RunMismatchError(
                 f"{self.dir} holds a run of another configuration (config hash {old.get('config_hash')} vs "
                 f"{config_hash} now): the cases, annotators, segmenters, seeds or episode function changed. "
-                "Use another output directory, or start afresh (fresh=True / --fresh deletes its shards).")
+                "Use another output directory, or start afresh (fresh=True / --fresh deletes its shards)."
+            )
         if fresh and self.dir.exists():
             self.check_fresh()
             for pattern in ("*.parquet", "*.manifest.json", ".*.tmp"):
@@ -418,9 +463,16 @@ class RunStore:
             self._adopt_unsealed_units()
         atomic_write_bytes(self.dir / "spec.json", (json.dumps(spec_dict, indent=1, sort_keys=True) + "\n").encode())
         meta = dict(old or {})
-        meta.update(config_hash=config_hash, study=spec_dict.get("name"), seeds=seeds, n_units=n_units,
-                    versions=versions(), status="running", updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    shard_format=SHARD_FORMAT)
+        meta.update(
+            config_hash=config_hash,
+            study=spec_dict.get("name"),
+            seeds=seeds,
+            n_units=n_units,
+            versions=versions(),
+            status="running",
+            updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            shard_format=SHARD_FORMAT,
+        )
         meta.setdefault("created", meta["updated"])
         meta.setdefault("segmenters", {})
         meta.setdefault("sessions", [])
@@ -467,8 +519,10 @@ class RunStore:
                 problems.append(f"{p.name}: unreadable ({type(exc).__name__}: {exc})")
         missing = [t for t, p in paths.items() if not p.exists()]
         if missing:
-            problems.append(f"incomplete: {', '.join(paths[t].name for t in missing)} missing (a run interrupted "
-                            "before its episodes shard was written, or files removed since)")
+            problems.append(
+                f"incomplete: {', '.join(paths[t].name for t in missing)} missing (a run interrupted "
+                "before its episodes shard was written, or files removed since)"
+            )
         if not mpath.is_file():
             problems.append("no manifest: interrupted before it was written")
             for t, data in raw.items():  # say what else is wrong with them, if anything
@@ -484,8 +538,9 @@ class RunStore:
             want = manifest["files"][t]
             if want["name"] != paths[t].name or len(data) != want["bytes"] or _digest(data) != want["sha256"]:
                 why = _check_shard_bytes(data, unit_id) or "it reads back, but its bytes changed"
-                problems.append(f"{paths[t].name}: checksum mismatch ({len(data)} bytes, manifest says "
-                                f"{want['bytes']}; {why})")
+                problems.append(
+                    f"{paths[t].name}: checksum mismatch ({len(data)} bytes, manifest says {want['bytes']}; {why})"
+                )
         return ("broken", problems, {}) if problems else ("whole", [], raw)
 
     def _set_aside(self, unit_id: str) -> Path:
@@ -513,8 +568,12 @@ class RunStore:
             elif state == "broken":
                 dest = self._set_aside(uid)
                 if warn:
-                    warnings.warn(f"unit {uid}: shard(s) incomplete or damaged — {'; '.join(problems)}. Moved to "
-                                  f"{dest}; the unit runs again.", CorruptShardWarning, stacklevel=2)
+                    warnings.warn(
+                        f"unit {uid}: shard(s) incomplete or damaged — {'; '.join(problems)}. Moved to "
+                        f"{dest}; the unit runs again.",
+                        CorruptShardWarning,
+                        stacklevel=2,
+                    )
         return done
 
     def write_unit(self, result) -> None:
@@ -534,8 +593,12 @@ class RunStore:
     def orphans(self, unit_ids) -> list[Path]:
         """Shard and manifest files of units not in ``unit_ids``."""
         keep = set(unit_ids)
-        return [p for pattern in ("*.parquet", "*.manifest.json") for p in self.shards.glob(pattern)
-                if p.name.split(".")[0] not in keep]
+        return [
+            p
+            for pattern in ("*.parquet", "*.manifest.json")
+            for p in self.shards.glob(pattern)
+            if p.name.split(".")[0] not in keep
+        ]
 
 
 @dataclass
@@ -600,11 +663,20 @@ def load_run(run_dir: str | os.PathLike, complete_only: bool = True) -> RunData:
                 continue
             state, problems, data = store.check_unit(uid)
             if state != "whole":
-                warnings.warn(f"unit {uid}: shard(s) incomplete or damaged — {'; '.join(problems)}. Left out of the "
-                              "tables; resuming the run sets its files aside and runs it again.",
-                              CorruptShardWarning, stacklevel=2)
+                warnings.warn(
+                    f"unit {uid}: shard(s) incomplete or damaged — {'; '.join(problems)}. Left out of the "
+                    "tables; resuming the run sets its files aside and runs it again.",
+                    CorruptShardWarning,
+                    stacklevel=2,
+                )
                 continue
             for t in TABLES:
                 frames[t].append(_to_pandas(pa.BufferReader(data[t])))
-    return RunData(store.dir, _frame(frames["episodes"], "episodes"), _frame(frames["actions"], "actions"),
-                   _frame(frames["cases"], "cases"), meta, spec)
+    return RunData(
+        store.dir,
+        _frame(frames["episodes"], "episodes"),
+        _frame(frames["actions"], "actions"),
+        _frame(frames["cases"], "cases"),
+        meta,
+        spec,
+    )

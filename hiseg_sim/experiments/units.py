@@ -21,7 +21,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-
 from hiseg_sim.experiments.spec import StudySpec
 from hiseg_sim.seeding import episode_seed, sequence_rng, stable_int
 
@@ -77,8 +76,11 @@ def plan_units(spec: StudySpec, case_ids: list[str]) -> list[WorkUnit]:
                 crossed: list[EpisodePlan] = []
                 for arm in spec.annotators:
                     for rep in range(spec.replicates_of(arm)):
-                        crossed.append(EpisodePlan(arm.label, cid, rep, 0, episode_seed(spec.seed, arm.label, cid, rep),
-                                                   arm.feedback))
+                        crossed.append(
+                            EpisodePlan(
+                                arm.label, cid, rep, 0, episode_seed(spec.seed, arm.label, cid, rep), arm.feedback
+                            )
+                        )
                 units.append(WorkUnit(f"{seg_slug}--{_slug(cid)}", "crossed", seg, (cid,), tuple(crossed)))
         else:
             length = len(case_ids) if spec.run.length is None else int(spec.run.length)
@@ -86,11 +88,28 @@ def plan_units(spec: StudySpec, case_ids: list[str]) -> list[WorkUnit]:
                 practice = length if arm.practice is None else arm.practice
                 for rep in range(spec.replicates_of(arm)):
                     order = sequence_order(spec.seed, case_ids, rep, length)
-                    eps = tuple(EpisodePlan(arm.label, cid, rep, pos, episode_seed(spec.seed, arm.label, cid, rep),
-                                            arm.feedback if pos < practice else "none")
-                                for pos, cid in enumerate(order))
-                    units.append(WorkUnit(f"{seg_slug}--{_slug(arm.label)}--r{rep:03d}", "sequence", seg,
-                                          tuple(dict.fromkeys(order)), eps, arm.label, rep))
+                    eps = tuple(
+                        EpisodePlan(
+                            arm.label,
+                            cid,
+                            rep,
+                            pos,
+                            episode_seed(spec.seed, arm.label, cid, rep),
+                            arm.feedback if pos < practice else "none",
+                        )
+                        for pos, cid in enumerate(order)
+                    )
+                    units.append(
+                        WorkUnit(
+                            f"{seg_slug}--{_slug(arm.label)}--r{rep:03d}",
+                            "sequence",
+                            seg,
+                            tuple(dict.fromkeys(order)),
+                            eps,
+                            arm.label,
+                            rep,
+                        )
+                    )
     ids = [u.unit_id for u in units]
     assert len(set(ids)) == len(ids), "unit ids must be unique"
     return units

@@ -24,6 +24,7 @@ def evaluate_saved_policy(
     n_boot: int = 2000,
     policy_dir: Optional[Path] = None,
     progress: bool = True,
+    fresh: bool = False,
 ) -> dict:
     """Run the evaluation study ``spec_path`` (resuming a finished run), compare ``policy`` with the
     other arms at equal simulated time, plot, and write the result into the policy's model card."""
@@ -35,7 +36,7 @@ def evaluate_saved_policy(
 
     spec = load_spec(spec_path)
     out = Path(out) if out is not None else Path("runs") / spec.name
-    data = run_study(spec, out, executor=executor, workers=workers, cache_dir=cache_dir, progress=progress)
+    data = run_study(spec, out, executor=executor, workers=workers, cache_dir=cache_dir, progress=progress, fresh=fresh)
     res = compare_at_equal_time(data, policy, n_boot=n_boot, seed=int(spec.analysis.get("seed", 0)))
     png = plot_comparison(data, res, out / f"{policy}_vs_people.png")
     res["plot"] = str(png)
@@ -63,8 +64,11 @@ def _print_result(res: dict) -> None:
 def train_policy_command(
     name: str = typer.Argument(..., help="Policy name: saved to OUT_ROOT/NAME/ and usable as an annotator name."),
     env: str = typer.Option("2d", help="2d, 3d or a registered env id."),
-    cohort: str = typer.Option("default", help="Training cohort, or 'module:function' returning cases."),
-    segmenter: str = typer.Option("litemedsam", help="Segmenter registry name or 'module:callable'."),
+    cohort: str = typer.Option(
+        "default", help="Training cohort, or a registered case source (e.g. default_renderings)."
+    ),
+    segmenter: str = typer.Option("litemedsam", help="Segmenter registry name."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Weights file (needed for sam_vit_*)."),
     steps: int = typer.Option(12000, help="PPO environment steps (0: behaviour cloning only)."),
     n_envs: int = typer.Option(2, help="Environments (subprocesses with --vec subproc)."),
     vec: str = typer.Option("subproc", help="subproc (SubprocVecEnv, shared embedding cache) or dummy (in process)."),
@@ -122,6 +126,7 @@ def train_policy_command(
         env=env,
         cohort=cohort,
         segmenter=segmenter,
+        checkpoint=str(checkpoint) if checkpoint else None,
         steps=steps,
         n_envs=n_envs,
         vec=vec,
@@ -164,7 +169,8 @@ def eval_policy_command(
     executor: Optional[str] = typer.Option(None, help="serial, process or ray (default: the spec's)."),
     workers: Optional[int] = typer.Option(None, help="Worker processes (0 = all cores)."),
     n_boot: int = typer.Option(2000, help="Bootstrap replicates."),
+    fresh: bool = typer.Option(False, help="Run the evaluation study again instead of reusing its finished run."),
 ) -> None:
     """Evaluate a saved policy beside the study's people and robots at equal simulated time; update its model card."""
-    res = evaluate_saved_policy(policy, str(spec), out, executor=executor, workers=workers, n_boot=n_boot)
+    res = evaluate_saved_policy(policy, str(spec), out, executor=executor, workers=workers, n_boot=n_boot, fresh=fresh)
     _print_result(res)

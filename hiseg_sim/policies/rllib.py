@@ -12,8 +12,7 @@ every runner sees (a shared file system) and each slice is encoded once across a
 >>> # for _ in range(100): print(algo.train()["env_runners"]["episode_return_mean"])
 
 ``env_config`` keys: ``env_id`` (default ``hiseg_sim/NoduleSeg2D-v0``), ``cases`` (cohort name or
-``"module:function"``, default ``"default"``), ``segmenter`` (registry name or
-``"module:callable"``), ``grid`` (48), ``cache_dir``, and any keyword of the env
+registered case source, default ``"default"``), ``segmenter`` (registry name), ``grid`` (48), ``cache_dir``, and any keyword of the env
 (``time_penalty``, ``viewport_px`` ...).
 """
 
@@ -37,9 +36,7 @@ def env_creator(env_config: dict | None = None):
     env_id = kw.pop("env_id", "hiseg_sim/NoduleSeg2D-v0")
     grid = int(kw.pop("grid", 48))
     cases = kw.pop("cases", "default")
-    seg = kw.pop("segmenter", "litemedsam")
-    if ":" in seg:
-        seg = SegmenterFactory(seg, kw.get("cache_dir"))
+    seg = SegmenterFactory(kw.pop("segmenter", "litemedsam"), kw.get("cache_dir"))
     env = gym.make(env_id, cases=CasesFactory(cases), segmenter=seg, **kw)
     return FlattenObservation(PolicyView(env, grid=grid))
 

@@ -49,15 +49,16 @@ class CasesFactory:
 
 
 class SegmenterFactory:
-    """Picklable ``() -> Segmenter`` built in the env's process (a registry name or ``"module:callable"``)."""
+    """Picklable ``() -> Segmenter`` built in the env's process, by registry name (``checkpoint``
+    for the models whose weights the user gives)."""
 
-    def __init__(self, name: str, cache_dir: str | None):
-        self.name, self.cache_dir = name, cache_dir
+    def __init__(self, name: str, cache_dir: str | None, checkpoint: str | None = None):
+        self.name, self.cache_dir, self.checkpoint = name, cache_dir, checkpoint
 
     def __call__(self):
         from hiseg_sim.experiments.worker import build_segmenter
 
-        return build_segmenter(self.name, self.cache_dir)
+        return build_segmenter(self.name, self.cache_dir, self.checkpoint)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class TrainConfig:
     cohort: str = "default"
     case_limit: int | None = None
     segmenter: str = "litemedsam"
+    checkpoint: str | None = None
     seed: int = 0
     time_penalty: float = 0.005
     grid: int = 48
@@ -127,11 +129,7 @@ def _factory(cfg: TrainConfig, segmenter=None, threads=None, workers: int = 1):
     from hiseg_sim.policies.intent import PerceivedIntent
     from hiseg_sim.policies.spaces import PolicyView
 
-    seg = (
-        segmenter
-        if segmenter is not None
-        else (cfg.segmenter if ":" not in cfg.segmenter else SegmenterFactory(cfg.segmenter, cfg.cache_dir))
-    )
+    seg = segmenter if segmenter is not None else SegmenterFactory(cfg.segmenter, cfg.cache_dir, cfg.checkpoint)
     wrappers = (EpisodeStatistics,) + ((partial(PerceivedIntent, profile=cfg.perception),) if cfg.perception else ())
     return EnvFactory(
         cfg.env_id,
@@ -154,13 +152,7 @@ def _vec_env(cfg: TrainConfig):
         return SubprocVecEnv(fns, start_method="forkserver")
     if cfg.vec not in ("subproc", "dummy"):
         raise ValueError(f"vec must be 'subproc' or 'dummy'; got {cfg.vec!r}")
-    seg = cfg.segmenter
-    if ":" not in seg:  # one segmenter object shared by the in-process envs
-        from hiseg_sim import segmenters
-
-        seg = segmenters.build(seg, cache_dir=cfg.cache_dir)
-    else:
-        seg = SegmenterFactory(seg, cfg.cache_dir)()
+    seg = SegmenterFactory(cfg.segmenter, cfg.cache_dir, cfg.checkpoint)()  # one object shared by the envs
     return DummyVecEnv([_factory(cfg, segmenter=seg) for _ in range(cfg.n_envs)])
 
 
@@ -188,7 +180,7 @@ def _demos(cfg: TrainConfig, log):
 
     import hiseg_sim  # noqa: F401
 
-    seg = cfg.segmenter if ":" not in cfg.segmenter else SegmenterFactory(cfg.segmenter, cfg.cache_dir)()
+    seg = SegmenterFactory(cfg.segmenter, cfg.cache_dir, cfg.checkpoint)()
     env = gym.make(
         cfg.env_id,
         cases=CasesFactory(cfg.cohort, cfg.case_limit),

@@ -50,6 +50,8 @@ def check_finite_weights(state: Any, path: str | os.PathLike, what: str = "check
             continue
         n_nan = int(torch.isnan(t).sum())
         n_inf = int((~finite).sum()) - n_nan
-        raise SegmenterError(f"{what} {path} holds non-finite weights: tensor {name!r} has {n_nan} NaN and "
-                             f"{n_inf} infinite value(s) of {t.numel()}; the file is corrupt or from a diverged "
-                             "training run: use another checkpoint")
+        raise SegmenterError(
+            f"{what} {path} holds non-finite weights: tensor {name!r} has {n_nan} NaN and "
+            f"{n_inf} infinite value(s) of {t.numel()}; the file is corrupt or from a diverged "
+            "training run: use another checkpoint"
+        )

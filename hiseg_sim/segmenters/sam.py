@@ -61,7 +61,9 @@ def _load_sam(model_type: str, path: str):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise SegmenterError(f"cannot read SAM checkpoint {path} as PyTorch weights (corrupt or not a .pth): {exc}") from exc
+        raise SegmenterError(
+            f"cannot read SAM checkpoint {path} as PyTorch weights (corrupt or not a .pth): {exc}"
+        ) from exc
     check_finite_weights(state, path, f"sam_{model_type} checkpoint")
     sam = import_segment_anything().sam_model_registry[model_type](checkpoint=None)
     try:
@@ -80,9 +82,14 @@ class SAM(SamFamilySegmenter):
     #: single-file ONNX export, and no ViT encoder was timed against ONNX Runtime here.
     onnx_encoder = False
 
-    def __init__(self, model_type: str = "vit_b", checkpoint: str | os.PathLike | None = None,
-                 cache: EmbeddingCache | None = None, runtime: str = "auto",
-                 onnx_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        model_type: str = "vit_b",
+        checkpoint: str | os.PathLike | None = None,
+        cache: EmbeddingCache | None = None,
+        runtime: str = "auto",
+        onnx_dir: str | os.PathLike | None = None,
+    ) -> None:
         super().__init__(cache)
         self.name = f"sam_{model_type}"
         self.checkpoint = resolve_sam_checkpoint(model_type, checkpoint)

@@ -23,8 +23,8 @@ an export is refused above 1e-3), far below what moves a mask pixel.
 from __future__ import annotations
 
 import os
-from typing import Any
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,8 +46,9 @@ class RuntimeFallbackWarning(UserWarning):
 def _fallback(reason: str) -> None:
     if reason not in _warned:
         _warned.add(reason)
-        warnings.warn(f"hiseg-sim: running PyTorch instead of ONNX Runtime: {reason}",
-                      RuntimeFallbackWarning, stacklevel=4)
+        warnings.warn(
+            f"hiseg-sim: running PyTorch instead of ONNX Runtime: {reason}", RuntimeFallbackWarning, stacklevel=4
+        )
 
 
 def _np(t: torch.Tensor | None) -> np.ndarray | None:
@@ -63,8 +64,13 @@ def reference_decode(net: Any, features, coords, labels, box, mask_in) -> tuple[
     """
     points = (coords, labels) if coords is not None else None
     sparse, dense = net.prompt_encoder(points=points, boxes=box, masks=mask_in)
-    return net.mask_decoder(image_embeddings=features, image_pe=net.prompt_encoder.get_dense_pe(),
-                            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+    return net.mask_decoder(
+        image_embeddings=features,
+        image_pe=net.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
 
 
 class SamFamilySegmenter(Segmenter):
@@ -129,12 +135,15 @@ class SamFamilySegmenter(Segmenter):
                 from hiseg_sim.segmenters import onnx_decoder
 
                 try:
-                    path = onnx_decoder.encoder_onnx(self.net.image_encoder, self.input_size, self.name,
-                                                     self.weights_sha256, self.onnx_dir)
+                    path = onnx_decoder.encoder_onnx(
+                        self.net.image_encoder, self.input_size, self.name, self.weights_sha256, self.onnx_dir
+                    )
                     self._ort_encoder = onnx_decoder.OrtImageEncoder(path)
                 except Exception as exc:  # noqa: BLE001
-                    _fallback(f"the ONNX export of the {self.name} image encoder failed "
-                              f"({type(exc).__name__}: {str(exc)[:200]})")
+                    _fallback(
+                        f"the ONNX export of the {self.name} image encoder failed "
+                        f"({type(exc).__name__}: {str(exc)[:200]})"
+                    )
                     self._ort_encoder = False
             if self._ort_encoder:
                 return self._ort_encoder(x)

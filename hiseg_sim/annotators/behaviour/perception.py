@@ -53,17 +53,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from hiseg_sim.resources import shipped_path
 from hiseg_sim.annotators.behaviour import perception_errors as E
 from hiseg_sim.annotators.behaviour.geometry import reference_diameter_mm
+from hiseg_sim.resources import shipped_path
 from hiseg_sim.seeding import case_key_rng
 
 __all__ = [
@@ -161,8 +162,15 @@ class PerceptionParams:
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"PerceptionParams.{f.name} must be a finite number; got {v!r}")
             object.__setattr__(self, f.name, float(v))
-        for name in ("bias_sd_mm", "shift_sd_mm", "z_sd_mm", "difficulty_sd", "ggo_gain", "vessel_reach_mm",
-                     "pleura_mm"):
+        for name in (
+            "bias_sd_mm",
+            "shift_sd_mm",
+            "z_sd_mm",
+            "difficulty_sd",
+            "ggo_gain",
+            "vessel_reach_mm",
+            "pleura_mm",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"PerceptionParams.{name} must be >= 0; got {getattr(self, name)}")
         if self.corr_len_mm <= 0:
@@ -191,8 +199,10 @@ def expert_params(path: str | Path | None = None) -> PerceptionParams:
     """The LIDC-calibrated expert parameters (``agents/calibration/expert_perception.json``)."""
     p = Path(path) if path is not None else EXPERT_PARAMS_PATH
     if not p.is_file():
-        raise FileNotFoundError(f"no calibrated perception parameters at {p}; run `hiseg-sim calibrate` "
-                                "(hiseg_sim.annotators.behaviour.calibration.fit_expert) to make them")
+        raise FileNotFoundError(
+            f"no calibrated perception parameters at {p}; run `hiseg-sim calibrate` "
+            "(hiseg_sim.annotators.behaviour.calibration.fit_expert) to make them"
+        )
     return PerceptionParams.from_dict(json.loads(p.read_text())["params"])
 
 
@@ -242,8 +252,13 @@ def estimate_texture(image_hu: np.ndarray, reference: np.ndarray, spacing=None) 
     return float(np.interp(hu, xs, ts))
 
 
-def shift_scale(diameter_mm: float, texture: float | None, params: PerceptionParams,
-                difficulty_z: float = 0.0, difficulty_log: float = 0.0) -> float:
+def shift_scale(
+    diameter_mm: float,
+    texture: float | None,
+    params: PerceptionParams,
+    difficulty_z: float = 0.0,
+    difficulty_log: float = 0.0,
+) -> float:
     """The scale ``s`` of every shift, with ``r = D / 10 mm``: ``r ** size_exp * (1 + ggo_gain *
     (5 - texture) / 4 * r ** ggo_size_exp) * max(exp(difficulty_log + difficulty_sd * r **
     difficulty_size_exp * difficulty_z), difficulty_floor)``. ``difficulty_log`` is the part of
@@ -251,11 +266,14 @@ def shift_scale(diameter_mm: float, texture: float | None, params: PerceptionPar
     (:mod:`~hiseg_sim.annotators.behaviour.difficulty`), ``difficulty_z`` the rest."""
     r = max(float(diameter_mm), 1.0) / REFERENCE_DIAMETER_MM
     t = 5.0 if texture is None else float(np.clip(texture, 1.0, 5.0))
-    s = r ** params.size_exp * (1.0 + params.ggo_gain * (5.0 - t) / 4.0 * r ** params.ggo_size_exp)
+    s = r**params.size_exp * (1.0 + params.ggo_gain * (5.0 - t) / 4.0 * r**params.ggo_size_exp)
     if (difficulty_z and params.difficulty_sd) or difficulty_log:
-        s *= max(math.exp(float(difficulty_log)
-                          + params.difficulty_sd * r ** params.difficulty_size_exp * float(difficulty_z)),
-                 params.difficulty_floor)
+        s *= max(
+            math.exp(
+                float(difficulty_log) + params.difficulty_sd * r**params.difficulty_size_exp * float(difficulty_z)
+            ),
+            params.difficulty_floor,
+        )
     return s
 
 
@@ -277,7 +295,7 @@ def _kernel_norm(sigma_vox: float) -> float:
     delta = np.zeros(2 * r + 1)
     delta[r] = 1.0
     k = ndimage.gaussian_filter1d(delta, sigma_vox, mode="constant", truncate=4.0)
-    return float((k ** 2).sum())
+    return float((k**2).sum())
 
 
 def _unit_field(rng: np.random.Generator, shape: tuple[int, ...], spacing, corr_len_mm: float) -> np.ndarray:
@@ -360,15 +378,24 @@ class ReferenceGeometry:
         lo, hi = [int(i[0]) for i in idx], [int(i[-1]) + 1 for i in idx]
         mz = int(math.ceil(margin_mm / dz)) + 1 if dz < 1e5 else 0
         my, mx = int(math.ceil(margin_mm / py)) + 1, int(math.ceil(margin_mm / px)) + 1
-        box = tuple(v for l, h, m, n in zip(lo, hi, (mz, my, mx), ref.shape) for v in (max(0, l - m), min(n, h + m)))
+        box = tuple(v for lw, h, m, n in zip(lo, hi, (mz, my, mx), ref.shape) for v in (max(0, lw - m), min(n, h + m)))
         z0, z1, y0, y1, x0, x1 = box
         phi = np.full((z1 - z0, y1 - y0, x1 - x0), _FAR, np.float32)
         for z in range(lo[0], hi[0]):
             sl = ref[z, y0:y1, x0:x1]
             if sl.any():
                 phi[z - z0] = _slice_phi(sl, (py, px))
-        return cls(tuple(ref.shape), (dz, py, px), box, lo[0], hi[0] - 1, int(ref.sum(axis=(1, 2)).argmax()),
-                   phi, reference_diameter_mm(ref, (dz, py, px)), float(margin_mm))
+        return cls(
+            tuple(ref.shape),
+            (dz, py, px),
+            box,
+            lo[0],
+            hi[0] - 1,
+            int(ref.sum(axis=(1, 2)).argmax()),
+            phi,
+            reference_diameter_mm(ref, (dz, py, px)),
+            float(margin_mm),
+        )
 
     @property
     def box_slices(self) -> tuple[slice, slice, slice]:
@@ -395,8 +422,9 @@ class StandardDraw:
     corr_len_mm: float
 
 
-def standard_draw(geom: ReferenceGeometry, rng: np.random.Generator, corr_len_mm: float,
-                  with_field: bool = True) -> StandardDraw:
+def standard_draw(
+    geom: ReferenceGeometry, rng: np.random.Generator, corr_len_mm: float, with_field: bool = True
+) -> StandardDraw:
     """Draw, in order, ``b``, the two ``n_end``, the two ``u_end``, then the field."""
     b = float(rng.standard_normal())
     n_end = tuple(float(v) for v in rng.standard_normal(2))
@@ -405,8 +433,16 @@ def standard_draw(geom: ReferenceGeometry, rng: np.random.Generator, corr_len_mm
     return StandardDraw(b, n_end, u_end, field, float(corr_len_mm))
 
 
-def realise(geom: ReferenceGeometry, params: PerceptionParams, draw: StandardDraw, texture: float | None = None,
-            *, allow_z: bool = True, difficulty_z: float = 0.0, difficulty_log: float = 0.0) -> np.ndarray | None:
+def realise(
+    geom: ReferenceGeometry,
+    params: PerceptionParams,
+    draw: StandardDraw,
+    texture: float | None = None,
+    *,
+    allow_z: bool = True,
+    difficulty_z: float = 0.0,
+    difficulty_log: float = 0.0,
+) -> np.ndarray | None:
     """The intended mask of one draw, on the geometry's box (``bool``, ``geom.phi.shape``).
 
     ``None`` when the draw would reach beyond the box where the box does not already span the
@@ -438,7 +474,7 @@ def realise(geom: ReferenceGeometry, params: PerceptionParams, draw: StandardDra
 
     phi = np.full(geom.phi.shape, _FAR, np.float32)
     a, c = max(new_lo, z_lo), min(new_hi, z_hi)
-    phi[a - z0:c - z0 + 1] = geom.phi[a - z0:c - z0 + 1]
+    phi[a - z0 : c - z0 + 1] = geom.phi[a - z0 : c - z0 + 1]
     h = 0.5 * min(py, px)
     for z_end, step, count in ((z_lo, -1, move[0]), (z_hi, 1, move[1])):
         if count <= 0:
@@ -446,7 +482,7 @@ def realise(geom: ReferenceGeometry, params: PerceptionParams, draw: StandardDra
         base = geom.phi[z_end - z0]
         top = float(base.max())
         for j in range(1, count + 1):
-            cut = (1.0 - _TAPER ** j) * (top + h)
+            cut = (1.0 - _TAPER**j) * (top + h)
             if top - cut <= 0:  # never add an empty slice: keep the deepest pixel(s)
                 cut = top - 1e-3
             phi[z_end + step * j - z0] = base - np.float32(cut)
@@ -467,19 +503,33 @@ def _reach_mm(glob: float, s: float, params: PerceptionParams) -> float:
     return max(glob, 0.0) + s * 4.0 * params.shift_sd_mm
 
 
-def draw_from_geometry(geom: ReferenceGeometry, params: PerceptionParams, rng: np.random.Generator,
-                       texture: float | None = None, *, allow_z: bool = True,
-                       difficulty_z: float = 0.0, difficulty_log: float = 0.0) -> np.ndarray | None:
+def draw_from_geometry(
+    geom: ReferenceGeometry,
+    params: PerceptionParams,
+    rng: np.random.Generator,
+    texture: float | None = None,
+    *,
+    allow_z: bool = True,
+    difficulty_z: float = 0.0,
+    difficulty_log: float = 0.0,
+) -> np.ndarray | None:
     """One draw on a precomputed geometry, on the full reference grid; ``None`` as :func:`realise`."""
     draw = standard_draw(geom, rng, params.corr_len_mm, with_field=params.shift_sd_mm > 0)
-    m = realise(geom, params, draw, texture, allow_z=allow_z, difficulty_z=difficulty_z,
-                difficulty_log=difficulty_log)
+    m = realise(geom, params, draw, texture, allow_z=allow_z, difficulty_z=difficulty_z, difficulty_log=difficulty_log)
     return None if m is None else geom.to_full(m)
 
 
-def boundary_intent(reference: np.ndarray, spacing, params: PerceptionParams, rng: np.random.Generator,
-                    texture: float | None = None, *, allow_z: bool = True, difficulty_z: float = 0.0,
-                    difficulty_log: float = 0.0) -> np.ndarray:
+def boundary_intent(
+    reference: np.ndarray,
+    spacing,
+    params: PerceptionParams,
+    rng: np.random.Generator,
+    texture: float | None = None,
+    *,
+    allow_z: bool = True,
+    difficulty_z: float = 0.0,
+    difficulty_log: float = 0.0,
+) -> np.ndarray:
     """The boundary model alone (steps 1-4 of the module docstring) on a 3-D ``(Z, Y, X)`` mask.
 
     ``spacing``: ``(z, y, x)`` mm. ``allow_z=False`` keeps the reference's slices (2-D use).
@@ -495,27 +545,37 @@ def boundary_intent(reference: np.ndarray, spacing, params: PerceptionParams, rn
     margin = s * (max(params.bias_mm, 0.0) + 4.5 * sd) + 2.0 * max(spacing[1:])
     geom = ReferenceGeometry.from_mask(ref, spacing, margin_mm=margin)
     state = rng.bit_generator.state
-    out = draw_from_geometry(geom, params, rng, texture, allow_z=allow_z, difficulty_z=difficulty_z,
-                                 difficulty_log=difficulty_log)
+    out = draw_from_geometry(
+        geom, params, rng, texture, allow_z=allow_z, difficulty_z=difficulty_z, difficulty_log=difficulty_log
+    )
     if out is None:  # a very rare wide draw: redo it, from the same random state, on a wider box
         rng.bit_generator.state = state
         geom = ReferenceGeometry.from_mask(ref, spacing, margin_mm=3.0 * margin + 10.0)
-        out = draw_from_geometry(geom, params, rng, texture, allow_z=allow_z, difficulty_z=difficulty_z,
-                                 difficulty_log=difficulty_log)
+        out = draw_from_geometry(
+            geom, params, rng, texture, allow_z=allow_z, difficulty_z=difficulty_z, difficulty_log=difficulty_log
+        )
         if out is None:
             rng.bit_generator.state = state
             geom = ReferenceGeometry.from_mask(ref, spacing, margin_mm=float(max(ref.shape) * max(spacing)))
-            out = draw_from_geometry(geom, params, rng, texture, allow_z=allow_z, difficulty_z=difficulty_z,
-                                 difficulty_log=difficulty_log)
+            out = draw_from_geometry(
+                geom, params, rng, texture, allow_z=allow_z, difficulty_z=difficulty_z, difficulty_log=difficulty_log
+            )
     return out
 
 
 # ------------------------------------------------------------------------------------ public API
 
 
-def intended_mask(reference, spacing, params: PerceptionParams | None = None, rng: np.random.Generator | None = None,
-                  image_hu: np.ndarray | None = None, texture: float | None = None,
-                  difficulty_z: float | None = None, difficulty_log: float = 0.0) -> np.ndarray:
+def intended_mask(
+    reference,
+    spacing,
+    params: PerceptionParams | None = None,
+    rng: np.random.Generator | None = None,
+    image_hu: np.ndarray | None = None,
+    texture: float | None = None,
+    difficulty_z: float | None = None,
+    difficulty_log: float = 0.0,
+) -> np.ndarray:
     """One draw of the mask a person intends, from their idea of the nodule.
 
     Args:
@@ -547,22 +607,24 @@ def intended_mask(reference, spacing, params: PerceptionParams | None = None, rn
         img = np.asarray(image_hu, dtype=np.float32)
         img = img[None] if was2d else img
         if img.shape != ref.shape:
-            raise ValueError(f"image_hu has shape {img.shape[1:] if was2d else img.shape}, the reference "
-                             f"{ref.shape[1:] if was2d else ref.shape}: they must share one grid")
+            raise ValueError(
+                f"image_hu has shape {img.shape[1:] if was2d else img.shape}, the reference "
+                f"{ref.shape[1:] if was2d else ref.shape}: they must share one grid"
+            )
     if not ref.any():
         return np.zeros(np.shape(reference), bool)
     u = rng.random(4)  # wrong spot, vessel, GGO rim, pleura: always drawn, so the stream is fixed
     zd = float(rng.standard_normal())  # the case difficulty, used when none is given
     difficulty_z = zd if difficulty_z is None else float(difficulty_z)
     if img is not None and u[0] < params.p_wrong_spot:
-
         alt = E.wrong_spot(ref, img, sp, params, rng)
         if alt is not None:
             ref = alt
     if texture is None and img is not None:
         texture = estimate_texture(img, ref, sp)
-    mask = boundary_intent(ref, sp, params, rng, texture, allow_z=not was2d, difficulty_z=difficulty_z,
-                           difficulty_log=difficulty_log)
+    mask = boundary_intent(
+        ref, sp, params, rng, texture, allow_z=not was2d, difficulty_z=difficulty_z, difficulty_log=difficulty_log
+    )
     if img is not None and (u[1:] < (params.p_include_vessel, params.p_miss_ggo_rim, params.p_pleura_error)).any():
         if u[1] < params.p_include_vessel:
             mask = E.include_vessel(mask, img, sp, params)
@@ -584,10 +646,19 @@ def case_difficulty(rng: np.random.Generator | None = None, key: str | None = No
     return float(rng.standard_normal())
 
 
-def sample_intents(reference, spacing, params: PerceptionParams, rng: np.random.Generator, k: int,
-                   image_hu: np.ndarray | None = None, texture: float | None = None) -> list[np.ndarray]:
+def sample_intents(
+    reference,
+    spacing,
+    params: PerceptionParams,
+    rng: np.random.Generator,
+    k: int,
+    image_hu: np.ndarray | None = None,
+    texture: float | None = None,
+) -> list[np.ndarray]:
     """``k`` people with the same idea of one case: one case difficulty (drawn first), then ``k``
     intended masks in draw order."""
     z = case_difficulty(rng)
-    return [intended_mask(reference, spacing, params, rng, image_hu=image_hu, texture=texture, difficulty_z=z)
-            for _ in range(int(k))]
+    return [
+        intended_mask(reference, spacing, params, rng, image_hu=image_hu, texture=texture, difficulty_z=z)
+        for _ in range(int(k))
+    ]

@@ -39,8 +39,18 @@ from scipy import ndimage
 
 from hiseg_sim.annotators.behaviour.geometry import reference_diameter_mm
 
-__all__ = ["include_vessel", "miss_ggo_rim", "pleura_error", "wrong_spot", "TUBE_MAX_RADIUS_MM",
-           "WALL_MIN_RADIUS_MM", "CONTACT_MM", "CORE_MIN_SHARE", "GGO_KEEP", "SEARCH_MM"]
+__all__ = [
+    "include_vessel",
+    "miss_ggo_rim",
+    "pleura_error",
+    "wrong_spot",
+    "TUBE_MAX_RADIUS_MM",
+    "WALL_MIN_RADIUS_MM",
+    "CONTACT_MM",
+    "CORE_MIN_SHARE",
+    "GGO_KEEP",
+    "SEARCH_MM",
+]
 
 #: Bright structures that survive an opening with a ball of this radius (mm) are not vessels.
 TUBE_MAX_RADIUS_MM = 2.5
@@ -61,9 +71,9 @@ def _box(mask: np.ndarray, margin_mm: float, spacing) -> tuple[slice, ...]:
     idx = np.argwhere(mask)
     lo, hi = idx.min(0), idx.max(0) + 1
     out = []
-    for ax, (l, h) in enumerate(zip(lo, hi)):
+    for ax, (lw, h) in enumerate(zip(lo, hi)):
         m = int(math.ceil(margin_mm / spacing[ax])) + 1 if spacing[ax] < 1e5 else 0
-        out.append(slice(max(0, int(l) - m), min(mask.shape[ax], int(h) + m)))
+        out.append(slice(max(0, int(lw) - m), min(mask.shape[ax], int(h) + m)))
     return tuple(out)
 
 
@@ -75,7 +85,7 @@ def _ball(radius_mm: float, spacing) -> np.ndarray:
     r = [int(math.floor(radius_mm / s)) if s < 1e5 else 0 for s in spacing]
     grids = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
     d2 = sum((g * s) ** 2 for g, s, k in zip(grids, spacing, r) if k > 0) if any(r) else np.zeros((1, 1, 1))
-    return np.broadcast_to(d2 <= radius_mm ** 2, tuple(2 * k + 1 for k in r)).copy()
+    return np.broadcast_to(d2 <= radius_mm**2, tuple(2 * k + 1 for k in r)).copy()
 
 
 def _opening(x: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
@@ -199,8 +209,9 @@ def pleura_error(mask: np.ndarray, image_hu: np.ndarray, spacing, params, rng: n
     return out
 
 
-def wrong_spot(reference: np.ndarray, image_hu: np.ndarray, spacing, params, rng: np.random.Generator
-               ) -> np.ndarray | None:
+def wrong_spot(
+    reference: np.ndarray, image_hu: np.ndarray, spacing, params, rng: np.random.Generator
+) -> np.ndarray | None:
     """A missed nodule: another bright blob the person takes for it, as a new reference mask.
 
     Candidates: in-plane connected pieces of smoothed image > ``params.blob_hu`` on the
@@ -226,9 +237,9 @@ def wrong_spot(reference: np.ndarray, image_hu: np.ndarray, spacing, params, rng
     near = _dist(reference[sl], (min(dz, 1e4), py, px)) <= 2.0
     bright = img > params.blob_hu
     yy, xx = np.mgrid[y0:y1, x0:x1]
-    in_field = ((yy - cy) * py) ** 2 + ((xx - cx) * px) ** 2 <= search ** 2
+    in_field = ((yy - cy) * py) ** 2 + ((xx - cx) * px) ** 2 <= search**2
     area_px = py * px
-    a_min, a_max = math.pi * 0.75 ** 2, math.pi * (max(1.5 * d, 10.0) / 2) ** 2
+    a_min, a_max = math.pi * 0.75**2, math.pi * (max(1.5 * d, 10.0) / 2) ** 2
     cands = []  # (z in sl, label map, label, area mm2)
     for k in range(bright.shape[0]):
         lab, n = ndimage.label(bright[k] & in_field, np.ones((3, 3), bool))
@@ -249,7 +260,7 @@ def wrong_spot(reference: np.ndarray, image_hu: np.ndarray, spacing, params, rng
     lo, hi = max(0, z_seed - (key - int(zs[0]))), min(reference.shape[0], z_seed + (int(zs[-1]) - key) + 1)
     rho = 1.5 * max(d / 2.0, 1.5)
     vol = _smooth(image_hu[lo:hi, y0:y1, x0:x1], spacing) > params.blob_hu
-    disc = ((yy - (y0 + seed[0])) * py) ** 2 + ((xx - (x0 + seed[1])) * px) ** 2 <= rho ** 2
+    disc = ((yy - (y0 + seed[0])) * py) ** 2 + ((xx - (x0 + seed[1])) * px) ** 2 <= rho**2
     vol &= disc[None]
     struct = np.zeros((3, 3, 3), bool)
     struct[1] = True
