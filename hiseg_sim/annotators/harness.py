@@ -33,7 +33,8 @@ import numpy as np
 from hiseg_sim.annotators.base import Annotator, Feedback, Knowledge, RobotKnowledge
 from hiseg_sim.annotators.behaviour.difficulty import case_log_difficulty
 from hiseg_sim.annotators.behaviour.perception import case_difficulty, intended_mask
-from hiseg_sim.env.actions import action_to_dict, coerce_action
+from hiseg_sim.env.actions import coerce_action
+from hiseg_sim.env.trace import step_record
 from hiseg_sim.env.viewport import AIR_HU, crop2d
 from hiseg_sim.metrics import dice as _dice
 from hiseg_sim.seeding import episode_streams, person_episode_seed
@@ -204,22 +205,7 @@ def run_episode(
                 set_q(q)
         typed = coerce_action(action, u.action_space)
         obs, reward, terminated, truncated, info = env.step(action)
-        rec = dict(ctx)
-        rec.update(
-            step=len(trace) + 1,
-            action=action_to_dict(typed),
-            prompt=u.last_prompt,
-            seconds=info["seconds"],
-            seconds_total=info["seconds_total"],
-            reward=float(reward),
-            dice=info["dice"],
-            iou=info["iou"],
-            iou_pred=info["iou_pred"],
-            invalid_action=info["invalid_action"],
-            perceived_quality=None,
-            terminated=bool(terminated),
-            truncated=bool(truncated),
-        )
+        rec = step_record(ctx, len(trace) + 1, typed, u.last_prompt, reward, terminated, truncated, info, with_iou=True)
         trace.append(rec)
     if trace and trace[-1]["action"]["kind"] == "accept":
         q = annotator.perceived_quality

@@ -41,12 +41,13 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from hiseg_sim.env.actions import action_from_dict
+from hiseg_sim.env.actions import action_from_dict, action_to_dict
 
-__all__ = ["TRACE_FIELDS", "ReplayMismatch", "ReplayResult", "read_trace", "replay", "write_trace"]
+__all__ = ["TRACE_FIELDS", "ReplayMismatch", "ReplayResult", "read_trace", "replay", "step_record", "write_trace"]
 
 TRACE_FIELDS = (
     "env",
@@ -81,6 +82,44 @@ def _jsonable(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def step_record(
+    ctx: dict,
+    step: int,
+    action: Any,
+    prompt: Any,
+    reward: float,
+    terminated: bool,
+    truncated: bool,
+    info: dict,
+    with_iou: bool = False,
+) -> dict:
+    """One trace record: the episode's context ``ctx`` (env, case, annotator, seed, viewport, ...)
+    and what one ``env.step`` did: the typed ``action``, the ``prompt`` the env decoded
+    (``env.unwrapped.last_prompt``), the reward and the info's seconds, Dice, predicted IoU and
+    refusal code (``with_iou``: the scored IoU too). ``perceived_quality`` is filled in later by
+    whoever knows it."""
+    rec = dict(ctx)
+    rec.update(
+        step=int(step),
+        action=action_to_dict(action),
+        prompt=prompt,
+        seconds=info["seconds"],
+        seconds_total=info["seconds_total"],
+        reward=float(reward),
+        dice=info["dice"],
+    )
+    if with_iou:
+        rec["iou"] = info["iou"]
+    rec.update(
+        iou_pred=info["iou_pred"],
+        invalid_action=info["invalid_action"],
+        perceived_quality=None,
+        terminated=bool(terminated),
+        truncated=bool(truncated),
+    )
+    return rec
 
 
 def write_trace(records: Iterable[dict], path: str | os.PathLike, append: bool = True) -> int:

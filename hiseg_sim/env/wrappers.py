@@ -13,8 +13,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from hiseg_sim.env.actions import action_to_dict, coerce_action
-from hiseg_sim.env.trace import write_trace
+from hiseg_sim.env.actions import coerce_action
+from hiseg_sim.env.trace import step_record, write_trace
 
 __all__ = ["EpisodeStatistics", "TraceRecorder"]
 
@@ -77,21 +77,7 @@ class TraceRecorder(gym.Wrapper):
         typed = coerce_action(action, u.action_space)
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._step += 1
-        rec = dict(self._ctx)
-        rec.update(
-            step=self._step,
-            action=action_to_dict(typed),
-            prompt=u.last_prompt,
-            seconds=info["seconds"],
-            seconds_total=info["seconds_total"],
-            reward=float(reward),
-            dice=info["dice"],
-            iou_pred=info["iou_pred"],
-            invalid_action=info["invalid_action"],
-            perceived_quality=None,
-            terminated=bool(terminated),
-            truncated=bool(truncated),
-        )
+        rec = step_record(self._ctx, self._step, typed, u.last_prompt, reward, terminated, truncated, info)
         if self.keep_in_memory:
             self.records.append(rec)
         self._pending.append(rec)
