@@ -29,6 +29,16 @@ next / previous slice     scroll (one wheel notch or arrow key per slice) + enco
 propagate                 M + K + scroll + decode latency (+ encode latency of a slice not seen yet)
 ========================  ===================================================================
 
+Practice: people get faster with a tool. By the power law of practice (Newell & Rosenbloom 1981;
+``T_n = T_1 n^-alpha`` with ``alpha`` about 0.4, range 0.2-0.6, in the Model Human Processor of
+Card, Moran & Newell 1983) the time of the ``n``-th trial falls toward what a practised user needs:
+:func:`practice_factor` gives the share of the first trial's time left at trial ``n``,
+``floor + (1 - floor) n^-alpha``, where ``floor`` is that practised user's share. The annotator
+side picks ``n`` (cases done with the tool), the exponents and floors per operator (mental
+preparation and pointing learn at their own rates) and hands the env a :class:`TimeModel` whose
+``mental_scale`` and ``motor_scale`` carry the factors
+(:func:`hiseg_sim.annotators.behaviour.execution.time_model_for`).
+
 With ``homing=True`` an H is added whenever the hand moves between keyboard and mouse (a person
 working with one hand); by default one hand stays on each device and H is not charged. An action
 that the environment refuses (a zero-area box, undo with nothing to undo, ...) costs its motor
@@ -43,7 +53,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = [
     "KLM",
@@ -53,6 +63,7 @@ __all__ = [
     "distance",
     "fitts_seconds",
     "klm_seconds",
+    "practice_factor",
 ]
 
 #: Keystroke-level operators in seconds (Card, Moran & Newell 1980; targets.md):
@@ -67,8 +78,9 @@ _MOUSE_KINDS = frozenset({"point", "box"})
 _KINDS = frozenset({"point", "box", "undo", "accept", "next", "prev", "propagate"})
 
 
-def fitts_seconds(distance_px: float, size_px: float, a: float = FITTS_A, b: float = FITTS_B,
-                  min_move_px: float = 1.0) -> float:
+def fitts_seconds(
+    distance_px: float, size_px: float, a: float = FITTS_A, b: float = FITTS_B, min_move_px: float = 1.0
+) -> float:
     """Movement time of one mouse pointing movement by Fitts' law (Card, English & Burr 1978).
 
     ``MT = a + b * log2(D / S + 0.5)`` seconds. A movement shorter than ``min_move_px`` costs
@@ -105,6 +117,27 @@ def klm_seconds(operators: str, table: dict[str, float] | None = None) -> float:
         return round(sum(t[c] for c in operators if not c.isspace()), 10)
     except KeyError as exc:
         raise ValueError(f"unknown KLM operator {exc.args[0]!r}; known: {''.join(t)}") from None
+
+
+def practice_factor(n: int, exponent: float, floor: float = 0.0) -> float:
+    """Share of the first trial's time that trial ``n`` (1, 2, ...) takes by the power law of
+    practice: ``floor + (1 - floor) * n ** -exponent`` (Newell & Rosenbloom 1981). Exactly 1 at
+    ``n = 1`` or ``exponent = 0``.
+
+    >>> round(practice_factor(10, 0.4), 3), practice_factor(1, 0.4), round(practice_factor(10, 0.4, floor=0.5), 3)
+    (0.398, 1.0, 0.699)
+    """
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"trials are counted from 1; got n = {n}")
+    e, f = float(exponent), float(floor)
+    if not (math.isfinite(e) and e >= 0):
+        raise ValueError(f"the practice exponent must be >= 0; got {exponent}")
+    if not 0.0 <= f <= 1.0:
+        raise ValueError(f"the practised share must be in [0, 1]; got {floor}")
+    if n == 1 or e == 0.0:
+        return 1.0
+    return f + (1.0 - f) * n**-e
 
 
 def distance(p: tuple[float, float], q: tuple[float, float]) -> float:
@@ -169,17 +202,31 @@ class TimeModel:
     latency_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("K", "P", "H", "M", "B", "scroll_s", "decode_latency_s", "encode_latency_s", "mental_scale",
-                     "motor_scale", "key_scale", "latency_scale", "fitts_a", "fitts_b"):
+        for name in (
+            "K",
+            "P",
+            "H",
+            "M",
+            "B",
+            "scroll_s",
+            "decode_latency_s",
+            "encode_latency_s",
+            "mental_scale",
+            "motor_scale",
+            "key_scale",
+            "latency_scale",
+            "fitts_a",
+            "fitts_b",
+        ):
             v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"TimeModel.{name} must be a finite number >= 0; got {v}")
+            if not (math.isfinite(v) and 0 <= v <= 1e3):
+                raise ValueError(f"TimeModel.{name} must be a number in [0, 1000]; got {v}")
         for name in ("screen_scale", "point_target_px", "corner_target_px"):
             v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"TimeModel.{name} must be > 0; got {v}")
+            if not (math.isfinite(v) and 0 < v <= 1e4):
+                raise ValueError(f"TimeModel.{name} must be in (0, 10000]; got {v}")
 
-    def scaled(self, **factors: float) -> "TimeModel":
+    def scaled(self, **factors: Any) -> TimeModel:
         """A copy with fields replaced, e.g. ``tm.scaled(mental_scale=1.5, motor_scale=1.2)``."""
         return replace(self, **factors)
 
@@ -213,10 +260,20 @@ class ActionCharge(NamedTuple):
     parts: dict
 
 
-def action_seconds(model: TimeModel, kind: str, *, pointer: tuple[float, float], tool: str | None = None,
-                   device: str = "mouse", xy: tuple[float, float] | None = None,
-                   xy2: tuple[float, float] | None = None, decoded: bool = False, slices_moved: int = 0,
-                   new_slice: bool = False, measured_latency_s: float | None = None) -> ActionCharge:
+def action_seconds(
+    model: TimeModel,
+    kind: str,
+    *,
+    pointer: tuple[float, float],
+    tool: str | None = None,
+    device: str = "mouse",
+    xy: tuple[float, float] | None = None,
+    xy2: tuple[float, float] | None = None,
+    decoded: bool = False,
+    slices_moved: int = 0,
+    new_slice: bool = False,
+    measured_latency_s: float | None = None,
+) -> ActionCharge:
     """Seconds charged for one action; pure.
 
     Args:

@@ -20,6 +20,11 @@ Dice by default, the tolerance of the annotator issue). Three readings of "comes
 
 The answer is the number of cases done before (0 = at the level from the first case). A bootstrap over persons gives the interval; draws that
 never get there count as "more than the sequence" and are reported as a share.
+
+*Minutes needed*: with a ``cost`` per person and position (the minutes a case took, its feedback
+included) and an ``upfront`` per person (minutes before the first case: a tutorial), the minutes to
+the level are the persons' mean ``upfront`` plus the cost of the cases before the crossing,
+computed on the same bootstrap draws as the cases, so the two intervals belong together.
 """
 
 from __future__ import annotations
@@ -29,12 +34,28 @@ import pandas as pd
 
 from hiseg_sim.analysis.stats import bootstrap_ci
 
-__all__ = ["learning_curve", "paired_gap_matrix", "gap_curve", "smooth", "crossing", "fit_exponential", "exp_crossing",
-           "cases_to_reach"]
+__all__ = [
+    "learning_curve",
+    "paired_gap_matrix",
+    "gap_curve",
+    "smooth",
+    "crossing",
+    "fit_exponential",
+    "exp_crossing",
+    "cases_to_reach",
+    "end_means",
+    "gain_difference",
+]
 
 
-def learning_curve(episodes: pd.DataFrame, by: str = "annotator", value: str = "final_dice", n_boot: int = 500,
-                   seed: int = 0, window: int = 1) -> pd.DataFrame:
+def learning_curve(
+    episodes: pd.DataFrame,
+    by: str = "annotator",
+    value: str = "final_dice",
+    n_boot: int = 500,
+    seed: int = 0,
+    window: int = 1,
+) -> pd.DataFrame:
     """Mean ``value`` per arm and position (0-based) with a 95 % bootstrap band over persons.
 
     ``window`` > 1 smooths each person's series with a centred moving average first.
@@ -48,8 +69,17 @@ def learning_curve(episodes: pd.DataFrame, by: str = "annotator", value: str = "
             M = np.vstack([smooth(r, window) for r in M])
         for j, pos in enumerate(piv.columns):
             est, lo, hi = bootstrap_ci(M[:, j], None, n_boot, seed=seed)
-            rows.append({by: arm, "position": int(pos), "case_number": int(pos) + 1, value: est, "lo": lo, "hi": hi,
-                         "n": int(np.isfinite(M[:, j]).sum())})
+            rows.append(
+                {
+                    by: arm,
+                    "position": int(pos),
+                    "case_number": int(pos) + 1,
+                    value: est,
+                    "lo": lo,
+                    "hi": hi,
+                    "n": int(np.isfinite(M[:, j]).sum()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -65,13 +95,14 @@ def smooth(x: np.ndarray, window: int) -> np.ndarray:
     h = window // 2
     out = np.empty_like(x)
     for i in range(x.size):
-        seg = x[max(0, i - h): i + (window - h)]
+        seg = x[max(0, i - h) : i + (window - h)]
         out[i] = np.nanmean(seg) if np.isfinite(seg).any() else np.nan
     return out
 
 
-def paired_gap_matrix(episodes: pd.DataFrame, learner: str, reference: str, value: str = "final_dice",
-                      arm_col: str = "annotator") -> pd.DataFrame:
+def paired_gap_matrix(
+    episodes: pd.DataFrame, learner: str, reference: str, value: str = "final_dice", arm_col: str = "annotator"
+) -> pd.DataFrame:
     """``learner − reference`` per person (rows: replicate) and position (columns), paired on both."""
     a = episodes[episodes[arm_col] == learner].pivot_table(index="replicate", columns="position", values=value)
     b = episodes[episodes[arm_col] == reference].pivot_table(index="replicate", columns="position", values=value)
@@ -80,12 +111,22 @@ def paired_gap_matrix(episodes: pd.DataFrame, learner: str, reference: str, valu
     reps = a.index.intersection(b.index)
     pos = a.columns.intersection(b.columns)
     if len(reps) == 0:
-        raise ValueError(f"{learner!r} and {reference!r} share no replicate: pair them by giving both the same replicates")
+        raise ValueError(
+            f"{learner!r} and {reference!r} share no replicate: pair them by giving both the same replicates"
+        )
     return a.loc[reps, pos] - b.loc[reps, pos]
 
 
-def gap_curve(episodes: pd.DataFrame, learner: str, reference: str, window: int = 5, n_boot: int = 500, seed: int = 0,
-              value: str = "final_dice", arm_col: str = "annotator") -> pd.DataFrame:
+def gap_curve(
+    episodes: pd.DataFrame,
+    learner: str,
+    reference: str,
+    window: int = 5,
+    n_boot: int = 500,
+    seed: int = 0,
+    value: str = "final_dice",
+    arm_col: str = "annotator",
+) -> pd.DataFrame:
     """The smoothed mean paired gap ``learner − reference`` per position with a 95 % band (bootstrap
     over persons) and the fitted exponential learning curve: columns ``learner, position,
     case_number, gap, lo, hi, fit``."""
@@ -94,13 +135,17 @@ def gap_curve(episodes: pd.DataFrame, learner: str, reference: str, window: int 
     rng = np.random.default_rng(seed)
     n = M.shape[0]
     boot = np.array([smooth(np.nanmean(M[rng.integers(0, n, n)], axis=0), window) for _ in range(int(n_boot))])
-    lo, hi = (np.quantile(boot, [0.025, 0.975], axis=0) if n > 1 and n_boot > 0
-              else (np.full_like(est, np.nan), np.full_like(est, np.nan)))
+    lo, hi = (
+        np.quantile(boot, [0.025, 0.975], axis=0)
+        if n > 1 and n_boot > 0
+        else (np.full_like(est, np.nan), np.full_like(est, np.nan))
+    )
     pos = np.arange(M.shape[1])
     fit = fit_exponential(np.nanmean(M, axis=0))
     fitted = np.full(pos.size, np.nan) if fit is None else fit[1] + (fit[0] - fit[1]) * np.exp(-pos / fit[2])
-    return pd.DataFrame({"learner": learner, "position": pos, "case_number": pos + 1, "gap": est, "lo": lo, "hi": hi,
-                         "fit": fitted})
+    return pd.DataFrame(
+        {"learner": learner, "position": pos, "case_number": pos + 1, "gap": est, "lo": lo, "hi": hi, "fit": fitted}
+    )
 
 
 def crossing(curve: np.ndarray, level: float, mode: str = "first") -> int | None:
@@ -142,10 +187,16 @@ def fit_exponential(gap: np.ndarray) -> tuple[float, float, float] | None:
     def f(x, g0, a, log_tau):
         return a + (g0 - a) * np.exp(-x / np.exp(log_tau))
 
-    tail = float(np.nanmean(y[-max(3, y.size // 4):]))
+    tail = float(np.nanmean(y[-max(3, y.size // 4) :]))
     try:
-        (g0, a, lt), _ = curve_fit(f, p[ok], y[ok], p0=(float(y[ok][0]), tail, np.log(max(2.0, y.size / 5))),
-                                   bounds=([-2, -2, 0.0], [2, 2, np.log(1e4)]), maxfev=5000)
+        (g0, a, lt), _ = curve_fit(
+            f,
+            p[ok],
+            y[ok],
+            p0=(float(y[ok][0]), tail, np.log(max(2.0, y.size / 5))),
+            bounds=([-2, -2, 0.0], [2, 2, np.log(1e4)]),
+            maxfev=5000,
+        )
     except (RuntimeError, ValueError):
         return None
     return float(g0), float(a), float(np.exp(lt))
@@ -167,21 +218,40 @@ def exp_crossing(gap: np.ndarray, level: float) -> int | None:
     return int(np.ceil(tau * np.log((g0 - a) / (level - a))))
 
 
-def cases_to_reach(episodes: pd.DataFrame, learner: str, reference: str, margin: float = 0.02, window: int = 5,
-                   n_boot: int = 1000, seed: int = 0, value: str = "final_dice", arm_col: str = "annotator",
-                   mode: str = "first") -> dict:
+def cases_to_reach(
+    episodes: pd.DataFrame,
+    learner: str,
+    reference: str,
+    margin: float = 0.02,
+    window: int = 5,
+    n_boot: int = 1000,
+    seed: int = 0,
+    value: str = "final_dice",
+    arm_col: str = "annotator",
+    mode: str = "first",
+    cost: pd.DataFrame | None = None,
+    upfront: pd.Series | None = None,
+) -> dict:
     """Practice cases until ``learner`` reaches ``reference``'s level (see the module docstring).
 
     Returns ``{"cases", "lo", "hi", "never_share", "length", "persons", "gap_first", "gap_last",
     "curve"}``: ``cases`` the point estimate (``None`` if not reached within the sequence),
     ``lo``/``hi`` the 2.5th/97.5th percentiles of the bootstrap (``hi`` is ``None`` when more
     than 2.5 % of draws never reach it: "> length"), ``gap_*`` the smoothed gap at the first and
-    last position and ``curve`` the smoothed mean gap per position.
+    last position and ``curve`` the smoothed mean gap per position. With ``cost`` (the learner's
+    minutes per case: rows replicate, columns position) also ``minutes``, ``minutes_lo`` and
+    ``minutes_hi`` (``None`` where the cases are); ``upfront`` (minutes per replicate before the
+    first case) is added to them.
     """
     D = paired_gap_matrix(episodes, learner, reference, value, arm_col)
     M = D.to_numpy(dtype=float)
     length = M.shape[1]
     curve = smooth(np.nanmean(M, axis=0), window)
+    cum = None
+    if cost is not None:
+        C = cost.reindex(index=D.index, columns=D.columns).to_numpy(dtype=float)
+        up = np.zeros(len(D.index)) if upfront is None else upfront.reindex(D.index).fillna(0.0).to_numpy(float)
+        cum = up[:, None] + np.concatenate([np.zeros((C.shape[0], 1)), np.nancumsum(C, axis=1)], axis=1)
 
     def cross(mean_gap: np.ndarray):
         if mode == "exp":
@@ -194,13 +264,70 @@ def cases_to_reach(episodes: pd.DataFrame, learner: str, reference: str, margin:
     n = M.shape[0]
     never_code = length + 1  # "not within the sequence": above every reachable position
     hits = np.empty(n_boot, dtype=np.int64)
+    mins = np.full(n_boot, np.inf)
     for b in range(n_boot):
         idx = rng.integers(0, n, size=n)
         c = cross(np.nanmean(M[idx], axis=0))
         hits[b] = never_code if c is None else c
+        if cum is not None and c is not None:
+            mins[b] = float(cum[idx, c].mean())
     never = float((hits == never_code).mean())
     lo, hi = (int(v) for v in np.quantile(hits, [0.025, 0.975], method="inverted_cdf"))
-    return {"learner": learner, "reference": reference, "margin": margin, "window": window, "mode": mode,
-            "cases": est, "lo": None if lo == never_code else lo, "hi": None if hi == never_code else hi,
-            "never_share": never, "length": int(length), "persons": int(n), "gap_first": float(curve[0]),
-            "gap_last": float(curve[-1]), "curve": curve.tolist()}
+    out = {
+        "learner": learner,
+        "reference": reference,
+        "margin": margin,
+        "window": window,
+        "mode": mode,
+        "cases": est,
+        "lo": None if lo == never_code else lo,
+        "hi": None if hi == never_code else hi,
+        "never_share": never,
+        "length": int(length),
+        "persons": int(n),
+        "gap_first": float(curve[0]),
+        "gap_last": float(curve[-1]),
+        "curve": curve.tolist(),
+    }
+    if cum is not None:
+        mlo, mhi = (float(v) for v in np.quantile(mins, [0.025, 0.975], method="inverted_cdf"))
+        out.update(
+            minutes=None if est is None else float(cum[:, est].mean()),
+            minutes_lo=None if not np.isfinite(mlo) else mlo,
+            minutes_hi=None if not np.isfinite(mhi) else mhi,
+        )
+    return out
+
+
+def end_means(
+    episodes: pd.DataFrame, arm: str, ends: int = 5, value: str = "final_dice", arm_col: str = "annotator"
+) -> pd.DataFrame:
+    """Each person's mean ``value`` on the first and on the last ``ends`` cases of their sequence:
+    rows replicate, columns ``first`` and ``last``."""
+    g = episodes[episodes[arm_col] == arm]
+    if g.empty:
+        raise ValueError(f"no episodes of {arm!r}")
+    length = int(g["position"].max()) + 1
+    first = g[g["position"] < ends].groupby("replicate")[value].mean()
+    last = g[g["position"] >= length - ends].groupby("replicate")[value].mean()
+    return pd.DataFrame({"first": first, "last": last})
+
+
+def gain_difference(
+    episodes: pd.DataFrame,
+    arm: str,
+    baseline: str,
+    ends: int = 5,
+    value: str = "final_dice",
+    n_boot: int = 2000,
+    seed: int = 0,
+    arm_col: str = "annotator",
+) -> tuple[float, float, float]:
+    """``(est, lo, hi)``: how much more ``arm`` gains from its first to its last ``ends`` cases than
+    ``baseline`` does, paired by person (person r of both arms meets the same cases), with a 95 %
+    bootstrap interval over persons."""
+    a = end_means(episodes, arm, ends, value, arm_col)
+    b = end_means(episodes, baseline, ends, value, arm_col)
+    reps = a.index.intersection(b.index)
+    d = (a.loc[reps, "last"] - a.loc[reps, "first"]) - (b.loc[reps, "last"] - b.loc[reps, "first"])
+    return bootstrap_ci(d.to_numpy(float), None, n_boot, seed=seed)

@@ -77,7 +77,7 @@ class TraceRecorder(gym.Wrapper):
         typed = coerce_action(action, u.action_space)
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._step += 1
-        rec = step_record(self._ctx, self._step, typed, u.last_prompt, reward, terminated, truncated, info)
+        rec = step_record(self._ctx, self._step, typed, u.last_prompt, float(reward), terminated, truncated, info)
         if self.keep_in_memory:
             self.records.append(rec)
         self._pending.append(rec)

@@ -7,6 +7,9 @@
   :mod:`~hiseg_sim.annotators.behaviour.calibration`.
 - :mod:`~hiseg_sim.annotators.behaviour.strategy`, :mod:`~hiseg_sim.annotators.behaviour.execution`,
   :mod:`~hiseg_sim.annotators.behaviour.judgement`, :mod:`~hiseg_sim.annotators.behaviour.learning`.
+- :mod:`~hiseg_sim.annotators.behaviour.examples`: what a worked example shows a person (their intent
+  beside the expert's outline); :mod:`~hiseg_sim.annotators.behaviour.teacher`: the training designs
+  of a study (what a teacher shows after which case).
 - :mod:`~hiseg_sim.annotators.behaviour.profiles`: a group's parameters, read from
   ``agents/profiles/<group>.toml``.
 

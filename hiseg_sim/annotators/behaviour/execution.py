@@ -30,6 +30,16 @@ A drawn box sits outside the edge the person has in mind by ``box_margin_mm`` pe
 average (SD ``box_margin_sd_mm`` between sides), before motor noise on the two corners.
 For scale: MedSAM was trained with each side pushed out by 0-20 px at 1024 px (targets.md), about
 0-1.3 mm on these 0.7-mm viewports.
+
+Practice
+--------
+People get faster with a tool (the power law of practice, Newell & Rosenbloom 1981). On the
+``n``-th case a person does with it, M is charged ``1 + (m - 1) n^-a_M`` times the keystroke-level
+M, where ``m = mental_scale (1 + hesitation)`` is the group's unpractised factor (the KLM's M is a
+practised user's: a group at or below it does not change), and pointing and clicks
+``s + (1 - s) n^-a_P`` times the Fitts-law time, ``s`` the share a practised hand still needs
+(:func:`time_model_for`, :func:`hiseg_sim.timing.practice_factor`). Exponents and ``s`` are
+profile parameters (``[time]``); on the first case nothing changes.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ import numpy as np
 from scipy import ndimage
 
 from hiseg_sim.env.actions import BoxAction, PointAction
-from hiseg_sim.timing import TimeModel
+from hiseg_sim.timing import TimeModel, practice_factor
 
 __all__ = [
     "CORNER_SD_FACTOR",
@@ -92,23 +102,44 @@ class ExecutionParams:
 
 @dataclass(frozen=True)
 class TimeParams:
-    """How a group's time differs from the keystroke-level defaults (factors, 1 = literature).
+    """How a group's time differs from the keystroke-level defaults (factors, 1 = literature), and
+    how it falls with practice.
 
     Attributes:
         mental_scale: multiplies M, the mental preparation before each deliberate action.
         hesitation: extra share of M a group spends unsure what to do next (M x (1 + hesitation)).
         key_scale: multiplies keystrokes (K) and slice scrolling.
+        mental_practice_exp: power-law exponent of M's fall with practice, toward the keystroke-level
+            M (a practised user's: a group at or below it does not change).
+        motor_practice_exp: power-law exponent of the fall of pointing and clicking with practice,
+            toward ...
+        motor_practised_share: ... this share of the Fitts-law time a person needs on their first
+            case with the tool (1: practice does not speed the hand up).
+        example_study_s: seconds spent looking at one worked example beside one's own outline.
     """
 
     mental_scale: float = 1.0
     hesitation: float = 0.0
     key_scale: float = 1.0
+    mental_practice_exp: float = 0.0
+    motor_practice_exp: float = 0.0
+    motor_practised_share: float = 1.0
+    example_study_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("mental_scale", "hesitation", "key_scale"):
+        for name in (
+            "mental_scale",
+            "hesitation",
+            "key_scale",
+            "mental_practice_exp",
+            "motor_practice_exp",
+            "example_study_s",
+        ):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"TimeParams.{name} must be >= 0; got {v}")
+        if not 0.0 <= float(self.motor_practised_share) <= 1.0:
+            raise ValueError(f"TimeParams.motor_practised_share must be in [0, 1]; got {self.motor_practised_share}")
 
 
 def effective_width_px(sd_mm: float, spacing_mm: float, screen_scale: float) -> float:
@@ -120,18 +151,29 @@ def effective_width_px(sd_mm: float, spacing_mm: float, screen_scale: float) -> 
     return FITTS_WE_PER_SD * float(sd_mm) / float(spacing_mm) * float(screen_scale)
 
 
-def time_model_for(execution: ExecutionParams, time: TimeParams, spacing_yx, base: TimeModel | None = None) -> TimeModel:
-    """The environment's time model for one group on one case.
+def time_model_for(
+    execution: ExecutionParams, time: TimeParams, spacing_yx, base: TimeModel | None = None, practice_n: int = 1
+) -> TimeModel:
+    """The environment's time model for one group on one case, the ``practice_n``-th case the
+    person does with the tool (1: the first).
 
     Pointing targets become the group's effective widths (screen px), so the env charges the Fitts
     time of their speed-accuracy trade-off; M is scaled by ``mental_scale * (1 + hesitation)``.
+    With practice (:func:`hiseg_sim.timing.practice_factor`) M falls by the power law toward the
+    keystroke-level M, and pointing and clicks (``motor_scale``) toward ``motor_practised_share``
+    of the literature's time, each at its own exponent; on the first case nothing changes.
     """
     base = TimeModel() if base is None else base
     px = float(np.mean(spacing_yx))
+    unpractised_m = time.mental_scale * (1.0 + time.hesitation)
+    practised_m = min(1.0, 1.0 / unpractised_m) if unpractised_m > 0 else 1.0  # the KLM's M, as a share
+    mental = practice_factor(practice_n, time.mental_practice_exp, practised_m)
+    motor = practice_factor(practice_n, time.motor_practice_exp, time.motor_practised_share)
     return base.scaled(
         point_target_px=effective_width_px(execution.point_sd_mm, px, base.screen_scale),
         corner_target_px=effective_width_px(CORNER_SD_FACTOR * execution.point_sd_mm, px, base.screen_scale),
-        mental_scale=base.mental_scale * time.mental_scale * (1.0 + time.hesitation),
+        mental_scale=base.mental_scale * time.mental_scale * (1.0 + time.hesitation) * mental,
+        motor_scale=base.motor_scale * motor,
         key_scale=base.key_scale * time.key_scale,
     )
 
@@ -160,8 +202,14 @@ def aim_point(region: np.ndarray, spacing_yx, rng: np.random.Generator, centre_f
     return float(y), float(x)
 
 
-def place_point(aim_yx: tuple[float, float], positive: bool, execution: ExecutionParams, spacing_yx, size: int,
-                rng: np.random.Generator) -> PointAction:
+def place_point(
+    aim_yx: tuple[float, float],
+    positive: bool,
+    execution: ExecutionParams,
+    spacing_yx,
+    size: int,
+    rng: np.random.Generator,
+) -> PointAction:
     """The click that lands: aim + motor noise (two normal draws: y, x), kept inside the viewport."""
     sd = np.array([execution.point_sd_mm / float(spacing_yx[0]), execution.point_sd_mm / float(spacing_yx[1])])
     y, x = np.asarray(aim_yx, float) + rng.standard_normal(2) * sd
@@ -178,8 +226,14 @@ def intended_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     return float(xs[0]), float(ys[0]), float(xs[-1]), float(ys[-1])
 
 
-def place_box(target: np.ndarray, execution: ExecutionParams, spacing_yx, size: int, rng: np.random.Generator,
-              margin_delta_mm: float = 0.0) -> BoxAction:
+def place_box(
+    target: np.ndarray,
+    execution: ExecutionParams,
+    spacing_yx,
+    size: int,
+    rng: np.random.Generator,
+    margin_delta_mm: float = 0.0,
+) -> BoxAction:
     """The box that lands around ``target`` (``bool`` ``(H, W)``, non-empty), ``XYXY`` viewport pixels.
 
     Each side moves out by ``box_margin_mm + margin_delta_mm + N(0, box_margin_sd_mm)`` (mm; four
@@ -191,8 +245,14 @@ def place_box(target: np.ndarray, execution: ExecutionParams, spacing_yx, size: 
     sy, sx = float(spacing_yx[0]), float(spacing_yx[1])
     margin = execution.box_margin_mm + margin_delta_mm + rng.standard_normal(4) * execution.box_margin_sd_mm
     corner = rng.standard_normal(4) * CORNER_SD_FACTOR * execution.point_sd_mm
-    box = np.array([x0 - (margin[0] + corner[0]) / sx, y0 - (margin[1] + corner[1]) / sy,
-                    x1 + (margin[2] - corner[2]) / sx, y1 + (margin[3] - corner[3]) / sy])
+    box = np.array(
+        [
+            x0 - (margin[0] + corner[0]) / sx,
+            y0 - (margin[1] + corner[1]) / sy,
+            x1 + (margin[2] - corner[2]) / sx,
+            y1 + (margin[3] - corner[3]) / sy,
+        ]
+    )
     lim = float(size - 1)
     box = np.clip(box, 0.0, lim)
     for a, b in ((0, 2), (1, 3)):

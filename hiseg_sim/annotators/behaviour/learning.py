@@ -24,12 +24,28 @@ the Dice the environment scored), the prompt types that made the *final* mask (t
 standing after any undo) move toward that Dice by ``feedback_rate``: the person learns what the
 work they kept was really worth, not only what it looked like to them.
 
-Worked examples (a teacher shows the expert's mask after the case, ``Feedback.expert_mask``) teach
-what the nodule is, not how the tool works: each one moves the person's *perception skill* ``k``
-(0 at the start) by ``perception_rate * (1 - k)``, and their perception becomes
-``edge_sd_scale -> 1 + (edge_sd_scale - 1) (1 - k)`` and each semantic-error probability
-``p -> p (1 - k)`` (:func:`practised_perception`): a novice's excess error over the radiologist's
-shrinks geometrically with practice. A Dice score alone does not teach perception.
+A score tells the person how far their final mask was from the expert's, not where or why: it
+moves the values of the prompt types that made it (above) and nothing in their perception. From a
+score alone one cannot tell an outline too wide from one too tight, a vessel taken in from a rim
+left out, or the tool's fault from one's own.
+
+Worked examples (a teacher shows the expert's mask after a case) teach what the nodule is, and only
+through what they show: the person compares the example with what they meant to outline on the
+same image (:func:`hiseg_sim.annotators.behaviour.examples.read_example`) and each kind of error
+the comparison shows moves the perception parameter it belongs to, in proportion to how clearly it
+shows (clarity ``c_k`` in [0, 1]) and to how far the example can be read as an outline of
+something in the image (credibility ``r``), :func:`learn_from_example`:
+
+- a semantic error (``wrong_spot``, ``vessel``, ``ggo_rim``, ``pleura``): its probability
+  ``p -> p (1 - semantic_rate r c_k)``: a concept (an attached vessel is not nodule) corrected by a
+  counter-example;
+- the edge's wander: ``edge_sd_scale -> 1 + (edge_sd_scale - 1)(1 - perception_rate r c_edge)``: a
+  novice's excess over the radiologist's boundary noise shrinks, slowly (a perceptual skill);
+- the edge's offset (drawn too wide or too tight by ``b`` mm beyond half a pixel):
+  ``bias_mm -> bias_mm - perception_rate r b``.
+
+An example on which the person made no error of a kind teaches nothing about that kind; one that
+follows nothing in the image (a mask of the right area placed anywhere) teaches (nearly) nothing.
 
 Choices are softmax over the values with a temperature, plus epsilon-random exploration (both
 per group): :func:`softmax_choice`.
@@ -42,16 +58,31 @@ model's responses move them. That is how a simulated novice finds out that LiteM
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-__all__ = ["PROMPT_TYPES", "LearningParams", "PromptValues", "practised_perception", "relative_gain",
-           "softmax_choice"]
+__all__ = [
+    "PROMPT_TYPES",
+    "LearningParams",
+    "PromptValues",
+    "SEMANTIC_PARAMS",
+    "learn_from_example",
+    "relative_gain",
+    "softmax_choice",
+]
 
 #: The prompt types a person holds values for.
 PROMPT_TYPES = ("point", "box", "rebox")
+
+#: Each semantic error a worked example can show, and the perception probability it belongs to.
+SEMANTIC_PARAMS = {
+    "wrong_spot": "p_wrong_spot",
+    "vessel": "p_include_vessel",
+    "ggo_rim": "p_miss_ggo_rim",
+    "pleura": "p_pleura_error",
+}
 
 #: Floor of ``1 - q_before`` in :func:`relative_gain`, so a near-perfect mask cannot blow a gain up.
 _MIN_ROOM = 0.05
@@ -64,15 +95,19 @@ class LearningParams:
     Attributes:
         learning_rate: step size of the value update from a perceived-quality gain.
         feedback_rate: step size of the update from a teacher's Dice at the end of a case.
-        perception_rate: share of the remaining excess perception error a worked example removes.
+        perception_rate: share of the excess edge wander (and of the edge offset) a worked example
+            removes when it shows it fully clearly.
+        semantic_rate: share of a semantic error's probability a worked example removes when it
+            shows the person making that error fully clearly.
     """
 
     learning_rate: float = 0.2
     feedback_rate: float = 0.2
     perception_rate: float = 0.0
+    semantic_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("learning_rate", "feedback_rate", "perception_rate"):
+        for name in ("learning_rate", "feedback_rate", "perception_rate", "semantic_rate"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and 0.0 <= v <= 1.0):
                 raise ValueError(f"LearningParams.{name} must be in [0, 1]; got {v}")
@@ -133,8 +168,9 @@ class PromptValues:
         return "PromptValues(" + ", ".join(f"{k}={v:.3f}" for k, v in self.values.items()) + ")"
 
 
-def softmax_choice(preferences: Mapping[str, float], temperature: float, epsilon: float,
-                   rng: np.random.Generator) -> str:
+def softmax_choice(
+    preferences: Mapping[str, float], temperature: float, epsilon: float, rng: np.random.Generator
+) -> str:
     """Pick a key: with probability ``epsilon`` uniformly, else by softmax of ``preferences / temperature``.
 
     One uniform draw decides exploration and one more the pick, always (a fixed random stream).
@@ -159,17 +195,25 @@ def softmax_choice(preferences: Mapping[str, float], temperature: float, epsilon
     return keys[min(idx, len(keys) - 1)]
 
 
-def practised_perception(spec, skill: float):
-    """A group's perception spec after practice ``skill`` in [0, 1] (see the module docstring).
+def learn_from_example(spec, lessons, params: LearningParams):
+    """A person's perception spec after studying one worked example (see the module docstring).
 
-    ``spec`` is a :class:`~hiseg_sim.annotators.behaviour.profiles.PerceptionSpec`; returns a new one.
+    ``spec``: their :class:`~hiseg_sim.annotators.behaviour.profiles.PerceptionSpec`; ``lessons``:
+    :class:`~hiseg_sim.annotators.behaviour.examples.Lessons`; returns a new spec (``spec`` itself
+    when nothing moves).
     """
-    from dataclasses import replace
-
-    k = float(np.clip(skill, 0.0, 1.0))
-    if k == 0.0:
+    r = float(np.clip(lessons.credibility, 0.0, 1.0))
+    if r == 0.0 or (params.semantic_rate == 0.0 and params.perception_rate == 0.0):
         return spec
-    keep = 1.0 - k
-    return replace(spec, edge_sd_scale=1.0 + (spec.edge_sd_scale - 1.0) * keep, bias_mm=spec.bias_mm * keep,
-                   p_wrong_spot=spec.p_wrong_spot * keep, p_include_vessel=spec.p_include_vessel * keep,
-                   p_miss_ggo_rim=spec.p_miss_ggo_rim * keep, p_pleura_error=spec.p_pleura_error * keep)
+    now, shown = asdict(spec), asdict(lessons)
+    changes = {}
+    for kind, name in SEMANTIC_PARAMS.items():
+        step = params.semantic_rate * r * float(np.clip(shown[kind], 0.0, 1.0))
+        if step > 0 and now[name] > 0:
+            changes[name] = now[name] * (1.0 - step)
+    step = params.perception_rate * r
+    if step > 0 and lessons.edge > 0 and spec.edge_sd_scale > 1.0:
+        changes["edge_sd_scale"] = 1.0 + (spec.edge_sd_scale - 1.0) * (1.0 - step * float(min(lessons.edge, 1.0)))
+    if step > 0 and lessons.bias_mm != 0.0:
+        changes["bias_mm"] = spec.bias_mm - step * float(lessons.bias_mm)
+    return replace(spec, **changes) if changes else spec

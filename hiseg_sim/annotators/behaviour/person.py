@@ -17,12 +17,16 @@
    slice (when stuck, a person first tries a kind of prompt they have not tried yet: that is how a
    click-first novice whose clicks produce nothing comes to draw a box);
 5. *time*: the env charges each action with the group's :class:`~hiseg_sim.timing.TimeModel`
-   (:meth:`~BehaviourAnnotator.time_model_for`, passed by the harness as ``options["time_model"]``);
+   (:meth:`~BehaviourAnnotator.time_model_for`, passed by the harness as ``options["time_model"]``),
+   which gets faster with the cases the person has done (the power law of practice,
+   :func:`~hiseg_sim.annotators.behaviour.execution.time_model_for`);
 6. *learning* (:mod:`~hiseg_sim.annotators.behaviour.learning`): each judged prompt updates the value of
    its type; the values stay with the person from case to case; :meth:`end_case` with a teacher's
-   :class:`~hiseg_sim.annotators.base.Feedback` updates the types that made the final mask,
-   and a worked example (``Feedback.expert_mask``) improves the person's perception
-   (:func:`~hiseg_sim.annotators.behaviour.learning.practised_perception`).
+   :class:`~hiseg_sim.annotators.base.Feedback` updates the types that made the final mask, and a
+   worked example (``Feedback.expert_mask``, or one a teacher shows through
+   :meth:`~BehaviourAnnotator.study_example`) is compared with the person's own intent on the same
+   image: the errors it shows move their perception
+   (:func:`~hiseg_sim.annotators.behaviour.learning.learn_from_example`).
 
 Decisions read only the observation (the mask shown, the seconds spent), the env's flag for a
 refused action, and the :class:`~hiseg_sim.annotators.base.Knowledge` (image, pixel size,
@@ -42,20 +46,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hiseg_sim.annotators.base import Annotator, Feedback, Knowledge
 from hiseg_sim.annotators.behaviour import execution as X
 from hiseg_sim.annotators.behaviour import judgement as J
 from hiseg_sim.annotators.behaviour import strategy as S
-from hiseg_sim.annotators.behaviour.learning import PROMPT_TYPES, PromptValues, practised_perception, relative_gain
+from hiseg_sim.annotators.behaviour.examples import Lessons, key_slice_of, read_example
+from hiseg_sim.annotators.behaviour.learning import PROMPT_TYPES, PromptValues, learn_from_example, relative_gain
 from hiseg_sim.annotators.behaviour.profiles import Profile
-from hiseg_sim.annotators.base import Annotator, Feedback, Knowledge
 from hiseg_sim.env.actions import Accept, NextSlice, PrevSlice, Propagate, Undo
 from hiseg_sim.timing import TimeModel
 
 __all__ = ["BehaviourAnnotator"]
 
 #: ``info["invalid_action"]`` codes after which nothing changed (the prompt did not happen).
-_NOOP = frozenset({"zero_area_box", "prompt_rejected", "nothing_to_undo", "nothing_to_accept", "no_slice_there",
-                   "nothing_to_propagate"})
+_NOOP = frozenset(
+    {
+        "zero_area_box",
+        "prompt_rejected",
+        "nothing_to_undo",
+        "nothing_to_accept",
+        "no_slice_there",
+        "nothing_to_propagate",
+    }
+)
 
 
 @dataclass
@@ -92,7 +105,9 @@ class BehaviourAnnotator(Annotator):
         self.name = name or profile.name
         self.values = PromptValues(profile.strategy.priors())
         self.cases_done = 0
-        self.perception_skill = 0.0  # grows with worked examples (Feedback.expert_mask)
+        self.perception_spec = profile.perception  # moves with what worked examples show
+        self.examples_seen: list[str] = []  # the cases whose worked example the person has studied
+        self.last_lessons: Lessons | None = None  # what the last worked example showed them
         self.history: list[dict] = []
         self.perceived_quality: float | None = None
         self._k: Knowledge | None = None
@@ -103,18 +118,49 @@ class BehaviourAnnotator(Annotator):
     # ---- hooks the harness calls ------------------------------------------------------------
     def perception_params(self):
         """This person's :class:`~hiseg_sim.annotators.behaviour.perception.PerceptionParams` (the perception
-        step): the group's, improved by the worked examples seen so far."""
-        return practised_perception(self.profile.perception, self.perception_skill).params()
+        step): the group's, moved by the worked examples studied so far."""
+        return self.perception_spec.params()
 
     def time_model_for(self, spacing_yx, base: TimeModel | None = None) -> TimeModel:
-        """The env's time model for this group on a case with this pixel size."""
-        return X.time_model_for(self.profile.execution, self.profile.time, spacing_yx, base)
+        """The env's time model for this person on a case with this pixel size: the group's, on the
+        person's next case with the tool (faster with the cases done)."""
+        return X.time_model_for(
+            self.profile.execution, self.profile.time, spacing_yx, base, practice_n=self.cases_done + 1
+        )
+
+    @property
+    def seconds_per_example(self) -> float:
+        """Seconds the person spends looking at one worked example."""
+        return self.profile.time.example_study_s
+
+    def study_example(
+        self, image_hu: np.ndarray, intent: np.ndarray, example: np.ndarray, spacing_yx, example_id: str | None = None
+    ) -> Lessons:
+        """Compare a worked example with what the person meant to outline on the same image, and
+        learn from what it shows (:func:`~hiseg_sim.annotators.behaviour.examples.read_example`,
+        :func:`~hiseg_sim.annotators.behaviour.learning.learn_from_example`).
+
+        Args:
+            image_hu: the image, ``(H, W)`` HU.
+            intent: the person's own intent on it, ``bool`` ``(H, W)``.
+            example: the mask the teacher shows, ``bool`` ``(H, W)``.
+            spacing_yx: pixel size, mm.
+            example_id: the example's case, remembered in ``examples_seen``.
+        """
+        lessons = read_example(image_hu, intent, example, spacing_yx, self.perception_params())
+        self.perception_spec = learn_from_example(self.perception_spec, lessons, self.profile.learning)
+        self.last_lessons = lessons
+        if example_id is not None:
+            self.examples_seen.append(str(example_id))
+        return lessons
 
     # ---- protocol ---------------------------------------------------------------------------
     def begin_case(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
         if knowledge.intent is None:
-            raise ValueError(f"{self.name}: a behaviour model needs Knowledge.intent (made by the harness's "
-                             "perception step, hiseg_sim.annotators.harness.make_knowledge)")
+            raise ValueError(
+                f"{self.name}: a behaviour model needs Knowledge.intent (made by the harness's "
+                "perception step, hiseg_sim.annotators.harness.make_knowledge)"
+            )
         intent = np.asarray(knowledge.intent, bool)
         self._k = knowledge
         self._intent = intent if knowledge.three_d else intent[None]
@@ -154,18 +200,37 @@ class BehaviourAnnotator(Annotator):
         if feedback is not None and feedback.dice is not None:
             standing = {k for st in self._slices for k, _ in st.stack if k in PROMPT_TYPES}
             self.values.learn_from_feedback(standing, feedback.dice, self.profile.learning.feedback_rate)
-        if feedback is not None and feedback.expert_mask is not None:
-            self.perception_skill += self.profile.learning.perception_rate * (1.0 - self.perception_skill)
-        self.history.append({"case": self._k.case_id if self._k else None, "opening": self._opening,
-                             "values_before": self._values_start, "values_after": self.values.snapshot(),
-                             "feedback_dice": None if feedback is None else feedback.dice})
+        if feedback is not None and feedback.expert_mask is not None and self._k is not None:
+            example = np.asarray(feedback.expert_mask, bool)
+            z = key_slice_of(example) if self._k.three_d else 0
+            image = np.asarray(self._k.image_hu)
+            self.study_example(
+                image[z] if self._k.three_d else image,
+                self._intent[z],
+                example[z] if self._k.three_d else example,
+                self._spacing,
+                example_id=self._k.case_id,
+            )
+        self.history.append(
+            {
+                "case": self._k.case_id if self._k else None,
+                "opening": self._opening,
+                "values_before": self._values_start,
+                "values_after": self.values.snapshot(),
+                "feedback_dice": None if feedback is None else feedback.dice,
+            }
+        )
         self.cases_done += 1
 
     def episode_info(self) -> dict:
         kinds = self._kinds_used
-        return {"gave_up": self._gave_up, "opening": self._opening,
-                "prompt_types": {k: kinds.count(k) for k in sorted(set(kinds))},
-                "values_before": self._values_start, "values_after": self.values.snapshot()}
+        return {
+            "gave_up": self._gave_up,
+            "opening": self._opening,
+            "prompt_types": {k: kinds.count(k) for k in sorted(set(kinds))},
+            "values_before": self._values_start,
+            "values_after": self.values.snapshot(),
+        }
 
     # ---- judging the last action ------------------------------------------------------------
     def _react(self, z: int, mask: np.ndarray, code: str):
@@ -218,8 +283,7 @@ class BehaviourAnnotator(Annotator):
             # stuck: is there a kind of prompt not tried yet here? (then try it before giving up)
             untried = [k for k in options if k not in st.tried] if st.stalled >= jp.stall_limit else []
             best = max(self.values[k] for k in options)
-            verdict = J.decide(st.q, st.n_actions, seconds, jp, 0 if untried else st.stalled,
-                               None if untried else best)
+            verdict = J.decide(st.q, st.n_actions, seconds, jp, 0 if untried else st.stalled, None if untried else best)
             if verdict == "go_on" and untried:
                 st.stalled = 0  # trial and error: try something different before giving up
                 return self._prompt(z, untried[0], mask, errors)

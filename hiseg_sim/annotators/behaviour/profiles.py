@@ -37,20 +37,31 @@ and the key.
 from __future__ import annotations
 
 import math
-import tomllib
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+import tomllib
 
 from hiseg_sim.annotators.behaviour.execution import ExecutionParams, TimeParams
 from hiseg_sim.annotators.behaviour.judgement import JudgementParams
 from hiseg_sim.annotators.behaviour.learning import LearningParams
 from hiseg_sim.annotators.behaviour.strategy import StrategyParams
 
-__all__ = ["SOURCE_KINDS", "SECTIONS", "PerceptionSpec", "Profile", "ProfileError", "load_profile_file",
-           "profiles_dir", "profile_names", "apply_overrides"]
+__all__ = [
+    "SOURCE_KINDS",
+    "SECTIONS",
+    "PerceptionSpec",
+    "Profile",
+    "ProfileError",
+    "load_profile_file",
+    "profiles_dir",
+    "profile_names",
+    "apply_overrides",
+]
 
 #: Allowed beginnings of a ``source`` string.
 SOURCE_KINDS = ("literature:", "calibration:", "derived:", "assumption:", "override:")
@@ -98,24 +109,37 @@ class PerceptionSpec:
         return _perception_params(self)
 
 
-@lru_cache(maxsize=64)
-def _perception_params(spec: PerceptionSpec):
+@lru_cache(maxsize=4)
+def _base_params(base: str):
+    """The base the groups' perception departs from (the expert fit, read once per process)."""
     from hiseg_sim.annotators.behaviour import perception as P
 
-    if spec.base == "expert_fit":
+    if base == "expert_fit":
         try:
-            base = P.expert_params()
+            return P.expert_params()
         except FileNotFoundError:
-            warnings.warn("agents/calibration/expert_perception.json is missing: using the PerceptionParams "
-                          "defaults as the expert's perception until `hiseg-sim calibrate` has run", stacklevel=3)
-            base = P.PerceptionParams()
-    else:
-        base = P.PerceptionParams()
+            warnings.warn(
+                "agents/calibration/expert_perception.json is missing: using the PerceptionParams "
+                "defaults as the expert's perception until `hiseg-sim calibrate` has run",
+                stacklevel=4,
+            )
+    return P.PerceptionParams()
+
+
+@lru_cache(maxsize=256)
+def _perception_params(spec: PerceptionSpec):
+    base = _base_params(spec.base)
     k = spec.edge_sd_scale
-    return base.replace(bias_sd_mm=base.bias_sd_mm * k, shift_sd_mm=base.shift_sd_mm * k, z_sd_mm=base.z_sd_mm * k,
-                        bias_mm=base.bias_mm + spec.bias_mm, p_wrong_spot=spec.p_wrong_spot,
-                        p_include_vessel=spec.p_include_vessel, p_miss_ggo_rim=spec.p_miss_ggo_rim,
-                        p_pleura_error=spec.p_pleura_error)
+    return base.replace(
+        bias_sd_mm=base.bias_sd_mm * k,
+        shift_sd_mm=base.shift_sd_mm * k,
+        z_sd_mm=base.z_sd_mm * k,
+        bias_mm=base.bias_mm + spec.bias_mm,
+        p_wrong_spot=spec.p_wrong_spot,
+        p_include_vessel=spec.p_include_vessel,
+        p_miss_ggo_rim=spec.p_miss_ggo_rim,
+        p_pleura_error=spec.p_pleura_error,
+    )
 
 
 #: Section name -> parameter class.
@@ -154,8 +178,16 @@ class Profile:
 
     def table(self) -> list[dict]:
         """One row per parameter: section, key, value, source."""
-        return [{"section": s, "key": f.name, "value": getattr(getattr(self, s), f.name),
-                 "source": self.sources.get(f"{s}.{f.name}", "")} for s, cls in SECTIONS.items() for f in fields(cls)]
+        return [
+            {
+                "section": s,
+                "key": f.name,
+                "value": getattr(getattr(self, s), f.name),
+                "source": self.sources.get(f"{s}.{f.name}", ""),
+            }
+            for s, cls in SECTIONS.items()
+            for f in fields(cls)
+        ]
 
 
 def _split(dotted: str) -> tuple[str, str]:
@@ -217,8 +249,9 @@ def _parse(data: Mapping[str, Any], path: str) -> Profile:
         flds = {f.name: f for f in fields(cls)}
         extra = sorted(set(table) - set(flds))
         if extra:
-            raise ProfileError(f"{path}: unknown key(s) {[f'{section}.{k}' for k in extra]}; [{section}] takes "
-                               f"{sorted(flds)}")
+            raise ProfileError(
+                f"{path}: unknown key(s) {[f'{section}.{k}' for k in extra]}; [{section}] takes {sorted(flds)}"
+            )
         kwargs = {}
         for key, f in flds.items():
             where = f"{path}: {section}.{key}"
@@ -226,7 +259,7 @@ def _parse(data: Mapping[str, Any], path: str) -> Profile:
                 raise ProfileError(f"{where} is missing (every parameter needs a value and a source)")
             entry = table[key]
             if not isinstance(entry, Mapping) or set(entry) - {"value", "source", "note"} or "value" not in entry:
-                raise ProfileError(f"{where} must be a table {{value = ..., source = \"...\"}}; got {entry!r}")
+                raise ProfileError(f'{where} must be a table {{value = ..., source = "..."}}; got {entry!r}')
             sources[f"{section}.{key}"] = _check_source(entry.get("source"), where)
             kwargs[key] = _coerce(entry["value"], f.type, where)
         try:
