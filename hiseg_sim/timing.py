@@ -4,8 +4,7 @@ Every function here is pure: the same arguments give the same seconds, with no s
 randomness. The environment charges each action with :func:`action_seconds`; annotator profiles
 scale the operators through the fields of :class:`TimeModel`.
 
-Sources of the defaults (the figures of ``shared/calibration/targets.md``, "Human time and
-pointing"):
+Sources of the defaults (published figures on human time and pointing):
 
 - Keystroke-level model, Card, Moran & Newell (1980), "The keystroke-level model for user
   performance time with interactive systems", CACM 23(7): K = 0.20 s per keystroke (0.28 s for a
@@ -46,7 +45,7 @@ and mental part but no model latency, because nothing reached the model.
 
 Worked example with the defaults (screen zoom 4, point target 8 screen px): a click 75 viewport px
 (300 screen px) from the pointer costs 1.35 + (1.03 + 0.096 * log2(300 / 8 + 0.5)) + 0.2 + 0.06
-≈ 3.14 s; the EVA-VOS cost model charges 1.5 s per click without the mental step (targets.md).
+≈ 3.14 s; the EVA-VOS annotation-cost model charges 1.5 s per click without the mental step.
 """
 
 from __future__ import annotations
@@ -66,7 +65,7 @@ __all__ = [
     "practice_factor",
 ]
 
-#: Keystroke-level operators in seconds (Card, Moran & Newell 1980; targets.md):
+#: Keystroke-level operators in seconds (Card, Moran & Newell 1980):
 #: K keystroke, P point with the mouse, H home hand, M mental preparation, B mouse click.
 KLM: dict[str, float] = {"K": 0.20, "P": 1.10, "H": 0.40, "M": 1.35, "B": 0.20}
 
@@ -149,7 +148,7 @@ def distance(p: tuple[float, float], q: tuple[float, float]) -> float:
 class TimeModel:
     """Parameters of the time charged per action. Frozen; make variants with :meth:`scaled`.
 
-    Operators (seconds; Card, Moran & Newell 1980 via targets.md):
+    Operators (seconds; Card, Moran & Newell 1980):
         K: keystroke (0.20; 0.28 for a non-typist).
         P: pointing without Fitts' law (1.10), used when ``use_fitts=False``.
         H: homing a hand between keyboard and mouse (0.40), charged only with ``homing=True``.

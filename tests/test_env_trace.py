@@ -1,4 +1,4 @@
-"""Trace recorder (DESIGN.md schema), replay to the same masks and Dice, episode statistics."""
+"""Trace recorder, replay to the same masks and Dice, episode statistics."""
 
 import json
 

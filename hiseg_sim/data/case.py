@@ -4,7 +4,7 @@ Every loader (LIDC phantoms, DICOM, NIfTI, MSD) produces a :class:`Case`. Its co
 what the rest of the toolkit relies on, so a bad volume fails here, at the reader, with a message
 that names the problem, and not three layers down inside a model.
 
-Conventions (``../shared/DESIGN.md``):
+Conventions:
 
 - ``case_id``: a non-empty ``str``.
 - ``volume_hu``: ``float32`` Hounsfield units, shape ``(Z, Y, X)``, every axis >= 1, every value

@@ -2,7 +2,7 @@
 
 One import for every reader; the work is done in the modules named below.
 
-Conventions (``DESIGN.md``): volumes are ``float32`` HU ``(Z, Y, X)``; spacing ``(z, y, x)`` mm;
+Conventions: volumes are ``float32`` HU ``(Z, Y, X)``; spacing ``(z, y, x)`` mm;
 masks ``bool`` of the volume's shape. Readers return ``(volume_hu, spacing_zyx, meta)``; the
 ``*_from_*``/``iter_*`` functions return :class:`~hiseg_sim.data.case.Case` objects. Nothing is
 resampled or reoriented; axis order is fixed once, at the reader (NIfTI/ITK ``[x, y, z]`` arrays

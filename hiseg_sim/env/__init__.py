@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 #: id → (entry point, max_episode_steps). 20 steps in 2-D: the click budget of the RITM / NoC
-#: protocol (targets.md); 200 in 3-D: about ten actions per slice of a 30-mm nodule.
+#: protocol (Sofiiuk et al. 2022); 200 in 3-D: about ten actions per slice of a 30-mm nodule.
 #: The ids are registered without Gymnasium's passive env checker: in Gymnasium 1.4 a first
 #: ``reset`` that raises (refused options) leaves that wrapper without data, and the next ``step``
 #: then fails inside it with a ``TypeError``. ``tests/test_env.py`` runs the full ``check_env``.

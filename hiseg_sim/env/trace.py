@@ -1,6 +1,6 @@
-"""Episode traces: one JSON object per action (DESIGN.md schema), reading, writing and replaying them.
+"""Episode traces: one JSON object per action, reading, writing and replaying them.
 
-A trace record holds the fields of DESIGN.md, ``case``, ``annotator``, ``step``, ``action``,
+A trace record holds ``case``, ``annotator``, ``step``, ``action``,
 ``prompt``, ``seconds``, ``dice``, ``iou_pred``, ``perceived_quality``, and what replay needs to
 rebuild the episode without the seed: ``env``, ``episode``, ``seed``, ``viewport`` and
 ``start_slice``; plus ``seconds_total``, ``reward``, ``invalid_action``, ``terminated`` and

@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = ["AIR_HU", "Viewport", "crop2d", "place_viewport", "slab_range"]
 
-#: Hounsfield units of air, used to pad crops that run past the volume (targets.md: air -1000 HU).
+#: Hounsfield units of air, used to pad crops that run past the volume (air is -1000 HU).
 AIR_HU = -1000.0
 
 

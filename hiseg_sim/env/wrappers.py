@@ -1,7 +1,7 @@
 """Wrappers: record the episode trace, and add episode statistics to ``info``.
 
-Both keep the environment itself free of bookkeeping (STYLE.md: statistics, time limits and
-observation changes live in wrappers).
+Both keep the environment itself free of bookkeeping: statistics, time limits and observation
+changes live in wrappers, as in Gymnasium.
 """
 
 from __future__ import annotations

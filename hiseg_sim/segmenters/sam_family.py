@@ -8,7 +8,7 @@
   Runtime; the image encoder only where :attr:`SamFamilySegmenter.onnx_encoder` says it pays;
 - ``"auto"`` (default): ``"onnx"`` whenever ``onnxruntime`` imports and the export passes its check.
   ONNX Runtime was the faster of the two in every run of
-  :func:`hiseg_sim.segmenters.perf.decoder_bench` on the 2-core machine of issue 7 (34-39 ms
+  :func:`hiseg_sim.segmenters.perf.decoder_bench` on two shared AMD EPYC cores (34-39 ms
   against 59-82 ms for a LiteMedSAM decode; figures in ``perf.py``), so ``auto`` does not time
   both at start-up.
 

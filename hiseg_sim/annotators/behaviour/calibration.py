@@ -476,15 +476,7 @@ def compare(
         "sim_pairwise_dice": float(np.concatenate(sim_d).mean()) if sim_d else float("nan"),
         "ks": _ks(real, np.concatenate(sim_d) if sim_d else []),
     }
-    by = {}
-    for b in SIZE_BANDS:
-        idx = [i for i, n in enumerate(nodules) if getattr(n, band_attr) == b]
-        if not idx:
-            by[b] = {"real": None, "sim": None, "ks": None, "n": 0}
-            continue
-        r, s = real[idx], np.concatenate([sim_d[i] for i in idx])
-        by[b] = {"real": float(r.mean()), "sim": float(s.mean()), "ks": _ks(r, s), "n": len(idx)}
-    out["by_size"] = by
+    out["by_size"] = band_table(nodules, sims, band_attr)
     solid = [i for i, n in enumerate(nodules) if n.texture >= 3.5]
     ggo = [i for i, n in enumerate(nodules) if n.texture < 3.5]
     sim_mean = np.array([d.mean() for d in sim_d])
@@ -833,10 +825,33 @@ def evaluate(
         nodules = subsample(nodules, n_total=int(n_nodules), seed=seed)
     sims = simulate_set(nodules, params, reps=reps, seed=seed + 7, progress=progress)
     cmp = compare(nodules, sims)
-    for band, v in cmp["by_size"].items():
-        idx = [i for i, n in enumerate(nodules) if n.band == band]
-        v["gap_ci95"] = gap_interval([nodules[i] for i in idx], [sims[i] for i in idx], seed=seed)
+    cmp["by_size"] = band_table(nodules, sims, "band", with_ci=True, seed=seed)
     return _rounded({k: cmp[k] for k in ("real_pairwise_dice", "sim_pairwise_dice", "ks", "by_size")})
+
+
+def band_table(
+    nodules: Sequence[CalibrationNodule],
+    sims: list[list[dict[str, Any]]],
+    attr: str = "lidc_band",
+    with_ci: bool = False,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """``{band: {"real", "sim", "ks", "n"}}`` over :data:`SIZE_BANDS`, banded by the nodules'
+    ``attr`` (``"lidc_band"`` or ``"band"``); ``with_ci`` adds ``gap_ci95`` (sim - real)."""
+    out = {}
+    for b in SIZE_BANDS:
+        idx = [i for i, n in enumerate(nodules) if getattr(n, attr) == b]
+        if not idx:
+            out[b] = {"real": None, "sim": None, "ks": None, "n": 0}
+            if with_ci:
+                out[b]["gap_ci95"] = None
+            continue
+        r = np.array([nodules[i].real["dice"] for i in idx])
+        s = np.array([p["dice"] for i in idx for p in sims[i]])
+        out[b] = {"real": float(r.mean()), "sim": float(s.mean()), "ks": _ks(r, s), "n": len(idx)}
+        if with_ci:
+            out[b]["gap_ci95"] = gap_interval([nodules[i] for i in idx], [sims[i] for i in idx], seed=seed)
+    return out
 
 
 def gap_interval(

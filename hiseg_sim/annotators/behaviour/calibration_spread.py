@@ -38,13 +38,12 @@ from scipy import stats
 from hiseg_sim.annotators.behaviour.calibration import (
     CalibrationNodule,
     _rounded,
-    gap_interval,
+    band_table,
     load_calibration_set,
     simulate_set,
     subsample,
 )
 from hiseg_sim.annotators.behaviour.perception import PerceptionParams
-from hiseg_sim.data.lidc_agreement import SIZE_BANDS
 
 __all__ = ["EnergyDistance", "spread_metrics", "band_table", "evaluate_spread", "SPREAD_KEYS"]
 
@@ -142,29 +141,6 @@ class EnergyDistance:
 
 def _ks(a, b) -> float | None:
     return float(stats.ks_2samp(a, b).statistic) if len(a) and len(b) else None
-
-
-def band_table(
-    nodules: Sequence[CalibrationNodule],
-    sims: list[list[dict[str, Any]]],
-    attr: str = "lidc_band",
-    with_ci: bool = False,
-    seed: int = 0,
-) -> dict[str, dict[str, Any]]:
-    """``{band: {"real", "sim", "ks", "n"}}`` over :data:`SIZE_BANDS`, banded by the nodules'
-    ``attr`` (``"lidc_band"`` or ``"band"``); ``with_ci`` adds ``gap_ci95`` (sim - real)."""
-    out = {}
-    for b in SIZE_BANDS:
-        idx = [i for i, n in enumerate(nodules) if getattr(n, attr) == b]
-        if not idx:
-            out[b] = {"real": None, "sim": None, "ks": None, "n": 0}
-            continue
-        r = np.array([nodules[i].real["dice"] for i in idx])
-        s = np.array([p["dice"] for i in idx for p in sims[i]])
-        out[b] = {"real": float(r.mean()), "sim": float(s.mean()), "ks": _ks(r, s), "n": len(idx)}
-        if with_ci:
-            out[b]["gap_ci95"] = gap_interval([nodules[i] for i in idx], [sims[i] for i in idx], seed=seed)
-    return out
 
 
 def spread_metrics(nodules: Sequence[CalibrationNodule], sims: list[list[dict[str, Any]]]) -> dict[str, Any]:

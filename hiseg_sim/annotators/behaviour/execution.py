@@ -28,7 +28,7 @@ Box looseness
 -------------
 A drawn box sits outside the edge the person has in mind by ``box_margin_mm`` per side on
 average (SD ``box_margin_sd_mm`` between sides), before motor noise on the two corners.
-For scale: MedSAM was trained with each side pushed out by 0-20 px at 1024 px (targets.md), about
+For scale: MedSAM was trained with each side pushed out by 0-20 px at 1024 px (Ma et al. 2024), about
 0-1.3 mm on these 0.7-mm viewports.
 
 Practice
