@@ -119,23 +119,16 @@ def _cli_env(mark: str, delay: float) -> dict:
     }
 
 
+def _run_cmd(spec_toml: Path, out: Path, cache_dir: str) -> list[str]:
+    """``hiseg-sim run`` on the process executor with two workers, no report."""
+    return _cli() + ["run", str(spec_toml), "--out", str(out), "--executor", "process", "--workers", "2",
+                     "--cache-dir", cache_dir, "--no-report"]  # fmt: skip
+
+
 def _start_run(spec_toml: Path, out: Path, cache_dir: str, mark: str, delay: float) -> subprocess.Popen:
-    """``hiseg-sim run`` on the process executor, two workers, in its own session."""
-    cmd = _cli() + [
-        "run",
-        str(spec_toml),
-        "--out",
-        str(out),
-        "--executor",
-        "process",
-        "--workers",
-        "2",
-        "--cache-dir",
-        cache_dir,
-        "--no-report",
-    ]
+    """:func:`_run_cmd` started in its own session."""
     return subprocess.Popen(
-        cmd,
+        _run_cmd(spec_toml, out, cache_dir),
         cwd=REPO,
         env=_cli_env(mark, delay),
         start_new_session=True,
@@ -497,20 +490,7 @@ def test_two_concurrent_runs_into_one_directory_the_second_is_refused_the_first_
         started = _wait_for(lambda: holder.is_file() and (out / "run.json").is_file() or first.poll() is not None, 60)
         assert started and first.poll() is None, first.stderr.read().decode()[-2000:]
         second = subprocess.run(
-            _cli()
-            + [
-                "run",
-                str(spec_toml),
-                "--out",
-                str(out),
-                "--executor",
-                "process",
-                "--workers",
-                "2",
-                "--cache-dir",
-                cache_dir,
-                "--no-report",
-            ],
+            _run_cmd(spec_toml, out, cache_dir),
             cwd=REPO,
             env=_cli_env(mark, 0.0),
             capture_output=True,
