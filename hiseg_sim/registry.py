@@ -70,12 +70,15 @@ class Registry(Generic[T]):
     Args:
         kind: the entry-point group is ``hiseg_sim.<kind>``.
         what: how an error calls one entry (``"annotator"``, ``"segmenter"``, ...).
+        first: entry-point names listed first, in this order (installers write entry points
+            sorted by name, which is rarely the order a user wants to read them in).
     """
 
-    def __init__(self, kind: str, what: str) -> None:
+    def __init__(self, kind: str, what: str, first: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.group = f"hiseg_sim.{kind}"
         self.what = what
+        self.first = tuple(first)
         self._code: dict[str, T] = {}
         self._eps: dict[str, importlib.metadata.EntryPoint] | None = None
         self._loaded: dict[str, Any] = {}
@@ -114,7 +117,8 @@ class Registry(Generic[T]):
                             f"{eps[ep.name].value} and {ep.value}; uninstall one"
                         )
                     eps[ep.name] = ep
-                self._eps = eps
+                rank = {name: i for i, name in enumerate(self.first)}
+                self._eps = dict(sorted(eps.items(), key=lambda kv: rank.get(kv[0], len(rank))))
             return self._eps
 
     def _load(self, label: str) -> Any:

@@ -50,7 +50,9 @@ __all__ = [
 ]
 
 #: Every annotator by name (entry-point group ``hiseg_sim.annotators``).
-ANNOTATORS: Registry[Callable[..., Annotator]] = Registry("annotators", "annotator")
+ANNOTATORS: Registry[Callable[..., Annotator]] = Registry(
+    "annotators", "annotator", first=("profiles", "robots", "policies")
+)
 
 #: The robot agents' names.
 ROBOT_NAMES = tuple(_robots.ROBOTS)
