@@ -228,6 +228,28 @@ _CACHE_HELP = "On-disk embedding cache (default $HISEG_CACHE_DIR or ~/.cache/his
 _FRESH_HELP = "Delete the run in OUT and start again, instead of resuming or reusing it."
 
 
+_ENV_HELP = "2d (one key slice, the quick mode) or 3d (the whole nodule); default: the study's own."
+
+
+def _env_name(spec) -> str:
+    from hiseg_sim.experiments.spec import ENV_ALIASES
+
+    return {v: k for k, v in ENV_ALIASES.items()}.get(spec.env_id, spec.env_id)
+
+
+def _with_env(spec, env: Optional[str]):
+    """``spec`` run in ``env`` (``"2d"`` or ``"3d"``; None: the spec's own)."""
+    import dataclasses
+
+    from hiseg_sim.experiments.spec import ENV_ALIASES
+
+    if env is None:
+        return spec
+    if env not in ENV_ALIASES:
+        raise CliError(f"--env must be 2d or 3d, not {env!r}")
+    return dataclasses.replace(spec, env_id=ENV_ALIASES[env])
+
+
 # ---- demo ------------------------------------------------------------------------------------------
 @app.command()
 def demo(
@@ -241,6 +263,7 @@ def demo(
     workers: Optional[int] = typer.Option(None, min=0, help="Worker processes (default: all cores)."),
     cache_dir: Optional[Path] = typer.Option(None, help=_CACHE_HELP),
     fresh: bool = typer.Option(False, help=_FRESH_HELP),
+    env: Optional[str] = typer.Option(None, help=_ENV_HELP),
 ) -> None:
     """The main job: a small Hi-Seg comparison on the default cohort, and its report.
 
@@ -259,7 +282,16 @@ def demo(
         d = spec.to_dict()
         d["cases"]["limit"] = int(cases)
         spec = spec_from_dict(d, "demo")
-    out = out if out is not None else Path("runs") / _run_folder("demo", f"cases{cases}" if cases else None)
+    default_env = _env_name(spec)
+    spec = _with_env(spec, env)
+    out = (
+        out
+        if out is not None
+        else Path("runs")
+        / _run_folder(
+            "demo", f"cases{cases}" if cases else None, _env_name(spec) if _env_name(spec) != default_env else None
+        )
+    )
     kw: dict[str, Any] = {
         k: v
         for k, v in dict(executor=executor, workers=workers, cache_dir=str(cache_dir) if cache_dir else None).items()
@@ -494,6 +526,7 @@ def run(
     fresh: bool = typer.Option(False, help=_FRESH_HELP),
     max_units: Optional[int] = typer.Option(None, min=1, help="Stop after this many work units (resume later)."),
     report: bool = typer.Option(True, help="Write the Markdown/HTML report after the run."),
+    env: Optional[str] = typer.Option(None, help=_ENV_HELP),
 ) -> None:
     """Run a named study (resumable: an interrupted run continues where it stopped) and report it."""
     from hiseg_sim.experiments.spec import STUDY_KINDS, load_spec
@@ -507,6 +540,10 @@ def run(
         if v is not None
     }
     loaded = load_spec(spec)
+    default_env = _env_name(loaded)
+    loaded = _with_env(loaded, env)
+    if out is None and _env_name(loaded) != default_env:
+        out = Path("runs") / f"{loaded.name}-{_env_name(loaded)}"
     kind = STUDY_KINDS.get(loaded.kind)
     kind.print_summary(run_and_report(loaded, out, report=report, fresh=fresh, **kw), typer.echo)
 
@@ -551,6 +588,13 @@ def simulate(
         None, help="Run directory (default runs/simulate-<annotators>-<options>, one folder per configuration)."
     ),
     fresh: bool = typer.Option(False, help=_FRESH_HELP),
+    env: str = typer.Option("2d", help="2d (one key slice, the quick mode) or 3d (the whole nodule)."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help='Also print, as the last line, {"<annotator>": {"dice", "seconds", "accepted", "slices_prompted"}} '
+        "(means per episode; accepted: the fraction ended by the person accepting, not giving up).",
+    ),
 ) -> None:
     """Simulate some annotators on a cohort without writing a study file, and report it."""
     from hiseg_sim.annotators.registry import ANNOTATORS
@@ -570,7 +614,10 @@ def simulate(
         f"r{replicates}" if replicates != 1 else None,
         f"seed{seed}" if seed else None,
         None if segmenter == "litemedsam" else segmenter,
+        None if env == "2d" else env,
     )
+    if env not in ("2d", "3d"):
+        raise CliError(f"--env must be 2d or 3d, not {env!r}")
     spec = quick_spec(
         annotators,
         name=name,
@@ -580,6 +627,7 @@ def simulate(
         seed=seed,
         segmenters=(segmenter,),
         checkpoints={segmenter.split("@")[0]: str(checkpoint)} if checkpoint else None,
+        env=env,
     )
     kw: dict[str, Any] = {
         k: v
@@ -588,6 +636,10 @@ def simulate(
     }
     result = run_and_report(spec, out, fresh=fresh, **kw)
     STUDY_KINDS.get(spec.kind).print_summary(result, typer.echo)
+    if as_json:
+        from hiseg_sim.studies.groups import per_annotator_json
+
+        typer.echo(json.dumps(per_annotator_json(result[0]), sort_keys=True))
 
 
 @app.command("report")

@@ -277,6 +277,41 @@ def _sections(data, settings: dict, out: Path):
     return [findings, sec, strata, inter], headline
 
 
+def _prompt_slice(prompt) -> int:
+    """The slice a stored prompt went to (stored as JSON text; 0 when it has none)."""
+    import json
+
+    if isinstance(prompt, str):
+        prompt = json.loads(prompt)
+    return int(prompt.get("slice", 0) or 0) if isinstance(prompt, dict) else 0
+
+
+def per_annotator_json(data) -> dict:
+    """Per arm (the episodes' ``annotator`` label): mean final ``dice``, mean ``seconds`` per episode,
+    ``accepted`` (fraction of episodes the annotator ended by accepting, not by giving up or by the
+    step limit) and mean ``slices_prompted`` (distinct slices that received a click, a box or a
+    propagation; 1 in 2-D)."""
+    e, a = data.episodes, data.actions
+    keys = ["unit_id", "case_id", "replicate", "position"]
+    slices = pd.Series(dtype=float)
+    if len(a) and "prompt" in a.columns:
+        p = a[a["is_prompt"].astype(bool)].copy()
+        p["z"] = [_prompt_slice(pr) for pr in p["prompt"]]
+        slices = p.groupby(keys)["z"].nunique()
+    out: dict = {}
+    for label, g in e.groupby("annotator", sort=True):
+        n_sl = [float(slices.get(tuple(r[k] for k in keys), 0)) for _, r in g.iterrows()]
+        accepted = g["accepted"].astype(bool) & ~g["gave_up"].astype(bool)
+        out[str(label)] = {
+            "dice": round(float(g["final_dice"].mean()), 4),
+            "seconds": round(float(g["seconds_total"].mean()), 2),
+            "accepted": round(float(accepted.mean()), 4),
+            "slices_prompted": round(float(sum(n_sl) / max(1, len(n_sl))), 2),
+            "n": int(len(g)),
+        }
+    return out
+
+
 class GroupsKind(StudyKind):
     name = "groups"
     analysis_keys = {
