@@ -34,7 +34,11 @@ The file's tables (``experiments/hiseg_groups.toml`` is a worked example):
     a sequence study: ``feedback_every`` (feedback after every k-th case only), ``examples``
     (``"own"``: the worked example of the case just done; ``"easy_first"``, ``"mixed"``,
     ``"hardest_first"`` or ``"targeted"``: one from the study's cases in that order or chosen for
-    the person's last error) and ``tutorial`` (worked examples before the first case). These three
+    the person's last error) and ``tutorial`` (worked examples before the first case);
+    ``posterior`` (default false; true: ``name`` is a profile written by ``hiseg-sim fit-profile``
+    and each simulated person is one joint draw of its posterior, so the study's intervals carry
+    the fit's uncertainty; :mod:`hiseg_sim.experiments.posterior`). ``feedback_every``, ``examples``
+    and ``tutorial``
     are stored in ``feedback`` as one text (``"worked_example;every=5"``,
     :meth:`~hiseg_sim.annotators.behaviour.teacher.FeedbackDesign.key`), which is what the episode
     function receives.
@@ -45,7 +49,12 @@ The file's tables (``experiments/hiseg_groups.toml`` is a worked example):
     person; default all the study's cases), ``executor`` (``"serial"``,
     ``"process"``, ``"ray"``), ``workers`` (0 = all cores), ``cache_dir`` (on-disk embedding
     cache; default :func:`hiseg_sim.segmenters.default_cache_dir`), ``episode_fn`` (a registered
-    episode function, default ``"harness"``: :func:`hiseg_sim.experiments.episode.harness_episode`).
+    episode function, default ``"harness"``: :func:`hiseg_sim.experiments.episode.harness_episode`),
+    ``paired`` (default false; true: common random numbers — the arms of one annotator, e.g. the
+    same profile under different feedback, draw their episodes from the annotator's name instead of
+    the arm's label, so replicate r of every such arm is the same person meeting the same draws
+    (perception, viewport, start slice) on each case, and the arms differ only by what their
+    design changed: the paired comparison of training designs).
 ``[analysis]``
     the settings the study kind reads (each kind lists its keys; an unknown key is an error);
     changing them never invalidates the stored episodes.
@@ -123,6 +132,18 @@ class AnnotatorSpec:
     replicates: int | None = None
     feedback: str = "none"
     practice: int | None = None
+    #: each simulated person (replicate) one joint draw of the fitted profile's posterior
+    #: (:mod:`hiseg_sim.experiments.posterior`); ``name`` is then a profile written by ``fit-profile``
+    posterior: bool = False
+
+    def overrides_for(self, replicate: int, seed: int = 0) -> dict:
+        """The profile overrides of person ``replicate``: with ``posterior``, one posterior draw
+        under the arm's own ``overrides``; else the arm's ``overrides``."""
+        if not self.posterior:
+            return dict(self.overrides)
+        from hiseg_sim.experiments.posterior import posterior_overrides
+
+        return {**posterior_overrides(self.name, replicate, seed), **self.overrides}
 
 
 @dataclass(frozen=True)
@@ -139,7 +160,8 @@ class CasesSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """How the study is executed; only ``replicates``, ``design``, ``length`` and ``episode_fn`` change results."""
+    """How the study is executed; only ``replicates``, ``design``, ``length``, ``episode_fn`` and
+    ``paired`` change results."""
 
     replicates: int = 1
     design: str = "crossed"
@@ -148,6 +170,7 @@ class RunSpec:
     workers: int = 0
     cache_dir: str | None = None
     episode_fn: str = DEFAULT_EPISODE_FN
+    paired: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,12 +215,15 @@ class StudySpec:
             "cases": asdict(self.cases),
             "segmenters": list(self.active_segmenters()),
             "checkpoints": {k: v for k, v in sorted(self.checkpoints.items()) if k in self.active_segmenters()},
-            "annotators": [asdict(a) for a in self.annotators],
+            # posterior only when set, so the hashes of studies written before the key stay as they were
+            "annotators": [{k: v for k, v in asdict(a).items() if k != "posterior" or v} for a in self.annotators],
             "run": {
                 "replicates": self.run.replicates,
                 "design": self.run.design,
                 "length": self.run.length,
                 "episode_fn": self.run.episode_fn,
+                # only when set, so the hashes of studies written before the key stay as they were
+                **({"paired": True} if self.run.paired else {}),
             },
         }
 
@@ -282,8 +308,19 @@ _TOP = {"study", "cases", "segmenters", "annotators", "run", "analysis"}
 _STUDY = {"name", "kind", "description", "seed", "env", "env_kwargs"}
 _CASES = {"cohort", "source", "kwargs", "ids", "per_stratum", "limit"}
 _SEGS = {"names", "optional", "checkpoints"}
-_ARM = {"name", "label", "overrides", "replicates", "feedback", "practice", "feedback_every", "examples", "tutorial"}
-_RUN = {"replicates", "design", "length", "executor", "workers", "cache_dir", "episode_fn"}
+_ARM = {
+    "name",
+    "label",
+    "overrides",
+    "replicates",
+    "feedback",
+    "practice",
+    "feedback_every",
+    "examples",
+    "tutorial",
+    "posterior",
+}
+_RUN = {"replicates", "design", "length", "executor", "workers", "cache_dir", "episode_fn", "paired"}
 
 
 def spec_from_dict(data: dict, where: str = "study spec") -> StudySpec:
@@ -486,6 +523,14 @@ def _parse_arm(t: dict, i: int, where: str, run: RunSpec) -> AnnotatorSpec:
     if practice is not None and run.length is not None and practice > run.length:
         raise SpecError(f"{where}: [{tname}] practice: {practice} is more than [run] length = {run.length}")
     fb = _feedback_design(t, fb, where, tname, run)
+    posterior = _get(t, "posterior", lambda v: isinstance(v, bool), "true or false", where, tname, False)
+    if posterior:
+        from hiseg_sim.experiments.posterior import PosteriorError, posterior_draws
+
+        try:
+            posterior_draws(name)
+        except PosteriorError as exc:
+            raise SpecError(f"{where}: [{tname}] posterior: {exc}") from None
     return AnnotatorSpec(
         name=name,
         label=label,
@@ -493,6 +538,7 @@ def _parse_arm(t: dict, i: int, where: str, run: RunSpec) -> AnnotatorSpec:
         replicates=_get(t, "replicates", _pos_int, "an integer >= 1", where, tname),
         feedback=fb,
         practice=practice,
+        posterior=bool(posterior),
     )
 
 
@@ -532,6 +578,7 @@ def _parse_run(t: dict, where: str) -> RunSpec:
         workers=_get(t, "workers", _nonneg_int, "an integer >= 0 (0 = all cores)", where, "run", 0),
         cache_dir=_get(t, "cache_dir", _is_str, "a directory path", where, "run"),
         episode_fn=_get(t, "episode_fn", _is_str, "a registered episode function", where, "run", DEFAULT_EPISODE_FN),
+        paired=_get(t, "paired", lambda v: isinstance(v, bool), "true or false", where, "run", False),
     )
     if run.episode_fn not in EPISODES:
         raise SpecError(f"{where}: [run] episode_fn: {EPISODES.unknown_message(run.episode_fn)}")

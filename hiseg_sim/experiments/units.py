@@ -78,7 +78,12 @@ def plan_units(spec: StudySpec, case_ids: list[str]) -> list[WorkUnit]:
                     for rep in range(spec.replicates_of(arm)):
                         crossed.append(
                             EpisodePlan(
-                                arm.label, cid, rep, 0, episode_seed(spec.seed, arm.label, cid, rep), arm.feedback
+                                arm.label,
+                                cid,
+                                rep,
+                                0,
+                                episode_seed(spec.seed, arm.name if spec.run.paired else arm.label, cid, rep),
+                                arm.feedback,
                             )
                         )
                 units.append(WorkUnit(f"{seg_slug}--{_slug(cid)}", "crossed", seg, (cid,), tuple(crossed)))
@@ -86,6 +91,7 @@ def plan_units(spec: StudySpec, case_ids: list[str]) -> list[WorkUnit]:
             length = len(case_ids) if spec.run.length is None else int(spec.run.length)
             for arm in spec.annotators:
                 practice = length if arm.practice is None else arm.practice
+                seed_key = arm.name if spec.run.paired else arm.label
                 for rep in range(spec.replicates_of(arm)):
                     order = sequence_order(spec.seed, case_ids, rep, length)
                     eps = tuple(
@@ -94,7 +100,7 @@ def plan_units(spec: StudySpec, case_ids: list[str]) -> list[WorkUnit]:
                             cid,
                             rep,
                             pos,
-                            episode_seed(spec.seed, arm.label, cid, rep),
+                            episode_seed(spec.seed, seed_key, cid, rep),
                             arm.feedback if pos < practice else "none",
                         )
                         for pos, cid in enumerate(order)
