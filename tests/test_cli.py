@@ -115,6 +115,8 @@ MISTAKES = [
     (["demo", "--cases", "0"], "--cases"),
     (["calibrate", "--split", "holdout", "--fit"], "--split calibration"),
     (["run", "experiments/nope.toml"], "shipped studies"),
+    (["simulate", "expert_radiologist", "--env", "4d"], "--env must be 2d or 3d"),
+    (["run", "hiseg_groups", "--env", "volume"], "--env must be 2d or 3d"),
 ]
 
 
@@ -180,6 +182,24 @@ def test_two_simulations_in_one_folder_each_and_a_rerun_reuses(tmp_path, monkeyp
     fresh = runner.invoke(app, ["simulate", "expert_radiologist", *base, "--out", out, "--fresh"])
     assert fresh.exit_code == 0, fresh.output
     assert "starting afresh" in fresh.stderr
+
+
+def test_simulate_in_3d_prints_per_annotator_json_last(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["--limit", "2", "--segmenter", "stub_env", "--executor", "serial", "--json"]
+    res = runner.invoke(app, ["simulate", "expert_radiologist", "robot_medsam_box", "--env", "3d", *base])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "runs" / "simulate-expert_radiologist+robot_medsam_box-n2-stub_env-3d").is_dir()
+    last = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(last) == {"expert_radiologist", "robot_medsam_box"}
+    for name, row in last.items():
+        assert {"dice", "seconds", "accepted", "slices_prompted"} <= set(row), name
+        assert 0.0 <= row["dice"] <= 1.0 and 0.0 <= row["accepted"] <= 1.0 and row["seconds"] > 0
+    # the expert works through more than one slice of a whole nodule; in 2-D everything is one slice
+    assert last["expert_radiologist"]["slices_prompted"] > 1.0
+    flat = runner.invoke(app, ["simulate", "expert_radiologist", *base])
+    assert flat.exit_code == 0, flat.output
+    assert json.loads(flat.stdout.strip().splitlines()[-1])["expert_radiologist"]["slices_prompted"] == 1.0
 
 
 def test_a_stopped_run_says_how_many_units_are_done(tmp_path, capsys):
