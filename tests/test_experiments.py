@@ -154,6 +154,32 @@ def test_seeds_and_units_are_deterministic():
     assert sequence_order(7, ids, 1, 4) == sequence_order(7, ids, 1, 4) != sequence_order(7, ids, 2, 4)
 
 
+@pytest.mark.parametrize("design", ["sequence", "crossed"])
+def test_paired_arms_of_one_annotator_meet_the_same_draws(design):
+    d = stub_spec_dict(design=design, length=4 if design == "sequence" else None)
+    unpaired = spec_from_dict(d)
+    d["run"]["paired"] = True
+    paired = spec_from_dict(d)
+    ids = [f"synth-{i:02d}" for i in range(6)]
+
+    def seeds(spec):
+        out: dict = {}
+        for u in plan_units(spec, ids):
+            for ep in u.episodes:
+                out.setdefault(ep.arm, {})[(ep.case_id, ep.replicate, ep.position)] = ep.seed
+        return out
+
+    p, u = seeds(paired), seeds(unpaired)
+    # both arms are stub_box: paired, replicate r of each meets the same seed on each case
+    assert p["tight"] == p["loose"]
+    assert all(u["tight"][k] != u["loose"][k] for k in u["tight"])
+    # the key is part of the configuration only when set, so older studies keep their hashes
+    assert "paired" not in unpaired.result_dict()["run"] and paired.config_hash() != unpaired.config_hash()
+    d["run"]["paired"] = "yes"
+    with pytest.raises(SpecError, match="paired"):
+        spec_from_dict(d)
+
+
 # ---- executors ------------------------------------------------------------------------------------
 def test_serial_run_tables(serial_run):
     e, a = _rows(serial_run)
