@@ -24,8 +24,8 @@ positive/negative point   M + [K if switching from the box tool] + Fitts(pointer
 box                       M + [K if switching from the point tool] + Fitts(pointer → corner 1) + Fitts(corner 1 → corner 2, the drag) + click (press + release) + decode latency
 undo                      M + 2 K (Ctrl+Z)
 accept                    M + K (Enter)
-next / previous slice     scroll (one wheel notch or arrow key per slice) + encode latency of a slice not seen yet
-propagate                 M + K + scroll + decode latency (+ encode latency of a slice not seen yet)
+next / previous slice     scroll (one wheel notch or arrow key per slice) + inspect + encode latency of a slice not seen yet
+propagate                 M + K + scroll + inspect + decode latency (+ encode latency of a slice not seen yet)
 ========================  ===================================================================
 
 Practice: people get faster with a tool. By the power law of practice (Newell & Rosenbloom 1981;
@@ -37,6 +37,11 @@ side picks ``n`` (cases done with the tool), the exponents and floors per operat
 preparation and pointing learn at their own rates) and hands the env a :class:`TimeModel` whose
 ``mental_scale`` and ``motor_scale`` carry the factors
 (:func:`hiseg_sim.annotators.behaviour.execution.time_model_for`).
+
+*inspect* (``inspect_s`` per slice moved, 0 by default) is the look a person gives a slice newly
+shown while scrolling, propagating or reviewing a volume (is the nodule still there, does the mask
+fit it); it is charged as mental time (scaled with M). Annotator profiles set it
+(``[volume] inspect_slice_s``); with the default 0 nothing about 2-D or scrolling changes.
 
 With ``homing=True`` an H is added whenever the hand moves between keyboard and mouse (a person
 working with one hand); by default one hand stays on each device and H is not charged. An action
@@ -163,7 +168,9 @@ class TimeModel:
         corner_target_px: size S of a box corner aimed at, screen px (16; corners are placed
             less precisely than clicks).
 
-    Slice scrolling: ``scroll_s`` per slice moved (one wheel notch or arrow key, = K by default).
+    Slice scrolling: ``scroll_s`` per slice moved (one wheel notch or arrow key, = K by default),
+    and ``inspect_s`` per slice moved to look at the slice shown (0 by default; set by the
+    annotator's profile, ``[volume] inspect_slice_s``), charged as mental time.
 
     Model latency:
         decode_latency_s: seconds the person waits for a mask (0.06: the median LiteMedSAM
@@ -191,6 +198,7 @@ class TimeModel:
     point_target_px: float = 8.0
     corner_target_px: float = 16.0
     scroll_s: float = KLM["K"]
+    inspect_s: float = 0.0
     decode_latency_s: float = 0.06
     encode_latency_s: float = 0.0
     use_measured_latency: bool = False
@@ -208,6 +216,7 @@ class TimeModel:
             "M",
             "B",
             "scroll_s",
+            "inspect_s",
             "decode_latency_s",
             "encode_latency_s",
             "mental_scale",
@@ -331,8 +340,9 @@ def action_seconds(
         keys += model.K
     elif kind in ("next", "prev"):
         keys += model.scroll_s * abs(int(slices_moved))
+        mental += model.inspect_s * abs(int(slices_moved))
     elif kind == "propagate":
-        mental += model.M
+        mental += model.M + model.inspect_s * abs(int(slices_moved))
         keys += model.K + model.scroll_s * abs(int(slices_moved))
     if decoded:
         if model.use_measured_latency and measured_latency_s is not None:

@@ -166,3 +166,21 @@ def test_a_time_model_whose_seconds_would_overflow_is_refused():
     with pytest.raises(ValueError, match="screen_scale"):
         TimeModel(screen_scale=1e9)
     assert TimeModel(M=2.0).M == 2.0
+
+
+def test_inspecting_a_slice_is_charged_per_slice_shown_and_nowhere_else():
+    base, tm = TimeModel(), TimeModel(inspect_s=0.5)
+    for kind in ("next", "prev"):
+        extra = action_seconds(tm, kind, pointer=(5, 5), slices_moved=2).seconds
+        assert extra - action_seconds(base, kind, pointer=(5, 5), slices_moved=2).seconds == pytest.approx(1.0)
+    prop = action_seconds(tm, "propagate", pointer=(5, 5), slices_moved=1, decoded=True)
+    assert prop.seconds - action_seconds(base, "propagate", pointer=(5, 5), slices_moved=1, decoded=True).seconds == (
+        pytest.approx(0.5)
+    )
+    assert prop.parts["mental"] == pytest.approx(tm.M + 0.5)  # a look is mental time, scaled with M
+    for kind, kw in (("point", {"xy": (9, 9)}), ("box", {"xy": (1, 1), "xy2": (9, 9)}), ("undo", {}), ("accept", {})):
+        assert action_seconds(tm, kind, pointer=(5, 5), **kw) == action_seconds(base, kind, pointer=(5, 5), **kw)
+    slower = tm.scaled(mental_scale=2.0)
+    assert action_seconds(slower, "next", pointer=(0, 0), slices_moved=1).parts["mental"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="inspect_s"):
+        TimeModel(inspect_s=-1.0)

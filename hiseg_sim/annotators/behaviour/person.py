@@ -33,11 +33,19 @@ refused action, and the :class:`~hiseg_sim.annotators.base.Knowledge` (image, pi
 intent); ``reads_ground_truth`` is False and a test checks this module never touches the case or
 the ground truth.
 
-In the 3-D environment the person works slice by slice over the slices their intent covers,
-starting where they were put: each slice as in 2-D (its own patience), then ``Propagate`` to the
-next intended slice when it is adjacent and the current slice has a mask (the tool's way),
-otherwise scrolling; up first, then down; Accept when every intended slice is done or the time
-budget (``time_budget_s`` per intended slice) has run out.
+In the 3-D environment the person works as people do in volume tools
+(:mod:`~hiseg_sim.annotators.behaviour.volume`): before starting they judge the extent from the
+image (:mod:`~hiseg_sim.annotators.behaviour.extent`: the key slice where the nodule looks
+largest, and the first and last slice that show it, with perception noise fitted to the LIDC
+readers' disagreement), never from the slices their intent covers; then they scroll to the key
+slice, prompt it as in 2-D, ``Propagate`` up slice by slice to the last slice, scroll one past it
+to check the nodule has ended, scroll back, propagate down to the first slice and check past it,
+scroll through the extent once to review, and accept. A propagated slice that looks right
+(:func:`~hiseg_sim.annotators.behaviour.volume.slice_looks_right`) is kept; one that leaks or
+shrinks is corrected as in 2-D, with the slice's own patience and time budget
+(``time_budget_s`` counts the seconds spent on that slice); a slice they cannot fix is left as it
+is. They give up on the whole (accept what is there) only when the seconds spent reach
+``time_budget_s`` per slice of their extent.
 """
 
 from __future__ import annotations
@@ -53,10 +61,15 @@ from hiseg_sim.annotators.behaviour import strategy as S
 from hiseg_sim.annotators.behaviour.examples import Lessons, key_slice_of, read_example
 from hiseg_sim.annotators.behaviour.learning import PROMPT_TYPES, PromptValues, learn_from_example, relative_gain
 from hiseg_sim.annotators.behaviour.profiles import Profile
+from hiseg_sim.annotators.behaviour.volume import VolumePlan, plan_volume, slice_looks_right
 from hiseg_sim.env.actions import Accept, NextSlice, PrevSlice, Propagate, Undo
 from hiseg_sim.timing import TimeModel
 
 __all__ = ["BehaviourAnnotator"]
+
+#: assumption: the 3-D env is registered with 200 steps; the review scroll is skipped when it would
+#: take the episode past this many, so the person accepts before the step limit.
+REVIEW_STEP_CAP = 190
 
 #: ``info["invalid_action"]`` codes after which nothing changed (the prompt did not happen).
 _NOOP = frozenset(
@@ -114,6 +127,7 @@ class BehaviourAnnotator(Annotator):
         self._slices: list[_Slice] = []
         self._opening: str | None = None
         self._values_start = self.values.snapshot()
+        self._plan: VolumePlan | None = None  # 3-D: the extent and outlines the person set out to do
 
     # ---- hooks the harness calls ------------------------------------------------------------
     def perception_params(self):
@@ -124,9 +138,10 @@ class BehaviourAnnotator(Annotator):
     def time_model_for(self, spacing_yx, base: TimeModel | None = None) -> TimeModel:
         """The env's time model for this person on a case with this pixel size: the group's, on the
         person's next case with the tool (faster with the cases done)."""
-        return X.time_model_for(
+        tm = X.time_model_for(
             self.profile.execution, self.profile.time, spacing_yx, base, practice_n=self.cases_done + 1
         )
+        return tm.scaled(inspect_s=self.profile.volume.inspect_slice_s)
 
     @property
     def seconds_per_example(self) -> float:
@@ -182,6 +197,21 @@ class BehaviourAnnotator(Annotator):
         self._values_start = self.values.snapshot()
         self._kinds_used: list[str] = []
         self.perceived_quality = None
+        self._target = self._intent  # what the person means to outline on each slice
+        self._plan = None
+        if knowledge.three_d:
+            self._plan = plan_volume(
+                np.asarray(knowledge.image_hu),
+                intent,
+                self._spacing,
+                int(knowledge.start_slice),
+                self.profile.volume,
+                rng,
+            )
+            self._target = self._plan.target
+            self._n_planned = self._plan.extent.n_slices
+            self._phase = "seek"
+            self._slice_t0: dict[int, float] = {}
 
     def act(self, obs: dict, info: dict):
         if self._k is None:
@@ -192,7 +222,7 @@ class BehaviourAnnotator(Annotator):
         code = info.get("invalid_action", "")
         action = self._react(z, mask, code)
         if action is None:
-            action = self._next(z, mask, seconds)
+            action = self._next3d(z, mask, seconds) if self._k.three_d else self._next(z, mask, seconds)
         self._n_actions += 1
         return action
 
@@ -224,13 +254,21 @@ class BehaviourAnnotator(Annotator):
 
     def episode_info(self) -> dict:
         kinds = self._kinds_used
-        return {
+        out = {
             "gave_up": self._gave_up,
             "opening": self._opening,
             "prompt_types": {k: kinds.count(k) for k in sorted(set(kinds))},
             "values_before": self._values_start,
             "values_after": self.values.snapshot(),
         }
+        if self._plan is not None:  # 3-D: the extent the person judged (slab indices)
+            out.update(
+                extent_first=self._plan.first,
+                extent_last=self._plan.last,
+                key_slice=self._plan.key,
+                slices_left_imperfect=sum(st.gave_up for st in self._slices),
+            )
+        return out
 
     # ---- judging the last action ------------------------------------------------------------
     def _react(self, z: int, mask: np.ndarray, code: str):
@@ -249,7 +287,7 @@ class BehaviourAnnotator(Annotator):
             if code in _NOOP:
                 st.stack.pop()
             else:
-                q = J.perceived_quality(mask, self._intent[zp], self.profile.judgement.quality_sd, self.rng)
+                q = J.perceived_quality(mask, self._target[zp], self.profile.judgement.quality_sd, self.rng)
                 st.q = q
                 if kind != "propagate":
                     st.stalled = 0 if q > st.best_q + self.profile.judgement.undo_margin else st.stalled + 1
@@ -278,7 +316,7 @@ class BehaviourAnnotator(Annotator):
             return Accept()
         errors = None
         if st.stack and not st.done:
-            errors = J.perceived_errors(mask, self._intent[z], self._spacing, jp.min_error_mm)
+            errors = J.perceived_errors(mask, self._target[z], self._spacing, jp.min_error_mm)
             options = S.available_corrections(errors, st.has_box)
             # stuck: is there a kind of prompt not tried yet here? (then try it before giving up)
             untried = [k for k in options if k not in st.tried] if st.stalled >= jp.stall_limit else []
@@ -291,7 +329,7 @@ class BehaviourAnnotator(Annotator):
                 st.done = True
                 st.gave_up = verdict == "give_up"
                 self._gave_up |= st.gave_up
-        if not st.stack and not self._intent[z].any():
+        if not st.stack and not self._target[z].any():
             st.done = True  # nothing intended on this slice (3-D): move on
         if st.done or (z not in self._todo and st.stack):
             return self._move_on(z, mask)
@@ -303,9 +341,97 @@ class BehaviourAnnotator(Annotator):
             self._queue = kinds[1:]
             return self._prompt(z, kinds[0], mask)
         if errors is None:
-            errors = J.perceived_errors(mask, self._intent[z], self._spacing, jp.min_error_mm)
+            errors = J.perceived_errors(mask, self._target[z], self._spacing, jp.min_error_mm)
         kind = S.choose_correction(self.values, self.profile.strategy, errors, st.has_box, self.rng)
         return self._prompt(z, kind, mask, errors)
+
+    # ---- 3-D: the volume workflow (see the module docstring) -----------------------------------
+    def _next3d(self, z: int, mask: np.ndarray, seconds: float):
+        plan, jp = self._plan, self.profile.judgement
+        if self._queue:
+            return self._prompt(z, self._queue.pop(0), mask)
+        if seconds >= jp.time_budget_s * self._n_planned and any(s.stack for s in self._slices):
+            self._gave_up = True
+            return Accept()
+        if self._phase == "seek":
+            if z != plan.key:
+                return NextSlice() if plan.key > z else PrevSlice()
+            self._phase = "up"
+        if self._phase in ("up", "down") and plan.first <= z <= plan.last:
+            action = self._work_slice(z, mask, seconds)
+            if action is not None:
+                return action
+        return self._advance(z, mask)
+
+    def _work_slice(self, z: int, mask: np.ndarray, seconds: float):
+        """The next prompt on slice ``z`` of the extent, or None when the slice is done."""
+        st, jp, vp = self._slices[z], self.profile.judgement, self.profile.volume
+        if st.done:
+            return None
+        t0 = self._slice_t0.setdefault(z, seconds)
+        if not st.stack:
+            opening = S.choose_opening(self.values, self.profile.strategy, self.rng)
+            if self._opening is None:
+                self._opening = opening
+            kinds = list(S.OPENINGS[opening])
+            self._queue = kinds[1:]
+            return self._prompt(z, kinds[0], mask)
+        target = self._target[z]
+        if slice_looks_right(mask, target, st.q, self._spacing, vp, jp.accept_threshold):
+            st.done = True
+            return None
+        errors = J.perceived_errors(mask, target, self._spacing, jp.min_error_mm)
+        options = S.available_corrections(errors, st.has_box)
+        untried = [k for k in options if k not in st.tried] if st.stalled >= jp.stall_limit else []
+        best = max(self.values[k] for k in options)
+        stalled = 0 if untried else st.stalled
+        verdict = J.decide(st.q, st.n_actions, seconds - t0, jp, stalled, None if untried else best)
+        if verdict == "go_on" and untried:
+            st.stalled = 0
+            return self._prompt(z, untried[0], mask, errors)
+        if verdict != "go_on":  # accepted as it looks, or left as it is: on to the next slice
+            st.done = True
+            st.gave_up = verdict == "give_up"
+            return None
+        kind = S.choose_correction(self.values, self.profile.strategy, errors, st.has_box, self.rng)
+        return self._prompt(z, kind, mask, errors)
+
+    def _advance(self, z: int, mask: np.ndarray):
+        """Slice ``z`` is done: the next move of the pass (up, check, back, down, check, review)."""
+        plan = self._plan
+        n = len(self._slices)
+        if self._phase == "up":
+            if z < plan.last:
+                return self._step_to(z, 1, mask)
+            self._phase = "back"
+            if z + 1 < n:
+                return NextSlice()  # one slice past the end: has it ended?
+        if self._phase == "back":
+            if z > plan.key:
+                return PrevSlice()
+            self._phase = "down"
+        if self._phase == "down":
+            if z > plan.first:
+                return self._step_to(z, -1, mask)
+            self._phase = "review"
+            if z - 1 >= 0:
+                return PrevSlice()
+        if self._phase == "review":
+            review = self.profile.volume.review and self._n_actions + (plan.last - z) < REVIEW_STEP_CAP
+            if review and z < plan.last:
+                return NextSlice()
+        return Accept()
+
+    def _step_to(self, z: int, step: int, mask: np.ndarray):
+        """Onto slice ``z + step``: propagate this slice's mask there when it has one and the
+        target slice has nothing yet (the tool's way), else scroll."""
+        t = z + step
+        if mask.any() and not self._slices[t].stack:
+            self._slices[t].stack.append(("propagate", 0.0))
+            self._slices[t].n_actions += 1
+            self._pending = (t, "propagate", 0.0)
+            return Propagate(step)
+        return NextSlice() if step == 1 else PrevSlice()
 
     def _move_on(self, z: int, mask: np.ndarray):
         """The slice is done: go to the next intended slice, or accept the whole."""
@@ -330,7 +456,7 @@ class BehaviourAnnotator(Annotator):
         """Execute a prompt of ``kind`` on slice ``z`` and remember it for judgement."""
         st = self._slices[z]
         ex, sp = self.profile.execution, self._spacing
-        intent = self._intent[z]
+        intent = self._target[z]
         if kind == "point":
             if errors is None or not (errors.missing.any() or errors.leak.any()):
                 region, positive = intent, True  # the centre click of an opening

@@ -27,8 +27,10 @@ Sections and their parameters are the fields of :class:`PerceptionSpec`, and of
 :class:`~hiseg_sim.annotators.behaviour.strategy.StrategyParams`,
 :class:`~hiseg_sim.annotators.behaviour.learning.LearningParams`,
 :class:`~hiseg_sim.annotators.behaviour.execution.ExecutionParams`,
-:class:`~hiseg_sim.annotators.behaviour.judgement.JudgementParams` and
-:class:`~hiseg_sim.annotators.behaviour.execution.TimeParams`. Every field must be given (a profile states
+:class:`~hiseg_sim.annotators.behaviour.judgement.JudgementParams`,
+:class:`~hiseg_sim.annotators.behaviour.execution.TimeParams` and
+:class:`~hiseg_sim.annotators.behaviour.volume.VolumeParams` (how the person works through a
+volume in 3-D: the extent they judge, the slices they correct, the look they give each slice). Every field must be given (a profile states
 all its values and their sources); an unknown or missing key, a value of the wrong type, a source
 without a known kind or a value its section rejects raises :class:`ProfileError` naming the file
 and the key.
@@ -50,6 +52,7 @@ from hiseg_sim.annotators.behaviour.execution import ExecutionParams, TimeParams
 from hiseg_sim.annotators.behaviour.judgement import JudgementParams
 from hiseg_sim.annotators.behaviour.learning import LearningParams
 from hiseg_sim.annotators.behaviour.strategy import StrategyParams
+from hiseg_sim.annotators.behaviour.volume import VolumeParams
 
 __all__ = [
     "SOURCE_KINDS",
@@ -150,6 +153,7 @@ SECTIONS: dict[str, type] = {
     "execution": ExecutionParams,
     "judgement": JudgementParams,
     "time": TimeParams,
+    "volume": VolumeParams,
 }
 
 
@@ -168,6 +172,7 @@ class Profile:
     execution: ExecutionParams
     judgement: JudgementParams
     time: TimeParams
+    volume: VolumeParams
     sources: dict = field(default_factory=dict, compare=False)
     path: Path | None = field(default=None, compare=False)
 
