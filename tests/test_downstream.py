@@ -176,16 +176,19 @@ def test_arm_table_pairs_by_case_and_signs_the_gap():
     assert t.loc["gt", "lo"] <= t.loc["gt", "dice"] <= t.loc["gt", "hi"]
 
 
-def test_shipped_study_is_downstream_with_four_specialists():
+def test_shipped_study_is_downstream_on_whole_nodules():
+    from hiseg_sim.downstream.study import spec_is_three_d
     from hiseg_sim.experiments.spec import load_spec
 
     spec = load_spec("experiments/downstream.toml")
     assert spec.kind == "downstream" and load_spec("experiments/hiseg_groups.toml").kind == "groups"
-    cfgs = _specialist_configs(spec)
-    assert sorted(c.n_labelled for c in cfgs.values()) == [1, 2, 4, 8]
+    assert spec_is_three_d(spec)
+    assert _specialist_configs(spec) == {}  # the specialist prompts one key slice: not an arm in 3-D
     st = settings_of(spec)
-    assert st["arms"]["specialist"] in cfgs and st["test_cohort"] == "holdout"
-    assert all(c.cohort != "holdout" for c in cfgs.values())
+    labels = {a.label for a in spec.annotators}
+    assert {st["arms"][k] for k in ("expert", "crowd", "novice")} <= labels
+    assert st["arms"]["specialist"] not in labels and st["test_cohort"] == "holdout"
+    assert spec.cases.source == "downstream_training" and spec.cases.kwargs["n_pool"] == 120
 
 
 @pytest.mark.parametrize("mod", ["pseudo", "slices", "specialist", "training", "unet"])

@@ -1,9 +1,15 @@
 """Crowd fusion: k workers per nodule, their masks fused by majority vote or STAPLE, against cost.
 
 A crowd study runs a pool of W independent workers (replicates of one arm) on every nodule and
-stores each final mask (:func:`hiseg_sim.experiments.episode.pack_mask`). For each k = 1 … W,
-:func:`crowd_curve` draws subsets of k workers per nodule (without replacement, seeded), fuses
-their masks and scores the fusion against the reference on the slices the env scored:
+stores each final mask (:func:`hiseg_sim.codec.pack_mask`). For each k = 1 … W, :func:`crowd_draws`
+draws subsets of k workers per nodule (without replacement, seeded), fuses their masks and scores
+the fusion against the reference as the env scored each mask (:func:`case_masks`):
+
+- 2-D episodes (every slab one slice, the key slice): on that slice;
+- 3-D episodes: in 3-D, voxel by voxel over the union of the workers' slabs (a worker labels
+  nothing outside their own slab), against the whole case's ground truth (ground truth outside
+  every slab counts as missed, as in the env); besides Dice, NSD and the relative volume error of
+  the fused mask (voxel spacing from the case row).
 
 - majority vote (:func:`fuse_majority`): a pixel is in when *more than half* of the k masks
   have it (ties — possible for even k — go to background);
@@ -26,12 +32,16 @@ import pandas as pd
 from hiseg_sim.analysis.stats import bootstrap_ci
 from hiseg_sim.codec import unpack_mask
 from hiseg_sim.metrics import dice as _dice
+from hiseg_sim.metrics import nsd, volume_error
 
 __all__ = [
     "fuse_majority",
     "fuse_staple",
     "FUSERS",
+    "is_three_d",
     "case_masks",
+    "case_spacing",
+    "volume_scores",
     "crowd_draws",
     "crowd_curve",
     "workers_needed",
@@ -81,27 +91,46 @@ def fuse_staple(masks: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 FUSERS = {"majority": fuse_majority, "staple": fuse_staple}
 
 
-def case_masks(episodes: pd.DataFrame, case_row) -> tuple[np.ndarray, np.ndarray]:
-    """The masks of ``episodes`` (one case, same scored slab) and the reference, in one frame.
+def is_three_d(episodes: pd.DataFrame) -> bool:
+    """Whether ``episodes`` were scored in 3-D: some slab holds more than one slice (a 2-D env
+    scores one slice, the key slice; a 3-D env's slab is the slices the person could scroll)."""
+    return bool((pd.to_numeric(episodes["score_nz"]) > 1).any())
 
-    Returns ``(masks (n, dz, dy, dx) bool, ref (dz, dy, dx) bool)`` on the union of the masks'
-    and the reference's bounding boxes within the scored slab.
+
+def case_masks(episodes: pd.DataFrame, case_row) -> tuple[np.ndarray, np.ndarray]:
+    """The masks of ``episodes`` (one case) and the reference, in one frame.
+
+    Returns ``(masks (n, dz, dy, dx) bool, ref (dz, dy, dx) bool)`` on the union of the masks' and
+    the reference's bounding boxes. The reference is what the env scored against: in 2-D
+    (:func:`is_three_d` false) the ground truth on the one scored slice, which every episode must
+    share; in 3-D the whole case's ground truth, the frame spanning the union of the episodes' slabs
+    and the ground truth's extent (voxels of the frame outside a worker's slab are background for
+    that worker: nothing was labelled there).
     """
-    z0, nz = int(episodes["score_z0"].iloc[0]), int(episodes["score_nz"].iloc[0])
-    if not ((episodes["score_z0"] == z0).all() and (episodes["score_nz"] == nz).all()):
-        raise ValueError(
-            f"case {case_row['case_id']}: episodes scored on different slabs; fuse 2-D episodes of one env"
-        )
     crops = [unpack_mask(r) for _, r in episodes.iterrows()]
     gt_crop, gt_org = unpack_mask(case_row, "gt")
-    # the reference on the scored slab
-    gz = np.arange(gt_org[0], gt_org[0] + gt_crop.shape[0])
-    keep = (gz >= z0) & (gz < z0 + nz)
-    ref_crop = gt_crop[keep]
-    ref_org = (int(gz[keep][0]) if keep.any() else z0, gt_org[1], gt_org[2])
+    if is_three_d(episodes):
+        z0s = pd.to_numeric(episodes["score_z0"]).to_numpy(int)
+        z1s = z0s + pd.to_numeric(episodes["score_nz"]).to_numpy(int)
+        ref_crop, ref_org = gt_crop, tuple(int(v) for v in gt_org)
+        z_lo, z_hi = int(z0s.min()), int(z1s.max())
+        if ref_crop.size:  # ground truth outside every slab: in the frame, missed by every worker
+            z_lo, z_hi = min(z_lo, ref_org[0]), max(z_hi, ref_org[0] + ref_crop.shape[0])
+    else:
+        z0, nz = int(episodes["score_z0"].iloc[0]), int(episodes["score_nz"].iloc[0])
+        if not ((episodes["score_z0"] == z0).all() and (episodes["score_nz"] == nz).all()):
+            raise ValueError(
+                f"case {case_row['case_id']}: episodes scored on different slabs; fuse 2-D episodes of one env"
+            )
+        z_lo, z_hi = z0, z0 + nz
+        # the reference on the scored slab
+        gz = np.arange(gt_org[0], gt_org[0] + gt_crop.shape[0])
+        keep = (gz >= z0) & (gz < z0 + nz)
+        ref_crop = gt_crop[keep]
+        ref_org = (int(gz[keep][0]) if keep.any() else z0, gt_org[1], gt_org[2])
     boxes = [(org, c.shape) for c, org in crops if c.size] + [(ref_org, ref_crop.shape)]
-    lo = np.min([[z0, *o[1:]] for o, _ in boxes], axis=0)
-    hi = np.max([[z0 + nz, o[1] + s[1], o[2] + s[2]] for o, s in boxes], axis=0)
+    lo = np.min([[z_lo, *o[1:]] for o, _ in boxes], axis=0)
+    hi = np.max([[z_hi, o[1] + s[1], o[2] + s[2]] for o, s in boxes], axis=0)
     shape = tuple(int(v) for v in hi - lo)
     frame = np.zeros((len(crops),) + shape, bool)
     for i, (c, org) in enumerate(crops):
@@ -117,6 +146,22 @@ def case_masks(episodes: pd.DataFrame, case_row) -> tuple[np.ndarray, np.ndarray
     return frame, ref
 
 
+def case_spacing(case_row) -> tuple[float, float, float]:
+    """Voxel spacing ``(z, y, x)`` mm of a case row (1 mm where the row has none)."""
+    return tuple(float(case_row.get(f"spacing_{a}", 1.0) or 1.0) for a in "zyx")
+
+
+def volume_scores(fused: np.ndarray, ref: np.ndarray, spacing) -> dict:
+    """NSD at :data:`~hiseg_sim.experiments.episode.NSD_TOLERANCE_MM` and the relative volume error
+    ``(V_fused - V_ref) / V_ref`` of a fused 3-D mask (NaN for an empty reference)."""
+    from hiseg_sim.experiments.episode import NSD_TOLERANCE_MM
+
+    return {
+        "nsd": nsd(fused, ref, NSD_TOLERANCE_MM, spacing),
+        "volume_error": volume_error(fused, ref, spacing)["rel"],
+    }
+
+
 def crowd_draws(
     episodes: pd.DataFrame,
     cases: pd.DataFrame,
@@ -128,7 +173,8 @@ def crowd_draws(
     arm_col: str = "annotator",
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Every fused draw: columns ``case_id, k, draw, method, dice, seconds`` (plus size band / texture).
+    """Every fused draw: columns ``case_id, k, draw, method, dice, seconds`` (plus size band / texture),
+    and for 3-D episodes (:func:`is_three_d`) ``nsd`` and ``volume_error`` (:func:`volume_scores`).
 
     For each case the pool is that case's episodes of arm ``worker``; for each ``k`` up to the
     pool size, ``draws`` subsets of k workers (all of them once when k equals the pool).
@@ -143,6 +189,7 @@ def crowd_draws(
     case_rows = cases.set_index("case_id")
     rng = np.random.default_rng(seed)
     rows = []
+    three_d = is_three_d(pool_all)
     from hiseg_sim.progress import progress_iter
 
     by_case = pool_all.groupby("case_id", sort=True)
@@ -150,7 +197,9 @@ def crowd_draws(
         by_case, desc=f"fusing {worker} masks", total=by_case.ngroups, enabled=progress, unit="nodule"
     ):
         pool = pool.sort_values("replicate")
-        masks, ref = case_masks(pool, {**case_rows.loc[cid].to_dict(), "case_id": cid})
+        case_row = {**case_rows.loc[cid].to_dict(), "case_id": cid}
+        masks, ref = case_masks(pool, case_row)
+        spacing = case_spacing(case_row)
         secs = pool["seconds_total"].to_numpy(dtype=float)
         W = len(pool)
         meta = {c: pool[c].iloc[0] for c in ("size_band", "texture_group") if c in pool}
@@ -162,27 +211,33 @@ def crowd_draws(
                 pick = np.sort(rng.choice(W, size=k, replace=False))
                 for m in methods:
                     fused = FUSERS[m](masks[pick])
-                    rows.append(
-                        {
-                            "case_id": cid,
-                            "k": int(k),
-                            "draw": d,
-                            "method": m,
-                            "dice": _dice(fused, ref),
-                            "seconds": float(secs[pick].sum()),
-                            **meta,
-                        }
-                    )
+                    row = {
+                        "case_id": cid,
+                        "k": int(k),
+                        "draw": d,
+                        "method": m,
+                        "dice": _dice(fused, ref),
+                        "seconds": float(secs[pick].sum()),
+                        **meta,
+                    }
+                    if three_d:
+                        row.update(volume_scores(fused, ref, spacing))
+                    rows.append(row)
     return pd.DataFrame(rows)
 
 
 def crowd_curve(draws: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Expected Dice and cost against k per method: ``method, k, dice, lo, hi, seconds, cases``.
+    """Expected Dice and cost against k per method: ``method, k, dice, lo, hi, seconds, cases``; with
+    3-D draws also the mean ``nsd``, signed ``volume_error`` and ``abs_volume_error`` (relative).
 
     Each case contributes the mean over its draws (so cases weigh equally); the interval is a
     bootstrap over cases.
     """
-    per_case = draws.groupby(["method", "k", "case_id"], as_index=False)[["dice", "seconds"]].mean()
+    extra = [c for c in ("nsd", "volume_error") if c in draws]
+    d = draws.assign(abs_volume_error=draws["volume_error"].abs()) if extra else draws
+    if extra:
+        extra.append("abs_volume_error")
+    per_case = d.groupby(["method", "k", "case_id"], as_index=False)[["dice", "seconds", *extra]].mean()
     rows = []
     for (m, k), g in per_case.groupby(["method", "k"], sort=True):
         est, lo, hi = bootstrap_ci(g["dice"], g["case_id"], n_boot, seed=seed)
@@ -195,6 +250,7 @@ def crowd_curve(draws: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.Da
                 "hi": hi,
                 "seconds": float(g["seconds"].mean()),
                 "cases": int(g["case_id"].nunique()),
+                **{c: float(g[c].mean()) for c in extra},
             }
         )
     return pd.DataFrame(rows)

@@ -8,7 +8,8 @@
   rounds kept for an uncertainty map.
 - :mod:`~hiseg_sim.downstream.pseudo`: spread across prompt rounds → pixel weights.
 - :mod:`~hiseg_sim.downstream.slices`, :mod:`~hiseg_sim.downstream.labels`: 2-D crops, and label
-  sets (ground truth, expert, STAPLE crowd, novice, specialist) read back from a study's rows.
+  sets (ground truth, expert, STAPLE crowd, novice, specialist) read back from a study's rows: key
+  slices of a 2-D study, every slice of the volume labels of a 3-D one.
 - :mod:`~hiseg_sim.downstream.pool`: more calibration-split training phantoms (``train_pool.json``),
   a ``[cases] source`` for the study.
 - :mod:`~hiseg_sim.downstream.study`, :mod:`~hiseg_sim.downstream.report`: the

@@ -28,7 +28,11 @@ def _sections(data, settings: dict, out: Path):
     tab = pd.DataFrame(summary["table"])
     sec = Section("Downstream training on simulated labels", definitions=DEFINITIONS)
     sec.paragraphs.append(f"The full report of this study is `{md.name}` (rebuilt now); the test Dice per arm:")
-    cols = [c for c in ("title", "dice", "lo", "hi", "diff_vs_gt", "diff_lo", "diff_hi", "p_boot") if c in tab]
+    cols = [
+        c
+        for c in ("title", "dice", "lo", "hi", "nsd", "abs_volume_error", "diff_vs_gt", "diff_lo", "diff_hi", "p_boot")
+        if c in tab
+    ]
     sec.tables.append(("Holdout test Dice per training-label arm", tab[cols]))
     for name in ("downstream_dice", "specialist_curve", "downstream_labels"):
         p = Path(data.dir) / f"{name}.png"
@@ -59,9 +63,12 @@ def _sections(data, settings: dict, out: Path):
 #: What the downstream table's columns mean.
 DEFINITIONS = {
     "title": "the label set the net was trained on",
-    "dice": "mean test Dice on the holdout cohort's ground truth (per case: over its slices and the seeds)",
+    "dice": "mean test Dice on the holdout cohort's ground truth (per case: over its slices and the seeds; 3-D: of "
+    "the stacked volume, over the seeds)",
     "lo": "lower end of the 95 % bootstrap interval of the test Dice (over test cases)",
     "hi": "upper end of that interval",
+    "nsd": "mean test NSD at 1 mm (3-D: the net's stacked slice predictions against the whole case)",
+    "abs_volume_error": "mean absolute relative volume error of the net's 3-D prediction, abs(V_pred - V_gt) / V_gt",
     "diff_vs_gt": "paired difference in test Dice, this label set minus ground truth",
     "diff_lo": "lower end of the 95 % interval of that difference",
     "diff_hi": "upper end of that interval",

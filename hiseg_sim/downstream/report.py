@@ -108,7 +108,10 @@ def example_sets(sets: dict, n: int = 4) -> dict:
     from hiseg_sim.downstream.labels import LabelSet
 
     area = sets["gt"].targets.sum((1, 2))
-    idx = np.argsort(area, kind="stable")[np.linspace(len(area) * 0.3, len(area) - 1, n).astype(int)]
+    # rows holding ground truth (volume labels have nodule-free slices too)
+    cand = np.flatnonzero(area > 0) if (area > 0).any() else np.arange(len(area))
+    order = cand[np.argsort(area[cand], kind="stable")]
+    idx = order[np.linspace(len(order) * 0.3, len(order) - 1, n).astype(int)]
     return {
         k: LabelSet(k, [ls.case_ids[i] for i in idx], ls.images[idx], ls.targets[idx], ls.weights[idx])
         for k, ls in sets.items()
@@ -200,26 +203,59 @@ def write_report(
         f"{tc.get('batch', 8)}, {tc.get('patch_px', 64)}-px patches, flips/rotations/shifts"
         f"{', HU jitter ' + format(tc['jitter_hu'], 'g') if tc.get('jitter_hu') else ''}"
     )
-    L = [
-        f"# Downstream study `{summary['study']}`",
-        "",
-        f"Training: {summary['train_cases']} cases {where}, key slice, 96-px crops; the same {net}, "
-        f"BCE + soft Dice, {st['train_steps']} steps, seeds {st['seeds']}. Test: "
-        f"{summary['test_cases']} holdout cases ({summary['test_slices']} slices: key slice ± {st['test_neighbours']}), "
-        "ground truth. Dice per test case = mean over its slices and the seeds; intervals: 95 % percentile "
-        f"bootstrap over test cases ({st['n_boot']} draws); differences paired by case.",
-        "",
-        "| arm | label Dice vs GT (train) | label area / GT area (median) | test Dice | 95 % CI | Δ vs (a) | 95 % CI of Δ "
-        "| p (boot) | test cases missed (Dice < 0.1) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    three_d = summary.get("scored") == "3d"
+    if three_d:
+        intro = (
+            f"The annotators outlined whole nodules (3-D env); the labels are volumes. Training: "
+            f"{summary['train_cases']} cases {where}, every slice of each case's volume "
+            f"({summary.get('train_slices', '?')} slices), 96-px crops; the same 2-D {net} "
+            "(nnU-Net's 2d configuration: trained on every slice of the volume labels), "
+            f"BCE + soft Dice, {st['train_steps']} steps, seeds {st['seeds']}. Test: "
+            f"{summary['test_cases']} holdout cases ({summary['test_slices']} slices), each volume predicted slice "
+            "by slice, the slices stacked, and scored in 3-D against the whole case's ground truth (Dice, NSD at "
+            "1 mm, relative volume error), averaged over the seeds; intervals: 95 % percentile bootstrap over test "
+            f"cases ({st['n_boot']} draws); differences paired by case. Label Dice and area ratio are per training "
+            "case, in 3-D; annotation seconds are simulated seconds per nodule of the episodes the labels come from."
+        )
+        head = (
+            "| arm | label Dice vs GT (train) | label volume / GT volume (median) | annotation s / nodule | test Dice "
+            "| 95 % CI | test NSD@1mm | test abs volume error | Δ vs (a) | 95 % CI of Δ | p (boot) "
+            "| test cases missed (Dice < 0.1) |"
+        )
+        rule = "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    else:
+        intro = (
+            f"Training: {summary['train_cases']} cases {where}, key slice, 96-px crops; the same {net}, "
+            f"BCE + soft Dice, {st['train_steps']} steps, seeds {st['seeds']}. Test: "
+            f"{summary['test_cases']} holdout cases ({summary['test_slices']} slices: key slice ± "
+            f"{st['test_neighbours']}), ground truth. Dice per test case = mean over its slices and the seeds; "
+            f"intervals: 95 % percentile bootstrap over test cases ({st['n_boot']} draws); differences paired by case."
+        )
+        head = (
+            "| arm | label Dice vs GT (train) | label area / GT area (median) | test Dice | 95 % CI | Δ vs (a) "
+            "| 95 % CI of Δ | p (boot) | test cases missed (Dice < 0.1) |"
+        )
+        rule = "|---|---|---|---|---|---|---|---|---|"
+    L = [f"# Downstream study `{summary['study']}`", "", intro, "", head, rule]
     area, miss = summary.get("label_area_ratio", {}), summary.get("test_misses", {})
+    secs = summary.get("annotation_seconds", {})
     for _, r in table.iterrows():
         d = (
             ""
             if r["arm"] == "gt"
             else f"{r['diff_vs_gt']:+.3f} | [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}] | {r['p_boot']:.3f}"
         )
+        if three_d:
+            sec = secs.get(r["arm"])
+            L.append(
+                f"| {r['title']} | {lqm.get(r['arm'], float('nan')):.3f} | {area.get(r['arm'], float('nan')):.2f} | "
+                + ("–" if sec is None else f"{sec:.1f}")
+                + f" | {r['dice']:.3f} | [{r['lo']:.3f}, {r['hi']:.3f}] | {r['nsd']:.3f} | "
+                f"{100 * r['abs_volume_error']:.1f}% | "
+                + (d if d else "– | – | –")
+                + f" | {miss.get(r['arm'], float('nan')):.0%} |"
+            )
+            continue
         L.append(
             f"| {r['title']} | {lqm.get(r['arm'], float('nan')):.3f} | {area.get(r['arm'], float('nan')):.2f} | "
             f"{r['dice']:.3f} | [{r['lo']:.3f}, {r['hi']:.3f}] | "

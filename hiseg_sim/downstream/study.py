@@ -20,6 +20,16 @@ nodules and 120 more calibration-split phantoms), every one labelled by every an
 5. bootstrap intervals over test cases, paired differences against (a), the specialist's Dice
    against its number of labelled cases, a Markdown report and figures in ``runs/<name>/``.
 
+With ``[study] env = "3d"`` the annotators outline whole nodules and the labels are volumes
+(:func:`~hiseg_sim.downstream.labels.build_label_volumes`: arms (a)–(d), the crowd fused by 3-D
+STAPLE; the specialist annotator works on one slice and is not an arm of a 3-D study). The net
+stays the 2-D :class:`~hiseg_sim.downstream.unet.TinyUNet`, trained on every slice of the volume
+labels (nnU-Net's 2d configuration; a 3-D net of the same budget would see a handful of patches per
+step on two cores); each holdout case is predicted slice by slice, the slices stacked, and scored in
+3-D against the whole case's ground truth (Dice, NSD at 1 mm, relative volume error,
+:func:`~hiseg_sim.downstream.training.volume_scores`). The report adds each label arm's simulated
+annotation seconds per nodule (the crowd: its ``crowd_k`` workers added up).
+
 ``[analysis]`` settings (all optional): ``seeds`` ([0, 1]), ``train_steps`` (400), ``crowd_k`` (3),
 ``arms`` (table: ``expert``, ``crowd``, ``novice``, ``specialist`` → arm labels),
 ``test_cohort`` ("holdout", or a registered case source), ``test_neighbours`` (2),
@@ -39,12 +49,21 @@ import numpy as np
 import pandas as pd
 
 from hiseg_sim.codec import json_default
-from hiseg_sim.downstream.labels import build_label_sets, label_quality
-from hiseg_sim.downstream.slices import case_crops
+from hiseg_sim.downstream.labels import build_label_sets, build_label_volumes, label_quality
+from hiseg_sim.downstream.slices import case_crops, crop_of, crop_origin
 from hiseg_sim.downstream.specialist import SpecialistConfig, cohort_cases, labelled_ids, specialist_net, weights_path
-from hiseg_sim.downstream.training import TrainConfig, dice_scores, train_unet
+from hiseg_sim.downstream.training import TrainConfig, dice_scores, train_unet, volume_scores
 
-__all__ = ["DEFAULTS", "run_downstream", "train_and_test", "specialist_curve", "arm_table"]
+__all__ = [
+    "DEFAULTS",
+    "run_downstream",
+    "train_and_test",
+    "train_and_test_volumes",
+    "specialist_curve",
+    "arm_table",
+    "annotation_seconds",
+    "spec_is_three_d",
+]
 
 DEFAULTS = {
     "seeds": [0, 1],
@@ -105,6 +124,42 @@ def train_and_test(job: tuple) -> dict:
     return {"arm": arm, "seed": int(seed), "dice": dice_scores(net, xt, yt).tolist(), "train_s": round(train_s, 2)}
 
 
+def train_and_test_volumes(job: tuple) -> dict:
+    """One training run on volume labels: ``(arm, seed, images, targets, weights, cfg_dict, test_volumes)``
+    → ``{"arm", "seed", "scores": per test case {"dice", "nsd", "volume_error"}, "train_s"}``
+    (:func:`~hiseg_sim.downstream.training.volume_scores`). Top level: runs in a worker process."""
+    arm, seed, x, y, w, cfg, volumes = job
+    t0 = time.perf_counter()
+    net = train_unet(x, y, w, TrainConfig(**cfg), seed=int(seed))
+    train_s = time.perf_counter() - t0
+    return {"arm": arm, "seed": int(seed), "scores": volume_scores(net, volumes), "train_s": round(train_s, 2)}
+
+
+def spec_is_three_d(spec) -> bool:
+    """Whether the spec's env outlines whole nodules (its class says ``three_d``)."""
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    import hiseg_sim.env  # noqa: F401  (registers the envs)
+
+    return bool(getattr(load_env_creator(gym.spec(spec.env_id).entry_point), "three_d", False))
+
+
+def annotation_seconds(episodes: pd.DataFrame, arms: dict, crowd_k: int) -> dict:
+    """Simulated annotation seconds per nodule of each label arm: the mean over cases of the seconds
+    of the episodes its labels come from (the first by replicate; the crowd: its first ``crowd_k``
+    workers added up)."""
+    out = {}
+    for name, arm in arms.items():
+        if arm is None:
+            continue
+        n = crowd_k if name == "crowd" else 1
+        e = episodes[episodes["annotator"] == arm].sort_values(["case_id", "replicate"], kind="mergesort")
+        per_case = e.groupby("case_id")["seconds_total"].apply(lambda v, n=n: float(v.head(n).sum()))
+        out[name] = float(per_case.mean()) if len(per_case) else float("nan")
+    return out
+
+
 def _pretrain(job: tuple) -> str:
     """Train (and cache) one specialist: ``(SpecialistConfig, cache_dir)``. Top level: runs in a worker."""
     cfg, cache_dir = job
@@ -126,7 +181,8 @@ def _map(fn, jobs: list, workers: int) -> list:
 def arm_table(per_case: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per arm: mean test Dice with a bootstrap interval over cases, and the paired difference
     against ``gt`` (arm − gt) with its interval and two-sided bootstrap p. ``per_case`` has
-    ``arm, case_id, dice`` (one row per arm and test case)."""
+    ``arm, case_id, dice`` (one row per arm and test case); with 3-D scores (``nsd``,
+    ``volume_error``) also their means (``nsd``, ``abs_volume_error``: mean absolute relative)."""
     from hiseg_sim.analysis.stats import bootstrap_ci, paired_bootstrap
 
     df = per_case.assign(replicate=0)
@@ -135,6 +191,8 @@ def arm_table(per_case: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.D
         d = df[df["arm"] == arm]
         est, lo, hi = bootstrap_ci(d["dice"].to_numpy(), d["case_id"].to_numpy(), n_boot=n_boot, seed=seed)
         row = {"arm": arm, "title": ARM_TITLES[arm], "dice": est, "lo": lo, "hi": hi, "n_cases": int(len(d))}
+        if "nsd" in d:  # 3-D scores
+            row.update(nsd=float(d["nsd"].mean()), abs_volume_error=float(d["volume_error"].abs().mean()))
         if arm != "gt":
             pb = paired_bootstrap(df, "dice", "arm", arm, "gt", n_boot=n_boot, seed=seed)
             row.update(diff_vs_gt=pb["diff"], diff_lo=pb["lo"], diff_hi=pb["hi"], p_boot=pb["p_boot"])
@@ -208,6 +266,12 @@ def run_downstream(
     if spec.kind != "downstream":
         raise ValueError(f"{spec.name}: kind is {spec.kind!r}, not 'downstream'")
     st = settings_of(spec)
+    three_d = spec_is_three_d(spec)
+    if three_d and any(a.name == "specialist_sam" for a in spec.annotators):
+        raise ValueError(
+            f"{spec.name}: the specialist annotator (specialist_sam) labels one key slice; drop its arms "
+            "from a 3-D study (env = '3d') or run the study in 2-D"
+        )
     timings: dict[str, float] = {}
     plan = plan_study(spec, out_dir, executor=executor, workers=workers, cache_dir=cache_dir)
     run_dir = plan.run_dir
@@ -251,7 +315,12 @@ def run_downstream(
         if sp_cfg
         else set()
     )
-    sets = build_label_sets(data.episodes, train_cases, arms, int(st["crowd_k"]), labelled, float(st["weight_floor"]))
+    if three_d:
+        sets = build_label_volumes(data.episodes, train_cases, arms, int(st["crowd_k"]))
+    else:
+        sets = build_label_sets(
+            data.episodes, train_cases, arms, int(st["crowd_k"]), labelled, float(st["weight_floor"])
+        )
     lq = label_quality(sets)
     test_cases = cohort_cases(st["test_cohort"], allow_holdout=True)
     overlap = {c.case_id for c in test_cases} & set(train_ids)
@@ -259,23 +328,46 @@ def run_downstream(
         raise ValueError(
             f"test cohort {st['test_cohort']!r} shares cases with the training cases: {sorted(overlap)[:5]}"
         )
-    crops = [cr for c in test_cases for cr in case_crops(c, "test", 0, int(st["test_neighbours"]))]
-    xt = np.stack([c.image_hu for c in crops])
-    yt = np.stack([c.gt for c in crops])
-    test_case_of = [c.case_id for c in crops]
     cfg = replace(TrainConfig(), **dict(st.get("train", {})), steps=int(st["train_steps"]), threads=1).to_dict()
-    jobs = [(name, s, ls.images, ls.targets, ls.weights, cfg, xt, yt) for name, ls in sets.items() for s in st["seeds"]]
-    results = _map(train_and_test, jobs, int(st["train_workers"]))
+    if three_d:
+        volumes = []
+        for c in test_cases:
+            o = crop_origin(c, "test", 0)
+            imgs = np.stack([crop_of(c.volume_hu[z], o) for z in range(c.shape[0])]).astype(np.float32)
+            volumes.append((imgs, o, c.gt, tuple(float(v) for v in c.spacing_zyx)))
+        n_test_slices = sum(c.shape[0] for c in test_cases)
+        jobs = [
+            (name, s, ls.images, ls.targets, ls.weights, cfg, volumes) for name, ls in sets.items() for s in st["seeds"]
+        ]
+        results = _map(train_and_test_volumes, jobs, int(st["train_workers"]))
+        scores = pd.DataFrame(
+            [
+                {"arm": r["arm"], "seed": r["seed"], "case_id": test_cases[i].case_id, **sc}
+                for r in results
+                for i, sc in enumerate(r["scores"])
+            ]
+        )
+        per_case = scores.groupby(["arm", "case_id"], as_index=False)[["dice", "nsd", "volume_error"]].mean()
+    else:
+        crops = [cr for c in test_cases for cr in case_crops(c, "test", 0, int(st["test_neighbours"]))]
+        xt = np.stack([c.image_hu for c in crops])
+        yt = np.stack([c.gt for c in crops])
+        test_case_of = [c.case_id for c in crops]
+        n_test_slices = len(crops)
+        jobs = [
+            (name, s, ls.images, ls.targets, ls.weights, cfg, xt, yt) for name, ls in sets.items() for s in st["seeds"]
+        ]
+        results = _map(train_and_test, jobs, int(st["train_workers"]))
+        slices = pd.DataFrame(
+            [
+                {"arm": r["arm"], "seed": r["seed"], "case_id": test_case_of[i], "dice": d}
+                for r in results
+                for i, d in enumerate(r["dice"])
+            ]
+        )
+        per_case = slices.groupby(["arm", "case_id"], as_index=False)["dice"].mean()
     timings["downstream_training_s"] = time.perf_counter() - t2
 
-    slices = pd.DataFrame(
-        [
-            {"arm": r["arm"], "seed": r["seed"], "case_id": test_case_of[i], "dice": d}
-            for r in results
-            for i, d in enumerate(r["dice"])
-        ]
-    )
-    per_case = slices.groupby(["arm", "case_id"], as_index=False)["dice"].mean()
     table = arm_table(per_case, int(st["n_boot"]))
     curve = pd.DataFrame()
     if configs:
@@ -298,7 +390,7 @@ def run_downstream(
         "settings": st,
         "train_cases": len(train_cases),
         "test_cases": len(test_cases),
-        "test_slices": len(crops),
+        "test_slices": n_test_slices,
         "train_source": {"cohort": spec.cases.cohort, "source": spec.cases.source, "kwargs": dict(spec.cases.kwargs)},
         "train_config": cfg,
         "labelled_for_specialist": sorted(labelled),
@@ -313,6 +405,10 @@ def run_downstream(
         "annotation_sessions": data.meta.get("sessions", []),
         "cpu_count": os.cpu_count(),
     }
+    if three_d:
+        summary["scored"] = "3d"
+        summary["train_slices"] = int(len(sets["gt"].case_ids))
+        summary["annotation_seconds"] = annotation_seconds(data.episodes, arms, int(st["crowd_k"]))
     run_dir.mkdir(parents=True, exist_ok=True)
     per_case.to_csv(run_dir / "downstream_per_case.csv", index=False)
     lq.to_csv(run_dir / "downstream_label_quality.csv", index=False)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from hiseg_sim.downstream.unet import TinyUNet, predict_prob, to_input
 from hiseg_sim.seeding import keyed_rng
 
-__all__ = ["TrainConfig", "augment_batch", "train_unet", "dice_scores", "shift2d"]
+__all__ = ["TrainConfig", "augment_batch", "train_unet", "dice_scores", "volume_scores", "predict_volume", "shift2d"]
 
 AIR_HU = -1000.0
 
@@ -192,3 +192,39 @@ def dice_scores(net: TinyUNet, images_hu: np.ndarray, gts: np.ndarray, threshold
     inter = (pred & g).sum((1, 2))
     s = pred.sum((1, 2)) + g.sum((1, 2))
     return np.where(s == 0, 1.0, 2.0 * inter / np.maximum(s, 1)).astype(np.float64)
+
+
+def predict_volume(
+    net: TinyUNet, images_hu: np.ndarray, origin_yx: tuple[int, int], shape_zyx, threshold: float = 0.5
+) -> np.ndarray:
+    """The net's 3-D mask of a case: each slice of ``images_hu`` ``(Z, S, S)`` (the in-plane crop at
+    ``origin_yx`` of every slice) predicted on its own and the slice masks stacked, pasted into a
+    ``(Z, Y, X)`` volume (nothing outside the crop: the net never saw it)."""
+    prob = predict_prob(net, np.asarray(images_hu, np.float32))
+    Z, Y, X = (int(v) for v in shape_zyx)
+    S = prob.shape[-1]
+    y0, x0 = (int(v) for v in origin_yx)
+    out = np.zeros((Z, Y, X), bool)
+    ys, ye, xs, xe = max(y0, 0), min(y0 + S, Y), max(x0, 0), min(x0 + S, X)
+    out[:, ys:ye, xs:xe] = prob[:Z, ys - y0 : ye - y0, xs - x0 : xe - x0] > threshold
+    return out
+
+
+def volume_scores(net: TinyUNet, volumes, tolerance_mm: float = 1.0) -> list[dict]:
+    """3-D scores of ``net`` on test volumes: for each ``(images (Z, S, S), origin_yx, gt (Z, Y, X),
+    spacing_zyx)`` the stacked slice predictions (:func:`predict_volume`) against the whole
+    ground truth: ``{"dice", "nsd", "volume_error"}`` (NSD at ``tolerance_mm``; volume error
+    relative, ``(V_pred - V_gt) / V_gt``)."""
+    from hiseg_sim import metrics
+
+    out = []
+    for images, origin, gt, spacing in volumes:
+        pred = predict_volume(net, images, origin, np.shape(gt))
+        out.append(
+            {
+                "dice": metrics.dice(pred, gt),
+                "nsd": metrics.nsd(pred, gt, tolerance_mm, spacing),
+                "volume_error": metrics.volume_error(pred, gt, spacing)["rel"],
+            }
+        )
+    return out

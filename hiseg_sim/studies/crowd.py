@@ -39,6 +39,7 @@ def _sections(data, settings: dict, out: Path):
     draws = C.crowd_draws(e, data.cases, worker, ks, methods, int(settings.get("draws", 30)), seed, progress=True)
     curve = C.crowd_curve(draws, min(n_boot, 1000), seed)
     ref = C.single_arm_reference(e, ref_arm, min(n_boot, 1000), seed) if ref_arm in set(e["annotator"]) else None
+    three_d = C.is_three_d(e[e["annotator"] == worker])
     sec = Section(f"Fusing {worker} masks", definitions=DEFINITIONS)
     sec.paragraphs.append(
         f"{pool} independent {worker}s per nodule on {e['case_id'].nunique()} nodules; for each k, "
@@ -46,13 +47,27 @@ def _sections(data, settings: dict, out: Path):
         "scored (all of them once when k is the whole pool). Cost = the k workers' simulated seconds. Majority "
         "vote is strict (ties at even k go to background), hence its zigzag."
     )
+    if three_d:
+        sec.paragraphs.append(
+            "The workers outlined whole nodules (3-D env): masks are fused voxel by voxel over the union of "
+            "the workers' slabs and scored in 3-D against the whole case's ground truth (Dice, NSD at 1 mm, "
+            "relative volume error)."
+        )
     wide = curve.pivot(index="k", columns="method", values="dice")
     tab = pd.DataFrame({"k": wide.index})
     for m in methods:
         c = curve[curve["method"] == m].set_index("k")
         tab[f"{m} Dice [95% CI]"] = [fmt_ci(c.at[k, "dice"], c.at[k, "lo"], c.at[k, "hi"]) for k in wide.index]
+        if three_d:
+            tab[f"{m} NSD@1mm"] = c.loc[wide.index, "nsd"].to_numpy()
+            tab[f"{m} abs volume error"] = [f"{100 * v:.1f}%" for v in c.loc[wide.index, "abs_volume_error"]]
     tab["total seconds"] = curve[curve["method"] == methods[0]].set_index("k").loc[wide.index, "seconds"].to_numpy()
-    sec.tables.append(("Expected Dice of the fused mask and total seconds against workers per nodule", tab))
+    sec.tables.append(
+        (
+            f"Expected {'3-D ' if three_d else ''}Dice of the fused mask and total seconds against workers per nodule",
+            tab,
+        )
+    )
     headline: dict = {
         "curve": {
             m: {
@@ -62,6 +77,15 @@ def _sections(data, settings: dict, out: Path):
             for m in methods
         }
     }
+    if three_d:
+        headline["scored"] = "3d"
+        headline["curve_3d"] = {
+            m: {
+                int(r["k"]): {c: r[c] for c in ("dice", "nsd", "volume_error", "abs_volume_error", "seconds")}
+                for _, r in curve[curve["method"] == m].iterrows()
+            }
+            for m in methods
+        }
     rows = []
     for m in methods:
         sat = C.saturation_k(curve, m)
@@ -107,9 +131,24 @@ def _sections(data, settings: dict, out: Path):
     )
     arms = Section("Single annotators", definitions=DEFINITIONS)
     summ = ordered(M.group_summary(e, "annotator", min(n_boot, 1000), seed), "annotator")
-    arms.tables.append(
-        ("Per arm, one annotator per nodule", summary_table(summ.rename(columns={"annotator": "group"})))
-    )
+    arm_tab = summary_table(summ.rename(columns={"annotator": "group"}))
+    if three_d:
+        ve = episode_volume_errors(e, data.cases).groupby(e["annotator"]).agg(lambda v: v.abs().mean())
+        arm_tab.insert(
+            arm_tab.columns.get_loc("NSD@1mm") + 1,
+            "abs volume error",
+            [f"{100 * ve.get(g, float('nan')):.1f}%" for g in arm_tab["group"]],
+        )
+        headline["arms_3d"] = {
+            r["annotator"]: {
+                "dice": r["dice"],
+                "nsd": r["nsd"],
+                "abs_volume_error": float(ve.get(r["annotator"], float("nan"))),
+                "seconds": r["seconds"],
+            }
+            for _, r in summ.iterrows()
+        }
+    arms.tables.append(("Per arm, one annotator per nodule", arm_tab))
     by_band = (
         draws[draws["method"] == "staple"].groupby(["size_band", "k"])["dice"].mean().unstack("k")
         if "size_band" in draws
@@ -126,19 +165,40 @@ def _sections(data, settings: dict, out: Path):
     return [lead, sec, arms], headline
 
 
+def episode_volume_errors(episodes: pd.DataFrame, cases: pd.DataFrame) -> pd.Series:
+    """Relative volume error ``(V_mask - V_gt) / V_gt`` of each episode's final mask against the whole
+    case's ground truth (3-D episodes: the env scores the whole case), indexed like ``episodes``;
+    NaN for a case without ground truth. Voxel counts: the spacing cancels."""
+    from hiseg_sim.codec import unpack_mask
+
+    gt_vox = {r["case_id"]: int(unpack_mask(r, "gt")[0].sum()) for _, r in cases.iterrows()}
+    out = []
+    for _, r in episodes.iterrows():
+        g = gt_vox.get(r["case_id"], 0)
+        out.append((int(unpack_mask(r)[0].sum()) - g) / g if g else float("nan"))
+    return pd.Series(out, index=episodes.index, dtype=float)
+
+
 def _findings(
     curve, headline: dict, methods, targets, worker: str, ref_arm: str, ref, k_max: int, paired: dict | None = None
 ) -> Section:
     """Key findings: what fusing k workers gives, where it saturates, how many a target needs."""
     f = Section("Key findings", lead=True, definitions=DEFINITIONS)
+    three_d = "nsd" in curve
     for m in methods:
         c = curve[curve["method"] == m].set_index("k")
         k1, kn = int(c.index.min()), int(c.index.max())
         sat = headline[f"saturation_{m}"]
         need = headline[f"workers_needed_{m}"]
+        surf = (
+            f", NSD {c.at[kn, 'nsd']:.3f}, abs volume error {100 * c.at[kn, 'abs_volume_error']:.1f}%"
+            if three_d
+            else ""
+        )
         f.bullets.append(
-            f"{m}: Dice {fmt_ci(c.at[k1, 'dice'], c.at[k1, 'lo'], c.at[k1, 'hi'])} with {k1} {worker}, "
-            f"**{fmt_ci(c.at[kn, 'dice'], c.at[kn, 'lo'], c.at[kn, 'hi'])}** with {kn} "
+            f"{m}: {'3-D ' if three_d else ''}Dice {fmt_ci(c.at[k1, 'dice'], c.at[k1, 'lo'], c.at[k1, 'hi'])} "
+            f"with {k1} {worker}, "
+            f"**{fmt_ci(c.at[kn, 'dice'], c.at[kn, 'lo'], c.at[kn, 'hi'])}** with {kn}{surf} "
             f"({c.at[kn, 'seconds']:.0f} simulated seconds per nodule); 90 % of the gain by k = {_k(sat['k_share'])}. "
             + "; ".join(
                 f"Dice ≥ {t} needs k = {_k(v[0])} on average, {_k(v[1])} to be 95 % sure"
@@ -192,6 +252,11 @@ DEFINITIONS = {
     "next worker adds < 0.005 from k": "the smallest k from which one more worker adds less than 0.005 Dice",
     r"k for Dice ≥ (.+) \(mean / lower CI\)": "workers needed for that Dice: by the expected Dice / by the lower "
     "end of its 95 % interval (None: not reached with the pool)",
+    r"(majority|staple) NSD@1mm": "mean normalised surface Dice at 1 mm of the fused mask against the whole case (3-D)",
+    r"(majority|staple) abs volume error": "mean absolute relative volume error of the fused mask, "
+    "abs(V_fused - V_ref) / V_ref, against the whole case (3-D)",
+    "abs volume error": "mean absolute relative volume error of one annotator's mask, abs(V_mask - V_ref) / V_ref, "
+    "against the whole case (3-D)",
     "size_band": "nodule diameter band (mm)",
     r"k=(\d+)": "mean STAPLE Dice with that many workers, on the nodules of the band",
 }
