@@ -31,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 
 from hiseg_sim.annotators.base import Annotator, Feedback, Knowledge, RobotKnowledge
-from hiseg_sim.annotators.behaviour.difficulty import case_log_difficulty
+from hiseg_sim.annotators.behaviour.difficulty import case_error_params, case_log_difficulty
 from hiseg_sim.annotators.behaviour.perception import case_difficulty, intended_mask
 from hiseg_sim.env.actions import coerce_action
 from hiseg_sim.env.trace import step_record
@@ -100,7 +100,7 @@ def make_knowledge(
         intent = intended_mask(
             gt,
             spacing,
-            params,
+            case_error_params(params, u.case),  # semantic errors as likely as this nodule's features make them
             rng,
             image_hu=img,
             difficulty_z=case_difficulty(key=u.case.case_id),

@@ -22,6 +22,36 @@ The fit (:func:`fit_difficulty`, calibration split only):
    calibration nodules' mean ``L`` is 0: the overall level stays with the boundary parameters.
 
 The saved model is ``agents/calibration/difficulty.json`` (:func:`saved_model`).
+
+Semantic errors from the nodule
+-------------------------------
+A group's profile gives each semantic error one probability per case
+(:class:`~hiseg_sim.annotators.behaviour.perception.PerceptionParams` ``p_*``). Which nodule it
+happens on is not a coin keyed by the case: :func:`case_error_params` multiplies each by a factor
+of the nodule's own features (:func:`error_factors`), capped at :data:`MAX_FACTOR` and at 1:
+
+======================  ========================================================================
+error                   factor
+======================  ========================================================================
+``p_wrong_spot``        by the LIDC subtlety rating: how often LIDC readers passed over nodules of
+                        that subtlety (share of the four readers who did not mark it, logistic in
+                        the rating), over its mean on the calibration nodules (mean factor 1: the
+                        group's rate is kept).
+``p_miss_ggo_rim``      by the LIDC texture rating: how often one reader's outline lies inside
+                        another's and holds at most :data:`NESTED_VOLUME` of its volume (a core
+                        drawn without its periphery; logistic in the rating), over its mean on the
+                        non-solid nodules (texture <= 3, the ground glass the profiles speak of).
+``p_include_vessel``    0 when no vessel touches the nodule, else the share of the nodule's outline
+                        it touches over the median share of the default cohort's attached vessels.
+``p_pleura_error``      0 when the nodule does not touch the chest wall, else its share of the
+                        outline over the median of the default cohort's juxtapleural nodules.
+======================  ========================================================================
+
+The first two are fitted on the LIDC calibration split
+(:func:`~hiseg_sim.annotators.behaviour.difficulty_fit.fit_error_scales`); LIDC records neither
+vessels nor the pleura, so the last two are proportional to contact by assumption, scaled to the
+phantoms' own median contact. A factor whose feature is unknown (a user's scan: no ratings, no
+anatomy map) is 1. The saved scales are ``agents/calibration/error_scales.json``.
 """
 
 from __future__ import annotations
@@ -47,6 +77,13 @@ __all__ = [
     "save_model",
     "saved_model",
     "case_log_difficulty",
+    "ERROR_SCALES_PATH",
+    "ErrorScales",
+    "error_factors",
+    "case_error_params",
+    "saved_error_scales",
+    "MAX_FACTOR",
+    "NESTED_VOLUME",
 ]
 
 FEATURES = (
@@ -68,6 +105,16 @@ DIFFICULTY_PATH = shipped_path("agents", "calibration", "difficulty.json")
 RIDGE = 15.0
 #: the log-difficulty grid of step 1 (the multiplier 0.37 ... 12)
 GRID = tuple(np.round(np.arange(-1.0, 2.51, 0.25), 2))
+ERROR_SCALES_PATH = shipped_path("agents", "calibration", "error_scales.json")
+#: a nodule's features at most multiply a group's error probability by this (assumption: the
+#: profiles' figures are rates for a typical nodule with the feature; a feature twice as marked
+#: as the typical one is not taken to make an error more than twice as likely)
+MAX_FACTOR = 2.0
+#: a reader's outline inside another's (at least 90 % of its voxels) with at most this share of
+#: its volume counts as a core drawn without its periphery (assumption: 0.6 of the volume is 16 %
+#: less in diameter; on a 6-10 mm nodule that is one or two pixels, so there the count also holds
+#: plain edge disagreement: only how it changes with texture is used, not its level)
+NESTED_VOLUME = 0.6
 
 
 def features_of(obj: Any) -> dict[str, float]:
@@ -201,3 +248,85 @@ def case_log_difficulty(meta: Mapping[str, Any], model: DifficultyModel | None =
     if model is None or not meta.get("ratings"):
         return 0.0
     return model.log_difficulty(features_of(meta))
+
+
+# ------------------------------------------------------------------------- semantic-error factors
+
+
+@dataclass(frozen=True)
+class ErrorScales:
+    """How a nodule's features scale a group's semantic-error probabilities (module docstring).
+
+    ``wrong_spot_by_subtlety`` and ``miss_rim_by_texture``: the factor at rating 1 ... 5 (linear
+    between levels, so a median of 3.5 falls half way); ``vessel_contact_ref`` and
+    ``wall_contact_ref``: the contact share (of the nodule's outline) at which the factor is 1."""
+
+    wrong_spot_by_subtlety: tuple[float, ...]
+    miss_rim_by_texture: tuple[float, ...]
+    vessel_contact_ref: float
+    wall_contact_ref: float
+    max_factor: float = MAX_FACTOR
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ErrorScales:
+        return cls(
+            tuple(float(v) for v in d["wrong_spot_by_subtlety"]),
+            tuple(float(v) for v in d["miss_rim_by_texture"]),
+            float(d["vessel_contact_ref"]),
+            float(d["wall_contact_ref"]),
+            float(d.get("max_factor", MAX_FACTOR)),
+        )
+
+
+_SAVED_SCALES: dict[str, ErrorScales | None] = {}
+
+
+def saved_error_scales(path: str | Path | None = None) -> ErrorScales | None:
+    """The saved scales (``agents/calibration/error_scales.json``), or ``None`` if there are none."""
+    p = Path(path) if path is not None else ERROR_SCALES_PATH
+    key = str(p)
+    if key not in _SAVED_SCALES:
+        _SAVED_SCALES[key] = ErrorScales.from_dict(json.loads(p.read_text())["scales"]) if p.is_file() else None
+    return _SAVED_SCALES[key]
+
+
+def _level(table: Sequence[float], rating: Any) -> float:
+    return float(np.interp(float(np.clip(float(rating), 1.0, 5.0)), np.arange(1.0, 6.0), np.asarray(table, float)))
+
+
+def error_factors(case: Any, scales: ErrorScales | None = None) -> dict[str, float]:
+    """The factors on ``p_wrong_spot``, ``p_include_vessel``, ``p_miss_ggo_rim`` and
+    ``p_pleura_error`` for a case (anything with ``meta`` and ``gt``; a phantom has ratings and an
+    anatomy map). Only the nodule's features enter: never its id. With no saved scales, or for a
+    feature the case does not carry, the factor is 1."""
+    from hiseg_sim.data.nodule_features import case_contact_features
+
+    out = {"p_wrong_spot": 1.0, "p_include_vessel": 1.0, "p_miss_ggo_rim": 1.0, "p_pleura_error": 1.0}
+    scales = saved_error_scales() if scales is None else scales
+    if scales is None:
+        return out
+    meta = getattr(case, "meta", None) or {}
+    ratings = dict(meta.get("ratings") or {})
+    cap = scales.max_factor
+    if ratings.get("subtlety") is not None:
+        out["p_wrong_spot"] = min(cap, _level(scales.wrong_spot_by_subtlety, ratings["subtlety"]))
+    texture = ratings.get("texture", meta.get("texture"))
+    if texture is not None:
+        out["p_miss_ggo_rim"] = min(cap, _level(scales.miss_rim_by_texture, texture))
+    contact = case_contact_features(case)
+    if contact is not None:
+        out["p_include_vessel"] = min(cap, contact["vessel_contact"] / scales.vessel_contact_ref)
+        out["p_pleura_error"] = min(cap, contact["wall_contact"] / scales.wall_contact_ref)
+    return out
+
+
+def case_error_params(params, case: Any, scales: ErrorScales | None = None):
+    """``params`` (:class:`~hiseg_sim.annotators.behaviour.perception.PerceptionParams`) with each
+    semantic-error probability multiplied by its :func:`error_factors` factor (at most 1): what a
+    caller passes to ``intended_mask`` for this case. Unchanged when every factor is 1."""
+    f = error_factors(case, scales)
+    changes = {k: min(1.0, float(getattr(params, k)) * v) for k, v in f.items() if v != 1.0}
+    return params.replace(**changes) if changes else params
