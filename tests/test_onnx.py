@@ -373,3 +373,80 @@ def test_litemedsam_without_onnxruntime_decodes_in_torch(monkeypatch, disc_slice
     from hiseg_sim import metrics
 
     assert metrics.dice(seg.decode(seg.encode(img), Prompt(box=[27, 37, 53, 63])).mask, gt) > 0.9
+
+
+# ---- image encoder options ----------------------------------------------------------------------
+def test_encoder_option_is_checked():
+    with pytest.raises(S.SegmenterError, match="unknown encoder 'fp8'"):
+        S.build("litemedsam", encoder="fp8")
+    seg = TinySam(runtime="torch")
+    with pytest.raises(S.SegmenterError, match="unknown encoder"):
+        seg.set_encoder("fp8")
+
+
+def test_int8_encoder_is_cached_apart_and_close_to_float32_tiny(tmp_path, disc_slice):
+    img, _ = disc_slice
+    cache = EmbeddingCache()
+    fp32 = TinySam(onnx_dir=tmp_path, cache=cache)
+    fp32.set_encoder("onnx")
+    int8 = TinySam(onnx_dir=tmp_path, cache=cache)
+    assert int8.set_encoder("onnx-int8") == "onnx-int8" and int8.encoder_tag == "int8"
+    a, b = fp32.encode(img), int8.encode(img)
+    assert a.key != b.key and int8.encoder_calls == 1  # never served the float32 embedding
+    assert 0 < np.abs(a.features).max() and np.abs(a.features - b.features).max() <= 2.0
+    files = sorted(p.name for p in tmp_path.glob("tinysam-encoder-int8-*.onnx"))
+    assert len(files) == 1
+    before = onnx_export.stats["exports"]
+    again = TinySam(onnx_dir=tmp_path, cache=EmbeddingCache())
+    again.set_encoder("onnx-int8")
+    c = again.encode(img)
+    assert onnx_export.stats["exports"] == before and np.array_equal(c.features, b.features)
+
+
+def test_encoder_follows_hiseg_encoder_tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("HISEG_ENCODER", "onnx-int8")
+    assert TinySam(onnx_dir=tmp_path).encoder == "onnx-int8"
+    monkeypatch.setenv("HISEG_ENCODER", "nope")
+    with pytest.raises(S.SegmenterError, match="unknown encoder 'nope'"):
+        TinySam(onnx_dir=tmp_path)
+
+
+def test_openvino_encoder_matches_float32_or_says_how_to_install_tiny(tmp_path, disc_slice):
+    seg = TinySam(onnx_dir=tmp_path)
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        with pytest.raises(S.SegmenterError, match="pip install openvino"):
+            seg.set_encoder("openvino")
+        return
+    img, _ = disc_slice
+    seg.set_encoder("onnx")
+    a = seg.encode(img)
+    seg.set_encoder("openvino")
+    b = seg.encode(img)
+    assert a.key != b.key and np.abs(a.features - b.features).max() < 1e-4
+
+
+def test_counters_time_the_encoder_and_the_decoder_tiny(tmp_path, disc_slice):
+    img, gt = disc_slice
+    seg = TinySam(onnx_dir=tmp_path)
+    emb = seg.encode(img)
+    seg.encode(img)  # a cache hit costs no encoder time
+    after_encode = seg.counters.snapshot()
+    assert after_encode["encoder_calls"] == 1 and after_encode["encoder_s"] > 0 and after_encode["decoder_s"] == 0
+    seg.decode(emb, Prompt(box=[27, 37, 53, 63]))
+    now = seg.counters.snapshot()
+    assert now["decoder_calls"] == 1 and now["decoder_s"] > 0 and now["encoder_s"] == after_encode["encoder_s"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_encoder_options_bench_reports_time_and_mask_agreement():
+    from hiseg_sim.segmenters.perf import AGREEMENT, encoder_options_bench
+
+    res = encoder_options_bench(options=("onnx", "onnx-int8"), n_slices=2, threads=1)
+    ref, q = res["options"]["onnx"], res["options"]["onnx-int8"]
+    assert res["slices"] == 2 and ref["dice_mean"] == 1.0 and ref["agrees"] and ref["vs_fp32"] == 1.0
+    assert q["available"] and 0 < q["dice_min"] <= q["dice_mean"] <= 1 and q["encoder_ms"] > 0
+    assert q["max_abs_feature_diff"] > 0  # int8 features are not float32's
+    assert q["agrees"] == (q["dice_mean"] >= AGREEMENT["mean_dice"] and q["dice_min"] >= AGREEMENT["min_dice"])

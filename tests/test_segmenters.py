@@ -261,3 +261,15 @@ def test_a_decoder_that_returns_nan_is_an_error_not_an_empty_mask():
         seg.decode(emb, Prompt(box=np.array([10, 10, 40, 40], np.float32)))
     ok = StubSegmenter().decode(emb, Prompt(box=np.array([10, 10, 40, 40], np.float32)))
     assert np.isfinite(ok.logits).all()
+
+
+def test_cache_contains_sees_memory_and_disk_entries_stub(tmp_path, disc_slice):
+    img, _ = disc_slice
+    a = StubSegmenter(cache=EmbeddingCache(disk_dir=tmp_path))
+    key = a.embedding_key(img, (-600.0, 1500.0))
+    assert not a.cache.contains(key)
+    a.encode(img)
+    assert a.cache.contains(key)
+    other = EmbeddingCache(disk_dir=tmp_path)  # another process: nothing in memory, the file on disk
+    assert other.contains(key) and len(other) == 0
+    assert not EmbeddingCache().contains(key)

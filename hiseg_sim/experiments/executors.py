@@ -20,6 +20,14 @@ ray        Ray core tasks (optional extra ``ray``), one task per unit (a crossed
            include_dashboard=False)`` locally unless Ray is already initialised.
 =========  ===============================================================================
 
+Given ``pre_encode`` (batches of :class:`~hiseg_sim.experiments.worker.SliceJob`, planned by the
+runner), an executor first hands those batches to its workers, then the units, on the same
+workers (no second start-up); it yields an :class:`~hiseg_sim.experiments.worker.EncodeResult`
+per batch and a :class:`~hiseg_sim.experiments.worker.UnitResult` per unit. Units are queued
+behind the batches, not after a barrier: a worker done with the batches starts on units while
+the last batches finish, and a unit that reaches a slice still being encoded waits on that
+slice's lock rather than encoding it again.
+
 No process of the pool outlives its driver. Each worker watches the driver's pid from a thread (a
 pidfd on Linux, else polling) and exits the moment the driver ends, ``kill -9`` included; a
 worker started by the forkserver also asks Linux for SIGKILL should the forkserver die
@@ -43,19 +51,35 @@ import sys
 import threading
 import time
 from collections.abc import Generator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from hiseg_sim.experiments.spec import EXECUTORS
 from hiseg_sim.experiments.units import WorkUnit
 from hiseg_sim.experiments.worker import (
+    EncodeResult,
+    SliceJob,
     UnitResult,
     WorkerContext,
     cached_context,
+    encode_in_worker,
     init_worker,
     run_unit_in_worker,
 )
 
-__all__ = ["available_cores", "resolve_workers", "run_serial", "run_process", "run_ray", "run_units", "UnitFailed"]
+#: What an executor yields: one result per pre-encoding batch and one per unit, as each finishes.
+Result = UnitResult | EncodeResult
+Batches = Sequence[Sequence[SliceJob]]
+
+__all__ = [
+    "available_cores",
+    "resolve_workers",
+    "run_serial",
+    "run_process",
+    "run_ray",
+    "run_units",
+    "UnitFailed",
+    "Result",
+]
 
 
 class UnitFailed(RuntimeError):
@@ -83,7 +107,15 @@ def _threads_for(workers: int) -> int:
     return threads_for(workers)
 
 
-def run_serial(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) -> Generator[UnitResult, None, None]:
+def _batch_failed(batch: Sequence[SliceJob], exc: BaseException, where: str = "") -> UnitFailed:
+    first = batch[0] if batch else None
+    what = f"{first.case_id} slice {first.z}" if first else "an empty batch"
+    return UnitFailed(f"pre-encoding ({what}, {len(batch)} slice(s)) failed{where}: {type(exc).__name__}: {exc}")
+
+
+def run_serial(
+    units: Sequence[WorkUnit], cfg: dict, workers: int | None = None, pre_encode: Batches = ()
+) -> Generator[Result, None, None]:
     """Run ``units`` one after another in this process. A thread count in ``cfg`` holds for this
     run only: the process's own setting comes back afterwards (else a ``serial:1`` benchmark run
     would leave every later serial run in the process on one thread)."""
@@ -91,6 +123,11 @@ def run_serial(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None)
 
     with restored_threads():
         ctx = WorkerContext({**cfg, "threads": cfg.get("threads"), "workers": 1})
+        for batch in pre_encode:
+            try:
+                yield ctx.encode_slices(list(batch))
+            except Exception as exc:
+                raise _batch_failed(batch, exc) from exc
         for u in units:
             try:
                 yield ctx.run_unit(u)
@@ -198,26 +235,36 @@ def _mp_context(method: str | None):
 
 
 def run_process(
-    units: Sequence[WorkUnit], cfg: dict, workers: int | None = None, start_method: str | None = None
-) -> Generator[UnitResult, None, None]:
+    units: Sequence[WorkUnit],
+    cfg: dict,
+    workers: int | None = None,
+    pre_encode: Batches = (),
+    start_method: str | None = None,
+) -> Generator[Result, None, None]:
     """Run ``units`` on a local process pool; yield each result as it completes.
 
     Stopped early (an error, Ctrl-C, the generator closed), it kills its workers rather than
     waiting for their units; no worker outlives the driver (see the module docstring)."""
     if not units:
         return
-    n = resolve_workers(workers, len(units))
+    n = resolve_workers(workers, max(len(units), len(pre_encode)))
     wcfg = {**cfg, "threads": cfg.get("threads") or _threads_for(n), "workers": n}
     pool = ProcessPoolExecutor(
         max_workers=n, mp_context=_mp_context(start_method), initializer=_init_pool_worker, initargs=(os.getpid(), wcfg)
     )
     finished = False
     try:
+        batches = {pool.submit(encode_in_worker, list(b)): b for b in pre_encode}
         futures = {pool.submit(run_unit_in_worker, u): u for u in units}
-        pending = set(futures)
+        pending: set[Future] = set(futures) | set(batches)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in sorted(done, key=lambda f: futures[f].unit_id):
+            for f in [f for f in done if f in batches]:
+                try:
+                    yield f.result()
+                except Exception as exc:
+                    raise _batch_failed(batches[f], exc, " in a worker") from exc
+            for f in sorted((f for f in done if f in futures), key=lambda f: futures[f].unit_id):
                 u = futures[f]
                 try:
                     res = f.result()
@@ -236,18 +283,31 @@ def run_process(
 
 
 def _ray_task(cfg: dict, key: str, unit: WorkUnit) -> UnitResult:
-    return cached_context(key, cfg).run_unit(unit)
+    import ray
+
+    res = cached_context(key, cfg).run_unit(unit)
+    res.info["node"] = ray.get_runtime_context().get_node_id()  # which node of a cluster ran it
+    return res
 
 
-def run_ray(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) -> Generator[UnitResult, None, None]:
-    """Run ``units`` as Ray tasks (one per unit; the segmenter is built once per Ray worker)."""
+def _ray_encode_task(cfg: dict, key: str, jobs: list[SliceJob]) -> EncodeResult:
+    return cached_context(key, cfg).encode_slices(jobs)
+
+
+def run_ray(
+    units: Sequence[WorkUnit], cfg: dict, workers: int | None = None, pre_encode: Batches = ()
+) -> Generator[Result, None, None]:
+    """Run ``units`` as Ray tasks (one per unit; the segmenter is built once per Ray worker).
+
+    On a Ray cluster the driver is already connected to (``ray.init(address=...)``), the tasks run
+    on its nodes; the embedding cache directory must then be one all nodes see."""
     try:
         import ray
     except ImportError as exc:
         raise ImportError("the ray executor needs Ray: pip install 'hiseg-sim[ray]' (or \"ray[default]\")") from exc
     if not units:
         return
-    n = resolve_workers(workers, len(units))
+    n = resolve_workers(workers, max(len(units), len(pre_encode)))
     started = False
     if not ray.is_initialized():
         # Workers inherit the driver's environment: put what the driver imports from on their path
@@ -264,17 +324,26 @@ def run_ray(units: Sequence[WorkUnit], cfg: dict, workers: int | None = None) ->
                 os.environ["PYTHONPATH"] = old_pp
         started = True
     else:
-        n = resolve_workers(workers or int(ray.cluster_resources().get("CPU", n)), len(units))
+        n = resolve_workers(workers or int(ray.cluster_resources().get("CPU", n)), max(len(units), len(pre_encode)))
     wcfg = {**cfg, "threads": cfg.get("threads") or _threads_for(n), "workers": n}
     key = hashlib.sha256(json.dumps(wcfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    task = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
+    # SPREAD: on a cluster, hand tasks to every node rather than packing the driver's node first
+    task = ray.remote(num_cpus=1, max_retries=0, scheduling_strategy="SPREAD")(_ray_task)
+    encode_task = ray.remote(num_cpus=1, max_retries=0, scheduling_strategy="SPREAD")(_ray_encode_task)
     cfg_ref = ray.put(wcfg)
+    batches = {encode_task.remote(cfg_ref, key, list(b)): b for b in pre_encode}
     refs = {task.remote(cfg_ref, key, u): u for u in units}
-    pending = list(refs)
+    pending = list(batches) + list(refs)
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for r in done:
+                if r in batches:
+                    try:
+                        yield ray.get(r)
+                    except Exception as exc:
+                        raise _batch_failed(batches[r], exc, " in a Ray task") from exc
+                    continue
                 u = refs[r]
                 try:
                     res = ray.get(r)
@@ -295,9 +364,9 @@ _RUNNERS = {"serial": run_serial, "process": run_process, "ray": run_ray}
 
 
 def run_units(
-    executor: str, units: Sequence[WorkUnit], cfg: dict, workers: int | None = None
-) -> Generator[UnitResult, None, None]:
+    executor: str, units: Sequence[WorkUnit], cfg: dict, workers: int | None = None, pre_encode: Batches = ()
+) -> Generator[Result, None, None]:
     """Dispatch to :func:`run_serial`, :func:`run_process` or :func:`run_ray`."""
     if executor not in _RUNNERS:
         raise ValueError(f"unknown executor {executor!r}; one of {', '.join(EXECUTORS)}")
-    return _RUNNERS[executor](units, cfg, workers)
+    return _RUNNERS[executor](units, cfg, workers, pre_encode)

@@ -10,6 +10,13 @@ are already whole in ``runs/<study>/`` (resume), runs the rest on the chosen exe
 (:mod:`~hiseg_sim.experiments.storage`), holding the directory's write lock throughout: a second
 run into the same directory is refused at once. Interrupt it at any point (even ``kill -9``) and
 call it again: it finishes what is missing and the tables are exactly those of an uninterrupted run.
+
+With more than one worker, the slices the episodes are known to look at (their start slices, or
+the whole nodule with ``pre_encode="nodule"``) are encoded first, each once, split across the
+workers (:func:`~hiseg_sim.experiments.worker.plan_slice_jobs`); the episodes find them in the
+shared cache. What the workers' segmenters did (encoder and decoder calls and seconds,
+pre-encoding included) and the distinct slices the episodes used are summed into the run's
+session record, ``run.json``'s ``sessions``.
 """
 
 from __future__ import annotations
@@ -26,7 +33,12 @@ from hiseg_sim.experiments.executors import resolve_workers, run_units
 from hiseg_sim.experiments.spec import StudySpec, load_spec
 from hiseg_sim.experiments.storage import RunData, RunStore, load_run, run_dir_for
 from hiseg_sim.experiments.units import WorkUnit, plan_units
-from hiseg_sim.experiments.worker import worker_config
+from hiseg_sim.experiments.worker import (
+    EncodeResult,
+    batch_slice_jobs,
+    plan_slice_jobs,
+    worker_config,
+)
 
 __all__ = ["SEED_SCHEME", "RunPlan", "plan_study", "run_study", "default_run_dir"]
 
@@ -99,6 +111,7 @@ def run_study(
     progress: bool = True,
     max_units: int | None = None,
     threads: int | None = None,
+    pre_encode: bool | str = True,
 ) -> RunData:
     """Run (or resume) a study and return its tables.
 
@@ -114,6 +127,10 @@ def run_study(
         progress: a progress bar over units on stderr.
         max_units: run at most this many of the missing units, then stop (the run stays resumable).
         threads: intra-op threads per worker (default: the executor's rule).
+        pre_encode: with more than one worker, encode the slices the episodes will look at
+            first, split across the workers (see the module docstring): ``True`` or ``"start"``
+            (each episode's start slice), ``"nodule"`` (also the nodule's slices in 3-D), ``False``
+            (none). Rows are the same either way.
 
     Raises:
         RunMismatchError: ``out_dir`` holds a run of another configuration; or its subclasses:
@@ -126,12 +143,21 @@ def run_study(
     if fresh:
         store.check_fresh()  # before the lock file is made in a directory that is not a run's
     with store.lock():
-        _run_locked(plan, store, fresh, progress, max_units, threads)
+        _run_locked(plan, store, fresh, progress, max_units, threads, pre_encode)
     return load_run(plan.run_dir)
 
 
+_WORK_KEYS = ("encoder_calls", "encoder_s", "decoder_calls", "decoder_s", "cache_hits")
+
+
 def _run_locked(
-    plan: RunPlan, store: RunStore, fresh: bool, progress: bool, max_units: int | None, threads: int | None
+    plan: RunPlan,
+    store: RunStore,
+    fresh: bool,
+    progress: bool,
+    max_units: int | None,
+    threads: int | None,
+    pre_encode: bool | str = True,
 ) -> None:
     spec = plan.spec
     seeds = {"study_seed": spec.seed, "scheme": SEED_SCHEME, "n_episodes": plan.n_episodes}
@@ -140,8 +166,8 @@ def _run_locked(
     todo = [u for u in plan.units if u.unit_id not in done]
     if max_units is not None:
         todo = todo[: int(max_units)]
-    n_workers = 1 if spec.run.executor == "serial" else resolve_workers(spec.run.workers, len(todo))
-    cfg = worker_config(spec, plan.cache_dir, threads, n_workers)
+    serial = spec.run.executor == "serial"
+    n_workers = 1 if serial else resolve_workers(spec.run.workers, len(todo))
     session: dict[str, Any] = {
         "executor": spec.run.executor,
         "workers": n_workers,
@@ -151,12 +177,43 @@ def _run_locked(
         "loadavg_start": _loadavg(),
     }
     t0 = time.perf_counter()
+    batches: list = []
+    if pre_encode and todo and not serial and resolve_workers(spec.run.workers, 1 << 30) > 1:
+        scope = "start" if pre_encode is True else str(pre_encode)
+        jobs = plan_slice_jobs(spec, todo, CaseSource(spec.cases), scope)
+        # a few units (a crossed study of few cases) still keep every worker encoding
+        n_workers = resolve_workers(spec.run.workers, max(len(todo), len(jobs)))
+        session["workers"] = n_workers
+        batches = batch_slice_jobs(jobs, n_workers)
+        session["pre_encode"] = {
+            "scope": scope,
+            "slices": len(jobs),
+            "batches": len(batches),
+            "plan_s": round(time.perf_counter() - t0, 3),
+            "encoder_calls": 0,
+            "encoder_s": 0.0,
+        }
+    cfg = worker_config(spec, plan.cache_dir, threads, n_workers)
+    work = dict.fromkeys(_WORK_KEYS, 0)
+    slice_keys: set[str] = set()
+    nodes: set[str] = set()
     bar = _bar(len(todo), f"{spec.name} ({spec.run.executor})", progress and bool(todo))
     try:
         # closing(): on an error or Ctrl-C here the executor stops its workers now, not when the
         # generator is collected (a traceback keeps it alive; a process pool would wait for them).
-        with closing(run_units(spec.run.executor, todo, cfg, n_workers)) as results:
+        with closing(run_units(spec.run.executor, todo, cfg, n_workers, batches)) as results:
             for res in results:
+                if isinstance(res, EncodeResult):
+                    pre = session["pre_encode"]
+                    pre["encoder_calls"] += res.info["encoder_calls"]
+                    pre["encoder_s"] = round(pre["encoder_s"] + res.info["encoder_s"], 3)
+                    continue
+                for k, v in res.info.get("work", {}).items():
+                    if k in work:
+                        work[k] += v
+                slice_keys.update(res.info.get("slice_keys") or ())
+                if res.info.get("node"):
+                    nodes.add(res.info["node"])
                 store.write_unit(res)
                 session["units_run"] += 1
                 seg = res.info.get("segmenter")
@@ -170,7 +227,13 @@ def _run_locked(
     finally:
         if bar is not None:
             bar.close()
-        session.update(wall_s=round(time.perf_counter() - t0, 3), loadavg_end=_loadavg())
+        session.update(
+            wall_s=round(time.perf_counter() - t0, 3),
+            loadavg_end=_loadavg(),
+            work={k: round(v, 3) if isinstance(v, float) else v for k, v in work.items()},
+            slices_used=len(slice_keys),
+            **({"nodes_used": len(nodes)} if nodes else {}),
+        )
         meta["sessions"].append(session)
         complete = len(done) + session["units_run"]  # whole at the start, or written whole since
         meta.update(

@@ -7,7 +7,8 @@
 ``build(name, **kwargs)`` is the only place a checkpoint is read. ``cache_dir=`` (or
 ``$HISEG_CACHE_DIR``) turns on the shared on-disk embedding cache. ``runtime=`` picks what runs the
 prompt decoder of the SAM family: ``"onnx"`` (ONNX Runtime), ``"torch"``, or ``"auto"`` (ONNX
-Runtime when it imports; see :mod:`hiseg_sim.segmenters.sam_family`). Threads per process follow
+Runtime when it imports; see :mod:`hiseg_sim.segmenters.sam_family`); ``encoder=`` (or
+``$HISEG_ENCODER``) what runs the image encoder (:data:`ENCODERS`). Threads per process follow
 :func:`set_threads` (rule in :mod:`hiseg_sim.segmenters.threads`).
 """
 
@@ -29,12 +30,13 @@ from hiseg_sim.segmenters.base import (
     window_to_unit,
 )
 from hiseg_sim.segmenters.cache import CorruptCacheWarning, EmbeddingCache, default_cache_dir
-from hiseg_sim.segmenters.sam_family import RUNTIMES, RuntimeFallbackWarning
+from hiseg_sim.segmenters.sam_family import ENCODERS, RUNTIMES, RuntimeFallbackWarning
 from hiseg_sim.segmenters.threads import get_threads, set_threads, threads_for
 
 __all__ = [
     "LUNG_WINDOW",
     "CorruptCacheWarning",
+    "ENCODERS",
     "Embedding",
     "EmbeddingCache",
     "Prediction",
@@ -95,6 +97,7 @@ def build(
     max_cached: int = 64,
     runtime: str = "auto",
     onnx_dir: str | os.PathLike | None = None,
+    encoder: str | None = None,
 ) -> Segmenter:
     """Build the segmenter registered as ``name``.
 
@@ -107,6 +110,8 @@ def build(
         runtime: ``"auto"`` (default), ``"onnx"`` or ``"torch"``: what runs the prompt decoder.
             Without ``onnxruntime`` the SAM family falls back to ``"torch"`` with one warning.
         onnx_dir: cache of exported decoders (default ``$HISEG_CACHE_DIR/onnx`` or ``~/.cache/hiseg-sim/onnx``).
+        encoder: what runs the image encoder, one of :data:`ENCODERS` (default ``$HISEG_ENCODER``,
+            else ``"auto"``); SAM family only.
 
     ``$HISEG_THREADS``, if set, is applied here (see :func:`set_threads`).
     """
@@ -114,6 +119,8 @@ def build(
         raise SegmenterError(SEGMENTERS.unknown_message(name))
     if runtime not in RUNTIMES:
         raise SegmenterError(f"unknown runtime {runtime!r}; one of {', '.join(RUNTIMES)}")
+    if encoder is not None and encoder not in ENCODERS:
+        raise SegmenterError(f"unknown encoder {encoder!r}; one of {', '.join(ENCODERS)}")
     from hiseg_sim.segmenters.threads import apply_env
 
     apply_env()
@@ -124,4 +131,10 @@ def build(
         kwargs.update(runtime=runtime, onnx_dir=onnx_dir)
     elif runtime == "onnx":
         raise SegmenterError(f"segmenter {name!r} has no ONNX runtime; use runtime='torch' or 'auto'")
-    return builder(**kwargs)
+    seg = builder(**kwargs)
+    if encoder is not None and encoder != "auto":
+        set_encoder = getattr(seg, "set_encoder", None)
+        if set_encoder is None:
+            raise SegmenterError(f"segmenter {name!r} has one image encoder; leave encoder= out")
+        set_encoder(encoder)
+    return seg

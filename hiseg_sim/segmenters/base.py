@@ -16,6 +16,7 @@ prompt in viewport pixels → model grid → prompt encoder + mask decoder → l
 from __future__ import annotations
 
 import hashlib
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -50,9 +51,23 @@ __all__ = [
 
 @dataclass
 class _Counters:
+    """Work done by one segmenter object; the seconds let a study set its wall time beside the
+    compute it needed (:func:`hiseg_sim.experiments.compare.compare_executors`)."""
+
     encoder_calls: int = 0
     decoder_calls: int = 0
     cache_hits: int = 0
+    encoder_s: float = 0.0
+    decoder_s: float = 0.0
+
+    def snapshot(self) -> dict:
+        return {
+            "encoder_calls": self.encoder_calls,
+            "decoder_calls": self.decoder_calls,
+            "cache_hits": self.cache_hits,
+            "encoder_s": self.encoder_s,
+            "decoder_s": self.decoder_s,
+        }
 
 
 class Segmenter(ABC):
@@ -78,10 +93,16 @@ class Segmenter(ABC):
         """How many times the image encoder actually ran (cache misses)."""
         return self.counters.encoder_calls
 
+    #: What runs the image encoder when its features are not those of the float32 network (an
+    #: int8 model, another runtime); part of :attr:`namespace`, so such embeddings never mix with
+    #: the float32 ones in a shared cache. Empty for the float32 network in PyTorch or ONNX Runtime.
+    encoder_tag: str = ""
+
     @property
     def namespace(self) -> str:
         """What, besides the image and window, an embedding depends on."""
-        return f"{self.name}:{self.weights_sha256[:16]}"
+        base = f"{self.name}:{self.weights_sha256[:16]}"
+        return f"{base}:{self.encoder_tag}" if self.encoder_tag else base
 
     # ---- geometry ---------------------------------------------------------------------------
     def resized_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
@@ -125,8 +146,10 @@ class Segmenter(ABC):
         x = torch.from_numpy(unit)[None, None]
         x = F.interpolate(x, size=resized, mode="bilinear", align_corners=False, antialias=True)
         x = x.clamp(0.0, 1.0)
+        t0 = time.perf_counter()
         with torch.inference_mode():
             feats = self._encode_tensor(x, resized)
+        self.counters.encoder_s += time.perf_counter() - t0
         self.counters.encoder_calls += 1
         emb = Embedding(
             key=key,
@@ -170,6 +193,7 @@ class Segmenter(ABC):
         if not isinstance(emb, Embedding):
             raise SegmenterError("decode needs an Embedding from .encode(...) of this segmenter")
         self.check_prompt(emb, prompt)
+        t0 = time.perf_counter()
         h, w = emb.image_hw
         s = self._scale_xy(emb)
         coords = labels = box = mask_in = None
@@ -195,6 +219,7 @@ class Segmenter(ABC):
             up = up[..., :rh, :rw]
             full = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         self.counters.decoder_calls += 1
+        self.counters.decoder_s += time.perf_counter() - t0
         logits = full.numpy().astype(np.float32, copy=False)
         iou_pred = float(iou.reshape(-1)[0])
         if not (np.isfinite(iou_pred) and np.isfinite(logits).all()):

@@ -83,6 +83,12 @@ class EmbeddingCache:
             self._remember(emb)
         return emb
 
+    def contains(self, key: str) -> bool:
+        """Whether ``key`` is in memory or on disk (the disk entry is not read or checked)."""
+        if key in self._mem:
+            return True
+        return self.disk_dir is not None and self.path_for(key).exists()
+
     def put(self, emb: Embedding) -> None:
         self._remember(emb)
         if self.disk_dir is not None and not self.path_for(emb.key).exists():

@@ -6,6 +6,10 @@
 - :func:`encoder_onnx` / :class:`OrtImageEncoder`: the image encoder on the model's padded input
   ``(1, 3, S, S)``, checked at export on a random image (max |feature difference| ≤
   :data:`ENCODER_TOLERANCE`). The windowing, normalisation and padding stay in PyTorch.
+- :func:`encoder_onnx_int8`: that export with its MatMuls dynamically quantised to int8
+  (``onnxruntime.quantization.quantize_dynamic``), checked against the float32 export within
+  :data:`INT8_TOLERANCE`; :class:`OvImageEncoder`: the float32 export in OpenVINO. Both opt-in
+  (:mod:`hiseg_sim.segmenters.sam_family`).
 
 Files and their cache: :mod:`hiseg_sim.segmenters.onnx_export`.
 """
@@ -13,6 +17,7 @@ Files and their cache: :mod:`hiseg_sim.segmenters.onnx_export`.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from pathlib import Path
 
@@ -28,16 +33,23 @@ from hiseg_sim.segmenters.threads import get_threads
 __all__ = [
     "DECODER_TOLERANCE",
     "ENCODER_TOLERANCE",
+    "INT8_TOLERANCE",
     "OrtImageEncoder",
+    "OvImageEncoder",
     "OrtPromptDecoder",
     "decoder_onnx",
     "encoder_onnx",
+    "encoder_onnx_int8",
 ]
 
 #: Max |logit| difference between a decoder export and its PyTorch module on the check prompts.
 DECODER_TOLERANCE = 1e-3
 #: Max |feature| difference between an encoder export and its PyTorch module on a random image.
 ENCODER_TOLERANCE = 1e-3
+#: Max |feature| difference between the int8 encoder and the float32 export on a random image: a
+#: check that the quantised graph is the network (LiteMedSAM: about 0.3 on phantom slices), not a
+#: bound on how far its masks move.
+INT8_TOLERANCE = 2.0
 
 
 # ---- prompt decoder -------------------------------------------------------------------------
@@ -179,3 +191,83 @@ class OrtImageEncoder(_OrtRunner):
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(image.numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run(None, {"image": x})[0])
+
+
+def _check_int8(path: Path, fp32_path: Path, input_size: int) -> float:
+    x = torch.rand(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).numpy()
+    ref = onnx_export.session(fp32_path, shared=False).run(None, {"image": x})[0]
+    out = onnx_export.session(path, shared=False).run(None, {"image": x})[0]
+    worst = float(np.abs(out - ref).max())
+    if not worst <= INT8_TOLERANCE:
+        raise ExportMismatch(f"int8 encoder {path.name} differs from float32 by {worst:.3g} (> {INT8_TOLERANCE})")
+    return worst
+
+
+def _quantize_bytes(fp32_path: Path) -> bytes:
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="hiseg-int8-") as tmp:
+        out = Path(tmp) / "int8.onnx"
+        quantize_dynamic(str(fp32_path), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+        return out.read_bytes()
+
+
+def encoder_onnx_int8(
+    fp32_path: str | os.PathLike, name: str, weights_sha256: str, onnx_dir: str | os.PathLike | None = None
+) -> Path:
+    """The cached int8 (dynamic, MatMul weights) quantisation of the float32 encoder at ``fp32_path``."""
+    import onnxruntime
+
+    fp32_path = Path(fp32_path)
+    key = onnx_export.export_key(f"{weights_sha256}:onnxruntime-{onnxruntime.__version__}", [fp32_path])
+    meta = json.loads(fp32_path.with_suffix(".json").read_text()) if fp32_path.with_suffix(".json").exists() else {}
+    size = int(meta.get("input_size", 256))
+    return onnx_export.cached_export(
+        f"{name}-encoder-int8",
+        key,
+        make=lambda: _quantize_bytes(fp32_path),
+        check=lambda p: _check_int8(p, fp32_path, size),
+        onnx_dir=onnx_dir,
+        meta={"network": name, "part": "encoder", "quantisation": "dynamic int8, MatMul", "input_size": size},
+    )
+
+
+class OvImageEncoder:
+    """An exported image encoder compiled by OpenVINO for the CPU, float32, following the process's
+    thread setting (recompiled after :func:`~hiseg_sim.segmenters.set_threads` or a fork)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        self.path, self.fixed_threads = Path(path), threads
+        self._made_for: tuple | None = None
+        self._request = None
+
+    @property
+    def request(self):
+        want = (os.getpid(), self.fixed_threads or get_threads())
+        if want != self._made_for:
+            import openvino as ov
+
+            compiled = ov.Core().compile_model(
+                str(self.path),
+                "CPU",
+                {
+                    "INFERENCE_NUM_THREADS": want[1],
+                    "PERFORMANCE_HINT": "LATENCY",
+                    "NUM_STREAMS": 1,
+                    "INFERENCE_PRECISION_HINT": "f32",
+                },
+            )
+            self._request, self._made_for = compiled.create_infer_request(), want
+        return self._request
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(image.numpy(), dtype=np.float32)
+        return torch.from_numpy(np.array(self.request.infer({0: x})[0], copy=True))
+
+    def __getstate__(self) -> dict:  # a compiled model does not pickle; the worker compiles again
+        return {**self.__dict__, "_request": None, "_made_for": None}
+
+    def __repr__(self) -> str:
+        return f"OvImageEncoder({str(self.path)!r})"

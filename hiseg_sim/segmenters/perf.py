@@ -10,6 +10,9 @@ run and the same conditions.
 
 :func:`encoder_bench` does the same for the image encoder on one 256² (LiteMedSAM) slice;
 :func:`hiseg_sim.bench.cohort_parity` checks ONNX against PyTorch on every prompt of a default-cohort sweep.
+:func:`encoder_options_bench` times each image encoder option (:data:`~hiseg_sim.segmenters.ENCODERS`)
+against float32 ONNX Runtime on real phantom slices and compares their final masks
+(:data:`AGREEMENT` is what a new default must meet).
 
 Measured on 2 AMD EPYC cores shared with other jobs (load average in brackets):
 
@@ -19,6 +22,10 @@ Measured on 2 AMD EPYC cores shared with other jobs (load average in brackets):
 - decoder, 1 thread [~3]: PyTorch 70 ms, ONNX Runtime 39 ms, limit 39 ms (92 GFLOP/s): 0.99.
 - encoder (TinyViT, one slice): ONNX Runtime about half of PyTorch in every run, e.g. 609 vs
   1172 ms (2 threads [2.5]), 1134 vs 2274 ms (1 thread [2.7]).
+- encoder options, LiteMedSAM, one thread, alternated slice by slice (load average 11-13): OpenVINO
+  0.80-0.89 x the float32 ONNX Runtime time with the same masks (features within 4e-6, mask Dice
+  1.0); dynamic int8 (MatMuls) 0.67-0.75 x, but mask Dice against float32 0.91-0.95 on average
+  and 0.78 at worst, short of :data:`AGREEMENT`: int8 stays opt-in.
 - parity, 40 cases x 8 prompts: max |logit difference| 4.4e-5, 100 % identical mask pixels
   (ONNX encoder + decoder against PyTorch encoder + decoder: 4.3e-5, 100 %).
 
@@ -38,7 +45,15 @@ from hiseg_sim import limits
 from hiseg_sim.segmenters.base import Prompt
 from hiseg_sim.segmenters.sam_family import SamFamilySegmenter
 
-__all__ = ["bench_prompts", "bench_slice", "decoder_bench", "encoder_bench"]
+__all__ = [
+    "AGREEMENT",
+    "bench_prompts",
+    "bench_slice",
+    "decoder_bench",
+    "encoder_bench",
+    "encoder_options_bench",
+    "phantom_slices",
+]
 
 
 def bench_slice(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -240,3 +255,122 @@ def encoder_bench(segmenter_name: str = "litemedsam", n: int = 5, *, checkpoint=
         "n": n,
         "segmenter": seg.name,
     }
+
+
+#: When an encoder option may replace float32 ONNX Runtime as the default: over the phantom slices
+#: of :func:`encoder_options_bench`, the final masks' mean Dice against float32's at least
+#: ``mean_dice`` and no prompt's below ``min_dice``.
+AGREEMENT = {"mean_dice": 0.99, "min_dice": 0.95}
+
+
+def phantom_slices(n: int = 24, cohort: str = "default") -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` real slices ``(HU (H, W), ground truth (H, W))`` of the cohort's phantoms: each case's
+    first, key and last nodule slice in turn, spread over the cohort (small, large and edge slices)."""
+    from hiseg_sim.data.cohort import load_cohort
+
+    out = []
+    for c in load_cohort(cohort):
+        zs = [int(z) for z in c.gt_slices]
+        for z in sorted({zs[0], int(c.key_slice), zs[-1]}):
+            out.append((np.asarray(c.volume_hu[z], np.float32), np.asarray(c.gt[z], bool)))
+    step = max(1, len(out) // max(1, n))
+    return out[::step][:n]
+
+
+def _agreement_prompts(seg, emb, gt: np.ndarray) -> list:
+    """The final masks of the two prompt kinds episodes end on: a tight box, and box + a click
+    inside + the box's mask fed back."""
+    ys, xs = np.nonzero(gt)
+    box = np.array([xs.min() - 2, ys.min() - 2, xs.max() + 2, ys.max() + 2], np.float32)
+    first = seg.decode(emb, Prompt(box=box))
+    centre = np.array([[xs.mean(), ys.mean()]], np.float32)
+    second = seg.decode(emb, Prompt(box=box, points=centre, labels=np.array([1]), mask_logits=first.low_res_logits))
+    return [first.mask, second.mask]
+
+
+def _dice_iou(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    inter, sa, sb = float((a & b).sum()), float(a.sum()), float(b.sum())
+    if sa + sb == 0:
+        return 1.0, 1.0
+    return 2 * inter / (sa + sb), inter / (sa + sb - inter)
+
+
+def encoder_options_bench(
+    options=("onnx", "openvino", "onnx-int8"),
+    n_slices: int = 12,
+    threads: int = 1,
+    segmenter_name: str = "litemedsam",
+) -> dict:
+    """Each image encoder option against float32 ONNX Runtime on real phantom slices.
+
+    Every slice is encoded once by each option, the options in alternating order slice by slice
+    (so load from other processes hits all alike), on ``threads`` intra-op threads; each option's
+    embedding is then decoded by the same float32 decoder with a box and with box + click + mask
+    (:func:`_agreement_prompts`), and its masks compared with float32's.
+
+    Returns ``{"threads", "slices", "loadavg", "criterion", "options": {option: {"available",
+    "encoder_ms" (median), "vs_fp32" (time ratio), "dice_mean", "dice_min", "iou_mean",
+    "max_abs_feature_diff", "agrees"}}}``; an option that cannot run has ``"available": False``
+    and ``"reason"``.
+    """
+    import os
+
+    from hiseg_sim import segmenters
+    from hiseg_sim.segmenters.threads import restored_threads, set_threads
+
+    slices = phantom_slices(n_slices)
+    ref_name = "onnx"
+    names = [ref_name] + [o for o in options if o != ref_name]
+    result: dict[str, Any] = {
+        "threads": threads,
+        "slices": len(slices),
+        "loadavg_before": [round(v, 2) for v in os.getloadavg()],
+        "criterion": dict(AGREEMENT),
+        "options": {},
+    }
+    with restored_threads():
+        set_threads(threads)
+        segs: dict[str, Any] = {}
+        for o in names:
+            try:
+                seg = segmenters.build(
+                    segmenter_name, runtime="onnx", encoder=o, cache=segmenters.EmbeddingCache(max_items=1)
+                )
+                seg.encode(slices[0][0])  # export / compile / session outside the timing
+                segs[o] = seg
+            except Exception as exc:  # noqa: BLE001 - an option that cannot run is reported, not fatal
+                result["options"][o] = {"available": False, "reason": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        if ref_name not in segs:
+            raise RuntimeError(f"the float32 ONNX Runtime encoder is not available: {result['options'][ref_name]}")
+        times: dict[str, list[float]] = {o: [] for o in segs}
+        embs: dict[str, list] = {o: [] for o in segs}
+        order = list(segs)
+        for i, (img, _) in enumerate(slices):
+            # each option's cache is emptied first, so every call runs its encoder
+            for o in order if i % 2 == 0 else order[::-1]:
+                segs[o].cache.clear_memory()
+                t0 = time.perf_counter()
+                embs[o].append(segs[o].encode(img))
+                times[o].append(time.perf_counter() - t0)
+        ref_masks = [
+            m for (img, gt), e in zip(slices, embs[ref_name]) for m in _agreement_prompts(segs[ref_name], e, gt)
+        ]
+        ref_ms = _median_ms(times[ref_name])
+        for o, seg in segs.items():
+            masks = [m for (img, gt), e in zip(slices, embs[o]) for m in _agreement_prompts(seg, e, gt)]
+            di = [_dice_iou(a, b) for a, b in zip(masks, ref_masks)]
+            dice = [d for d, _ in di]
+            feat = max(float(np.abs(a.features - b.features).max()) for a, b in zip(embs[o], embs[ref_name]))
+            ms = _median_ms(times[o])
+            result["options"][o] = {
+                "available": True,
+                "encoder_ms": round(ms, 1),
+                "vs_fp32": round(ms / ref_ms, 3),
+                "dice_mean": round(float(np.mean(dice)), 5),
+                "dice_min": round(float(np.min(dice)), 5),
+                "iou_mean": round(float(np.mean([j for _, j in di])), 5),
+                "max_abs_feature_diff": float(f"{feat:.3g}"),
+                "agrees": bool(np.mean(dice) >= AGREEMENT["mean_dice"] and np.min(dice) >= AGREEMENT["min_dice"]),
+            }
+    result["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
+    return result

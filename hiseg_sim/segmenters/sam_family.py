@@ -15,6 +15,22 @@
 Without ``onnxruntime``, or if an export fails its check, the segmenter falls back to PyTorch with
 one :class:`RuntimeFallbackWarning` per reason and process.
 
+``encoder`` (:meth:`SamFamilySegmenter.set_encoder`, ``build(encoder=...)`` or ``$HISEG_ENCODER``)
+picks what runs the image encoder, independently of the decoder:
+
+- ``"auto"`` (default): ONNX Runtime float32 where the runtime is ``"onnx"`` and
+  :attr:`SamFamilySegmenter.onnx_encoder` says it pays, else PyTorch;
+- ``"onnx"``, ``"torch"``: that runtime, float32;
+- ``"openvino"``: the same float32 ONNX export in OpenVINO (``pip install openvino``): about
+  0.75-0.9 x the ONNX Runtime time for LiteMedSAM on one thread, with the same masks; opt-in
+  only because OpenVINO is not a dependency of hiseg-sim;
+- ``"onnx-int8"``: the ONNX export with its matrix products dynamically quantised to int8, in
+  ONNX Runtime. Opt-in only: on phantom slices its masks moved too far from float32's (see
+  :mod:`hiseg_sim.segmenters.perf`).
+
+The last two give features that are not the float32 network's to float rounding, so their
+embeddings carry their own cache namespace (:attr:`Segmenter.encoder_tag`).
+
 The embedding cache key leaves the runtime out, so both runtimes share cached embeddings. The ONNX
 image encoder's features differ from PyTorch's by float rounding only (about 3e-6 for LiteMedSAM;
 an export is refused above 1e-3), far below what moves a mask pixel.
@@ -32,9 +48,13 @@ import torch
 from hiseg_sim.segmenters.base import Segmenter, SegmenterError
 from hiseg_sim.segmenters.prompt_decoder import INPUT_NAMES, PromptDecoder, pack_prompt
 
-__all__ = ["RUNTIMES", "RuntimeFallbackWarning", "SamFamilySegmenter", "reference_decode"]
+__all__ = ["ENCODERS", "RUNTIMES", "RuntimeFallbackWarning", "SamFamilySegmenter", "reference_decode"]
 
 RUNTIMES = ("auto", "onnx", "torch")
+#: What may run the image encoder (see the module docstring).
+ENCODERS = ("auto", "onnx", "torch", "openvino", "onnx-int8")
+#: Cache namespace tags of the encoders whose features are not float32 ONNX Runtime / PyTorch's.
+_ENCODER_TAGS = {"openvino": "ov", "onnx-int8": "int8"}
 
 _warned: set[str] = set()
 
@@ -94,6 +114,8 @@ class SamFamilySegmenter(Segmenter):
     net: Any
     _ort_decoder: Any = None
     _ort_encoder: Any = None
+    requested_encoder: str = "auto"
+    _other_encoder: Any = None
 
     def _setup_decoder(self, runtime: str = "auto", onnx_dir: str | os.PathLike | None = None) -> None:
         if runtime not in RUNTIMES:
@@ -105,6 +127,41 @@ class SamFamilySegmenter(Segmenter):
         self.runtime, self.onnx_path = "torch", None
         if runtime != "torch":
             self.set_runtime("onnx")
+        self.set_encoder(os.environ.get("HISEG_ENCODER", "").strip() or "auto")
+
+    def set_encoder(self, encoder: str) -> str:
+        """Pick what runs the image encoder (one of :data:`ENCODERS`); returns :attr:`encoder`.
+
+        ``"openvino"`` and ``"onnx-int8"`` change :attr:`namespace`: their embeddings are cached
+        apart from the float32 ones.
+        """
+        if encoder not in ENCODERS:
+            raise SegmenterError(f"unknown encoder {encoder!r}; one of {', '.join(ENCODERS)}")
+        if encoder == "openvino":
+            try:
+                import openvino  # noqa: F401
+            except ImportError:
+                raise SegmenterError("encoder 'openvino' needs OpenVINO: pip install openvino") from None
+        if encoder != self.requested_encoder:
+            self._other_encoder = None
+        self.requested_encoder = encoder
+        self.encoder_tag = _ENCODER_TAGS.get(encoder, "")
+        return self.encoder
+
+    @property
+    def encoder(self) -> str:
+        """What runs the image encoder now: ``"torch"``, ``"onnx"``, ``"openvino"`` or ``"onnx-int8"``."""
+        if self.requested_encoder != "auto":
+            return self.requested_encoder
+        return "onnx" if self.runtime == "onnx" and self.onnx_encoder else "torch"
+
+    def encoder_onnx_path(self):
+        """The float32 ONNX export of the image encoder (made and checked on first use)."""
+        from hiseg_sim.segmenters import onnx_decoder
+
+        return onnx_decoder.encoder_onnx(
+            self.net.image_encoder, self.input_size, self.name, self.weights_sha256, self.onnx_dir
+        )
 
     def set_runtime(self, runtime: str) -> str:
         """Switch to ``"onnx"`` or ``"torch"`` (``"auto"`` = ``"onnx"`` if usable); returns the runtime in use.
@@ -129,16 +186,26 @@ class SamFamilySegmenter(Segmenter):
         return self.runtime
 
     def _run_image_encoder(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (1, 3, S, S)`` → image embedding ``(1, C, h, w)``, in ONNX Runtime when the runtime says so."""
-        if self.runtime == "onnx" and self.onnx_encoder:
+        """``x (1, 3, S, S)`` → image embedding ``(1, C, h, w)``, on the runtime :attr:`encoder` names."""
+        encoder = self.encoder
+        if encoder in ("openvino", "onnx-int8"):
+            # asked for by name: a failure is an error, not a silent fallback to other features
+            if self._other_encoder is None:
+                from hiseg_sim.segmenters import onnx_decoder
+
+                path = self.encoder_onnx_path()
+                if encoder == "openvino":
+                    self._other_encoder = onnx_decoder.OvImageEncoder(path)
+                else:
+                    int8 = onnx_decoder.encoder_onnx_int8(path, self.name, self.weights_sha256, self.onnx_dir)
+                    self._other_encoder = onnx_decoder.OrtImageEncoder(int8)
+            return self._other_encoder(x)
+        if encoder == "onnx":
             if self._ort_encoder is None:
                 from hiseg_sim.segmenters import onnx_decoder
 
                 try:
-                    path = onnx_decoder.encoder_onnx(
-                        self.net.image_encoder, self.input_size, self.name, self.weights_sha256, self.onnx_dir
-                    )
-                    self._ort_encoder = onnx_decoder.OrtImageEncoder(path)
+                    self._ort_encoder = onnx_decoder.OrtImageEncoder(self.encoder_onnx_path())
                 except Exception as exc:  # noqa: BLE001
                     _fallback(
                         f"the ONNX export of the {self.name} image encoder failed "
