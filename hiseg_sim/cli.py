@@ -577,7 +577,10 @@ def simulate(
     annotators: list[str] = typer.Argument(..., help="Annotator names (listed above), or a profile .toml file."),
     cohort: str = typer.Option("default", help="Cohort of data_manifests/phantom-lidc.json."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N cases."),
-    replicates: int = typer.Option(1, min=1, help="People per annotator (each works through every case in order)."),
+    persons: Optional[int] = typer.Option(
+        None, min=1, help="Simulated persons per annotator, each working through every case in order (default 1)."
+    ),
+    replicates: Optional[int] = typer.Option(None, min=1, help="The same as --persons."),
     seed: int = typer.Option(0, help="Study seed."),
     segmenter: str = typer.Option("litemedsam", help="Segmenter registry name (litemedsam, sam_vit_b/l/h)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Weights file (needed for sam_vit_*)."),
@@ -589,6 +592,11 @@ def simulate(
     ),
     fresh: bool = typer.Option(False, help=_FRESH_HELP),
     env: str = typer.Option("2d", help="2d (one key slice, the quick mode) or 3d (the whole nodule)."),
+    traces: Optional[Path] = typer.Option(
+        None,
+        help="Also write each simulated person's session to this folder (<annotator>-p<k>.jsonl, the format "
+        "the annotation page exports; what fit-profile reads).",
+    ),
     as_json: bool = typer.Option(
         False,
         "--json",
@@ -605,13 +613,18 @@ def simulate(
     for a in annotators:
         if not (a.endswith(".toml") or "/" in a):
             ANNOTATORS.check(a)
+    if persons is not None and replicates is not None and persons != replicates:
+        raise CliError(f"--persons {persons} and --replicates {replicates} say different things; give one of them")
+    n_persons = persons or replicates or 1
+    if traces is not None and traces.exists() and not traces.is_dir():
+        raise CliError(f"--traces {traces}: exists and is not a folder; give a folder for the session files")
     _check_segmenter(segmenter, checkpoint)
     name = _run_folder(
         "simulate",
         "+".join(Path(a).stem if a.endswith(".toml") else a for a in annotators),
         None if cohort == "default" else cohort,
         f"n{limit}" if limit else None,
-        f"r{replicates}" if replicates != 1 else None,
+        f"r{n_persons}" if n_persons != 1 else None,
         f"seed{seed}" if seed else None,
         None if segmenter == "litemedsam" else segmenter,
         None if env == "2d" else env,
@@ -623,7 +636,7 @@ def simulate(
         name=name,
         cohort=cohort,
         limit=limit,
-        replicates=replicates,
+        replicates=n_persons,
         seed=seed,
         segmenters=(segmenter,),
         checkpoints={segmenter.split("@")[0]: str(checkpoint)} if checkpoint else None,
@@ -636,10 +649,100 @@ def simulate(
     }
     result = run_and_report(spec, out, fresh=fresh, **kw)
     STUDY_KINDS.get(spec.kind).print_summary(result, typer.echo)
+    if traces is not None:
+        from hiseg_sim.fitting.sessions import write_run_sessions
+
+        written = write_run_sessions(result[0].dir, traces, cache_dir=str(cache_dir) if cache_dir else None)
+        typer.echo(f"sessions: {len(written)} in {traces}/ (one per simulated person)")
     if as_json:
         from hiseg_sim.studies.groups import per_annotator_json
 
         typer.echo(json.dumps(per_annotator_json(result[0]), sort_keys=True))
+
+
+@app.command("fit-profile")
+def fit_profile_cmd(
+    sessions: Path = typer.Argument(
+        ..., help="A folder of recorded sessions (*.jsonl: the annotation page's export, or simulate --traces)."
+    ),
+    base: str = typer.Option(
+        ..., "--base", help="The profile to start from (a name such as trainee_resident, or a .toml)."
+    ),
+    out: Path = typer.Option(..., "--out", help="The fitted profile to write (.toml; loadable as an annotator)."),
+    cohort: str = typer.Option("default", help="The cohort the sessions' cases come from."),
+    calibration_persons: int = typer.Option(
+        4,
+        min=0,
+        help="Persons simulated from --base on the same cases to correct the box and decision estimates "
+        "(0: no correction, no simulation).",
+    ),
+    work_dir: Path = typer.Option(
+        Path("runs/fit-profile"), help="Where the calibration simulation is kept (reused by later fits)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the sampler and of the calibration persons."),
+    cache_dir: Optional[Path] = typer.Option(None, help=_CACHE_HELP),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help='Also print, as the last line, {"parameters": {"<section>.<name>": {"value", "lo", "hi", '
+        '"identified"}}, "sessions", "episodes"}.',
+    ),
+) -> None:
+    """Fit a profile's behaviour parameters to recorded sessions; write it with 90 % intervals."""
+    from hiseg_sim.annotators.registry import load_profile
+    from hiseg_sim.experiments.posterior import PosteriorError
+    from hiseg_sim.fitting.fit import fit_sessions, load_references, write_profile
+    from hiseg_sim.fitting.sessions import SessionsError, read_sessions
+    from hiseg_sim.fitting.simulate import simulate_sessions
+
+    if out.suffix != ".toml":
+        raise CliError(f"--out {out}: a profile is a .toml file; give a path ending in .toml")
+    try:
+        recorded = read_sessions(sessions)
+    except SessionsError as exc:
+        raise CliError(str(exc)) from None
+    profile = load_profile(base)
+    envs = sorted({ep.env for s in recorded for ep in s.episodes if ep.env})
+    if len(envs) > 1:
+        raise CliError(f"{sessions}: sessions from more than one env ({', '.join(envs)}); fit each env on its own")
+    case_ids = sorted({ep.case for s in recorded for ep in s.episodes})
+    calibration = None
+    if calibration_persons:
+        typer.echo(
+            f"simulating {calibration_persons} person(s) of {profile.name} on the {len(case_ids)} cases "
+            f"(the correction of the box and decision estimates; kept in {work_dir}) …",
+            err=True,
+        )
+        calibration = simulate_sessions(
+            base,
+            case_ids,
+            calibration_persons,
+            work_dir,
+            cohort=cohort,
+            seed=seed + 1,
+            env=envs[0] if envs else "2d",
+            cache_dir=str(cache_dir) if cache_dir else None,
+            progress=True,
+        )
+    try:
+        refs = load_references(recorded + (calibration or []), cohort)
+        fit = fit_sessions(recorded, profile, cohort=cohort, calibration=calibration, seed=seed, references=refs)
+    except PosteriorError as exc:
+        raise CliError(str(exc)) from None
+    write_profile(fit, out)
+    typer.echo(
+        f"fitted {profile.name} to {fit.n_sessions} sessions, {fit.n_episodes} nodules, {fit.n_actions} actions -> {out}"
+    )
+    for name, pf in fit.params.items():
+        if pf.identified:
+            typer.echo(f"  {name:34s} {pf.value:9.4g}  90 % [{pf.lo:.4g}, {pf.hi:.4g}]")
+    shown = [n for n, pf in fit.params.items() if not pf.identified and pf.lo != pf.hi]
+    if shown:
+        typer.echo(f"  not identified (kept from {profile.name}): {', '.join(shown)}")
+    for note in fit.notes:
+        typer.echo(f"  note: {note}")
+    if as_json:
+        typer.echo(json.dumps(fit.to_json(), sort_keys=True))
 
 
 @app.command("report")
@@ -691,7 +794,10 @@ def bench(
         "--executors",
         help="Instead: time the executors on one sweep "
         "(experiments/bench_executors.toml): serial, serial on one thread, the process "
-        "pool and Ray if installed; speed-ups and whether their rows agree.",
+        "pool and Ray if installed; speed-ups, the pool's efficiency against one thread and whether "
+        "their rows agree; the same sweep on a local two-node Ray cluster; a 3-D study "
+        "(experiments/bench_3d.toml) from a cold cache against its compute floor; and the image "
+        "encoder options against float32 with their mask agreement.",
     ),
     rounds: int = typer.Option(1, min=1, help="With --executors: alternate the executors this many times (median)."),
     fuzz: Optional[int] = typer.Option(
@@ -708,7 +814,9 @@ def bench(
 ) -> None:
     """Env step against the raw decoder, encoder calls against slices, ONNX against eager and the
     machine's FLOP limit: all measured in one run (about a minute or two on two cores).
-    With --executors, the executors' wall time on one sweep instead (a few minutes)."""
+    With --executors, the executors, the Ray cluster, the 3-D floor and the encoder options instead
+    (half an hour at a load average of 10 on two cores, less when idle; --json prints every figure,
+    with the load average, and each part is saved in OUT/bench_partial.json as it is measured)."""
     if fuzz is not None:
         from hiseg_sim.fuzz import main as fuzz_main
 
@@ -761,22 +869,50 @@ def _bench_checkpoint(segmenter: str, checkpoint: Path) -> None:
 
 
 def _bench_executors(rounds: int, as_json: bool, out: Path) -> None:
-    import importlib.util
+    from hiseg_sim.experiments.compare import executor_bench
 
-    from hiseg_sim.experiments.compare import compare_executors
-
-    names = ["serial", "serial:1", "process"] + (["ray"] if importlib.util.find_spec("ray") else [])
-    res = compare_executors("bench_executors", names, out_root=str(out), rounds=rounds, progress=not as_json)
+    res = executor_bench(out_root=str(out), rounds=rounds, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(res))
         return
-    typer.echo(f"{res['episodes']} episodes on {res['cores']} cores (median of {rounds} round(s)):")
-    for ex, sec in res["median_s"].items():
-        one = res.get("speedup_vs_one_thread") or {}
+    ex = res["executors"]
+    typer.echo(f"{ex['episodes']} episodes on {ex['cores']} cores (median of {rounds} round(s)), warm cache:")
+    one, eff = ex.get("speedup_vs_one_thread") or {}, ex.get("efficiency") or {}
+    for name, sec in ex["median_s"].items():
         typer.echo(
-            f"  {ex:>9}: {sec:7.1f} s   speed-up over serial {res['speedup'][ex]:.2f}x, over serial on one "
-            f"thread {one.get(ex, float('nan')):.2f}x   rows identical to serial: {res['identical'][ex]}"
+            f"  {name:>9}: {sec:7.1f} s   speed-up over serial {ex['speedup'][name]:.2f}x, over serial on one "
+            f"thread {one.get(name, float('nan')):.2f}x (efficiency {eff.get(name, float('nan')):.2f})   "
+            f"rows identical to serial: {ex['identical'][name]}"
         )
+    two = res["ray_two_node"]
+    if two is not None:
+        typer.echo(
+            f"Ray, local cluster of {two['nodes']} one-CPU nodes ({two['nodes_used']} used): {two['wall_s']:.1f} s "
+            f"(efficiency {two.get('efficiency')}), rows identical to serial: {two['identical']}"
+        )
+    fl = res["floor_3d"]
+    if fl is not None:
+        typer.echo(
+            f"3-D study, cold cache, {fl['workers']} workers: {fl['wall_s']:.1f} s against a compute floor of "
+            f"{fl['floor_s']:.1f} s = {fl['slices']} slices x {fl['encoder_s_per_slice']:.3f} s + {fl['decodes']} "
+            f"decodes x {fl['decoder_ms']:.1f} ms, over {fl['workers']} (floor ratio {fl['floor_ratio']}; "
+            f"{fl['encoded']} slices encoded)"
+        )
+    enc = res["encoder"]
+    typer.echo(
+        f"image encoder, one thread, {enc['slices']} phantom slices: default {enc['default']!r}; before "
+        f"{enc['before_ms']:.0f} ms, after {enc['after_ms']:.0f} ms per slice; options (mask Dice vs float32, "
+        f"mean / min; adopted only if >= {enc['criterion']['mean_dice']} / {enc['criterion']['min_dice']}):"
+    )
+    for name, o in enc["options"].items():
+        if not o.get("available"):
+            typer.echo(f"  {name:>10}: not available ({o.get('reason')})")
+            continue
+        typer.echo(
+            f"  {name:>10}: {o['encoder_ms']:7.0f} ms ({o['vs_fp32']:.2f} x float32)   Dice {o['dice_mean']:.4f} / "
+            f"{o['dice_min']:.4f}, IoU {o['iou_mean']:.4f}   agrees: {o['agrees']}"
+        )
+    typer.echo(f"load average {res['loadavg_start']} at the start, {res['loadavg_end']} at the end")
 
 
 # Learned prompting policies: the command bodies live in hiseg_sim.policies.cli.

@@ -1,7 +1,7 @@
 """Ad-hoc studies without a TOML file (what ``hiseg-sim simulate`` runs).
 
 >>> from hiseg_sim.experiments.quick import quick_spec
->>> spec = quick_spec(["expert_radiologist", "robot_ritm"], cohort="default", limit=4, replicates=2)
+>>> spec = quick_spec(["expert_radiologist", "robot_ritm"], cohort="default", limit=4, persons=2)
 >>> [a.label for a in spec.annotators], spec.run.replicates
 (['expert_radiologist', 'robot_ritm'], 2)
 """
@@ -23,7 +23,8 @@ def quick_spec(
     limit: int | None = None,
     per_stratum: int | None = None,
     ids: Sequence[str] = (),
-    replicates: int = 1,
+    replicates: int | None = None,
+    persons: int | None = None,
     seed: int = 0,
     segmenters: Sequence[str] = ("litemedsam",),
     checkpoints: dict | None = None,
@@ -35,9 +36,14 @@ def quick_spec(
 ) -> StudySpec:
     """A validated :class:`StudySpec` from arguments (each annotator an arm labelled by its name).
 
-    With the default ``design="sequence"`` each of the ``replicates`` people of an arm works through
-    all the cases in a seeded order, learning as they go (``"crossed"``: a fresh person per episode).
+    With the default ``design="sequence"`` each of the ``persons`` simulated people of an arm works
+    through all the cases in a seeded order, learning as they go (``"crossed"``: a fresh person per
+    episode); ``replicates`` is the same number under the study file's name for it (default 1).
+    An annotator may be a registered name or a profile ``.toml`` path.
     """
+    if persons is not None and replicates is not None and persons != replicates:
+        raise ValueError(f"persons={persons} and replicates={replicates} disagree; give one of them")
+    n_persons = int(persons or replicates or 1)
     cases: dict = {"cohort": cohort}
     if limit is not None:
         cases["limit"] = int(limit)
@@ -53,6 +59,6 @@ def quick_spec(
         "cases": cases,
         "segmenters": segs,
         "annotators": [{"name": a} for a in annotators],
-        "run": {"replicates": int(replicates), "executor": executor, "workers": int(workers), "design": design},
+        "run": {"replicates": n_persons, "executor": executor, "workers": int(workers), "design": design},
     }
     return spec_from_dict(doc, f"simulate({', '.join(annotators)})")

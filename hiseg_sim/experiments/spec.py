@@ -503,7 +503,14 @@ def _parse_arm(t: dict, i: int, where: str, run: RunSpec) -> AnnotatorSpec:
         raise SpecError(f"{where}: [{tname}] name: missing (a profile such as 'expert_radiologist', or a robot)")
     from hiseg_sim.annotators.registry import ANNOTATORS
 
-    if name not in ANNOTATORS:
+    if name.endswith(".toml") or "/" in name:  # a profile file (a fitted one, or the user's own)
+        from hiseg_sim.annotators.behaviour.profiles import ProfileError, load_profile_file
+
+        try:
+            load_profile_file(name)
+        except ProfileError as exc:
+            raise SpecError(f"{where}: [{tname}] name: {exc}") from None
+    elif name not in ANNOTATORS:
         raise SpecError(f"{where}: [{tname}] name: {ANNOTATORS.unknown_message(name)}")
     label = _get(
         t,
@@ -515,7 +522,7 @@ def _parse_arm(t: dict, i: int, where: str, run: RunSpec) -> AnnotatorSpec:
         None,
     )
     if label is None:
-        label = name
+        label = Path(name).stem if (name.endswith(".toml") or "/" in name) else name
     fb = _get(t, "feedback", lambda v: v in FEEDBACK_MODES, f"one of {', '.join(FEEDBACK_MODES)}", where, tname, "none")
     practice = _get(t, "practice", _nonneg_int, "an integer >= 0", where, tname)
     if practice is not None and run.design != "sequence":

@@ -4,8 +4,10 @@ The ``groups`` study kind: its ``[analysis]`` settings and its report sections."
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from hiseg_sim.analysis import metrics as M
@@ -98,6 +100,179 @@ def _findings(summ: pd.DataFrame, paired: list[dict], ref: str, people_mean, n_b
             "below ([analysis] reference names the arm to compare with)."
         )
     return f
+
+
+def _pearson_boot(x, y, clusters, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Pearson r of ``x`` and ``y`` and its 95 % percentile interval, resampling whole
+    ``clusters`` (cases: every episode on a nodule shares its difficulty) with replacement.
+    Rows with a NaN are left out; NaN where r is undefined (under three rows, or no spread)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y, c = x[ok], y[ok], pd.factorize(np.asarray(clusters)[ok])[0]
+    nan = float("nan")
+
+    def r_of(w: np.ndarray) -> np.ndarray:  # weighted Pearson r, one row of weights per draw
+        sw = w.sum(-1, keepdims=True)
+        mx, my = (w * x).sum(-1, keepdims=True) / sw, (w * y).sum(-1, keepdims=True) / sw
+        dx, dy = x - mx, y - my
+        sxy, sxx, syy = (w * dx * dy).sum(-1), (w * dx * dx).sum(-1), (w * dy * dy).sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return sxy / np.sqrt(sxx * syy)
+
+    if x.size < 3:
+        return nan, nan, nan
+    est = float(r_of(np.ones((1, x.size)))[0])
+    n_c = int(c.max()) + 1
+    if n_c < 3 or n_boot <= 0 or not math.isfinite(est):
+        return est, nan, nan
+    rng = np.random.default_rng(seed)
+    draws = []
+    for s in range(0, int(n_boot), 500):
+        picks = rng.integers(0, n_c, size=(min(500, int(n_boot) - s), n_c))
+        counts = np.stack([np.bincount(p, minlength=n_c) for p in picks]).astype(np.float64)
+        draws.append(r_of(counts[:, c]))
+    d = np.concatenate(draws)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return est, nan, nan
+    lo, hi = np.quantile(d, [0.025, 0.975])
+    return est, float(lo), float(hi)
+
+
+def _intent_section(e: pd.DataFrame, n_boot: int, seed: int) -> tuple[Section | None, dict]:
+    """Does the person matter: per people group and pooled over them, the correlation of the final
+    Dice with the Dice of the person's intent (their own idea of the nodule, before any prompt).
+    A model that snaps to the reference whatever it is told gives r near 0."""
+    if "intent_dice" not in e.columns:
+        return None, {}
+    pe = e[e["group"].map(P.is_person)]
+    pe = pe[pd.to_numeric(pe["intent_dice"], errors="coerce").notna()]
+    if pe.empty:
+        return None, {}
+    rows, out = [], {"groups": {}}
+    parts = [(g, pe[pe["group"] == g]) for g in P.order_groups(pe["group"].unique())]
+    if len(parts) > 1:
+        parts.append(("all people groups (pooled)", pe))
+    for g, d in parts:
+        fin = pd.to_numeric(d["final_dice"], errors="coerce")
+        itd = pd.to_numeric(d["intent_dice"], errors="coerce")
+        r, lo, hi = _pearson_boot(itd, fin, d["case_id"], n_boot, seed)
+        rec = {"r": r, "lo": lo, "hi": hi, "n": int(len(d)), "cases": int(d["case_id"].nunique())}
+        rows.append(
+            {
+                "group": g,
+                "episodes": rec["n"],
+                "cases": rec["cases"],
+                "intent Dice": round(float(itd.mean()), 3),
+                "final Dice": round(float(fin.mean()), 3),
+                "r final vs intent [95% CI]": fmt_ci(r, lo, hi),
+            }
+        )
+        if g == "all people groups (pooled)" or len(parts) == 1:
+            out["pooled"] = rec
+        if g != "all people groups (pooled)":
+            out["groups"][g] = rec
+    sec = Section("Does the person matter: final Dice against the person's intent")
+    sec.paragraphs.append(
+        "Each simulated person first forms an *intent*, their own idea of the nodule's outline "
+        "(perception: boundary noise and semantic errors such as taking in an attached vessel), then "
+        "prompts the model toward it. If the image alone decided the outcome, the final Dice would not "
+        "follow the intent's Dice (r near 0); the more the person's idea carries through the model, the "
+        "higher r."
+    )
+    sec.tables.append(
+        (
+            "Per people group and pooled: Pearson r of final Dice with intent Dice over episodes, 95 % "
+            "bootstrap interval over cases",
+            pd.DataFrame(rows),
+            "final_vs_intent_dice",
+        )
+    )
+    sec.definitions.update(
+        {
+            "intent Dice": "mean Dice of the person's intent (before any prompt) against the reference",
+            "final Dice": "mean final Dice of the accepted mask against the reference",
+            "cases": "distinct nodules behind the row (the bootstrap resamples them whole)",
+            "r final vs intent [95% CI]": "Pearson correlation over episodes of final Dice with intent Dice, with "
+            "its 95 % bootstrap interval resampling cases",
+        }
+    )
+    return sec, out
+
+
+def variance_split(e: pd.DataFrame, value: str) -> dict:
+    """How much of an arm's person-to-person spread in mean ``value`` comes from the persons'
+    parameters (a one-way random-effects split over persons = replicates).
+
+    Each person's mean over their ``n`` nodules varies by the nodules alone with variance
+    ``s_w^2 / n`` (``s_w^2`` the pooled within-person variance); what the between-person variance of
+    the means holds beyond that comes from the persons differing, here from their posterior draws.
+    Returns ``between`` (variance of the persons' means), ``within`` (``s_w^2 / n``), ``share`` (the
+    parameters' part of ``between``, 0-1) and ``persons``.
+    """
+    v = pd.to_numeric(e[value], errors="coerce")
+    d = pd.DataFrame({"p": e["replicate"].to_numpy(), "v": v.to_numpy()}).dropna()
+    g = d.groupby("p")["v"]
+    k = int(g.ngroups)
+    if k < 2:
+        return {"between": float("nan"), "within": float("nan"), "share": float("nan"), "persons": k}
+    means, counts = g.mean(), g.count()
+    within_var = float(((d["v"] - d["p"].map(means)) ** 2).sum() / max(len(d) - k, 1))
+    between = float(means.var(ddof=1))
+    within = within_var / float(np.mean(counts))
+    share = max(0.0, between - within) / between if between > 0 else 0.0
+    return {"between": between, "within": within, "share": float(share), "persons": k}
+
+
+def _posterior_section(data, e: pd.DataFrame) -> tuple[Section | None, dict]:
+    """Per arm with ``posterior = true``: the share of the spread between its simulated persons
+    that comes from the fitted parameters' uncertainty, for Dice and seconds."""
+    spec = getattr(data, "spec", None) or {}
+    arms = [a.get("label") for a in spec.get("annotators", []) if isinstance(a, dict) and a.get("posterior")]
+    if not arms:
+        return None, {}
+    rows: list[dict] = []
+    out: dict = {}
+    for label in arms:
+        d = e[e["annotator"] == label]
+        if d.empty:
+            continue
+        dice, secs = variance_split(d, "final_dice"), variance_split(d, "seconds_total")
+        out[label] = {"dice": dice, "seconds": secs}
+        rows.append(
+            {
+                "group": label,
+                "persons (draws)": dice["persons"],
+                "Dice: SD between persons": round(float(np.sqrt(dice["between"])), 4),
+                "Dice: from parameters": f"{100 * dice['share']:.0f}%",
+                "seconds: SD between persons": round(float(np.sqrt(secs["between"])), 2),
+                "seconds: from parameters": f"{100 * secs['share']:.0f}%",
+            }
+        )
+    if not rows:
+        return None, {}
+    sec = Section("Parameter uncertainty: groups drawn from a fitted posterior")
+    sec.paragraphs.append(
+        "Each simulated person of these groups is one joint draw of the fitted profile's posterior "
+        "(`posterior = true`), so the group's interval holds both the nodules' and people's randomness "
+        "and the fit's own uncertainty. The share from parameters is the part of the variance between "
+        "the persons' mean Dice (or seconds) beyond what their nodules alone would give "
+        "(one-way random effects: between-person variance less within-person variance / nodules per "
+        "person); a large share says a bigger pilot would narrow the group's interval."
+    )
+    sec.tables.append(
+        ("Per posterior group: where the spread between persons comes from", pd.DataFrame(rows), "posterior_share")
+    )
+    sec.definitions.update(
+        {
+            "persons (draws)": "simulated persons of the group, one posterior draw each",
+            "Dice: SD between persons": "SD of the persons' mean final Dice",
+            "Dice: from parameters": "share of that variance from the persons' parameters (posterior draws)",
+            "seconds: SD between persons": "SD of the persons' mean seconds per nodule",
+            "seconds: from parameters": "share of that variance from the persons' parameters",
+        }
+    )
+    return sec, out
 
 
 def _sections(data, settings: dict, out: Path):
@@ -274,7 +449,15 @@ def _sections(data, settings: dict, out: Path):
         r["group"]: {r2["threshold"]: r2["noc_mean"] for _, r2 in ns[ns["group"] == r["group"]].iterrows()}
         for _, r in summ.iterrows()
     }
-    return [findings, sec, strata, inter], headline
+    person, fvi = _intent_section(e, n_boot, seed)
+    if person is not None:
+        headline["final_vs_intent"] = fvi
+        headline["final_vs_intent_r"] = fvi["pooled"]["r"]
+    post, post_split = _posterior_section(data, e)
+    if post is not None:
+        headline["parameter_uncertainty"] = post_split
+    extra = ([person] if person is not None else []) + ([post] if post is not None else [])
+    return [findings, sec, strata, inter] + extra, headline
 
 
 def _prompt_slice(prompt) -> int:
