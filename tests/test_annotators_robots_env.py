@@ -161,3 +161,37 @@ def test_robots_refuse_plain_knowledge():
     agent = build_annotator("robot_ritm")
     with pytest.raises(TypeError, match="RobotKnowledge"):
         agent.begin_case(Knowledge("x", np.zeros((8, 8)), (1.0, 1.0)), np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def env3d(cases):
+    e = make_env("hiseg_sim/NoduleSeg3D-v0", cases=cases, segmenter=EnvStubSegmenter(), max_slices=16)
+    yield e
+    e.close()
+
+
+@pytest.mark.parametrize("name", ["robot_ritm", "robot_medsam_box", "robot_medsegfm"])
+def test_a_robot_in_3d_works_every_slice_that_holds_the_nodule(env3d, cases, name):
+    r = run_episode(env3d, build_annotator(name), case_id=cases[0].case_id, seed=0)
+    gt = env3d.unwrapped.scoring_reference()  # the slab's ground truth
+    held = set(np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1)).tolist())
+    z0 = env3d.unwrapped.viewport.z0  # prompts name volume slices
+    prompted = {t["prompt"]["slice"] - z0 for t in r.trace if t["prompt"]}
+    kinds = [t["action"]["kind"] for t in r.trace]
+    assert r.summary["accepted"] and kinds[-1] == "accept" and kinds.count("accept") == 1
+    assert held and held <= prompted  # every slice with ground truth got the robot's protocol
+    assert not any(t["invalid_action"] for t in r.trace)
+    # click robots carry the mask over by propagation; box robots draw a box on every slice
+    assert ("propagate" in kinds) == (name != "robot_medsam_box")
+    assert r.summary["final_dice"] > 0.7
+
+
+def test_auto_box_in_3d_propagates_until_the_mask_runs_out(env3d, cases):
+    r = run_episode(env3d, build_annotator("auto_box"), case_id=cases[0].case_id, seed=0)
+    kinds = [t["action"]["kind"] for t in r.trace]
+    assert kinds[0] == "box" and kinds.count("box") == 1 and kinds[-1] == "accept"
+    assert kinds.count("propagate") >= 2 and not any(t["invalid_action"] for t in r.trace)
+    # it stops only where a propagated mask came out empty or the slab ended, never on a slice with mask
+    for t, nxt in zip(r.trace, r.trace[1:]):
+        if t["action"]["kind"] == "propagate" and nxt["action"]["kind"] == "prev":
+            assert t["prompt"] is not None

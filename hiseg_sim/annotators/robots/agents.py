@@ -31,13 +31,24 @@ name                   what it does in the env
 =====================  ============================================================================
 
 The IoU a robot stops on is its own, of the mask in view against the ground truth in the viewport
-(as RITM's loop computes it). In the 3-D env a robot works on the start slice only, then accepts.
+(as RITM's loop computes it).
+
+In the 3-D env a robot runs its 2-D protocol on every slice that holds ground truth (a robot knows
+the extent from the ground truth, as the click protocols of SAM-Med3D and nnInteractive's
+evaluation do): the start slice first, then up to the last, then down from the start to the first;
+where its protocol would accept it moves on instead, and it accepts the volume after the last
+slice. A click robot reaches each new slice by ``Propagate`` from its neighbour (the neighbour's
+mask becomes the new slice's box and mask prompt, as in the volume tools) and corrects from there;
+a box robot scrolls there and draws its box (MedSAM's own volume inference boxes every slice).
+``auto_box`` knows nothing of the extent: its box on the start slice is propagated up until the
+propagated mask comes out empty (or the slab ends), then down the same way, and accepted.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -53,10 +64,10 @@ from hiseg_sim.annotators.robots.points import (
     sammed3d_click,
 )
 from hiseg_sim.annotators.robots.rules import _call_robot
-from hiseg_sim.env.actions import Accept, BoxAction, PointAction
+from hiseg_sim.env.actions import Accept, BoxAction, NextSlice, PointAction, PrevSlice, Propagate
 from hiseg_sim.metrics import iou
 
-__all__ = ["ROBOTS", "AutoBoxAgent", "BoxRobotAgent", "ClickRobotAgent", "build_robot"]
+__all__ = ["ROBOTS", "AutoBoxAgent", "BoxRobotAgent", "ClickRobotAgent", "VolumeWalk", "build_robot"]
 
 
 def _gt_slice(knowledge: Knowledge, who: str) -> np.ndarray:
@@ -81,7 +92,90 @@ def _clip_box(box, size: int) -> BoxAction:
     return BoxAction(x0, y0, x1, y1)
 
 
-class ClickRobotAgent(Annotator):
+class VolumeWalk(Annotator):
+    """A robot's 2-D protocol (``_begin_slice`` / ``_act_slice``) run slice by slice in the 3-D env
+    (see the module docstring); in 2-D it is the protocol itself.
+
+    ``walk``: ``"gt"`` (every slice holding ground truth) or ``"propagate"`` (propagate from the
+    start slice until the mask comes out empty); ``propagate_into``: reach the next slice of a
+    ``"gt"`` walk by ``Propagate`` (else by scrolling)."""
+
+    walk = "gt"
+    propagate_into = True
+
+    def _begin_slice(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
+        raise NotImplementedError
+
+    def _act_slice(self, obs: dict, info: dict) -> Any:
+        raise NotImplementedError
+
+    def begin_case(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
+        self._volume = bool(knowledge.three_d) and np.asarray(getattr(knowledge, "gt", None)).ndim == 3
+        self._knowledge, self._rng = knowledge, rng
+        if not self._volume:
+            self._begin_slice(knowledge, rng)
+            return
+        gt = np.asarray(knowledge.gt, bool)  # type: ignore[attr-defined]
+        held = [int(z) for z in np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1))]
+        n = int(gt.shape[0])
+        start = int(knowledge.start_slice)
+        if self.walk == "gt" and held and start not in held:
+            start = min(held, key=lambda z: (abs(z - start), z))
+        self._n, self._start = n, start
+        if self.walk == "gt":
+            self._order = (
+                [start] + [z for z in held if z > start] + sorted((z for z in held if z < start), reverse=True)
+            )
+        else:
+            self._order = [start]
+        self._i = 0
+        self._direction = 1  # the "propagate" walk: up first, then down
+        self._begin_slice(replace(knowledge, start_slice=start), rng)
+
+    def act(self, obs: dict, info: dict) -> Any:
+        if not self._volume:
+            return self._act_slice(obs, info)
+        z = int(obs["slice"])
+        if self.walk == "propagate" and self._i >= 1:
+            return self._propagate_on(obs, z)
+        target = self._order[self._i]
+        if z != target:
+            return self._towards(obs, z, target)
+        action = self._act_slice(obs, info)
+        if not isinstance(action, Accept):
+            return action
+        self._i += 1
+        if self.walk == "propagate":
+            return self._propagate_on(obs, z)
+        if self._i >= len(self._order):
+            return Accept()
+        self._begin_slice(replace(self._knowledge, start_slice=self._order[self._i]), self._rng)
+        return self._towards(obs, z, self._order[self._i])
+
+    def _towards(self, obs: dict, z: int, target: int) -> Any:
+        step = 1 if target > z else -1
+        has_mask = bool(np.asarray(obs["slice_has_mask"])[z])
+        if self.propagate_into and abs(target - z) == 1 and has_mask:
+            return Propagate(step)
+        return NextSlice() if step == 1 else PrevSlice()
+
+    def _propagate_on(self, obs: dict, z: int) -> Any:
+        """The ``"propagate"`` walk after the start slice: on while the mask in view is not empty."""
+        in_slab = np.asarray(obs["slice_in_slab"]).astype(bool)
+        here_empty = not bool(np.asarray(obs["slice_has_mask"])[z])
+        if self._direction == 1:
+            nxt = z + 1
+            if not here_empty and nxt < self._n and in_slab[nxt]:
+                return Propagate(1)
+            self._direction = -1  # done upwards: back to the start, then down
+        if z > self._start:
+            return PrevSlice()
+        if here_empty or z - 1 < 0 or not in_slab[z - 1]:
+            return Accept()
+        return Propagate(-1)
+
+
+class ClickRobotAgent(VolumeWalk):
     """A click robot in the env. Robots read the ground truth — that is what they are.
 
     Args:
@@ -112,7 +206,7 @@ class ClickRobotAgent(Annotator):
         self.initial_box = bool(initial_box)
         self.ious: list[float] = []
 
-    def begin_case(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
+    def _begin_slice(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
         self.gt = _gt_slice(knowledge, self.name)
         self.size = int(self.gt.shape[-1])
         self.rng = rng
@@ -124,7 +218,7 @@ class ClickRobotAgent(Annotator):
         self.ious = []
         self.stop_reason: str | None = None
 
-    def act(self, obs: dict, info: dict) -> Any:
+    def _act_slice(self, obs: dict, info: dict) -> Any:
         pred = np.asarray(obs["mask"][0]) > 127
         if self.queue:
             return self.queue.pop(0)
@@ -158,7 +252,7 @@ class ClickRobotAgent(Annotator):
         return {"robot_ious": list(self.ious), "stop": self.stop_reason}
 
 
-class BoxRobotAgent(Annotator):
+class BoxRobotAgent(VolumeWalk):
     """One box from a robot's rule on the ground truth, then Accept. Robots read the ground truth —
     that is what they are.
 
@@ -168,18 +262,19 @@ class BoxRobotAgent(Annotator):
     """
 
     reads_ground_truth = True
+    propagate_into = False
 
     def __init__(self, name: str, box_fn: Callable[[np.ndarray, np.random.Generator, int], Any]):
         self.name = name
         self.box_fn = box_fn
 
-    def begin_case(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
+    def _begin_slice(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
         self.gt = _gt_slice(knowledge, self.name)
         self.size = int(self.gt.shape[-1])
         self.rng = rng
         self.done = False
 
-    def act(self, obs: dict, info: dict) -> Any:
+    def _act_slice(self, obs: dict, info: dict) -> Any:
         if self.done:
             return Accept()
         self.done = True
@@ -206,9 +301,11 @@ class AutoBoxAgent(BoxRobotAgent):
         self.detection_sd_mm = float(detection_sd_mm)
         self.size_log_sd = float(size_log_sd)
 
+    walk = "propagate"
+
     def begin_case(self, knowledge: Knowledge, rng: np.random.Generator) -> None:
-        super().begin_case(knowledge, rng)
         self.spacing_yx = tuple(float(v) for v in knowledge.spacing_mm[-2:])
+        super().begin_case(knowledge, rng)
 
     def _box(self, gt2d: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
         x0, y0, x1, y1 = gt_box(gt2d)
