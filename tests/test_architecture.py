@@ -121,6 +121,7 @@ LAYERS = [
     {"hiseg_sim.studies"},
     {"hiseg_sim.downstream"},
     {"hiseg_sim.policies"},
+    {"hiseg_sim.fitting"},
     {"hiseg_sim.cli", "hiseg_sim.bench", "hiseg_sim.demo", "hiseg_sim.fuzz", "hiseg_sim.annotate"},
 ]
 
