@@ -141,7 +141,7 @@ def test_weights_trained_once_then_loaded_from_disk(tmp_path, monkeypatch):
 def test_the_name_alone_gives_the_specialist_the_downstream_study_ships():
     from hiseg_sim.experiments.spec import load_spec
 
-    spec = load_spec("downstream")
+    spec = load_spec("downstream_2d")  # the key-slice study, which has the specialist curve
     shipped = next(a for a in spec.annotators if a.label == "specialist_n8")
     by_name = build_annotator("specialist_sam")
     assert by_name.config == sp.SpecialistAnnotator(**shipped.overrides).config
