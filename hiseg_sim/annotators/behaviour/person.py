@@ -334,16 +334,20 @@ class BehaviourAnnotator(Annotator):
         if st.done or (z not in self._todo and st.stack):
             return self._move_on(z, mask)
         if not st.stack:
-            opening = S.choose_opening(self.values, self.profile.strategy, self.rng)
-            if self._opening is None:
-                self._opening = opening
-            kinds = list(S.OPENINGS[opening])
-            self._queue = kinds[1:]
-            return self._prompt(z, kinds[0], mask)
+            return self._open(z, mask)
         if errors is None:
             errors = J.perceived_errors(mask, self._target[z], self._spacing, jp.min_error_mm)
         kind = S.choose_correction(self.values, self.profile.strategy, errors, st.has_box, self.rng)
         return self._prompt(z, kind, mask, errors)
+
+    def _open(self, z: int, mask: np.ndarray):
+        """The first prompt of an opening on the empty slice ``z``; the rest of it is queued."""
+        opening = S.choose_opening(self.values, self.profile.strategy, self.rng)
+        if self._opening is None:
+            self._opening = opening
+        kinds = list(S.OPENINGS[opening])
+        self._queue = kinds[1:]
+        return self._prompt(z, kinds[0], mask)
 
     # ---- 3-D: the volume workflow (see the module docstring) -----------------------------------
     def _next3d(self, z: int, mask: np.ndarray, seconds: float):
@@ -370,12 +374,7 @@ class BehaviourAnnotator(Annotator):
             return None
         t0 = self._slice_t0.setdefault(z, seconds)
         if not st.stack:
-            opening = S.choose_opening(self.values, self.profile.strategy, self.rng)
-            if self._opening is None:
-                self._opening = opening
-            kinds = list(S.OPENINGS[opening])
-            self._queue = kinds[1:]
-            return self._prompt(z, kinds[0], mask)
+            return self._open(z, mask)
         target = self._target[z]
         if slice_looks_right(mask, target, st.q, self._spacing, vp, jp.accept_threshold):
             st.done = True
