@@ -151,22 +151,22 @@ def _width90(x: np.ndarray) -> float:
     return float(hi - lo)
 
 
+def _named_draws(loglik, params, rng, **kw) -> dict[str, np.ndarray]:
+    """:func:`sample_posterior` of one part's ``(name, bounds)`` parameters, its columns by name."""
+    d = sample_posterior(loglik, [b for _, b in params], rng, **kw)
+    return {n: d[:, i] for i, (n, _) in enumerate(params)}
+
+
 def _aux_draws(sessions, base: Profile, spacing, refs, rng, n_chains, n_steps) -> dict[str, np.ndarray]:
     """Draws of every part's parameters (auxiliary for the proxy ones), by name."""
     out: dict[str, np.ndarray] = {}
     td = Mo.time_data(sessions, spacing)
     if len(td) >= 5:
-        names = [n for n, _ in Mo.TIME_PARAMS]
-        d = sample_posterior(
-            lambda th: Mo.time_loglik(td, th),
-            [b for _, b in Mo.TIME_PARAMS],
-            rng,
-            n_chains=n_chains,
-            n_steps=n_steps,
-            polish=3000,
+        out.update(
+            _named_draws(
+                lambda th: Mo.time_loglik(td, th), Mo.TIME_PARAMS, rng, n_chains=n_chains, n_steps=n_steps, polish=3000
+            )
         )
-        for i, n in enumerate(names):
-            out[n] = d[:, i]
     bd = Mo.box_data(sessions, refs)
     st = bd.stats()
     if st["df"] >= 2 and np.isfinite(st["margin"]):
@@ -175,27 +175,23 @@ def _aux_draws(sessions, base: Profile, spacing, refs, rng, n_chains, n_steps) -
         out["box.within"] = st["within"] * st["df"] / rng.chisquare(st["df"], k)
     dd = Mo.decision_data(sessions)
     if dd.acc_y.size + dd.undo_y.size >= 5:
-        d = sample_posterior(
-            lambda th: Mo.judgement_loglik(dd, th),
-            [b for _, b in Mo.JUDGEMENT_PARAMS],
-            rng,
-            n_chains=n_chains,
-            n_steps=n_steps,
+        out.update(
+            _named_draws(
+                lambda th: Mo.judgement_loglik(dd, th), Mo.JUDGEMENT_PARAMS, rng, n_chains=n_chains, n_steps=n_steps
+            )
         )
-        for i, (n, _) in enumerate(Mo.JUDGEMENT_PARAMS):
-            out[n] = d[:, i]
     if any(dd.events):
         sp = base.strategy
-        d = sample_posterior(
-            lambda th: Mo.strategy_loglik(dd, th, sp.temperature, sp.epsilon, sp.combo_bias),
-            [b for _, b in Mo.STRATEGY_PARAMS],
-            rng,
-            n_chains=n_chains // 2,
-            n_steps=n_steps // 3,
-            n_init=400,
+        out.update(
+            _named_draws(
+                lambda th: Mo.strategy_loglik(dd, th, sp.temperature, sp.epsilon, sp.combo_bias),
+                Mo.STRATEGY_PARAMS,
+                rng,
+                n_chains=n_chains // 2,
+                n_steps=n_steps // 3,
+                n_init=400,
+            )
         )
-        for i, (n, _) in enumerate(Mo.STRATEGY_PARAMS):
-            out[n] = d[:, i]
     return out
 
 
