@@ -44,6 +44,7 @@ __all__ = [
     "extent_from_visibility",
     "slice_visibility",
     "judge_extent",
+    "extent_of",
     "visible_target",
 ]
 
@@ -198,9 +199,14 @@ def judge_extent(
     Draws ``2 * Z`` normals from ``rng`` whatever the outcome (the stream stays fixed).
     """
     intent = np.asarray(intent, bool)
-    n = len(intent)
     key = key_slice(intent, start)
     vis, _, _ = slice_visibility(image_hu, intent, spacing_yx, key)
+    return extent_of(vis, key, params, rng)
+
+
+def extent_of(vis: np.ndarray, key: int, params: ExtentParams, rng: np.random.Generator) -> Extent:
+    """:func:`judge_extent` from the slices' visibility (:func:`slice_visibility`) and the key slice."""
+    n = len(vis)
     noise = rng.standard_normal((2, n)) * float(params.sd)
     ends = extent_from_visibility(vis, key, params.threshold, noise)
     seen = np.full(n, np.nan)

@@ -25,7 +25,8 @@ from hiseg_sim.annotators.behaviour import judgement as J
 from hiseg_sim.annotators.behaviour.extent import (
     Extent,
     ExtentParams,
-    judge_extent,
+    extent_of,
+    key_slice,
     slice_visibility,
     visible_target,
 )
@@ -102,10 +103,11 @@ def plan_volume(
     slice, looking where the last outline was)."""
     image_hu = np.asarray(image_hu, np.float32)
     intent = np.asarray(intent, bool)
-    ext = judge_extent(image_hu, intent, spacing_yx, start, params.extent, rng)
+    key = key_slice(intent, start)
+    vis, lung, core = slice_visibility(image_hu, intent, spacing_yx, key)  # once: the extent and the blobs
+    ext = extent_of(vis, key, params.extent, rng)
     target = np.zeros(intent.shape, bool)
     target[ext.key] = intent[ext.key]
-    _, lung, core = slice_visibility(image_hu, intent, spacing_yx, ext.key)
     for lo, hi, step in ((ext.key + 1, ext.last + 1, 1), (ext.key - 1, ext.first - 1, -1)):
         for z in range(lo, hi, step):
             if intent[z].any():
