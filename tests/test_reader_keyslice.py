@@ -54,3 +54,38 @@ def test_boxes_json_puts_the_box_beside_the_readers_per_band():
     cons = out["bands_consensus_diameter"]["6-10"]
     assert cons["n"] == 1 and cons["readers"] == 0.9  # 9.5 mm by the consensus diameter, its own bar
     json.dumps(out, allow_nan=False)
+
+
+def test_groups_are_put_beside_the_readers_bar_by_both_bandings():
+    """The groups report's readers' bar: a group's mean per band, the readers' 3-D agreement in a
+    3-D run (key slice in 2-D), banded by the LIDC diameter read from the database and by the
+    consensus diameter of the episodes."""
+    import pandas as pd
+
+    from hiseg_sim.data.lidc import LidcDatabase
+    from hiseg_sim.studies.groups import readers_bar
+
+    db = LidcDatabase()
+    ids = ["LIDC-IDRI-0001/n1", "LIDC-IDRI-0003/n1"]
+    lidc_d = [db.get_nodule(i).lidc_diameter_mm for i in ids]
+    table = {b: {"key_slice": 0.8, "3d": 0.7, "n": 4} for b in ("<6", "6-10", "10-20", ">=20")}
+    e = pd.DataFrame(
+        {
+            "case_id": ids * 2,
+            "group": ["expert", "expert", "crowd", "crowd"],
+            "final_dice": [0.9, 0.7, 0.5, 0.3],
+            "diameter_mm": [3.0, 3.0, 3.0, 3.0],  # consensus diameters all in the smallest band
+            "env": ["hiseg_sim/NoduleSeg3D-v0"] * 4,
+        }
+    )
+    bar = readers_bar(e, readers={"lidc": table, "consensus": table})
+    assert bar["env"] == "3d"
+    assert bar["consensus"]["<6"] == {"readers": 0.7, "n_readers": 4, "n": 2, "crowd": 0.4, "expert": 0.8}
+    from hiseg_sim.data.lidc_agreement import size_band
+
+    for d in lidc_d:
+        row = bar["lidc"][size_band(d)]
+        assert row["n"] == sum(size_band(x) == size_band(d) for x in lidc_d) and row["readers"] == 0.7
+    e2 = e.assign(env="hiseg_sim/NoduleSeg2D-v0")
+    assert readers_bar(e2, readers={"lidc": table, "consensus": table})["consensus"]["<6"]["readers"] == 0.8
+    assert readers_bar(e.assign(case_id=["mine-1", "mine-2"] * 2)) is None  # a user's scans: no readers

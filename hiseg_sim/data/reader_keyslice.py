@@ -27,7 +27,18 @@ from hiseg_sim.data.lidc_agreement import SIZE_BANDS, size_band
 from hiseg_sim.data.lidc_raster import consensus_mask
 from hiseg_sim.metrics import dice
 
-__all__ = ["key_slice_of", "leave_one_out_dice", "reader_keyslice_agreement", "boxes_json"]
+__all__ = [
+    "key_slice_of",
+    "leave_one_out_dice",
+    "reader_keyslice_agreement",
+    "shipped_reader_agreement",
+    "save_reader_agreement",
+    "boxes_json",
+]
+
+#: The readers' bar measured once on the calibration split (both bandings), so that a report can
+#: put it beside a group's Dice without re-reading the LIDC contours (about 20 s per banding).
+READER_AGREEMENT_FILE = ("agents", "calibration", "reader_agreement.json")
 
 
 def key_slice_of(mask: np.ndarray) -> int:
@@ -82,6 +93,42 @@ def reader_keyslice_agreement(
         }
         for b in SIZE_BANDS
     }
+
+
+def save_reader_agreement(path=None) -> dict:
+    """Measure :func:`reader_keyslice_agreement` on the calibration split, by both bandings, and
+    write it (default ``agents/calibration/reader_agreement.json``); returns what was written."""
+    import json
+    from datetime import date
+    from pathlib import Path
+
+    from hiseg_sim.resources import shipped_path
+
+    out = {
+        "source": (
+            "measured by hiseg_sim.data.reader_keyslice.save_reader_agreement on the LIDC-IDRI "
+            f"calibration split (patients 0001-0800), nodules with 3-4 readers, {date.today().isoformat()}"
+        ),
+        "lidc": reader_keyslice_agreement("calibration", 3, "lidc"),
+        "consensus": reader_keyslice_agreement("calibration", 3, "consensus"),
+    }
+    target = Path(path) if path is not None else shipped_path(*READER_AGREEMENT_FILE)
+    target.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def shipped_reader_agreement() -> dict[str, dict[str, dict[str, Any]]]:
+    """``{"lidc": table, "consensus": table}`` of :func:`reader_keyslice_agreement` on the
+    calibration split, read from the shipped file when it is there, else measured."""
+    import json
+
+    from hiseg_sim.resources import shipped_path
+
+    path = shipped_path(*READER_AGREEMENT_FILE)
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return {"lidc": data["lidc"], "consensus": data["consensus"]}
+    return {b: reader_keyslice_agreement("calibration", 3, b) for b in ("lidc", "consensus")}
 
 
 def boxes_json(

@@ -457,7 +457,83 @@ def _sections(data, settings: dict, out: Path):
     if post is not None:
         headline["parameter_uncertainty"] = post_split
     extra = ([person] if person is not None else []) + ([post] if post is not None else [])
+    bar = readers_bar(e)
+    if bar is not None:
+        people = [g for g in summ["group"] if P.is_person(g)]
+        headline["vs_readers"] = bar
+        extra.append(_readers_section(bar, people or list(summ["group"])))
     return [findings, sec, strata, inter] + extra, headline
+
+
+def readers_bar(e: pd.DataFrame, readers: dict | None = None) -> dict | None:
+    """Each group's mean final Dice per size band beside the LIDC readers' agreement with the
+    other readers' consensus (calibration split, nodules with 3–4 readers): the bar a person is
+    held to. Whole volumes in 3-D, the key slice in 2-D. Two bandings: by the LIDC diameter
+    (the mean of the readers' own diameters, pylidc's convention) and by the consensus diameter::
+
+        {"env": "3d", "lidc": {band: {"readers", "n_readers", "n", "<group>": dice, ...}},
+         "consensus": {...}}
+
+    ``None`` when the episodes are not all of LIDC nodules (a user's own scans have no readers).
+    ``readers``: ``{"lidc": table, "consensus": table}`` of precomputed
+    :func:`~hiseg_sim.data.reader_keyslice.reader_keyslice_agreement` (default: the shipped
+    measurement, :func:`~hiseg_sim.data.reader_keyslice.shipped_reader_agreement`).
+    """
+    from hiseg_sim.data.lidc import LidcDatabase
+    from hiseg_sim.data.lidc_agreement import SIZE_BANDS, size_band
+    from hiseg_sim.data.reader_keyslice import shipped_reader_agreement
+
+    if e.empty or not e["case_id"].astype(str).str.startswith("LIDC-IDRI-").all():
+        return None
+    env = "3d" if "env" in e.columns and e["env"].astype(str).str.lower().str.contains("3d").all() else "2d"
+    key = "3d" if env == "3d" else "key_slice"
+    db = LidcDatabase()
+    try:
+        lidc_d = {c: float(db.get_nodule(c).lidc_diameter_mm) for c in e["case_id"].unique()}
+    except KeyError:
+        return None
+    out: dict = {"env": env}
+    for banding, diam in (("lidc", e["case_id"].map(lidc_d)), ("consensus", e["diameter_mm"].astype(float))):
+        bar = (readers if readers is not None else shipped_reader_agreement())[banding]
+        band = diam.map(size_band)
+        table = {}
+        for b in SIZE_BANDS:
+            sel = e[band == b]
+            row: dict = {
+                "readers": None if bar[b][key] is None else round(float(bar[b][key]), 4),
+                "n_readers": int(bar[b]["n"]),
+                "n": int(sel["case_id"].nunique()),
+            }
+            for g, x in sel.groupby("group"):
+                row[str(g)] = round(float(x["final_dice"].mean()), 4)
+            table[b] = row
+        out[banding] = table
+    return out
+
+
+_BAR_KEYS = {"readers", "n_readers", "n"}
+
+
+def _readers_section(bar: dict, groups: list[str]) -> Section:
+    what = "whole volumes" if bar["env"] == "3d" else "the key slice"
+    sec = Section("Against the LIDC readers")
+    sec.paragraphs.append(
+        f"Mean final Dice per size band ({what}) beside the LIDC readers' own agreement: each reader "
+        "against the consensus of the other readers, calibration split, nodules with 3–4 readers. "
+        "A group near the readers annotates as a radiologist does; one above them would mean the "
+        "image gives the answer away."
+    )
+    for banding, name in (
+        ("lidc", "the LIDC diameter (mean of the readers' diameters)"),
+        ("consensus", "the consensus diameter"),
+    ):
+        rows = []
+        for b, r in bar[banding].items():
+            row = {"band (mm)": b, "LIDC readers": r["readers"], "reader-nodules": r["n_readers"], "nodules": r["n"]}
+            row.update({g: r.get(g) for g in groups})
+            rows.append(row)
+        sec.tables.append((f"Banded by {name}", pd.DataFrame(rows), f"vs_readers_by_{banding}_diameter"))
+    return sec
 
 
 def _prompt_slice(prompt) -> int:
@@ -507,6 +583,22 @@ class GroupsKind(StudyKind):
 
     def sections(self, data, settings: dict, out: Path) -> tuple[list, dict]:
         return _sections(data, settings, out)
+
+    def print_summary(self, result, echo) -> None:
+        super().print_summary(result, echo)
+        rep = result[1]
+        bar = None if rep is None else rep.headline.get("vs_readers")
+        if not bar:
+            return
+        groups = sorted({g for t in (bar["lidc"], bar["consensus"]) for r in t.values() for g in r} - _BAR_KEYS)
+        what = "3-D" if bar["env"] == "3d" else "key-slice"
+        for banding, name in (("lidc", "LIDC diameter"), ("consensus", "consensus diameter")):
+            echo(f"{what} Dice by size band ({name}) beside the LIDC readers vs the others' consensus:")
+            echo(f"{'band':>8} {'readers':>8} " + " ".join(f"{g[:22]:>22}" for g in groups) + "  nodules")
+            for b, r in bar[banding].items():
+                cells = " ".join(f"{r[g]:>22.3f}" if r.get(g) is not None else f"{'-':>22}" for g in groups)
+                readers = f"{r['readers']:.3f}" if r["readers"] is not None else "-"
+                echo(f"{b:>8} {readers:>8} {cells}  {r['n']}")
 
 
 #: The entry point ``groups`` of the group ``hiseg_sim.study_kinds``.
