@@ -379,3 +379,17 @@ def time_summary(
         row.update(auc=est, auc_lo=lo, auc_hi=hi)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def episode_volume_errors(episodes: pd.DataFrame, cases: pd.DataFrame) -> pd.Series:
+    """Relative volume error ``(V_mask - V_gt) / V_gt`` of each episode's final mask against the whole
+    case's ground truth (3-D episodes: the env scores the whole case), indexed like ``episodes``;
+    NaN for a case without ground truth. Voxel counts: the spacing cancels."""
+    from hiseg_sim.codec import unpack_mask
+
+    gt_vox = {r["case_id"]: int(unpack_mask(r, "gt")[0].sum()) for _, r in cases.iterrows()}
+    out = []
+    for _, r in episodes.iterrows():
+        g = gt_vox.get(r["case_id"], 0)
+        out.append((int(unpack_mask(r)[0].sum()) - g) / g if g else float("nan"))
+    return pd.Series(out, index=episodes.index, dtype=float)

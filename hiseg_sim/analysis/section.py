@@ -179,6 +179,20 @@ def summary_table(summ: pd.DataFrame, by: str = "group") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def add_volume_error_column(tab: pd.DataFrame, e: pd.DataFrame, cases: pd.DataFrame, groups: pd.Series) -> pd.Series:
+    """Insert "abs volume error" (mean over a group's episodes of ``|V_mask - V_gt| / V_gt``, whole
+    case) after ``NSD@1mm`` in a :func:`summary_table`; return the per-group means (fractions)."""
+    from hiseg_sim.analysis.metrics import episode_volume_errors
+
+    ve = episode_volume_errors(e, cases).groupby(groups).agg(lambda v: v.abs().mean())
+    tab.insert(
+        tab.columns.get_loc("NSD@1mm") + 1,
+        "abs volume error",
+        [f"{100 * ve.get(g, float('nan')):.1f}%" for g in tab[tab.columns[0]]],
+    )
+    return ve
+
+
 def ordered(df: pd.DataFrame, col: str) -> pd.DataFrame:
     order = {g: i for i, g in enumerate(P.order_groups(df[col].unique()))}
     return df.sort_values(col, key=lambda s: s.map(order), kind="mergesort").reset_index(drop=True)

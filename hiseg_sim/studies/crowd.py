@@ -13,6 +13,7 @@ from hiseg_sim.analysis import metrics as M
 from hiseg_sim.analysis import plots as P
 from hiseg_sim.analysis.section import (
     Section,
+    add_volume_error_column,
     common_settings,
     fmt_ci,
     ordered,
@@ -133,12 +134,7 @@ def _sections(data, settings: dict, out: Path):
     summ = ordered(M.group_summary(e, "annotator", min(n_boot, 1000), seed), "annotator")
     arm_tab = summary_table(summ.rename(columns={"annotator": "group"}))
     if three_d:
-        ve = episode_volume_errors(e, data.cases).groupby(e["annotator"]).agg(lambda v: v.abs().mean())
-        arm_tab.insert(
-            arm_tab.columns.get_loc("NSD@1mm") + 1,
-            "abs volume error",
-            [f"{100 * ve.get(g, float('nan')):.1f}%" for g in arm_tab["group"]],
-        )
+        ve = add_volume_error_column(arm_tab, e, data.cases, e["annotator"])
         headline["arms_3d"] = {
             r["annotator"]: {
                 "dice": r["dice"],
@@ -163,20 +159,6 @@ def _sections(data, settings: dict, out: Path):
     lead = _findings(curve, headline, methods, targets, worker, ref_arm, ref, max(ks), paired)
     headline["findings"] = [b.replace("**", "").replace("`", "") for b in lead.bullets]
     return [lead, sec, arms], headline
-
-
-def episode_volume_errors(episodes: pd.DataFrame, cases: pd.DataFrame) -> pd.Series:
-    """Relative volume error ``(V_mask - V_gt) / V_gt`` of each episode's final mask against the whole
-    case's ground truth (3-D episodes: the env scores the whole case), indexed like ``episodes``;
-    NaN for a case without ground truth. Voxel counts: the spacing cancels."""
-    from hiseg_sim.codec import unpack_mask
-
-    gt_vox = {r["case_id"]: int(unpack_mask(r, "gt")[0].sum()) for _, r in cases.iterrows()}
-    out = []
-    for _, r in episodes.iterrows():
-        g = gt_vox.get(r["case_id"], 0)
-        out.append((int(unpack_mask(r)[0].sum()) - g) / g if g else float("nan"))
-    return pd.Series(out, index=episodes.index, dtype=float)
 
 
 def _findings(

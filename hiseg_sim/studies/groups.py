@@ -14,6 +14,7 @@ from hiseg_sim.analysis import metrics as M
 from hiseg_sim.analysis import plots as P
 from hiseg_sim.analysis.section import (
     Section,
+    add_volume_error_column,
     cluster_ci,
     common_settings,
     fmt_ci,
@@ -343,11 +344,20 @@ def _sections(data, settings: dict, out: Path):
         headline["paired"] = {r["group"]: {k: r[k] for k in ("d", "d_lo", "d_hi", "t", "t_lo", "t_hi")} for r in paired}
     findings = _findings(summ, paired, ref, people_mean, n_boot)
     headline["findings"] = [_plain(b) for b in findings.bullets]
+    tab = summary_table(summ)
+    three_d = "env" in e.columns and e["env"].astype(str).str.lower().str.contains("3d").all()
+    if three_d and len(data.cases) and "mask_bits" in e.columns:
+        ve = add_volume_error_column(tab, e, data.cases, e["group"])
+        for g, h in headline["groups"].items():
+            h["nsd"] = float(summ.loc[summ["group"] == g, "nsd"].iloc[0])
+            h["abs_volume_error"] = float(ve.get(g, float("nan")))
     sec.tables.insert(
         0,
         (
-            "Per group: final Dice against the reference, simulated seconds and prompts per nodule",
-            summary_table(summ),
+            "Per group: final Dice against the reference"
+            + (" (whole volume; NSD at 1 mm, absolute volume error against the whole case)" if three_d else "")
+            + ", simulated seconds and prompts per nodule",
+            tab,
             "per_group_summary",
         ),
     )
