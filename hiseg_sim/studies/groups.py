@@ -469,9 +469,11 @@ def _sections(data, settings: dict, out: Path):
     extra = ([person] if person is not None else []) + ([post] if post is not None else [])
     bar = readers_bar(e)
     if bar is not None:
-        people = [g for g in summ["group"] if P.is_person(g)]
+        # people, and the box robots: a box from the reference on every slice is the most a
+        # box-prompted model gives on these images, the bar's counterpart on the model's side
+        shown = [g for g in summ["group"] if P.is_person(g) or str(g).endswith("_box")]
         headline["vs_readers"] = bar
-        extra.append(_readers_section(bar, people or list(summ["group"])))
+        extra.append(_readers_section(bar, shown or list(summ["group"])))
     return [findings, sec, strata, inter] + extra, headline
 
 
@@ -531,7 +533,9 @@ def _readers_section(bar: dict, groups: list[str]) -> Section:
         f"Mean final Dice per size band ({what}) beside the LIDC readers' own agreement: each reader "
         "against the consensus of the other readers, calibration split, nodules with 3–4 readers. "
         "A group near the readers annotates as a radiologist does; one above them would mean the "
-        "image gives the answer away."
+        "image gives the answer away. The box robots (the reference's box on each of its slices, grown "
+        "by the random shifts of MedSAM's training) show what the model gives on these images from a "
+        "box drawn with full knowledge of the answer."
     )
     for banding, name in (
         ("lidc", "the LIDC diameter (mean of the readers' diameters)"),
