@@ -51,7 +51,7 @@ def create_app(
 ) -> FastAPI:
     """The app recording into ``store_path``; ``service_kwargs`` go to :class:`AnnotationService`
     (``env``, ``cases``, ``cache_dir``, ``feedback``, ``n_cases``, ``order``, ``prefetch``, ``env_kwargs``,
-    ``threads``).
+    ``threads``, ``plan``).
 
     ``service``: an existing service to serve instead of building one (then the other arguments
     are ignored). The service is ``app.state.service``; it is closed when the app shuts down.

@@ -10,6 +10,7 @@ Also runnable without the main CLI: ``python -m hiseg_sim.annotate.cli --help``.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -89,11 +90,19 @@ def annotate(
         int | None,
         typer.Option(help="Model threads (default $HISEG_THREADS, else 1: a decode waits least on shared cores)."),
     ] = None,
+    plan: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSON {"<participant>": [{"case": KEY, "seed": N}, ...]}: these participants get these nodules '
+            "in this order, each reset with its seed (as a simulated person met them; hiseg_sim.annotate.replay)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the annotation page: people outline nodules with the segmenter; every action is recorded."""
     from hiseg_sim.annotate.app import create_app
 
     try:
+        planned = None if plan is None else json.loads(plan.read_text())
         if threads is None:
             threads = int(os.environ.get("HISEG_THREADS") or 1)
         app = create_app(
@@ -107,6 +116,7 @@ def annotate(
             cache_dir=cache_dir,
             prefetch=prefetch,
             threads=threads,
+            plan=planned,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise SystemExit(f"hiseg-sim annotate: {str(exc).splitlines()[0]}") from None

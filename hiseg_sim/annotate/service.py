@@ -61,6 +61,23 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _read_plan(plan: dict | None) -> dict[str, list[tuple[str, int]]]:
+    """``{participant: [(case key, seed), ...]}`` from a plan (see :class:`AnnotationService`)."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    if not isinstance(plan or {}, dict):
+        raise ValueError('a plan is {"<participant>": [{"case": KEY, "seed": N}, ...]}')
+    for who, steps in (plan or {}).items():
+        try:
+            pairs = [(str(s["case"]), int(s["seed"])) if isinstance(s, dict) else (str(s[0]), int(s[1])) for s in steps]
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ValueError(f'plan of participant {who!r}: give a list of {{"case": KEY, "seed": N}}') from None
+        keys = [k for k, _ in pairs]
+        if not pairs or len(set(keys)) != len(keys):
+            raise ValueError(f"plan of participant {who!r}: give each case once, at least one case")
+        out[str(who)] = pairs
+    return out
+
+
 def study_feedback(study: str, group: str, default: str) -> tuple[FeedbackMode, int | None]:
     """``(feedback mode, practice cases)`` of ``group`` in ``study``.
 
@@ -93,6 +110,11 @@ class AnnotationService:
         feedback: the feedback of studies not shipped in ``experiments/``: none, score, worked_example.
         n_cases: nodules per session (default all).
         order: ``"cohort"`` (everyone in cohort order) or ``"shuffled"`` (a seeded order per person).
+        plan: nodules fixed per participant id: ``{participant: [{"case": key, "seed": int}, ...]}``
+            (or ``[key, seed]`` pairs). A participant in the plan gets exactly these cases in this
+            order, each nodule reset with its seed (so its viewport and start slice are the ones a
+            simulated person with that seed met; :mod:`hiseg_sim.annotate.replay`); ``order`` and
+            ``n_cases`` apply to the others.
         prefetch: encode the slices next to the one in view in the background.
         env_kwargs: more ``gym.make`` arguments (``viewport_px``, ``max_slices`` ...).
         threads: intra-op threads of this process's models (:func:`hiseg_sim.segmenters.set_threads`);
@@ -115,6 +137,7 @@ class AnnotationService:
         prefetch: bool = True,
         env_kwargs: dict | None = None,
         threads: int | None = None,
+        plan: dict | None = None,
     ) -> None:
         from hiseg_sim.experiments.spec import ENV_ALIASES
 
@@ -126,10 +149,17 @@ class AnnotationService:
         if self.env_id not in ENV_ALIASES.values():
             raise ValueError(f"env must be '2d' or '3d'; got {env!r}")
         self.cohort = cohort
-        # Cohort order needs only the first n_cases cases; a shuffled order draws from them all.
-        limit = n_cases if order == "cohort" else None
+        self.plan = _read_plan(plan)
+        # Cohort order needs only the first n_cases cases; a shuffled order or a plan draws from them all.
+        limit = n_cases if order == "cohort" and not self.plan else None
         self.cases = list(cases) if cases is not None else load_annotation_cases(cohort, limit=limit)
         self.case_keys = [c.case_id for c in self.cases]
+        unknown = sorted({k for steps in self.plan.values() for k, _ in steps} - set(self.case_keys))
+        if unknown:
+            raise ValueError(
+                f"the plan names case {unknown[0]!r}, which cohort {cohort!r} does not hold; "
+                "serve the cohort the plan was made on"
+            )
         self.n_cases = n_cases
         from hiseg_sim import segmenters  # after the cases: a wrong cohort is reported before torch loads
 
@@ -326,9 +356,12 @@ class AnnotationService:
             return live.view(k, reference=ref)
 
     # ---- requests ---------------------------------------------------------------------------
-    @staticmethod
-    def _seed(rec: SessionRecord, key: str) -> int:
-        """The env seed of a nodule (its viewport and start slice): the person's, in the study, on that case."""
+    def _seed(self, rec: SessionRecord, key: str) -> int:
+        """The env seed of a nodule (its viewport and start slice): the plan's, else the person's,
+        in the study, on that case."""
+        planned = dict(self.plan.get(rec.participant, ()))
+        if key in planned:
+            return planned[key]
         return episode_seed(stable_int(rec.study), f"{rec.grp}/{rec.participant}", key, 0)
 
     def _begin_episode(self, rec: SessionRecord, live: LiveSession, index: int, client_ms: int) -> EpisodeRecord:
@@ -362,10 +395,13 @@ class AnnotationService:
                 return self._state(rec, live, t0)
             mode, practice = study_feedback(req.study, req.group, self.feedback)
             keys = list(self.case_keys)
-            if self.order == "shuffled":
-                rng = sequence_rng(stable_int(req.study), stable_int(req.participant) % 2**32)
-                keys = [keys[i] for i in rng.permutation(len(keys))]
-            keys = keys[: self.n_cases]
+            if req.participant in self.plan:
+                keys = [k for k, _ in self.plan[req.participant]]
+            else:
+                if self.order == "shuffled":
+                    rng = sequence_rng(stable_int(req.study), stable_int(req.participant) % 2**32)
+                    keys = [keys[i] for i in rng.permutation(len(keys))]
+                keys = keys[: self.n_cases]
             sid = uuid.uuid4().hex
             rec = SessionRecord(
                 session_id=sid,
