@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+from hiseg_sim.annotate.replay import CHROMIUM, CHROMIUM_ARGS
+
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
     reason="/usr/bin/chromium is missing (apt-get install -y chromium): the browser tests drive the system Chromium",
@@ -28,17 +29,6 @@ from hiseg_sim.annotate.store import SessionStore
 from hiseg_sim.env.trace import replay
 from tests.test_annotate_app import ServerProcess, http
 
-#: Chromium without its calls home (it would hammer the closed network).
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SERVER_ARGS = ["--cohort", "default", "--segmenter", "stub_env", "--n-cases", "3", "--feedback", "score"]
 
 

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hiseg_sim.env.sessions import Session, SessionsError, read_sessions
+
 __all__ = [
     "CHROMIUM",
     "CHROMIUM_ARGS",
@@ -49,8 +51,6 @@ __all__ = [
     "PagePerson",
     "ReplayError",
     "ReplayedSession",
-    "TraceEpisode",
-    "TraceSession",
     "compare_fits",
     "compare_traces",
     "fit_profile",
@@ -91,47 +91,13 @@ class ReplayError(RuntimeError):
 
 
 # ---- the simulated persons ---------------------------------------------------------------------
-@dataclass
-class TraceEpisode:
-    """One nodule of a recorded session: case key, place in the session, env seed, viewport, records in step order."""
-
-    case: str
-    order: int
-    seed: int | None
-    viewport: dict
-    records: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class TraceSession:
-    """One person's recorded session: participant id, its file, its nodules in order."""
-
-    participant: str
-    path: Path
-    episodes: list[TraceEpisode] = field(default_factory=list)
-
-
-def read_traces(directory: str | Path) -> list[TraceSession]:
-    """Every session (``*.jsonl``, sorted by name) of a folder of env traces (``hiseg-sim simulate --traces``,
-    or the page's export): ``episode`` orders the nodules, ``step`` the actions; the participant is
-    ``annotator`` (else the file's name)."""
-    files = sorted(Path(directory).glob("*.jsonl"))
-    if not files:
-        raise ReplayError(f"{directory}: no *.jsonl sessions in it; write them with `hiseg-sim simulate --traces`")
-    out = []
-    for f in files:
-        recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        eps: dict[int, TraceEpisode] = {}
-        for r in recs:
-            k = int(r["episode"])
-            if k not in eps:
-                eps[k] = TraceEpisode(str(r["case"]), k, r.get("seed"), dict(r["viewport"]))
-            eps[k].records.append(r)
-        for ep in eps.values():
-            ep.records.sort(key=lambda r: int(r["step"]))
-        who = str(recs[0].get("annotator") or f.stem) if recs else f.stem
-        out.append(TraceSession(who, f, [eps[k] for k in sorted(eps)]))
-    return out
+def read_traces(directory: str | Path) -> list[Session]:
+    """Every session of a folder of env traces (``hiseg-sim simulate --traces``, or the page's
+    export): :func:`hiseg_sim.env.sessions.read_sessions`, its error as a :class:`ReplayError`."""
+    try:
+        return read_sessions(directory)
+    except SessionsError as exc:
+        raise ReplayError(str(exc)) from None
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -152,7 +118,7 @@ def simulate_persons(
     cohort: str = "default",
     seed: int = 0,
     cache_dir: str | Path | None = None,
-) -> list[TraceSession]:
+) -> list[Session]:
     """``hiseg-sim simulate ANNOTATOR --limit N --persons P --env 2d --traces DIR``: the persons'
     sessions (``<annotator>-p<k>``, each through the cohort's first ``n_cases`` nodules in their own
     seeded order), written to ``work_dir/traces-<annotator>-<P>x<N>-seed<S>``, its run kept beside it."""
@@ -169,7 +135,7 @@ def simulate_persons(
 
 
 # ---- the plan ------------------------------------------------------------------------------
-def session_plan(sessions: Sequence[TraceSession], names: Sequence[str] | None = None) -> dict[str, list[dict]]:
+def session_plan(sessions: Sequence[Session], names: Sequence[str] | None = None) -> dict[str, list[dict]]:
     """``{participant: [{"case": key, "seed": seed}, ...]}``: each session's nodules in order, with
     their env seeds (``names``: the participant ids on the page, default the sessions' own)."""
     names = [s.participant for s in sessions] if names is None else list(names)
@@ -182,7 +148,7 @@ def session_plan(sessions: Sequence[TraceSession], names: Sequence[str] | None =
     return plan
 
 
-def write_plan(sessions: Sequence[TraceSession], path: str | Path, names: Sequence[str] | None = None) -> Path:
+def write_plan(sessions: Sequence[Session], path: str | Path, names: Sequence[str] | None = None) -> Path:
     """Write :func:`session_plan` as JSON (``hiseg-sim annotate --plan``); returns the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -280,7 +246,7 @@ class ReplayedSession:
 def replay_session(
     page: Any,
     url: str,
-    session: TraceSession,
+    session: Session,
     participant: str | None = None,
     *,
     group: str = "replay",
@@ -334,7 +300,7 @@ def launch_chromium(playwright: Any, executable: str | Path = CHROMIUM) -> Any:
 
 def replay_sessions(
     url: str,
-    sessions: Sequence[TraceSession],
+    sessions: Sequence[Session],
     out_dir: str | Path,
     names: Sequence[str] | None = None,
     *,
@@ -384,7 +350,7 @@ def replay_sessions(
 _COORDS = ("x", "y", "x0", "y0", "x1", "y1")
 
 
-def compare_traces(env_session: TraceSession, page_trace: Sequence[dict]) -> dict:
+def compare_traces(env_session: Session, page_trace: Sequence[dict]) -> dict:
     """How the page's trace of a replayed session differs from the env trace it replayed.
 
     Returns ``{"actions", "kinds_equal", "cases_equal", "viewports_equal", "max_seconds_diff",
