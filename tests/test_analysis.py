@@ -369,3 +369,28 @@ def test_table_file_names_cut_between_words():
     name = table_file_name("Simulated seconds to reach each Dice level (median over the episodes that reach it)")
     assert name == "simulated_seconds_to_reach_each_dice_level"
     assert len(table_file_name("x" * 80)) == 48
+
+
+def test_staple_stops_on_a_pair_whose_em_crawls():
+    """Two crowd workers' 3-D masks from a run (13 x 61 x 77; one worker outlined 20 voxels): EM
+    without an iteration limit takes over 20,000 iterations (about 30 s) on them; capped, the fused
+    mask is the same one in well under a second."""
+    import time
+    from pathlib import Path
+
+    import SimpleITK as sitk
+
+    from hiseg_sim.analysis.crowd import STAPLE_MAX_ITERATIONS, fuse_staple
+
+    data = np.load(Path(__file__).parent / "data" / "staple_slow_pair.npz")
+    shape = tuple(int(v) for v in data["shape"])
+    masks = np.unpackbits(data["masks"], count=int(np.prod(shape))).astype(bool).reshape(shape)
+    t0 = time.perf_counter()
+    fused = fuse_staple(masks)
+    assert time.perf_counter() - t0 < 10.0
+    f = sitk.STAPLEImageFilter()
+    f.SetForegroundValue(1.0)
+    f.SetMaximumIterations(3 * STAPLE_MAX_ITERATIONS)
+    longer = sitk.GetArrayFromImage(f.Execute([sitk.GetImageFromArray(m.astype(np.uint8)) for m in masks])) >= 0.5
+    assert f.GetElapsedIterations() > STAPLE_MAX_ITERATIONS  # the pair does crawl past the cap
+    np.testing.assert_array_equal(fused, longer)
