@@ -161,6 +161,15 @@ def _sections(data, settings: dict, out: Path):
     return [lead, sec, arms], headline
 
 
+def _need_words(target, need, k_max: int) -> str:
+    """How many workers a Dice target needs, in words (``need``: on average, to be 95 % sure)."""
+    mean, sure = need
+    if mean is None:
+        return f"Dice ≥ {target} is not reached within {k_max} workers"
+    tail = f"{_k(sure)} to be 95 % sure" if sure is not None else f"more than {k_max} to be 95 % sure"
+    return f"Dice ≥ {target} needs k = {_k(mean)} on average, {tail}"
+
+
 def _findings(
     curve, headline: dict, methods, targets, worker: str, ref_arm: str, ref, k_max: int, paired: dict | None = None
 ) -> Section:
@@ -182,11 +191,7 @@ def _findings(
             f"with {k1} {worker}, "
             f"**{fmt_ci(c.at[kn, 'dice'], c.at[kn, 'lo'], c.at[kn, 'hi'])}** with {kn}{surf} "
             f"({c.at[kn, 'seconds']:.0f} simulated seconds per nodule); 90 % of the gain by k = {_k(sat['k_share'])}. "
-            + "; ".join(
-                f"Dice ≥ {t} needs k = {_k(v[0])} on average, {_k(v[1])} to be 95 % sure"
-                f"{'' if v[1] is not None else f' (None: not within {k_max})'}"
-                for t, v in need.items()
-            )
+            + "; ".join(_need_words(t, v, k_max) for t, v in need.items())
             + "."
         )
     if ref is not None:
