@@ -12,9 +12,10 @@ run into the same directory is refused at once. Interrupt it at any point (even 
 call it again: it finishes what is missing and the tables are exactly those of an uninterrupted run.
 
 With more than one worker, the slices the episodes are known to look at (their start slices, or
-the whole nodule with ``pre_encode="nodule"``) are encoded first, each once, split across the
-workers (:func:`~hiseg_sim.experiments.worker.plan_slice_jobs`); the episodes find them in the
-shared cache. What the workers' segmenters did (encoder and decoder calls and seconds,
+the whole nodule with ``pre_encode="nodule"``) are queued first, split across the workers
+(:func:`~hiseg_sim.experiments.worker.plan_slice_jobs`), and each is encoded once: the episodes
+find them in the shared cache, or, when a unit starts before another worker's batch reached its
+slice, encode it themselves under the slice's lock. What the workers' segmenters did (encoder and decoder calls and seconds,
 pre-encoding included) and the distinct slices the episodes used are summed into the run's
 session record, ``run.json``'s ``sessions``.
 """
