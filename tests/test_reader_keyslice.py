@@ -75,10 +75,9 @@ def test_groups_are_put_beside_the_readers_bar_by_both_bandings():
             "group": ["expert", "expert", "crowd", "crowd"],
             "final_dice": [0.9, 0.7, 0.5, 0.3],
             "diameter_mm": [3.0, 3.0, 3.0, 3.0],  # consensus diameters all in the smallest band
-            "env": ["hiseg_sim/NoduleSeg3D-v0"] * 4,
         }
     )
-    bar = readers_bar(e, readers={"lidc": table, "consensus": table})
+    bar = readers_bar(e, True, readers={"lidc": table, "consensus": table})
     assert bar["env"] == "3d"
     assert bar["consensus"]["<6"] == {"readers": 0.7, "n_readers": 4, "n": 2, "crowd": 0.4, "expert": 0.8}
     from hiseg_sim.data.lidc_agreement import size_band
@@ -86,6 +85,5 @@ def test_groups_are_put_beside_the_readers_bar_by_both_bandings():
     for d in lidc_d:
         row = bar["lidc"][size_band(d)]
         assert row["n"] == sum(size_band(x) == size_band(d) for x in lidc_d) and row["readers"] == 0.7
-    e2 = e.assign(env="hiseg_sim/NoduleSeg2D-v0")
-    assert readers_bar(e2, readers={"lidc": table, "consensus": table})["consensus"]["<6"]["readers"] == 0.8
-    assert readers_bar(e.assign(case_id=["mine-1", "mine-2"] * 2)) is None  # a user's scans: no readers
+    assert readers_bar(e, False, readers={"lidc": table, "consensus": table})["consensus"]["<6"]["readers"] == 0.8
+    assert readers_bar(e.assign(case_id=["mine-1", "mine-2"] * 2), True) is None  # a user's scans: no readers

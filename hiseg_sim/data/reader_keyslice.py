@@ -147,7 +147,8 @@ def boxes_json(
 
     ``lidc_diameters``: case id -> LIDC diameter (mm); default looked up in the LIDC database by
     case id (a phantom's id is its nodule's). ``readers``: ``{"lidc": table, "consensus": table}``
-    of precomputed :func:`reader_keyslice_agreement` (default: measured on the calibration split).
+    of precomputed :func:`reader_keyslice_agreement` (default: the calibration-split measurement,
+    :func:`shipped_reader_agreement`).
     """
     rows = list(rows)
     if lidc_diameters is None:
@@ -156,12 +157,13 @@ def boxes_json(
 
             db = LidcDatabase()
         lidc_diameters = {r.case_id: float(db.get_nodule(r.case_id).lidc_diameter_mm) for r in rows}
+    readers = readers if readers is not None else shipped_reader_agreement()
     out: dict[str, Any] = {}
     for name, band_by, diam in (
         ("bands", "lidc", lambda r: lidc_diameters[r.case_id]),
         ("bands_consensus_diameter", "consensus", lambda r: float(r.diameter_mm)),
     ):
-        bar = reader_keyslice_agreement("calibration", 3, band_by) if readers is None else readers[band_by]
+        bar = readers[band_by]
         table = {}
         for b in SIZE_BANDS:
             d = [float(r.dice) for r in rows if size_band(diam(r)) == b]

@@ -12,6 +12,7 @@ import pandas as pd
 
 from hiseg_sim.analysis import metrics as M
 from hiseg_sim.analysis import plots as P
+from hiseg_sim.analysis.crowd import is_three_d
 from hiseg_sim.analysis.section import (
     Section,
     add_volume_error_column,
@@ -345,7 +346,7 @@ def _sections(data, settings: dict, out: Path):
     findings = _findings(summ, paired, ref, people_mean, n_boot)
     headline["findings"] = [_plain(b) for b in findings.bullets]
     tab = summary_table(summ)
-    three_d = "env" in e.columns and e["env"].astype(str).str.lower().str.contains("3d").all()
+    three_d = "score_nz" in e.columns and is_three_d(e)
     if three_d and len(data.cases) and "mask_bits" in e.columns:
         ve = add_volume_error_column(tab, e, data.cases, e["group"])
         for g, h in headline["groups"].items():
@@ -467,7 +468,7 @@ def _sections(data, settings: dict, out: Path):
     if post is not None:
         headline["parameter_uncertainty"] = post_split
     extra = ([person] if person is not None else []) + ([post] if post is not None else [])
-    bar = readers_bar(e)
+    bar = readers_bar(e, three_d)
     if bar is not None:
         # people, and the box robots: a box from the reference on every slice is the most a
         # box-prompted model gives on these images, the bar's counterpart on the model's side
@@ -477,10 +478,10 @@ def _sections(data, settings: dict, out: Path):
     return [findings, sec, strata, inter] + extra, headline
 
 
-def readers_bar(e: pd.DataFrame, readers: dict | None = None) -> dict | None:
+def readers_bar(e: pd.DataFrame, three_d: bool, readers: dict | None = None) -> dict | None:
     """Each group's mean final Dice per size band beside the LIDC readers' agreement with the
     other readers' consensus (calibration split, nodules with 3–4 readers): the bar a person is
-    held to. Whole volumes in 3-D, the key slice in 2-D. Two bandings: by the LIDC diameter
+    held to. Whole volumes when ``three_d``, the key slice otherwise. Two bandings: by the LIDC diameter
     (the mean of the readers' own diameters, pylidc's convention) and by the consensus diameter::
 
         {"env": "3d", "lidc": {band: {"readers", "n_readers", "n", "<group>": dice, ...}},
@@ -497,8 +498,8 @@ def readers_bar(e: pd.DataFrame, readers: dict | None = None) -> dict | None:
 
     if e.empty or not e["case_id"].astype(str).str.startswith("LIDC-IDRI-").all():
         return None
-    env = "3d" if "env" in e.columns and e["env"].astype(str).str.lower().str.contains("3d").all() else "2d"
-    key = "3d" if env == "3d" else "key_slice"
+    env, key = ("3d", "3d") if three_d else ("2d", "key_slice")
+    readers = readers if readers is not None else shipped_reader_agreement()
     db = LidcDatabase()
     try:
         lidc_d = {c: float(db.get_nodule(c).lidc_diameter_mm) for c in e["case_id"].unique()}
@@ -506,7 +507,7 @@ def readers_bar(e: pd.DataFrame, readers: dict | None = None) -> dict | None:
         return None
     out: dict = {"env": env}
     for banding, diam in (("lidc", e["case_id"].map(lidc_d)), ("consensus", e["diameter_mm"].astype(float))):
-        bar = (readers if readers is not None else shipped_reader_agreement())[banding]
+        bar = readers[banding]
         band = diam.map(size_band)
         table = {}
         for b in SIZE_BANDS:
