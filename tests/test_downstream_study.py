@@ -109,3 +109,17 @@ def test_report_command_rebuilds_the_downstream_report(result):
     assert (run / "downstream_dice.png").stat().st_size > 1000
     assert rep.headline["downstream"] == {r["arm"]: r["dice"] for r in s["table"]}
     assert "Downstream training on simulated labels" in rep.md_path.read_text()
+
+
+def test_report_command_line_prints_the_downstream_table(result):
+    """`hiseg-sim report runs/<downstream study>` rebuilds the report and prints the (a)-(d) table
+    from the saved summary (the command hands the kind the run directory, not the summary)."""
+    from typer.testing import CliRunner
+
+    from hiseg_sim.cli import app
+
+    tmp, s = result
+    res = CliRunner().invoke(app, ["report", str(tmp / "run")])
+    assert res.exit_code == 0, res.output
+    for r in s["table"]:
+        assert f"{r['title']:>30}: test Dice {r['dice']:.3f}" in res.output

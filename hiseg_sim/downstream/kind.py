@@ -104,7 +104,10 @@ class DownstreamKind(StudyKind):
             return run_downstream(spec, out_dir, report=report, **run_kwargs), None
 
     def print_summary(self, result: tuple[Any, Any], echo: Callable[[str], None]) -> None:
-        print_summary(result[0], echo)
+        summary = result[0]
+        if not isinstance(summary, dict):  # `hiseg-sim report` passes the run: its saved summary
+            summary = json.loads((Path(summary.dir) / "downstream.json").read_text())
+        print_summary(summary, echo)
 
 
 #: The entry point ``downstream`` of the group ``hiseg_sim.study_kinds``.

@@ -21,7 +21,9 @@ __all__ = [
 _COLORS = {"gt": "#333333", "expert": "#1f77b4", "crowd": "#2ca02c", "novice": "#d62728", "specialist": "#9467bd"}
 
 
-def plot_downstream(table: pd.DataFrame, per_case: pd.DataFrame, lq: pd.DataFrame, path: Path) -> Path:
+def plot_downstream(
+    table: pd.DataFrame, per_case: pd.DataFrame, lq: pd.DataFrame, path: Path, three_d: bool = False
+) -> Path:
     """Left: holdout test Dice per arm (cases as dots, mean and 95 % interval). Right: label Dice vs ground truth."""
     import matplotlib
 
@@ -58,7 +60,7 @@ def plot_downstream(table: pd.DataFrame, per_case: pd.DataFrame, lq: pd.DataFram
         a2.text(i, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
     a2.set_xticks(range(len(arms)), arms, fontsize=8)
     a2.set_ylim(0, 1.08)
-    a2.set_ylabel("label Dice vs ground truth (training key slices)")
+    a2.set_ylabel(f"label Dice vs ground truth (training {'volumes' if three_d else 'key slices'})")
     a2.set_title("Quality of the training labels", fontsize=10)
     a2.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -183,7 +185,7 @@ def write_report(
     run_dir = Path(run_dir)
     table = pd.DataFrame(summary["table"])
     figs = [
-        plot_downstream(table, per_case, lq, run_dir / "downstream_dice.png"),
+        plot_downstream(table, per_case, lq, run_dir / "downstream_dice.png", summary.get("scored") == "3d"),
         plot_examples(sets, run_dir / "downstream_labels.png"),
     ]
     st = summary["settings"]
