@@ -78,6 +78,29 @@ def test_the_extent_follows_the_image_not_the_intent():
     assert ext.last >= 5
 
 
+@pytest.mark.parametrize(
+    "what, extends",
+    [("cap", True), ("vessel", False), ("wall", False)],
+)
+def test_past_the_intent_only_a_blob_of_its_own_extends_the_nodule(what, extends):
+    """Slice 6, past the intent (2..5), carries a small solid cap inside the outline above it, a
+    vessel (3 mm wide) crossing that outline, or the chest wall reaching into it. All three fill
+    the brightest half of the footprint; only the cap reads as the nodule going on."""
+    img, intent = _volume(faint_hu=-850.0)
+    intent[6] = False
+    yy, xx = np.mgrid[:64, :64]
+    if what == "cap":
+        img[6][(yy - 32) ** 2 + (xx - 32) ** 2 <= 16] = 30.0
+    elif what == "vessel":
+        img[6][np.abs(yy - 32) <= 2] = 30.0
+    else:
+        img[6][yy >= 31] = 30.0
+    vis, _, _ = slice_visibility(img, intent, SP, 3)
+    assert (vis[6] > 0.6) == extends, vis[6]
+    ext = judge_extent(img, intent, SP, 2, ExtentParams(0.6, 0.02), np.random.default_rng(0))
+    assert ext.last == (6 if extends else 5)
+
+
 def test_the_plan_outlines_what_is_seen_on_slices_beyond_the_intent():
     img, intent = _volume(faint_hu=30.0)
     short = intent.copy()

@@ -15,7 +15,10 @@ person judges the extent the same way, from what the slices show:
    outline, on that slice) to the nodule's mean density on the key slice, clipped to [0, 1]; the
    visibility is the mean over the brightest half of those pixels (``LOOK_SHARE``; at least a
    blob ``BLOB_MM`` across): about 1 where solid nodule fills at least half the outline above, 0
-   for lung, and low on a pole slice that the partial volume makes pale or small.
+   for lung, and low on a pole slice that the partial volume makes pale or small. Past the
+   slices of their intent, bright structures that run on beyond the outline (they reach
+   ``AROUND_MM`` past it: the chest wall beside a juxtapleural nodule, a vessel crossing its
+   place) do not count (:func:`_runs_on`): a pole is a blob of its own inside the outline above.
 3. *Judgement* (:func:`judge_extent`): scrolling away from the key slice, a slice shows nodule
    when ``v + e >= threshold``, ``e ~ N(0, sd)`` a fresh draw per slice looked at; the extent ends
    at the last slice that shows it, the first one that does not being the slice past the end
@@ -59,6 +62,12 @@ BLOB_MM = 3.0
 LOOK_SHARE = 0.5
 #: assumption: below 50 HU of contrast between nodule and lung nothing reads as nodule.
 MIN_CONTRAST_HU = 50.0
+#: assumption: past the slices they meant to outline, a person looks this far around the last
+#: outline to see whether what is bright there is a blob of its own or the cut of a structure
+#: that runs on (the chest wall, a vessel): one that reaches this far past the outline runs on.
+AROUND_MM = 4.0
+#: assumption: the width of the band at ``AROUND_MM`` in which a structure counts as reaching it.
+SLACK_MM = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,8 +80,8 @@ class ExtentParams:
         sd: SD of the perception noise on the visibility, per slice looked at.
     """
 
-    threshold: float = 0.6  # the expert fit, agents/calibration/expert_extent.json
-    sd: float = 0.06
+    threshold: float = 0.425  # the expert fit, agents/calibration/expert_extent.json
+    sd: float = 0.12
 
     def __post_init__(self) -> None:
         for name in ("threshold", "sd"):
@@ -138,6 +147,24 @@ def _lung(smooth_z: np.ndarray, look: np.ndarray, spacing_yx) -> float:
     return float(np.percentile(smooth_z[ring], 25)) if ring.any() else float(np.percentile(smooth_z, 25))
 
 
+def _runs_on(contrast: np.ndarray, look: np.ndarray, spacing_yx) -> np.ndarray:
+    """Pixels of the bright structures (contrast >= 0.5) touching the footprint ``look`` that run
+    on past it: they reach ``AROUND_MM`` beyond its edge. A pole cap stays inside the outline
+    above it (give or take ``SLACK_MM``); the chest wall or a vessel crossing the outline runs on,
+    and a person scrolling past the nodule's end does not take them for its continuation."""
+    px = float(np.mean(spacing_yx))
+    reach = max(2, int(round(AROUND_MM / px)))
+    around = ndimage.binary_dilation(look, iterations=reach)
+    inner = ndimage.binary_dilation(look, iterations=max(1, reach - max(1, int(round(SLACK_MM / px)))))
+    lab, n = ndimage.label(contrast >= 0.5)
+    if n == 0:
+        return np.zeros(look.shape, bool)
+    ids = np.arange(1, n + 1)
+    touches = ndimage.maximum(look, lab, ids) > 0
+    far = ndimage.maximum(around & ~inner, lab, ids) > 0
+    return np.isin(lab, ids[touches & far]) & around
+
+
 def slice_visibility(image_hu: np.ndarray, intent: np.ndarray, spacing_yx, key: int) -> tuple[np.ndarray, float, float]:
     """Visibility of the nodule on every slice (see the module docstring), and the ``(lung, core)``
     HU of the key slice.
@@ -162,7 +189,10 @@ def slice_visibility(image_hu: np.ndarray, intent: np.ndarray, spacing_yx, key: 
     for z in range(len(image_hu)):
         if looks[z].any():
             lz = _lung(smooth[z], looks[z], spacing_yx)
-            c = np.clip((smooth[z][looks[z]] - lz) / span, 0.0, 1.0)
+            c = np.clip((smooth[z] - lz) / span, 0.0, 1.0)
+            if not intent[z].any():
+                c = np.where(_runs_on(c, looks[z], spacing_yx), 0.0, c)
+            c = c[looks[z]]
             k = min(max(k_blob, int(round(LOOK_SHARE * len(c)))), len(c))
             vis[z] = float(np.partition(c, len(c) - k)[len(c) - k :].mean())
     return vis, lung, core

@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             "objective": "(mean |delta| sim vs readers - readers' pairwise)^2 + (mean extent sim - readers)^2, slices",
             "date": _dt.date.today().isoformat(),
             "module": "hiseg_sim.annotators.behaviour.extent_fit",
+            "note": "the simulated expert's disagreement is partly the image's own (CT noise, partial volume at the "
+            "poles) and the calibrated intent's (which slice looks largest, where the person looks next); sd is the "
+            "perception noise added on top",
         },
     }
     EXTENT_FIT_PATH.write_text(json.dumps(out, indent=2) + "\n")

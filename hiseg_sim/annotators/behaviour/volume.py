@@ -49,8 +49,8 @@ class VolumeParams:
         review: 1: scroll through the whole extent once before accepting; 0: accept at once.
     """
 
-    extent_threshold: float = 0.6  # the expert fit, agents/calibration/expert_extent.json
-    extent_sd: float = 0.06
+    extent_threshold: float = 0.425  # the expert fit, agents/calibration/expert_extent.json
+    extent_sd: float = 0.12
     slice_tolerance_mm: float = 1.0
     inspect_slice_s: float = 0.5
     review: int = 1
