@@ -927,7 +927,18 @@ from hiseg_sim.annotate.cli import annotate as annotate_command  # noqa: E402
 app.command("annotate")(annotate_command)
 
 
+def _stacks_on_sigusr1() -> None:
+    """``kill -USR1 <pid>`` makes a running command print every thread's stack to stderr and go
+    on: how to see where a long run, or one that seems stuck, is."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def main() -> None:  # console-script entry point
+    _stacks_on_sigusr1()
     app()
 
 

@@ -137,6 +137,19 @@ def _start_run(spec_toml: Path, out: Path, cache_dir: str, mark: str, delay: flo
     )
 
 
+def _wait_or_stacks(proc: subprocess.Popen, timeout: float) -> int:
+    """``proc``'s exit code; if it is still running after ``timeout`` s, fail with the stack of
+    every thread in it (the CLI prints them on SIGUSR1) so the failure says where it hung."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(2.0)
+        proc.kill()
+        err = proc.communicate()[1].decode(errors="replace")
+        pytest.fail(f"still running {timeout:.0f} s later; its threads:\n{err[-6000:]}")
+
+
 def _marked(mark: str) -> dict[int, str]:
     """Live processes (not zombies) whose environment carries ``mark``: pid → command line."""
     needle = f"{MARK_VAR}={mark}".encode()
@@ -465,7 +478,7 @@ def test_ctrl_c_stops_the_run_promptly_leaves_no_child_and_records_the_session(t
         # whole process group; the forkserver, the resource tracker and the workers ignore it.)
         os.kill(driver.pid, signal.SIGINT)
         t0 = time.monotonic()
-        rc = driver.wait(timeout=30)
+        rc = _wait_or_stacks(driver, 30)
         stopped_s = time.monotonic() - t0
         gone = _wait_for(lambda: not _marked(mark), 10, poll=0.1)
         assert gone, f"alive 10 s after Ctrl-C: {_marked(mark)}"
@@ -477,6 +490,24 @@ def test_ctrl_c_stops_the_run_promptly_leaves_no_child_and_records_the_session(t
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "partial" and len(meta["sessions"]) == 1
     assert meta["sessions"][0]["units_run"] == meta["units_complete"] == _n_committed(out) == 0
+
+
+@needs_proc
+def test_sigusr1_prints_where_every_thread_of_a_running_run_is_and_the_run_goes_on(tmp_path, cache_dir):
+    spec_toml = _write_toml(_slow_spec_dict(), tmp_path / "stub.toml")
+    out, mark = tmp_path / "run", uuid.uuid4().hex
+    driver = _start_run(spec_toml, out, cache_dir, mark, delay=2.0)
+    try:
+        up = _wait_for(lambda: len(_marked(mark)) >= 4 or driver.poll() is not None, 90)
+        assert up and driver.poll() is None
+        os.kill(driver.pid, signal.SIGUSR1)
+        time.sleep(1.5)
+        assert driver.poll() is None  # it printed and went on
+    finally:
+        driver.kill()
+        err = driver.communicate()[1].decode(errors="replace")
+        _kill_marked(mark)
+    assert "Current thread" in err and "run_process" in err, err[-3000:]
 
 
 # ---- 5. two concurrent runs into one directory -------------------------------------------------------
