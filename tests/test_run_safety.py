@@ -125,13 +125,22 @@ def _run_cmd(spec_toml: Path, out: Path, cache_dir: str) -> list[str]:
                      "--cache-dir", cache_dir, "--no-report"]  # fmt: skip
 
 
+def _as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT back to its default. A shell starts background jobs with
+    SIGINT ignored, and an ignored signal stays ignored across exec, so a test run started with
+    ``&`` or ``nohup`` would hand the driver a Ctrl-C it may not hear; a run typed at a terminal
+    hears it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_run(spec_toml: Path, out: Path, cache_dir: str, mark: str, delay: float) -> subprocess.Popen:
-    """:func:`_run_cmd` started in its own session."""
+    """:func:`_run_cmd` started in its own session, hearing Ctrl-C as a run typed at a terminal does."""
     return subprocess.Popen(
         _run_cmd(spec_toml, out, cache_dir),
         cwd=REPO,
         env=_cli_env(mark, delay),
         start_new_session=True,
+        preexec_fn=_as_in_a_terminal,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
