@@ -20,7 +20,16 @@ import numpy as np
 from hiseg_sim import metrics
 from hiseg_sim.data.case import Case
 
-__all__ = ["DemoRow", "demo_config", "load_demo", "tight_box", "segment_key_slice", "run_demo", "plot_overlays"]
+__all__ = [
+    "DemoRow",
+    "demo_config",
+    "load_demo",
+    "tight_box",
+    "segment_key_slice",
+    "volume_box_bound",
+    "run_demo",
+    "plot_overlays",
+]
 
 
 @dataclass
@@ -76,6 +85,45 @@ def segment_key_slice(case: Case, segmenter, pad_px: float = 2.0):
         seconds=round(dt, 3),
     )
     return row, pred, box
+
+
+def volume_box_bound(env, case: Case, source: str = "reference", pad_px: float = 2.0) -> float:
+    """What the env's segmenter reaches on a whole nodule with perfect boxes: a tight box (grown by
+    ``pad_px``) on every slice of a mask, scored in 3-D against the env's reference.
+
+    ``source="reference"``: the reference's own boxes on its own slices (a person who sees the
+    answer). ``source="readers"``: each LIDC reader's boxes on the slices that reader outlined,
+    the mean over the readers (a person who sees the nodule as a radiologist did). The second is
+    the bound a simulated expert can be held to where the model cannot reach the readers'
+    agreement (docs/volumes.md). ``env`` is a 3-D env (``NoduleSeg3D-v0``) holding ``case``.
+    """
+    from hiseg_sim.env.actions import BoxAction, NextSlice, PrevSlice
+    from hiseg_sim.env.viewport import crop2d
+
+    if source not in ("reference", "readers"):
+        raise ValueError(f"volume_box_bound: source must be 'reference' or 'readers'; got {source!r}")
+    masks = [case.gt] if source == "reference" else list(case.reader_masks)
+    if not masks:
+        raise ValueError(f"volume_box_bound: {case.case_id} has no readers' masks (source='readers' needs LIDC cases)")
+    scores = []
+    for mask in masks:
+        env.reset(seed=0, options={"case_id": case.case_id})
+        u = env.unwrapped
+        vp, size = u.viewport, u.size
+        slab = np.stack(
+            [crop2d(m, vp.y0, vp.x0, size, fill=False) for m in np.asarray(mask, bool)[vp.z0 : vp.z0 + vp.n_slices]]
+        )
+        z = u.current_slice
+        for t in np.flatnonzero(slab.reshape(len(slab), -1).any(axis=1)):
+            while z < t:
+                env.step(NextSlice())
+                z += 1
+            while z > t:
+                env.step(PrevSlice())
+                z -= 1
+            env.step(BoxAction(*(float(v) for v in tight_box(slab[t], pad_px))))
+        scores.append(metrics.dice(u.slab_masks(), u.scoring_reference()))
+    return float(np.mean(scores))
 
 
 def plot_overlays(

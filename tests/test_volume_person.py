@@ -200,3 +200,36 @@ def test_lidc_extent_statistics():
     assert typical < real < outlier
     with pytest.raises(ValueError):
         pairwise_extent_delta([(1, 2)])
+
+
+def test_the_box_bound_drops_with_a_reader_who_saw_the_nodule_elsewhere():
+    """``volume_box_bound`` on the stub segmenter (TEST STUB: it marks bright pixels inside the
+    box): the reference's own boxes find the sphere; a 'reader' whose mask is the reference
+    scores the same; one whose mask sits 6 mm off along x boxes mostly lung and scores lower;
+    one who outlined only the middle slices misses the poles."""
+    import dataclasses
+
+    from hiseg_sim.demo import volume_box_bound
+
+    case = synthetic_cases()[0]
+    shifted = np.roll(case.gt, int(round(6.0 / 0.7)), axis=2)
+    middle = case.gt.copy()
+    zs = np.flatnonzero(case.gt.reshape(len(case.gt), -1).any(axis=1))
+    middle[: zs[0] + 3] = False
+    middle[zs[-1] - 2 :] = False
+    cases = [dataclasses.replace(case, reader_masks=(case.gt,)), dataclasses.replace(case, case_id="shifted", reader_masks=(shifted,)),
+             dataclasses.replace(case, case_id="middle", reader_masks=(middle,))]  # fmt: skip
+    env = make_env("hiseg_sim/NoduleSeg3D-v0", cases=cases, segmenter=EnvStubSegmenter(), max_slices=16)
+    try:
+        ref = volume_box_bound(env, cases[0])
+        same = volume_box_bound(env, cases[0], source="readers")
+        off = volume_box_bound(env, cases[1], source="readers")
+        short = volume_box_bound(env, cases[2], source="readers")
+        with pytest.raises(ValueError, match="source must be"):
+            volume_box_bound(env, cases[0], source="oracle")
+        with pytest.raises(ValueError, match="no readers' masks"):
+            volume_box_bound(env, case, source="readers")
+    finally:
+        env.close()
+    assert ref > 0.8 and same == pytest.approx(ref)
+    assert off < ref - 0.2 and short < ref - 0.05, (ref, off, short)
