@@ -394,3 +394,18 @@ def test_staple_stops_on_a_pair_whose_em_crawls():
     longer = sitk.GetArrayFromImage(f.Execute([sitk.GetImageFromArray(m.astype(np.uint8)) for m in masks])) >= 0.5
     assert f.GetElapsedIterations() > STAPLE_MAX_ITERATIONS  # the pair does crawl past the cap
     np.testing.assert_array_equal(fused, longer)
+
+
+def test_a_learning_curve_that_keeps_falling_is_shown_as_such_not_as_the_fits_bound():
+    """A paired gap that widens steadily over 20 cases: the exponential fit runs to its bound
+    (asymptote -2, tau in the hundreds); the table says the gap falls throughout. A curve that
+    levels off keeps its asymptote; the module's examples run."""
+    import doctest
+
+    p = np.arange(20.0)
+    falling = L.fit_exponential(-0.04 - 0.005 * p)
+    assert falling is not None and falling[2] > 200
+    assert L.fit_text(falling, 20) == f"{falling[0]:+.3f} → falls throughout (no level within 20 cases)"
+    level = L.fit_exponential(-0.02 - 0.1 * np.exp(-p / 3.0))
+    assert L.fit_text(level, 20) == "-0.120 → -0.020 (3.0)"
+    assert doctest.testmod(L, verbose=False).failed == 0

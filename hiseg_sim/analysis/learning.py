@@ -41,6 +41,7 @@ __all__ = [
     "smooth",
     "crossing",
     "fit_exponential",
+    "fit_text",
     "exp_crossing",
     "cases_to_reach",
     "end_means",
@@ -200,6 +201,27 @@ def fit_exponential(gap: np.ndarray) -> tuple[float, float, float] | None:
     except (RuntimeError, ValueError):
         return None
     return float(g0), float(a), float(np.exp(lt))
+
+
+def fit_text(fit: tuple[float, float, float] | None, n_cases: int) -> str:
+    """A fitted learning curve for a table: ``"g0 → a (tau)"``; when ``tau`` is past ten times the
+    sequence the curve is a straight line over the data and its asymptote is only the fit's bound,
+    so the text says which way it goes instead.
+
+    >>> fit_text((-0.05, -0.02, 4.0), 20)
+    '-0.050 → -0.020 (4.0)'
+    >>> fit_text((-0.04, -2.0, 512.3), 20)
+    '-0.040 → falls throughout (no level within 20 cases)'
+    >>> fit_text(None, 20)
+    '–'
+    """
+    if fit is None:
+        return "–"
+    g0, a, tau = fit
+    if tau > 10 * n_cases:
+        way = "falls" if a < g0 else "rises"
+        return f"{g0:+.3f} → {way} throughout (no level within {n_cases} cases)"
+    return f"{g0:+.3f} → {a:+.3f} ({tau:.1f})"
 
 
 def exp_crossing(gap: np.ndarray, level: float) -> int | None:

@@ -205,9 +205,7 @@ def _sections(data, settings: dict, out: Path):
                 "learner": lrn,
                 "exponential fit: cases [95% CI]": _reach_txt(r, length),
                 "draws never": f"{100 * r['never_share']:.0f}%",
-                "fit: gap at start → asymptote (tau cases)": "–"
-                if fit is None
-                else f"{fit[0]:+.3f} → {fit[1]:+.3f} ({fit[2]:.1f})",
+                "fit: gap at start → asymptote (tau cases)": L.fit_text(fit, length),
                 "smoothed gap within it to the end from [95% CI]": _reach_txt(st, length),
                 "draws never ": f"{100 * st['never_share']:.0f}%",
             }
