@@ -154,8 +154,9 @@ def _runs_on(contrast: np.ndarray, look: np.ndarray, spacing_yx) -> np.ndarray:
     and a person scrolling past the nodule's end does not take them for its continuation."""
     px = float(np.mean(spacing_yx))
     reach = max(2, int(round(AROUND_MM / px)))
-    around = ndimage.binary_dilation(look, iterations=reach)
-    inner = ndimage.binary_dilation(look, iterations=max(1, reach - max(1, int(round(SLACK_MM / px)))))
+    slack = min(reach - 1, max(1, int(round(SLACK_MM / px))))
+    inner = ndimage.binary_dilation(look, iterations=reach - slack)
+    around = ndimage.binary_dilation(inner, iterations=slack)
     lab, n = ndimage.label(contrast >= 0.5)
     if n == 0:
         return np.zeros(look.shape, bool)
@@ -189,10 +190,11 @@ def slice_visibility(image_hu: np.ndarray, intent: np.ndarray, spacing_yx, key: 
     for z in range(len(image_hu)):
         if looks[z].any():
             lz = _lung(smooth[z], looks[z], spacing_yx)
-            c = np.clip((smooth[z] - lz) / span, 0.0, 1.0)
-            if not intent[z].any():
-                c = np.where(_runs_on(c, looks[z], spacing_yx), 0.0, c)
-            c = c[looks[z]]
+            if intent[z].any():
+                c = np.clip((smooth[z][looks[z]] - lz) / span, 0.0, 1.0)
+            else:  # past the intent: the whole slice, to see what runs on beyond the outline
+                full = np.clip((smooth[z] - lz) / span, 0.0, 1.0)
+                c = np.where(_runs_on(full, looks[z], spacing_yx), 0.0, full)[looks[z]]
             k = min(max(k_blob, int(round(LOOK_SHARE * len(c)))), len(c))
             vis[z] = float(np.partition(c, len(c) - k)[len(c) - k :].mean())
     return vis, lung, core
