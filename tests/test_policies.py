@@ -5,6 +5,7 @@ and the equal-time comparison. The real training run is outside the suite (``his
 from __future__ import annotations
 
 import json
+import tempfile
 
 import gymnasium as gym
 import numpy as np
@@ -220,8 +221,20 @@ def trained(tmp_path_factory):
         grid=24,
         env_kwargs={"viewport_px": 48},
     )
-    card = train_policy(cfg, log=lambda *_: None)
+    tmp = root / "tmp"  # the temporary directory while training
+    tmp.mkdir()
+    saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(tmp)
+    try:
+        card = train_policy(cfg, log=lambda *_: None)
+    finally:
+        tempfile.tempdir = saved_tempdir
     return root, card
+
+
+def test_training_leaves_no_log_folder_in_the_temporary_directory(trained):
+    """SB3's default logger makes a folder per run there; the curve is the callback's."""
+    root, _ = trained
+    assert [p.name for p in (root / "tmp").iterdir() if p.name.startswith("SB3-")] == []
 
 
 def test_training_saves_policy_card_and_curve(trained):

@@ -406,6 +406,10 @@ def _train(cfg: TrainConfig, log, t_start: float) -> dict:
                 save_policy(model.policy, out.parent / f"{cfg.name}_bc", bc_card)
         t = time.perf_counter()
         if cfg.steps > 0:
+            from stable_baselines3.common.logger import Logger
+
+            # the curve is kept by the callback; SB3's default logger would leave a folder in /tmp per run
+            model.set_logger(Logger(folder=None, output_formats=[]))
             model.learn(total_timesteps=int(cfg.steps), callback=_ppo_curve_callback(curve, t_start))
         timing["ppo_s"] = time.perf_counter() - t
         wall = time.perf_counter() - t_start
