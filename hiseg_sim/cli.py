@@ -670,11 +670,12 @@ def fit_profile_cmd(
     ),
     out: Path = typer.Option(..., "--out", help="The fitted profile to write (.toml; loadable as an annotator)."),
     cohort: str = typer.Option("default", help="The cohort the sessions' cases come from."),
-    calibration_persons: int = typer.Option(
-        4,
+    calibration_persons: Optional[int] = typer.Option(
+        None,
         min=0,
-        help="Persons simulated from --base on the same cases to correct the box and decision estimates "
-        "(0: no correction, no simulation).",
+        help="Persons simulated from --base on the same cases to correct the box and decision estimates and "
+        "measure their spread, fitted in sets the size of the pilot (default: 8 sets; 0: no correction, no "
+        "simulation).",
     ),
     work_dir: Path = typer.Option(
         Path("runs/fit-profile"), help="Where the calibration simulation is kept (reused by later fits)."
@@ -707,10 +708,15 @@ def fit_profile_cmd(
         raise CliError(f"{sessions}: sessions from more than one env ({', '.join(envs)}); fit each env on its own")
     case_ids = sorted({ep.case for s in recorded for ep in s.episodes})
     calibration = None
+    if calibration_persons is None:
+        from hiseg_sim.fitting.fit import CALIBRATION_SETS
+
+        calibration_persons = CALIBRATION_SETS * len(recorded)
     if calibration_persons:
         typer.echo(
             f"simulating {calibration_persons} person(s) of {profile.name} on the {len(case_ids)} cases "
-            f"(the correction of the box and decision estimates; kept in {work_dir}) …",
+            f"(fitted in sets of {len(recorded)}: the shift and spread of the box and decision estimates; "
+            f"kept in {work_dir}) …",
             err=True,
         )
         calibration = simulate_sessions(

@@ -5,6 +5,7 @@ simulate persons with LiteMedSAM and check recovery and the posterior predictive
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -257,9 +258,75 @@ def test_cli_mistakes_are_one_line(argv, fix, tmp_path, monkeypatch):
 
 
 # ---- slow: LiteMedSAM persons ---------------------------------------------------------------------
+def test_calibration_sets_give_the_shift_and_the_sampling_spread(monkeypatch):
+    """The proxy estimate is shifted by the calibration sets' mean and widened to their spread (the
+    pseudo-posterior here is ten times too narrow), with Student's t for an SD from eight sets."""
+    from scipy.stats import t as student_t
+
+    import hiseg_sim.fitting.fit as F
+
+    base = load_profile("junior_medical_student")
+    truth = base.judgement.accept_threshold
+    bias, spread, post_sd = 0.05, 0.04, 0.004
+    rng = np.random.default_rng(0)
+    set_est = truth + bias + spread * rng.standard_normal(8)
+    set_est = truth + bias + (set_est - set_est.mean()) / set_est.std(ddof=1) * spread  # exactly mean, SD
+
+    def person(i):  # the fake fit below reads only which person it is
+        return SimpleNamespace(i=i, episodes=[], n_actions=0)
+
+    def fake_aux(sessions, *a, **k):
+        i = sessions[0].i
+        centre = set_est[i // 2] if i >= 0 else truth + bias
+        return {"judgement.accept_threshold": rng.normal(centre, post_sd, 4000)}
+
+    monkeypatch.setattr(F, "_aux_draws", fake_aux)
+    cal = F.calibration_draws([person(i) for i in range(16)], base, ({}, {}), set_size=2)
+    assert cal["sets"].tolist() == [8, 2]
+    assert cal["set_mean:judgement.accept_threshold"][0] == pytest.approx(truth + bias, abs=1e-3)
+    assert cal["set_sd:judgement.accept_threshold"][0] == pytest.approx(spread, rel=0.05)
+    fit = fit_sessions([person(-1), person(-2)], base, calibration=cal, references=({}, {}))
+    pf = fit.params["judgement.accept_threshold"]
+    assert float(np.median(pf.draws)) == pytest.approx(truth, abs=0.005)
+    half = spread * np.sqrt(1 + 1 / 8) * student_t.ppf(0.95, 7)
+    assert (pf.hi - pf.lo) / 2 == pytest.approx(half, rel=0.1)
+    with pytest.raises(ValueError, match="sets of 2 persons and the sessions hold 3"):
+        fit_sessions([person(-1), person(-2), person(-3)], base, calibration=cal, references=({}, {}))
+
+
+def _outcome_persons(rng, n, dice_mean, nodules=16):
+    """Sessions holding only each nodule's final Dice and seconds (what the predictive check reads)."""
+    return [
+        SimpleNamespace(
+            episodes=[
+                SimpleNamespace(records=[{"dice": float(rng.normal(dice_mean, 0.05)), "seconds_total": 20 + 5 * k}])
+                for k in range(nodules)
+            ]
+        )
+        for _ in range(n)
+    ]
+
+
+def test_predictive_null_is_what_one_profile_gives_and_a_shift_exceeds_it():
+    from hiseg_sim.fitting.checks import predictive_ks, predictive_ks_null
+
+    rng = np.random.default_rng(0)
+    pool = _outcome_persons(rng, 24, 0.80)
+    null = predictive_ks_null(pool, 4, 8, reps=200)
+    assert null["dice_ks"].shape == (200,)
+    # the seconds are the same for every person: a perfect fit's KS is 0
+    assert np.all(null["seconds_ks"] == 0)
+    q95 = np.quantile(null["dice_ks"], 0.95)
+    assert 0.05 < q95 < 0.35
+    shifted = predictive_ks(_outcome_persons(rng, 4, 0.85), pool[:8])
+    assert shifted["dice_ks"] > q95
+    with pytest.raises(ValueError, match="24 persons cannot give 20 \\+ 8"):
+        predictive_ks_null(pool, 20, 8)
+
+
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
-    """Persons of a shipped profile on six nodules: 4 for data, 2 calibration persons."""
+    """Persons of a shipped profile on six nodules: 4 for data, 12 calibration persons (three sets of 4)."""
     from hiseg_sim.experiments.cases import CaseSource
     from hiseg_sim.experiments.spec import CasesSpec
     from hiseg_sim.fitting.simulate import simulate_sessions
@@ -267,19 +334,19 @@ def simulated(tmp_path_factory):
     work = tmp_path_factory.mktemp("fit")
     ids = [m["case_id"] for m in CaseSource(CasesSpec(cohort="default", limit=6)).catalogue()]
     data = simulate_sessions("junior_medical_student", ids, 4, work, seed=0)
-    cal = simulate_sessions("junior_medical_student", ids, 2, work, seed=1)
+    cal = simulate_sessions("junior_medical_student", ids, 12, work, seed=1)
     return work, ids, data, cal
 
 
 @pytest.mark.slow
 def test_recovery_intervals_cover_the_truth(simulated):
     from hiseg_sim.fitting.checks import recovery_rows
-    from hiseg_sim.fitting.fit import calibration_draws, load_references
+    from hiseg_sim.fitting.fit import load_references
 
     _, _, data, cal = simulated
     truth = load_profile("junior_medical_student")
     refs = load_references(data + cal)
-    rows = recovery_rows(truth, data, calibration_draws(cal, truth, refs), refs, [(4, None)])
+    rows = recovery_rows(truth, data, cal, refs, [(4, None)])
     ident = [r for r in rows if r["identified"]]
     assert len(ident) >= 5
     assert np.mean([r["covered"] for r in ident]) >= 0.8, [

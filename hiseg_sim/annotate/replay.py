@@ -387,11 +387,12 @@ def fit_profile(
     work_dir: str | Path,
     *,
     cohort: str = "default",
-    calibration_persons: int = 4,
+    calibration_persons: int | None = None,
     seed: int = 0,
     cache_dir: str | Path | None = None,
 ) -> dict:
-    """Run ``hiseg-sim fit-profile SESSIONS --base BASE --out OUT --json``; returns its JSON line."""
+    """Run ``hiseg-sim fit-profile SESSIONS --base BASE --out OUT --json`` (``calibration_persons``:
+    the command's default when ``None``); returns its JSON line."""
     args = [
         "fit-profile",
         str(sessions_dir),
@@ -401,14 +402,14 @@ def fit_profile(
         str(out),
         "--cohort",
         cohort,
-        "--calibration-persons",
-        str(calibration_persons),
         "--work-dir",
         str(work_dir),
         "--seed",
         str(seed),
         "--json",
     ]
+    if calibration_persons is not None:
+        args += ["--calibration-persons", str(calibration_persons)]
     if cache_dir is not None:
         args += ["--cache-dir", str(cache_dir)]
     return json.loads(_cli(*args).stdout.strip().splitlines()[-1])
@@ -446,7 +447,7 @@ def roundtrip(
     *,
     cohort: str = "default",
     seed: int = 0,
-    calibration_persons: int = 4,
+    calibration_persons: int | None = None,
     cache_dir: str | Path | None = None,
     executable: str | Path = CHROMIUM,
     log: Callable[[str], None] = print,
@@ -559,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("nodules", type=int)
     ap.add_argument("work_dir", type=Path)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--calibration-persons", type=int, default=4)
+    ap.add_argument("--calibration-persons", type=int, default=None)
     a = ap.parse_args(argv)
     t = time.perf_counter()
     res = roundtrip(

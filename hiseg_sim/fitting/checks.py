@@ -7,7 +7,9 @@ of the first ``p`` persons' first ``k`` nodules give the widths at smaller pilot
 
 *Posterior predictive check* (:func:`predictive_ks`): persons simulated from the fitted profile's
 posterior (one joint draw per person) are compared with held-out persons nodule by nodule: the
-two-sample Kolmogorov–Smirnov distance between their per-nodule final Dice and seconds.
+two-sample Kolmogorov–Smirnov distance between their per-nodule final Dice and seconds. What a
+perfect fit gives at the same numbers of persons (:func:`predictive_ks_null`): held-out and
+predictive persons both drawn from one pool of persons of the true profile.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from hiseg_sim.annotators.behaviour.profiles import Profile
 from hiseg_sim.fitting.fit import fit_sessions
 from hiseg_sim.fitting.sessions import Session
 
-__all__ = ["episode_outcomes", "predictive_ks", "recovery_rows", "subset"]
+__all__ = ["episode_outcomes", "predictive_ks", "predictive_ks_null", "recovery_rows", "subset"]
 
 
 def subset(sessions: list[Session], persons: int, nodules: int | None = None) -> list[Session]:
@@ -40,11 +42,16 @@ def recovery_rows(
     sizes: list[tuple[int, int | None]],
     seed: int = 0,
 ) -> list[dict]:
-    """One row per (pilot size, fitted parameter): truth, median, 90 % interval, identified, covered."""
+    """One row per (pilot size, fitted parameter): truth, median, 90 % interval, identified, covered.
+
+    ``calibration``: the calibration persons' sessions (cut to each size's nodules and fitted in
+    sets of its persons, as :func:`fit_sessions` does) or, for a single size, their
+    :func:`~hiseg_sim.fitting.fit.calibration_draws`."""
     rows = []
     for persons, nodules in sizes:
         data = subset(sessions, persons, nodules)
-        fit = fit_sessions(data, truth, calibration=calibration, references=references, seed=seed)
+        cal = subset(calibration, len(calibration), nodules) if isinstance(calibration, list) else calibration
+        fit = fit_sessions(data, truth, calibration=cal, references=references, seed=seed)
         for name, pf in fit.params.items():
             if pf.lo == pf.hi:
                 continue  # not read by any part of the fit
@@ -90,3 +97,21 @@ def predictive_ks(held_out: list[Session], predictive: list[Session]) -> dict:
         "n_held_out": int(d_obs.size),
         "n_predictive": int(d_pred.size),
     }
+
+
+def predictive_ks_null(
+    persons: list[Session], n_held_out: int, n_predictive: int, reps: int = 300, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """KS distances of :func:`predictive_ks` when the predictive persons come from the held-out
+    persons' own profile: ``reps`` disjoint draws of ``n_held_out`` and ``n_predictive`` persons
+    from ``persons`` (at least their sum). Returns ``{"dice_ks", "seconds_ks"}``, ``reps`` each."""
+    if len(persons) < n_held_out + n_predictive:
+        raise ValueError(f"{len(persons)} persons cannot give {n_held_out} + {n_predictive} disjoint ones")
+    rng = np.random.default_rng(seed)
+    dice, secs = [], []
+    for _ in range(reps):
+        idx = rng.permutation(len(persons))
+        r = predictive_ks([persons[i] for i in idx[:n_held_out]], [persons[i] for i in idx[n_held_out:][:n_predictive]])
+        dice.append(r["dice_ks"])
+        secs.append(r["seconds_ks"])
+    return {"dice_ks": np.asarray(dice), "seconds_ks": np.asarray(secs)}
