@@ -409,3 +409,33 @@ def test_a_learning_curve_that_keeps_falling_is_shown_as_such_not_as_the_fits_bo
     level = L.fit_exponential(-0.02 - 0.1 * np.exp(-p / 3.0))
     assert L.fit_text(level, 20) == "-0.120 → -0.020 (3.0)"
     assert doctest.testmod(L, verbose=False).failed == 0
+
+
+def _sequence_episodes(learn_per_case: float, seed: int = 0) -> pd.DataFrame:
+    """8 persons x 20 of 40 cases, harder cases tending to come later in every order (each case still
+    at varied places); Dice = the case's ease + practice."""
+    rng = np.random.default_rng(seed)
+    ease = np.linspace(0.9, 0.5, 40)  # case k's Dice without practice: later ids are harder
+    rows = []
+    for r in range(8):
+        pick = rng.choice(40, 20, replace=False)
+        cases = pick[np.argsort(pick + rng.normal(0, 12, 20))]
+        for pos, k in enumerate(cases):
+            d = ease[k] + learn_per_case * pos + rng.normal(0, 0.02)
+            rows.append({"annotator": "arm", "replicate": r, "position": pos, "case_id": f"c{k}", "final_dice": d})
+    return pd.DataFrame(rows)
+
+
+def test_case_adjusted_gain_removes_the_case_mix_and_keeps_the_learning():
+    flat = _sequence_episodes(0.0)
+    raw = L.end_means(flat, "arm").mean()
+    assert raw["last"] - raw["first"] < -0.15  # the orders end on hard cases
+    est, lo, hi = L.case_adjusted_gain(flat, "arm", n_boot=500)
+    assert lo < 0 < hi and abs(est) < 0.03
+    learner = _sequence_episodes(0.01)
+    raw = L.end_means(learner, "arm").mean()
+    assert raw["last"] - raw["first"] < 0  # the case mix hides the learning
+    est, lo, hi = L.case_adjusted_gain(learner, "arm", n_boot=500)
+    assert 0.05 < lo and abs(est - 0.15) < 0.03  # 15 places x 0.01 per case
+    with pytest.raises(ValueError, match="no episodes of 'other'"):
+        L.case_adjusted_gain(flat, "other")

@@ -310,6 +310,10 @@ def test_a_training_study_reports_each_design_with_the_headline_the_protocol_nee
     assert set(head["arms"]) == {"nm+none", "nm+we", "nm+control", "nm+tutorial", "junior_medical_student"}
     assert all(keys <= set(v) for v in head["arms"].values())
     assert head["arms"]["junior_medical_student"]["cases_to_reference"] == 0
+    for v in head["arms"].values():  # the gain with the case mix taken out, with its interval
+        est, lo, hi = v["gain_case_mix_removed"]
+        assert lo <= est <= hi
+    assert "gain, case mix removed [95% CI]" in rep.md_path.read_text()
     e = run.episodes
     tut = e[(e["annotator"] == "nm+tutorial") & (e["position"] == 0)]
     assert (tut["tutorial_seconds"] == 20.0).all()
