@@ -692,7 +692,7 @@ def fit_profile_cmd(
     """Fit a profile's behaviour parameters to recorded sessions; write it with 90 % intervals."""
     from hiseg_sim.annotators.registry import load_profile
     from hiseg_sim.experiments.posterior import PosteriorError
-    from hiseg_sim.fitting.fit import fit_sessions, load_references, write_profile
+    from hiseg_sim.fitting.fit import MAX_SETS, MIN_SETS, fit_sessions, load_references, write_profile
     from hiseg_sim.fitting.sessions import SessionsError, read_sessions
     from hiseg_sim.fitting.simulate import simulate_sessions
 
@@ -730,9 +730,14 @@ def fit_profile_cmd(
             cache_dir=str(cache_dir) if cache_dir else None,
             progress=True,
         )
+    from hiseg_sim.progress import phase
+
+    n_sets = min(len(calibration or []) // max(len(recorded), 1), MAX_SETS)
+    what = f"the {n_sets} calibration sets and the sessions" if n_sets >= MIN_SETS else "the sessions"
     try:
         refs = load_references(recorded + (calibration or []), cohort)
-        fit = fit_sessions(recorded, profile, cohort=cohort, calibration=calibration, seed=seed, references=refs)
+        with phase(f"fitting {what} (about 3 s a set)"):
+            fit = fit_sessions(recorded, profile, cohort=cohort, calibration=calibration, seed=seed, references=refs)
     except PosteriorError as exc:
         raise CliError(str(exc)) from None
     write_profile(fit, out)

@@ -24,6 +24,11 @@ from tests.test_annotate_app import ThreadServer, http
 #: the decoder (25-35 ms on two idle cores) plus what the app adds, held to these budgets (ms).
 APP_BUDGET_MS = 40.0
 PAGE_BUDGET_MS = 60.0
+TARGET_MS = 150.0
+#: The decoder's median on two idle cores. When the same run's decoder is slower, the machine is
+#: (shared cores, a slow host), and the browser's budgets are scaled by the same ratio: what is held
+#: is the page's cost relative to the machine's speed, measured within one run.
+DECODER_REFERENCE_MS = 30.0
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -92,11 +97,14 @@ def _measure_and_replay(litemedsam, tmp_path):
                 drawn = page.evaluate("window.hiseg.latencies()")
                 browser.close()
             page_app = [t - s["decode_ms"] for t, s in zip(drawn, states)]
+            slow = max(1.0, statistics.median(s["decode_ms"] for s in states) / DECODER_REFERENCE_MS)
             print(
                 f"LiteMedSAM page, mouse event to mask drawn: {_summary(drawn)}; without the decoder "
-                f"{_summary(page_app)}"
+                f"{_summary(page_app)}; this machine runs the decoder {slow:.2f} x slower than idle"
             )
-            assert len(drawn) == len(states) and statistics.median(page_app) < PAGE_BUDGET_MS
+            assert len(drawn) == len(states)
+            assert statistics.median(page_app) < PAGE_BUDGET_MS * slow
+            assert statistics.median(drawn) < TARGET_MS * slow
 
         for sid in {s.session_id for s in svc.store.sessions()}:
             assert check_replay(svc.store, sid, svc.make_env()) == svc.store.count_actions(sid)
