@@ -2,9 +2,8 @@
 pseudo-likelihood where it does not.
 
 Why not plain simulation-based inference over everything: one simulated person on 16 nodules with
-LiteMedSAM costs 15–25 s of CPU (a decode is ~20 ms, an episode 0.5–1.5 s with the behaviour
-model), so the thousands of simulated persons an ABC-SMC or a neural posterior needs do not fit
-on two shared cores. Instead:
+LiteMedSAM takes 2–4 s on two cores with the embeddings cached, so the thousand or so simulated
+pilots (thousands of persons) an ABC-SMC or a neural posterior needs take hours per fit. Instead:
 
 1. *Time* (mental scale, practice exponents, practised motor share, key scale, and the click
    scatter through the Fitts effective width) has an exact likelihood: the env charges every
