@@ -226,3 +226,22 @@ def test_real_litemedsam_3d_crowd_run_fuses_whole_nodules(tmp_path):
         assert r["dice"] == pytest.approx(float(own.iloc[0]), abs=1e-9)
     rep = build_report(run.dir)
     assert rep.headline["scored"] == "3d" and "staple NSD@1mm" in rep.md_path.read_text()
+
+
+def test_crowd_draws_are_the_same_fused_in_worker_processes():
+    """Three nodules fused in two processes give the rows the serial loop gives, in its order."""
+    gt = _gt()
+    rng = np.random.default_rng(0)
+    eps, rows = [], []
+    for c in ("c0", "c1", "c2"):
+        rows.append(_case_row(gt, c))
+        for r in range(4):
+            m = gt.copy()
+            m[tuple(rng.integers(0, s) for s in SHAPE)] ^= True  # each worker's mask a voxel off
+            eps.append(_episode(m, 0, 16, r, case_id=c, seconds=10.0 + r))
+    ep, cases = pd.DataFrame(eps), pd.DataFrame(rows)
+    kw = dict(ks=(1, 2, 4), methods=("majority", "staple"), draws=5, seed=3)
+    serial = C.crowd_draws(ep, cases, "crowd", **kw)
+    parallel = C.crowd_draws(ep, cases, "crowd", workers=2, **kw)
+    assert len(serial) == 3 * (5 + 5 + 1) * 2
+    pd.testing.assert_frame_equal(serial, parallel)

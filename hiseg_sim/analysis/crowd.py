@@ -169,6 +169,33 @@ def volume_scores(fused: np.ndarray, ref: np.ndarray, spacing) -> dict:
     }
 
 
+def _fuse_case(
+    cid: str, pool: pd.DataFrame, case_row: dict, picks: list, methods: Sequence[str], three_d: bool
+) -> list[dict]:
+    """The rows of one case: each ``(k, draw, pick)`` of ``picks`` fused by every method and scored."""
+    masks, ref = case_masks(pool, case_row)
+    spacing = case_spacing(case_row)
+    secs = pool["seconds_total"].to_numpy(dtype=float)
+    meta = {c: pool[c].iloc[0] for c in ("size_band", "texture_group") if c in pool}
+    rows = []
+    for k, d, pick in picks:
+        for m in methods:
+            fused = FUSERS[m](masks[pick])
+            row = {
+                "case_id": cid,
+                "k": int(k),
+                "draw": d,
+                "method": m,
+                "dice": _dice(fused, ref),
+                "seconds": float(secs[pick].sum()),
+                **meta,
+            }
+            if three_d:
+                row.update(volume_scores(fused, ref, spacing))
+            rows.append(row)
+    return rows
+
+
 def crowd_draws(
     episodes: pd.DataFrame,
     cases: pd.DataFrame,
@@ -179,6 +206,7 @@ def crowd_draws(
     seed: int = 0,
     arm_col: str = "annotator",
     progress: bool = False,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Every fused draw: columns ``case_id, k, draw, method, dice, seconds`` (plus size band / texture),
     and for 3-D episodes (:func:`is_three_d`) ``nsd`` and ``volume_error`` (:func:`volume_scores`).
@@ -186,6 +214,8 @@ def crowd_draws(
     For each case the pool is that case's episodes of arm ``worker``; for each ``k`` up to the
     pool size, ``draws`` subsets of k workers (all of them once when k equals the pool).
     ``progress``: a bar over nodules on stderr (STAPLE on every draw takes minutes on a large pool).
+    ``workers``: processes fusing nodules side by side (the subsets are drawn first, in order, so
+    the rows are the same for any number of workers).
     """
     for m in methods:
         if m not in FUSERS:
@@ -195,41 +225,37 @@ def crowd_draws(
         raise ValueError(f"no episodes of arm {worker!r}; arms: {sorted(episodes[arm_col].unique())}")
     case_rows = cases.set_index("case_id")
     rng = np.random.default_rng(seed)
-    rows = []
     three_d = is_three_d(pool_all)
+    jobs = []
+    for cid, pool in pool_all.groupby("case_id", sort=True):
+        W = len(pool)
+        picks = [
+            (k, d, np.sort(rng.choice(W, size=k, replace=False)))
+            for k in ks
+            if k <= W
+            for d in range(1 if k == W else draws)
+        ]
+        jobs.append((cid, pool.sort_values("replicate"), {**case_rows.loc[cid].to_dict(), "case_id": cid}, picks))
     from hiseg_sim.progress import progress_iter
 
-    by_case = pool_all.groupby("case_id", sort=True)
-    for cid, pool in progress_iter(
-        by_case, desc=f"fusing {worker} masks", total=by_case.ngroups, enabled=progress, unit="nodule"
+    def fused():
+        if workers <= 1 or len(jobs) < 2:
+            for job in jobs:
+                yield _fuse_case(*job, methods, three_d)
+            return
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("forkserver")) as ex:
+            futures = [ex.submit(_fuse_case, *job, methods, three_d) for job in jobs]
+            for f in futures:  # in case order, as the serial loop
+                yield f.result()
+
+    rows: list[dict] = []
+    for case_rows_out in progress_iter(
+        fused(), desc=f"fusing {worker} masks", total=len(jobs), enabled=progress, unit="nodule"
     ):
-        pool = pool.sort_values("replicate")
-        case_row = {**case_rows.loc[cid].to_dict(), "case_id": cid}
-        masks, ref = case_masks(pool, case_row)
-        spacing = case_spacing(case_row)
-        secs = pool["seconds_total"].to_numpy(dtype=float)
-        W = len(pool)
-        meta = {c: pool[c].iloc[0] for c in ("size_band", "texture_group") if c in pool}
-        for k in ks:
-            if k > W:
-                continue
-            n_draw = 1 if k == W else draws
-            for d in range(n_draw):
-                pick = np.sort(rng.choice(W, size=k, replace=False))
-                for m in methods:
-                    fused = FUSERS[m](masks[pick])
-                    row = {
-                        "case_id": cid,
-                        "k": int(k),
-                        "draw": d,
-                        "method": m,
-                        "dice": _dice(fused, ref),
-                        "seconds": float(secs[pick].sum()),
-                        **meta,
-                    }
-                    if three_d:
-                        row.update(volume_scores(fused, ref, spacing))
-                    rows.append(row)
+        rows += case_rows_out
     return pd.DataFrame(rows)
 
 

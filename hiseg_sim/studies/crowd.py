@@ -4,6 +4,7 @@ The ``crowd`` study kind: its ``[analysis]`` settings and its report sections.""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +38,10 @@ def _sections(data, settings: dict, out: Path):
     pool = int(e[e["annotator"] == worker].groupby("case_id").size().min())
     ks = [int(k) for k in settings.get("ks", range(1, pool + 1)) if int(k) <= pool]
     targets = [float(t) for t in settings.get("targets", (0.80, 0.85))]
-    draws = C.crowd_draws(e, data.cases, worker, ks, methods, int(settings.get("draws", 30)), seed, progress=True)
+    workers = int(settings.get("workers", os.cpu_count() or 1))
+    draws = C.crowd_draws(
+        e, data.cases, worker, ks, methods, int(settings.get("draws", 30)), seed, progress=True, workers=workers
+    )
     curve = C.crowd_curve(draws, min(n_boot, 1000), seed)
     ref = C.single_arm_reference(e, ref_arm, min(n_boot, 1000), seed) if ref_arm in set(e["annotator"]) else None
     three_d = C.is_three_d(e[e["annotator"] == worker])
@@ -258,6 +262,7 @@ class CrowdKind(StudyKind):
         "draws": "random subsets per k and nodule (default 30)",
         "methods": "fusion methods (default majority, staple)",
         "targets": "Dice targets for workers needed (default 0.80, 0.85)",
+        "workers": "processes fusing nodules side by side (default: all cores; the draws are the same for any number)",
     }
     label_keys = ("worker", "reference")
 
