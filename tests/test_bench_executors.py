@@ -158,3 +158,18 @@ def test_3d_floor_run_accounts_for_every_slice_and_decode(tmp_path):
     floor = (res["slices"] * res["encoder_s_per_slice"] + res["decodes"] * res["decoder_ms"] / 1e3) / 2
     assert res["floor_s"] == pytest.approx(floor, rel=0.02, abs=0.02)
     assert res["floor_ratio"] == pytest.approx(res["wall_s"] / res["floor_s"], rel=0.02)
+
+
+def _square_or_fail(x: int) -> int:
+    if x == 3:
+        raise ValueError("job 3 failed")
+    return x * x
+
+
+def test_map_ordered_keeps_the_jobs_order_and_raises_a_workers_error():
+    from hiseg_sim.experiments.executors import map_ordered
+
+    assert list(map_ordered(_square_or_fail, [2, 0, 1], workers=2)) == [4, 0, 1]
+    assert list(map_ordered(_square_or_fail, [2, 0, 1], workers=1)) == [4, 0, 1]
+    with pytest.raises(ValueError, match="job 3 failed"):
+        list(map_ordered(_square_or_fail, [0, 1, 2, 3, 4], workers=2))

@@ -169,10 +169,10 @@ def volume_scores(fused: np.ndarray, ref: np.ndarray, spacing) -> dict:
     }
 
 
-def _fuse_case(
-    cid: str, pool: pd.DataFrame, case_row: dict, picks: list, methods: Sequence[str], three_d: bool
-) -> list[dict]:
-    """The rows of one case: each ``(k, draw, pick)`` of ``picks`` fused by every method and scored."""
+def _fuse_case(job: tuple) -> list[dict]:
+    """The rows of one case, ``job = (case_id, pool, case_row, picks, methods, three_d)``: each
+    ``(k, draw, pick)`` of ``picks`` fused by every method and scored."""
+    cid, pool, case_row, picks, methods, three_d = job
     masks, ref = case_masks(pool, case_row)
     spacing = case_spacing(case_row)
     secs = pool["seconds_total"].to_numpy(dtype=float)
@@ -214,8 +214,8 @@ def crowd_draws(
     For each case the pool is that case's episodes of arm ``worker``; for each ``k`` up to the
     pool size, ``draws`` subsets of k workers (all of them once when k equals the pool).
     ``progress``: a bar over nodules on stderr (STAPLE on every draw takes minutes on a large pool).
-    ``workers``: processes fusing nodules side by side (the subsets are drawn first, in order, so
-    the rows are the same for any number of workers).
+    ``workers``: processes fusing nodules side by side (0: all cores; the subsets are drawn first,
+    in order, so the rows are the same for any number of workers).
     """
     for m in methods:
         if m not in FUSERS:
@@ -235,25 +235,18 @@ def crowd_draws(
             if k <= W
             for d in range(1 if k == W else draws)
         ]
-        jobs.append((cid, pool.sort_values("replicate"), {**case_rows.loc[cid].to_dict(), "case_id": cid}, picks))
+        row = {**case_rows.loc[cid].to_dict(), "case_id": cid}
+        jobs.append((cid, pool.sort_values("replicate"), row, picks, tuple(methods), three_d))
+    from hiseg_sim.experiments.executors import map_ordered
     from hiseg_sim.progress import progress_iter
-
-    def fused():
-        if workers <= 1 or len(jobs) < 2:
-            for job in jobs:
-                yield _fuse_case(*job, methods, three_d)
-            return
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("forkserver")) as ex:
-            futures = [ex.submit(_fuse_case, *job, methods, three_d) for job in jobs]
-            for f in futures:  # in case order, as the serial loop
-                yield f.result()
 
     rows: list[dict] = []
     for case_rows_out in progress_iter(
-        fused(), desc=f"fusing {worker} masks", total=len(jobs), enabled=progress, unit="nodule"
+        map_ordered(_fuse_case, jobs, workers),
+        desc=f"fusing {worker} masks",
+        total=len(jobs),
+        enabled=progress,
+        unit="nodule",
     ):
         rows += case_rows_out
     return pd.DataFrame(rows)

@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -169,13 +168,9 @@ def _pretrain(job: tuple) -> str:
 
 def _map(fn, jobs: list, workers: int) -> list:
     """``[fn(j) for j in jobs]`` on up to ``workers`` spawned processes (in order; serial for one)."""
-    n_proc = max(1, min(int(workers), len(jobs)))
-    if n_proc == 1:
-        return [fn(j) for j in jobs]
-    import multiprocessing as mp
+    from hiseg_sim.experiments.executors import map_ordered
 
-    with ProcessPoolExecutor(n_proc, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(fn, jobs))
+    return list(map_ordered(fn, jobs, max(1, int(workers)), start_method="spawn"))
 
 
 def arm_table(per_case: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:

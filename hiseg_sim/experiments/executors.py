@@ -50,7 +50,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from hiseg_sim.experiments.spec import EXECUTORS
@@ -72,6 +72,7 @@ Batches = Sequence[Sequence[SliceJob]]
 
 __all__ = [
     "available_cores",
+    "map_ordered",
     "resolve_workers",
     "run_serial",
     "run_process",
@@ -274,6 +275,29 @@ def run_process(
                         f"worker: {type(exc).__name__}: {exc}"
                     ) from exc
                 yield res
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            _stop_pool(pool)
+
+
+def map_ordered(fn, jobs: Sequence, workers: int | None = 1, start_method: str | None = None) -> Iterator:
+    """``fn(job)`` for each of ``jobs``, yielded in their order, on up to ``workers`` processes (0 or
+    None: all cores; serial for one). ``fn`` must be importable by the workers (a module-level
+    function). Stopped early (an error, Ctrl-C, the generator closed), it kills its workers."""
+    n = resolve_workers(workers, len(jobs))
+    if n == 1:
+        for job in jobs:
+            yield fn(job)
+        return
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=_mp_context(start_method))
+    finished = False
+    try:
+        futures = [pool.submit(fn, job) for job in jobs]
+        for f in futures:
+            yield f.result()
         finished = True
     finally:
         if finished:

@@ -21,9 +21,8 @@ reference, so the estimates are shifted. The shift is measured by simulation, on
 ``calibration`` sessions simulated from the base profile on the same cases are fitted the same
 way, and ``shift = estimate(simulated) - base value`` is taken off the estimate from the data
 (indirect inference with a binding function of slope 1 around the base profile, taken on the log
-scale for the two SDs; its own uncertainty, the simulated fit's posterior SD, is added to the
-draws). A pseudo-likelihood is overconfident (it treats proxy decisions as exact and independent),
-and its estimator's value depends on how many persons it pools, so the calibration persons are
+scale for the two SDs). A pseudo-likelihood is overconfident (it treats proxy decisions as exact
+and independent), and its estimator's value depends on how many persons it pools, so the calibration persons are
 fitted in sets the size of the pilot: the sets' mean is the shift, their spread the estimate's
 sampling SD, and the data's draws are widened to it (:func:`calibration_draws`; a parametric
 bootstrap of the auxiliary estimator). That costs a few sets of simulated persons instead of
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from hiseg_sim.annotators.behaviour.profiles import SECTIONS, Profile
@@ -61,8 +61,9 @@ __all__ = [
     "write_profile",
 ]
 
-#: Calibration sets (each the pilot's number of persons) simulated by default, and the most used.
+#: Calibration sets (each the pilot's number of persons) the CLI simulates by default.
 CALIBRATION_SETS = 8
+#: The most sets fitted (more calibration persons than this many sets are left unused).
 MAX_SETS = 12
 #: Fewer sets give no usable spread (Student's t with one degree of freedom multiplies it by 3.8).
 MIN_SETS = 3
@@ -354,7 +355,7 @@ def fit_sessions(
                 # that; the SD estimated from n_sets values takes Student's t in place of the normal
                 n_sets = int(sets[0])
                 target = float(sim[f"set_sd:{k}"][0]) * np.sqrt(1.0 + 1.0 / n_sets)
-                target *= float(student_t.ppf(0.95, n_sets - 1) / student_t.ppf(0.95, np.inf))
+                target *= float(student_t.ppf(0.95, n_sets - 1) / norm.ppf(0.95))
                 med = float(np.median(x))
                 sd = float(np.std(x))
                 widen = max(1.0, target / sd) if sd > 0 else 1.0

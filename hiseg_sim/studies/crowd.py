@@ -4,7 +4,6 @@ The ``crowd`` study kind: its ``[analysis]`` settings and its report sections.""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +37,7 @@ def _sections(data, settings: dict, out: Path):
     pool = int(e[e["annotator"] == worker].groupby("case_id").size().min())
     ks = [int(k) for k in settings.get("ks", range(1, pool + 1)) if int(k) <= pool]
     targets = [float(t) for t in settings.get("targets", (0.80, 0.85))]
-    workers = int(settings.get("workers", os.cpu_count() or 1))
+    workers = int(settings.get("workers", 0))
     draws = C.crowd_draws(
         e, data.cases, worker, ks, methods, int(settings.get("draws", 30)), seed, progress=True, workers=workers
     )
