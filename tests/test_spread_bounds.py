@@ -135,3 +135,19 @@ def test_stratified_ks_null_is_below_the_iid_one_when_nodules_differ():
     assert spread["mean"] < 0.8 * iid["mean"]
     assert alike["mean"] == pytest.approx(iid["mean"], abs=0.015)
     assert 0.0 <= spread["p_at_most_target"] <= 1.0
+
+
+def test_subsample_ks_null_of_a_right_simulator_is_the_iid_one_and_a_shifted_one_fails():
+    rng = np.random.default_rng(3)
+    real = rng.normal(0.75, 0.1, 400)
+    right = rng.normal(0.75, 0.1, (400, 40))  # panels from the law the real values come from
+    got = SB.ks_subsample_null(real, right, 40, n_rep=400, seed=1)
+    iid = SB.ks_null_iid(40, 40 * 40, n_rep=400, seed=1)
+    assert got["mean"] == pytest.approx(iid["mean"], abs=0.012)
+    assert got["q95"] <= iid["q95"] + 0.02  # without replacement it errs narrow, never wide
+    shifted = SB.ks_subsample_null(real, right + 0.05, 40, n_rep=200, seed=1)
+    assert shifted["mean"] > got["mean"] + 0.1
+    with pytest.raises(ValueError, match="rows"):
+        SB.ks_subsample_null(real, right[:10], 40)
+    with pytest.raises(ValueError, match="between 1 and"):
+        SB.ks_subsample_null(real, right, 400)

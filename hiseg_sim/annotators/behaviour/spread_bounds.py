@@ -53,6 +53,11 @@ Bounds:
   the same continuous law); the second draws, per nodule, one real panel and ``reps`` simulated
   ones from the same ``tau`` (the real sample is one value per nodule of a mixture the simulated
   sample covers, so its KS is smaller than the iid one when nodules differ).
+- :func:`ks_subsample_null`: the KS a fitted simulator shows on random ``n``-nodule samples of
+  a larger set of nodules, from its own simulated panels there: for a simulator that does not
+  know each nodule's true agreement (only what its properties say of it, see
+  :mod:`~hiseg_sim.annotators.behaviour.property_bound`), the null of a small band is this one,
+  not :func:`ks_null`'s.
 - :func:`bootstrap_spearman`: percentile interval over nodules of a measured Spearman.
 """
 
@@ -80,6 +85,7 @@ __all__ = [
     "bootstrap_spearman",
     "ks_null_iid",
     "ks_null",
+    "ks_subsample_null",
     "pearson_to_spearman",
     "spearman_to_pearson",
 ]
@@ -426,4 +432,27 @@ def ks_null(
         real = simulate_panels(tau, ks[sel], vc, 1, rng)[:, 0]
         sim = simulate_panels(tau, ks[sel], vc, reps, rng).ravel()
         v[r] = stats.ks_2samp(real, sim).statistic
+    return _ks_summary(v, target)
+
+
+def ks_subsample_null(
+    real, sim_panels, n: int, n_rep: int = 4000, seed: int = 0, target: float = 0.12
+) -> dict[str, float]:
+    """The KS of ``n`` nodules drawn without replacement from a band (``real[i]``: nodule ``i``'s
+    real mean pairwise Dice; ``sim_panels[i]``: its simulated panels' Dice, the same number per
+    nodule) against the simulated panels of the same ``n`` nodules, as the spread report pairs
+    them; :func:`ks_null_iid`'s summary of the ``n_rep`` values. Drawing without replacement from
+    a finite band makes the spread a little narrower than fresh samples would (by about
+    ``sqrt(1 - n / len(real))``), so its 95th percentile errs low."""
+    real = np.asarray(real, float)
+    sims = np.asarray(sim_panels, float)
+    if sims.ndim != 2 or sims.shape[0] != len(real):
+        raise ValueError(f"sim_panels must be (nodules, panels) with {len(real)} rows; got shape {sims.shape}")
+    if not 1 <= int(n) < len(real):
+        raise ValueError(f"n must be between 1 and {len(real) - 1} (the band has {len(real)} nodules); got {n}")
+    rng = np.random.default_rng(seed)
+    v = np.empty(int(n_rep))
+    for r in range(int(n_rep)):
+        i = rng.choice(len(real), int(n), replace=False)
+        v[r] = stats.ks_2samp(real[i], sims[i].ravel()).statistic
     return _ks_summary(v, target)
