@@ -129,3 +129,25 @@ def test_patient_folds_keep_a_patient_together():
     assert set(f) == {0, 1, 2, 3}
     with pytest.raises(ValueError, match="cannot fill"):
         PB.patient_folds(ids[:6], 4)
+
+
+def test_linearised_difficulty_recovers_the_offset_a_simulator_is_missing():
+    """A simulator whose logit mean is the truth's without the margin effect, and falls with slope
+    -1.5 in L: the fitted L puts the margin effect back, centred, and ranks above the simulator."""
+    cal = _nodules(150, 7, True)
+    real = np.array([n.real["dice"] for n in cal])
+    margin = np.array([n.ratings["margin"] for n in cal])
+    base = 0.3 + 0.01 * np.random.default_rng(8).standard_normal(len(cal))  # no margin effect
+
+    def at(L):
+        return 1 / (1 + np.exp(-(base - 1.5 * L)))
+
+    fit = PB.linearised_difficulty(cal, {-0.5: at(-0.5), 0.0: at(0.0), 0.5: at(0.5)})
+    assert fit["slope_median"] == pytest.approx(-1.5, abs=1e-6)
+    assert np.corrcoef(fit["L"], margin)[0, 1] < -0.9  # a sharper margin: easier, lower L
+    assert np.mean(fit["L"]) == pytest.approx(0.0, abs=1e-9)  # equal weights here: centred
+    assert fit["cv_spearman"] > 0.8 and abs(fit["sim_spearman"]) < 0.3  # the simulator alone: noise
+    assert fit["predict"](cal[:5]) == pytest.approx(fit["L"][:5])
+    assert np.corrcoef(real, -fit["L"])[0, 1] > 0.8
+    with pytest.raises(ValueError, match="keys"):
+        PB.linearised_difficulty(cal, {0.0: at(0.0), 0.5: at(0.5)})

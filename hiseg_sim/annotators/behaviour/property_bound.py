@@ -53,6 +53,7 @@ __all__ = [
     "ridge_predictor",
     "patient_folds",
     "property_bound",
+    "linearised_difficulty",
 ]
 
 GROUPS = ("ratings", "rating_spread", "shape")
@@ -244,4 +245,65 @@ def _by_readers(real: np.ndarray, pred: np.ndarray, ks: np.ndarray) -> dict[int,
     return {
         int(k): (float(stats.spearmanr(real[ks == k], pred[ks == k]).statistic) if (ks == k).sum() > 2 else None)
         for k in np.unique(ks)
+    }
+
+
+def linearised_difficulty(
+    calibration: Sequence[Any],
+    sim_means: dict[float, np.ndarray],
+    *,
+    groups: Sequence[str] = ("ratings", "shape"),
+    alpha: float = ALPHA,
+    folds: int = 5,
+    seed: int = 0,
+    db=None,
+) -> dict[str, Any]:
+    """A per-nodule log difficulty ``L`` from the properties, fitted on ``calibration``.
+
+    ``sim_means``: the simulator's per-nodule mean Dice at ``L = -h, 0, +h`` (keys ``-h``, ``0.0``
+    and ``h``). Each nodule's implied ``L``, linearised, is its real logit Dice less the
+    simulator's, over the simulator's slope in ``L``. That is regressed (ridge, weighted by
+    ``slope^2 / (B_k + noise_k)``) on the properties and centred so the weighted mean ``L`` is 0.
+
+    Returns ``predict(nodules) -> L`` (``predict``), the calibration nodules' ``L`` (``L``), the
+    slope's median (``slope_median``), and ``cv_spearman``: the out-of-fold Spearman of the real
+    Dice with the simulator's logit moved by ``slope * L`` (the linear approximation of
+    simulating with the offsets), beside ``sim_spearman`` (the simulator alone)."""
+    hs = sorted(float(k) for k in sim_means)
+    if len(hs) != 3 or hs[1] != 0.0 or hs[0] != -hs[2]:
+        raise ValueError(f"sim_means needs the keys -h, 0.0 and +h; got {sorted(sim_means)}")
+    h = hs[2]
+
+    def logit(d):
+        d = np.clip(np.asarray(d, float), SB.EPS, 1 - SB.EPS)
+        return np.log(d / (1 - d))
+
+    s0 = logit(sim_means[0.0])
+    slope = (logit(sim_means[h]) - logit(sim_means[-h])) / (2 * h)
+    if len(s0) != len(calibration) or np.any(slope >= 0):
+        raise ValueError("sim_means must hold one mean per calibration nodule, falling as L grows")
+    target = (_logit_dice(calibration) - s0) / slope
+    vc = SB.fit_variance_components([n.real["pairs"] for n in calibration], "logit")
+    ks = np.array([int(n.n_readers) for n in calibration])
+    w = slope**2 / (vc.between_of(ks) + vc.noise(ks))
+    X, _ = property_matrix(calibration, groups, db=db)
+    fold = patient_folds([n.nodule_id for n in calibration], folds, seed)
+    oof = np.empty(len(target))
+    for f in range(folds):
+        te = fold == f
+        oof[te] = ridge_predictor(X[~te], target[~te], w[~te], alpha)(X[te])
+    full = ridge_predictor(X, target, w, alpha)
+    fitted = full(X)
+    centre = float(np.average(fitted, weights=w))
+    real = np.array([float(n.real["dice"]) for n in calibration])
+
+    def predict(nodules: Sequence[Any]) -> np.ndarray:
+        return full(property_matrix(nodules, groups, db=db)[0]) - centre
+
+    return {
+        "predict": predict,
+        "L": fitted - centre,
+        "slope_median": float(np.median(slope)),
+        "cv_spearman": float(stats.spearmanr(real, s0 + slope * (oof - centre)).statistic),
+        "sim_spearman": float(stats.spearmanr(real, s0).statistic),
     }
