@@ -208,15 +208,21 @@ def demo_config(
     segmenter: str = "litemedsam",
     checkpoint: str | os.PathLike | None = None,
     pad_px: float = 2.0,
+    sample: dict | None = None,
 ) -> dict:
-    """What a :func:`run_demo` result depends on (stored in ``summary.json`` as ``config``)."""
-    return {
+    """What a :func:`run_demo` result depends on (stored in ``summary.json`` as ``config``);
+    ``sample``: the arguments of the :func:`~hiseg_sim.data.cohort.sample_manifest` the cohort
+    came from, if it did."""
+    config = {
         "cohort": cohort,
         "limit": limit,
         "segmenter": segmenter,
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
         "pad_px": float(pad_px),
     }
+    if sample is not None:
+        config["sample"] = dict(sample)
+    return config
 
 
 def load_demo(out_dir: str | Path, config: dict) -> tuple[list[DemoRow], dict, Path] | None:
@@ -256,6 +262,7 @@ def run_demo(
     pad_px: float = 2.0,
     progress: bool = True,
     config: dict | None = None,
+    manifest: dict | None = None,
 ) -> tuple[list[DemoRow], dict, Path]:
     """Segment every case of ``cohort`` and write ``dice.csv``, ``summary.json`` and ``overlay.png``
     to ``out_dir``; returns ``(rows, summary, overlay_path)``. Rows are written as they come, so an
@@ -264,6 +271,8 @@ def run_demo(
     ``segmenter``: a registry name (built here with ``checkpoint`` and the on-disk embedding cache
     ``cache_dir``, default :func:`hiseg_sim.segmenters.default_cache_dir`) or a built segmenter.
     ``config``: what to record as the run's configuration (default :func:`demo_config` of the arguments).
+    ``manifest``: where ``cohort`` is listed (default the shipped one), e.g. a
+    :func:`~hiseg_sim.data.cohort.sample_manifest`.
     """
     from hiseg_sim import segmenters
     from hiseg_sim.data.cohort import iter_cohort
@@ -288,7 +297,10 @@ def run_demo(
     with csv.open("w") as fh:
         fh.write(",".join(DemoRow.__dataclass_fields__) + "\n")
         for case in progress_iter(
-            iter_cohort(cohort, limit=limit), desc=f"{name} on {cohort}", enabled=progress, total=limit
+            iter_cohort(cohort, manifest=manifest, limit=limit, progress=progress),
+            desc=f"{name} on {cohort}",
+            enabled=progress,
+            total=limit if limit is not None or manifest is None else manifest["cohorts"][cohort]["n"],
         ):
             row, pred, box = segment_key_slice(case, seg, pad_px)
             rows.append(row)

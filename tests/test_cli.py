@@ -96,6 +96,37 @@ def test_boxes_writes_table_csv_and_overlay(tmp_path):
     ]
 
 
+@pytest.mark.integration
+def test_boxes_per_band_draws_its_own_sample_and_sets_it_beside_the_readers(tmp_path, monkeypatch):
+    from hiseg_sim.data import cohort
+
+    real = cohort.sample_manifest
+    few = [f"LIDC-IDRI-{i:04d}" for i in range(1, 101)]  # a part of the split, to keep it quick
+    monkeypatch.setattr(cohort, "sample_manifest", lambda **kw: real(**kw, patients=few))
+    out = tmp_path / "sample"
+    args = [
+        "boxes",
+        "--per-band",
+        "1",
+        "--json",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--no-progress",
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    bands = json.loads(res.stdout.strip().splitlines()[-1])["bands"]
+    assert {b: v["n"] for b, v in bands.items()} == {"<6": 1, "6-10": 1, "10-20": 1, ">=20": 1}
+    assert all(0.0 <= v["box"] <= 1.0 and 0.7 < v["readers"] < 0.95 for v in bands.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 4 and summary["config"]["sample"]["per_band"] == 1
+    assert "building" not in res.stderr  # --no-progress holds for the phantoms too
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "reusing it" in again.stderr
+
+
 def _junk_weights(tmp_path):
     p = tmp_path / "weights.pth"
     p.write_bytes(b"this is not a PyTorch file")
@@ -109,6 +140,8 @@ MISTAKES = [
     (["boxes", "--segmenter", "litemedsm"], "did you mean 'litemedsam'"),
     (["report", "runs/nope"], "no such directory"),
     (["boxes", "--limit", "0"], "--limit"),
+    (["boxes", "--per-band", "5", "--cohort", "holdout"], "not both"),
+    (["boxes", "--per-band", "0"], "--per-band"),
     (["simulate", "expert_radiologist", "--segmenter", "sam_vit_b"], "--checkpoint"),
     (["simulate", "expert_radiologst"], "did you mean 'expert_radiologist'"),
     (["boxes", "--checkpoint", "/no/such/file.pth"], "no such file"),

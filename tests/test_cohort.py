@@ -206,3 +206,22 @@ def test_litemedsam_tight_box_on_default_cohort(shipped):
         pred = seg.decode(seg.encode(case.volume_hu[k]), S.Prompt(box=box)).mask
         dice.append(2 * (pred & g).sum() / (pred.sum() + g.sum()))
     assert np.median(dice) >= 0.80, dice
+
+
+def test_sample_manifest_draws_each_lidc_band_from_its_split_with_three_readers():
+    from hiseg_sim.data.cohort import SAMPLE_COHORT, read_manifest, sample_manifest
+    from hiseg_sim.data.lidc import LidcDatabase, patient_number
+
+    db = LidcDatabase()
+    some = [f"LIDC-IDRI-{i:04d}" for i in range(1, 101)]  # a part of the split, to keep it quick
+    man = sample_manifest(3, seed=1, db=db, patients=some)
+    read_manifest(man)  # a valid manifest
+    cases = man["cohorts"][SAMPLE_COHORT]["cases"]
+    assert len(cases) == 12 and man["cohorts"][SAMPLE_COHORT]["split"] == "calibration"
+    bands = [C.size_band(db.get_nodule(c["nodule_id"]).lidc_diameter_mm) for c in cases]
+    assert sorted(bands) == sorted(["<6", "6-10", "10-20", ">=20"] * 3)
+    assert all(c["n_readers"] >= 3 and patient_number(c["nodule_id"].split("/")[0]) <= 800 for c in cases)
+    assert sample_manifest(3, seed=1, db=db, patients=some) == man
+    assert sample_manifest(3, seed=2, db=db, patients=some) != man
+    with pytest.raises(ValueError, match="per_band"):
+        sample_manifest(0, db=db)

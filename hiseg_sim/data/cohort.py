@@ -41,6 +41,8 @@ __all__ = [
     "size_band",
     "texture_group",
     "build_manifest",
+    "sample_manifest",
+    "SAMPLE_COHORT",
     "write_manifest",
     "read_manifest",
     "iter_cohort",
@@ -136,9 +138,9 @@ def _draw(rows: list[dict], n: int, rng: np.random.Generator) -> tuple[list[dict
     return chosen, take
 
 
-def _candidates(db, split: str) -> list[dict]:
+def _candidates(db, split: str, patients=None) -> list[dict]:
     rows = []
-    for nod in db.iter_nodules(split=split, min_readers=MIN_READERS):
+    for nod in db.iter_nodules(split=split, min_readers=MIN_READERS, patients=patients):
         d = float(nod.diameter_mm)
         if d < MIN_DIAMETER_MM or not nod.consensus.any():
             continue
@@ -151,6 +153,8 @@ def _candidates(db, split: str) -> list[dict]:
                 "n_readers": int(nod.n_readers),
                 "size_band": size_band(d),
                 "texture_group": texture_group(nod.texture),
+                # a nodule-like object without the LIDC convention is banded by its consensus diameter
+                "lidc_diameter_mm": float(getattr(nod, "lidc_diameter_mm", d)),
             }
         )
     return rows
@@ -204,6 +208,56 @@ def build_manifest(n_default: int = 40, n_holdout: int = 24, seed: int = 0, db=N
         ),
         "generator": "hiseg_sim.data.phantom",
         "cohorts": cohorts,
+    }
+
+
+#: the one cohort of a :func:`sample_manifest`
+SAMPLE_COHORT = "sample"
+
+
+def sample_manifest(
+    per_band: int, split: str = "calibration", seed: int = 0, min_readers: int = 3, db=None, patients=None
+) -> dict:
+    """A manifest (not written anywhere) whose cohort :data:`SAMPLE_COHORT` holds ``per_band``
+    random nodules of ``split`` in each LIDC size band (the mean of the readers' own diameters),
+    texture as it comes, from the nodules with at least ``min_readers`` readers.
+
+    The shipped cohorts are stratified by texture, with ground glass and part-solid nodules far
+    above their share of LIDC, and hold about ten nodules per band. A figure to set beside one
+    measured over all of a split's nodules (the readers' key-slice agreement, say) wants the
+    split's own texture mix and more nodules; this is that sample. Deterministic in ``seed``.
+    ``patients``: draw only from these patient ids (reads about 13 s for a whole split)."""
+    if per_band < 1:
+        raise ValueError(f"per_band must be at least 1; got {per_band}")
+    if db is None:
+        from hiseg_sim.data.lidc import LidcDatabase
+
+        db = LidcDatabase()
+    rng = np.random.default_rng([int(seed), 2])
+    cands = [r for r in _candidates(db, split, patients) if r["n_readers"] >= min_readers]
+    cands.sort(key=lambda r: r["nodule_id"])
+    chosen = []
+    for band, _, _ in SIZE_BANDS:
+        pool = [r for r in cands if size_band(r["lidc_diameter_mm"]) == band]
+        for i in sorted(rng.choice(len(pool), min(int(per_band), len(pool)), replace=False).tolist()):
+            chosen.append({**pool[i], "phantom_seed": int(rng.integers(0, 10_000))})
+    keys = ("nodule_id", "phantom_seed", "diameter_mm", "texture", "n_readers", "size_band", "texture_group")
+    return {
+        "version": 1,
+        "description": (
+            f"{per_band} random {split}-split nodules with >= {min_readers} readers per LIDC size band, "
+            f"texture as it comes (sample_manifest, seed {seed})"
+        ),
+        "generator": "hiseg_sim.data.phantom",
+        "cohorts": {
+            SAMPLE_COHORT: {
+                "split": split,
+                "seed": int(seed),
+                "n": len(chosen),
+                "strata": {},
+                "cases": [{k: r[k] for k in keys} for r in chosen],
+            }
+        },
     }
 
 
@@ -276,11 +330,13 @@ def iter_cohort(
     limit: int | None = None,
     db=None,
     cache: bool | str | Path = True,
+    progress: bool = True,
 ) -> Iterator[Case]:
     """Yield the cohort's cases one at a time (each built when reached, ~0.1–1 s; read back from the
     on-disk case cache in a few ms when it was built before: see :mod:`hiseg_sim.data.case_cache`,
     ``cache=False`` to always rebuild). ``db``: a :class:`~hiseg_sim.data.lidc.LidcDatabase`, or a
-    function returning one, called only if a case must be built."""
+    function returning one, called only if a case must be built. ``progress``: show a bar once a
+    phantom has to be built."""
     man = read_manifest(manifest)
     if name not in man["cohorts"]:
         raise ManifestError(f"unknown cohort {name!r}; the manifest has {sorted(man['cohorts'])}")
@@ -315,7 +371,7 @@ def iter_cohort(
                 )
         return make_phantom(nodule, seed=entry["phantom_seed"])
 
-    building = _BuildProgress(name, len(entries))
+    building = _BuildProgress(name, len(entries), progress)
     try:
         for i, entry in enumerate(entries):
 
@@ -335,13 +391,13 @@ class _BuildProgress:
     run's minute of building is not silent; shown in the main process only (pool workers build
     their own few cases while the runner's bar counts units)."""
 
-    def __init__(self, cohort: str, total: int) -> None:
-        self.cohort, self.total, self.bar = cohort, total, None
+    def __init__(self, cohort: str, total: int, enabled: bool = True) -> None:
+        self.cohort, self.total, self.bar, self.enabled = cohort, total, None, enabled
 
     def built(self, i: int, case: Case) -> Case:
         import multiprocessing
 
-        if self.bar is None and multiprocessing.parent_process() is None:
+        if self.enabled and self.bar is None and multiprocessing.parent_process() is None:
             from hiseg_sim.progress import bar
 
             self.bar = bar(
