@@ -1,4 +1,5 @@
-"""The phantom's nodule: how dense it is where, from the readers' masks and the texture rating.
+"""The phantom's nodule: its density by texture rating, painted on the latent object
+(:mod:`~hiseg_sim.data.phantom_latent`).
 
 Pure functions on the nodule's crop grid ``(z, y, x)``.
 
@@ -26,7 +27,7 @@ from scipy.special import expit
 
 from hiseg_sim.data.phantom_anatomy import hat_matrix
 
-__all__ = ["TEXTURE_HU", "nodule_occupancy", "nodule_hu_map", "paint_nodule"]
+__all__ = ["TEXTURE_HU", "nodule_hu_map", "paint_nodule"]
 
 #: HU range drawn from for each texture rating (for 3: the ground-glass rim).
 TEXTURE_HU: dict[int, tuple[float, float]] = {
@@ -38,19 +39,6 @@ TEXTURE_HU: dict[int, tuple[float, float]] = {
 }
 #: HU range of the solid core of a part-solid (texture 3) nodule.
 PART_SOLID_CORE_HU = (-120.0, 20.0)
-#: Occupancy of voxels marked by fewer than half the readers, at a reader fraction of 0.5.
-FRINGE_OCCUPANCY = 0.35
-
-
-def nodule_occupancy(consensus: np.ndarray, fraction: np.ndarray, px: float) -> np.ndarray:
-    """How much nodule tissue fills each voxel, 0..1, ``float32`` on the crop grid.
-
-    1 in the consensus; a faint fringe (``FRINGE_OCCUPANCY x fraction / 0.5``) where only some
-    readers drew (the edge readers disagree about is the faint one); softened in plane by a
-    0.5-pixel Gaussian so the staircase of the contours does not show.
-    """
-    occ = np.where(consensus, 1.0, np.minimum(fraction / 0.5, 1.0) * FRINGE_OCCUPANCY).astype(np.float32)
-    return ndimage.gaussian_filter(occ, (0, 0.5, 0.5), mode="constant").astype(np.float32)
 
 
 def _smooth_noise(rng: np.random.Generator, shape, spacing_zyx, corr_mm: float) -> np.ndarray:
