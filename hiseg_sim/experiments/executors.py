@@ -52,6 +52,7 @@ import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 
 from hiseg_sim.experiments.spec import EXECUTORS
 from hiseg_sim.experiments.units import WorkUnit
@@ -226,6 +227,18 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
             pass
 
 
+@contextmanager
+def _owned(pool: ProcessPoolExecutor) -> Iterator[ProcessPoolExecutor]:
+    """``pool`` for a block: shut down (waiting) when the block completes, its workers killed
+    (:func:`_stop_pool`) when the block is left early: an error, Ctrl-C, a generator closed."""
+    try:
+        yield pool
+    except BaseException:
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
 def _mp_context(method: str | None):
     if method is None:
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
@@ -250,11 +263,14 @@ def run_process(
         return
     n = resolve_workers(workers, max(len(units), len(pre_encode)))
     wcfg = {**cfg, "threads": cfg.get("threads") or _threads_for(n), "workers": n}
-    pool = ProcessPoolExecutor(
-        max_workers=n, mp_context=_mp_context(start_method), initializer=_init_pool_worker, initargs=(os.getpid(), wcfg)
-    )
-    finished = False
-    try:
+    with _owned(
+        ProcessPoolExecutor(
+            max_workers=n,
+            mp_context=_mp_context(start_method),
+            initializer=_init_pool_worker,
+            initargs=(os.getpid(), wcfg),
+        )
+    ) as pool:
         batches = {pool.submit(encode_in_worker, list(b)): b for b in pre_encode}
         futures = {pool.submit(run_unit_in_worker, u): u for u in units}
         pending: set[Future] = set(futures) | set(batches)
@@ -275,12 +291,6 @@ def run_process(
                         f"worker: {type(exc).__name__}: {exc}"
                     ) from exc
                 yield res
-        finished = True
-    finally:
-        if finished:
-            pool.shutdown(wait=True)
-        else:
-            _stop_pool(pool)
 
 
 def map_ordered(fn, jobs: Sequence, workers: int | None = 1, start_method: str | None = None) -> Iterator:
@@ -292,18 +302,10 @@ def map_ordered(fn, jobs: Sequence, workers: int | None = 1, start_method: str |
         for job in jobs:
             yield fn(job)
         return
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=_mp_context(start_method))
-    finished = False
-    try:
+    with _owned(ProcessPoolExecutor(max_workers=n, mp_context=_mp_context(start_method))) as pool:
         futures = [pool.submit(fn, job) for job in jobs]
         for f in futures:
             yield f.result()
-        finished = True
-    finally:
-        if finished:
-            pool.shutdown(wait=True)
-        else:
-            _stop_pool(pool)
 
 
 def _ray_task(cfg: dict, key: str, unit: WorkUnit) -> UnitResult:

@@ -174,8 +174,13 @@ def patient_folds(nodule_ids: Sequence[str], folds: int, seed: int = 0) -> np.nd
     return np.array([of[p] for p in patients])
 
 
-def _logit_dice(nodules: Sequence[Any]) -> np.ndarray:
-    d = np.clip(np.array([float(n.real["dice"]) for n in nodules]), SB.EPS, 1 - SB.EPS)
+def _real_dice(nodules: Sequence[Any]) -> np.ndarray:
+    return np.array([float(n.real["dice"]) for n in nodules])
+
+
+def _logit(dice) -> np.ndarray:
+    """The logit of Dice values clipped to ``[EPS, 1 - EPS]`` (the spread bounds' scale)."""
+    d = np.clip(np.asarray(dice, float), SB.EPS, 1 - SB.EPS)
     return np.log(d / (1 - d))
 
 
@@ -208,7 +213,8 @@ def property_bound(
         extra = np.asarray(calibration_extra, float).reshape(len(calibration), -1)
         X = np.hstack([X, extra])
         names += [f"extra_{j}" for j in range(extra.shape[1])]
-    y = _logit_dice(calibration)
+    real = _real_dice(calibration)
+    y = _logit(real)
     vc = SB.fit_variance_components([n.real["pairs"] for n in calibration], "logit")
     ks = np.array([int(n.n_readers) for n in calibration])
     w = 1.0 / (vc.between_of(ks) + vc.noise(ks))
@@ -217,7 +223,6 @@ def property_bound(
     for f in range(folds):
         te = fold == f
         oof[te] = ridge_predictor(X[~te], y[~te], w[~te], alpha)(X[te])
-    real = np.array([float(n.real["dice"]) for n in calibration])
     cv = SB.bootstrap_spearman(real, oof, n_boot=n_boot, seed=seed)
     out: dict[str, Any] = {
         "n": {"calibration": len(calibration)},
@@ -232,7 +237,7 @@ def property_bound(
         if holdout_extra is not None:
             Xh = np.hstack([Xh, np.asarray(holdout_extra, float).reshape(len(holdout), -1)])
         pred = full(Xh)
-        real_h = np.array([float(n.real["dice"]) for n in holdout])
+        real_h = _real_dice(holdout)
         hb = SB.bootstrap_spearman(real_h, pred, n_boot=n_boot, seed=seed)
         out["n"]["holdout"] = len(holdout)
         out["holdout_spearman"] = hb["spearman"]
@@ -273,16 +278,12 @@ def linearised_difficulty(
     if len(hs) != 3 or hs[1] != 0.0 or hs[0] != -hs[2]:
         raise ValueError(f"sim_means needs the keys -h, 0.0 and +h; got {sorted(sim_means)}")
     h = hs[2]
-
-    def logit(d):
-        d = np.clip(np.asarray(d, float), SB.EPS, 1 - SB.EPS)
-        return np.log(d / (1 - d))
-
-    s0 = logit(sim_means[0.0])
-    slope = (logit(sim_means[h]) - logit(sim_means[-h])) / (2 * h)
+    s0 = _logit(sim_means[0.0])
+    slope = (_logit(sim_means[h]) - _logit(sim_means[-h])) / (2 * h)
     if len(s0) != len(calibration) or np.any(slope >= 0):
         raise ValueError("sim_means must hold one mean per calibration nodule, falling as L grows")
-    target = (_logit_dice(calibration) - s0) / slope
+    real = _real_dice(calibration)
+    target = (_logit(real) - s0) / slope
     vc = SB.fit_variance_components([n.real["pairs"] for n in calibration], "logit")
     ks = np.array([int(n.n_readers) for n in calibration])
     w = slope**2 / (vc.between_of(ks) + vc.noise(ks))
@@ -295,7 +296,6 @@ def linearised_difficulty(
     full = ridge_predictor(X, target, w, alpha)
     fitted = full(X)
     centre = float(np.average(fitted, weights=w))
-    real = np.array([float(n.real["dice"]) for n in calibration])
 
     def predict(nodules: Sequence[Any]) -> np.ndarray:
         return full(property_matrix(nodules, groups, db=db)[0]) - centre
