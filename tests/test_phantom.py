@@ -18,6 +18,7 @@ from hiseg_sim.data.phantom import (
     render_phantom,
 )
 from hiseg_sim.data.phantom_anatomy import stable_rng
+from hiseg_sim.data.phantom_latent import latent_nodule
 
 ATTACHED = 3
 WALL_CODES = (4, 5)
@@ -288,3 +289,52 @@ def test_spiculation_and_margin_show_in_the_image():
     # dense tissue just outside the consensus: more with spicules and a poorly defined margin
     ring = lambda c: ndimage.binary_dilation(c.gt, iterations=3) & ~ndimage.binary_dilation(c.gt)  # noqa: E731
     assert np.mean(b.volume_hu[ring(b)] > -500) > np.mean(a.volume_hu[ring(a)] > -500)
+
+
+@pytest.mark.parametrize("radii", [(4.0, 5.0, 6.0), (4.0, 6.0)])
+def test_latent_edge_departs_from_the_readers_mean_as_one_more_reading(radii):
+    """Concentric spheres: the readers' signed distances differ by their radii everywhere, so the
+    latent edge's spread must be the predictive SD of a new reading, ``s * sqrt(1 + 1/k)`` (ddof 1),
+    not the readers' plain SD, which puts the latent edge nearer the consensus than any reader."""
+    sp = (0.5, 0.5, 0.5)
+    grid = np.indices((33, 33, 33)).astype(float) - 16.0
+    r = np.sqrt((grid**2).sum(0)) * 0.5
+    masks = [r <= rad for rad in radii]
+    k = len(radii)
+    want = float(np.std(radii, ddof=1) * np.sqrt(1 + 1 / k))
+    _, latent, info = latent_nodule(masks, sp, np.random.default_rng(0), margin=3, spiculation=1)
+    assert info["spread_mm"] == pytest.approx(want, rel=0.08)
+    assert info["spread_mm"] > 1.15 * float(np.std(radii))
+    # one more reading: the latent object's size lies among the readers', not outside them all
+    rad_latent = (3 * latent.sum() * 0.125 / (4 * np.pi)) ** (1 / 3)
+    assert min(radii) - want < rad_latent < max(radii) + want
+
+
+def test_latent_edge_is_a_reader_departure_in_a_random_direction():
+    """Concentric spheres of radii 4, 5, 6 mm: one more reading departs from the mean (5 mm) as a
+    drawn reader departs from the other two's mean (-1.5, 0 or +1.5 mm), scaled to a 3-reader
+    panel by sqrt(8)/3, in either direction; so the latent sphere's radius is 5 or 5 +- 1.41 mm,
+    each seen over 40 draws (a smooth random field would leave every draw near 5 mm)."""
+    sp = (0.5, 0.5, 0.5)
+    grid = np.indices((41, 41, 41)).astype(float) - 20.0
+    r = np.sqrt((grid**2).sum(0)) * 0.5
+    masks = [r <= rad for rad in (4.0, 5.0, 6.0)]
+    want = np.array([5.0 - 1.5 * np.sqrt(8) / 3, 5.0, 5.0 + 1.5 * np.sqrt(8) / 3])
+    seen = []
+    for seed in range(40):
+        _, latent, _ = latent_nodule(masks, sp, np.random.default_rng(seed), margin=3, spiculation=1)
+        rad = (3 * latent.sum() * 0.125 / (4 * np.pi)) ** (1 / 3)
+        near = np.abs(want - rad)
+        assert near.min() < 0.2, rad
+        seen.append(int(near.argmin()))
+    assert set(seen) == {0, 1, 2}
+
+
+def test_one_reader_latent_is_that_reader():
+    sp = (1.0, 0.5, 0.5)
+    grid = np.indices((15, 31, 31)).astype(float)
+    m = ((grid[0] - 7) * 1.0) ** 2 + ((grid[1] - 15) * 0.5) ** 2 + ((grid[2] - 15) * 0.5) ** 2 <= 16.0
+    occ, latent, info = latent_nodule([m], sp, np.random.default_rng(1), margin=5, spiculation=1)
+    assert info["spread_mm"] == 0.0 and info["spicules"] == 0
+    assert np.array_equal(latent, m)
+    assert occ[m].min() > 0.5 > occ[~m].max()

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hiseg_sim.data.reader_keyslice import boxes_json, key_slice_of, leave_one_out_dice
+from hiseg_sim.data.reader_keyslice import boxes_json, key_slice_of, leave_one_out_dice, new_reader_dice
 
 
 def _disc(shape, c, r):
@@ -28,6 +28,33 @@ def test_leave_one_out_scores_each_reader_against_the_others():
     )
     with pytest.raises(ValueError, match=">= 3"):
         leave_one_out_dice([a, a])
+
+
+def test_new_reader_is_scored_against_the_consensus_it_did_not_make():
+    """Identical readers: a held-out reader matches the rest exactly (no gap). Nested discs of
+    radii 4..7: each held-out reader is scored against the 3 others' majority (2 of 3), the bar
+    within the 3 against the union of 2 (more generous than a majority), so the new reader
+    comes out ahead by a margin worked out by hand; 3 or 5 readers are refused."""
+    shape = (3, 30, 30)
+    a = _disc(shape, (1, 15, 15), 6)
+    assert new_reader_dice([a, a, a, a]) == (1.0, 1.0)
+    discs = [_disc(shape, (1, 15, 15), r) for r in (4, 5, 6, 7)]
+    area = [d[1].sum() for d in discs]
+
+    def d2(i, j):  # Dice of two nested discs
+        return 2 * area[min(i, j)] / (area[i] + area[j])
+
+    new, bar = [], []
+    for j in range(4):
+        panel = [i for i in range(4) if i != j]
+        new.append(d2(j, panel[1]))  # majority of 3 nested discs = the middle one
+        # within the panel, each reader against the union (= the larger) of the other two
+        bar.append(np.mean([d2(i, max(p for p in panel if p != i)) for i in panel]))
+    got = new_reader_dice(discs)
+    assert got == pytest.approx((np.mean(new), np.mean(bar)))
+    assert got[0] > got[1]
+    with pytest.raises(ValueError, match="exactly 4"):
+        new_reader_dice(discs[:3])
 
 
 def test_key_slice_is_the_largest_slice():
@@ -54,6 +81,11 @@ def test_boxes_json_puts_the_box_beside_the_readers_per_band():
     cons = out["bands_consensus_diameter"]["6-10"]
     assert cons["n"] == 1 and cons["readers"] == 0.9  # 9.5 mm by the consensus diameter, its own bar
     json.dumps(out, allow_nan=False)
+    # with the new-reader gaps, the LIDC bands also say what a reader new to the consensus scores
+    gaps = {b: {"new": 0.9, "bar": 0.88, "gap": 0.02, "n": 7} for b in ("<6", "6-10", "10-20", ">=20")}
+    out = boxes_json(rows, lidc_diameters={"a": 10.5, "b": 26.0, "c": 23.0}, readers={**readers, "new_reader": gaps})
+    assert out["bands"][">=20"]["new_reader"] == pytest.approx(0.87)
+    assert "new_reader" not in out["bands_consensus_diameter"][">=20"]
 
 
 def test_groups_are_put_beside_the_readers_bar_by_both_bandings():

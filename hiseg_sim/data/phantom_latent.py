@@ -6,11 +6,15 @@ readers disagree, the edge is faint, blurred, lobulated or ragged. So the image 
 a *latent* nodule built from the readers' own spread, on the nodule's crop grid ``(z, y, x)``:
 
 1. Each reader's signed distance ``phi_i`` (mm, + inside; 3-D, with the voxel spacing).
-2. Their mean ``phi_bar`` (the middle of the readers) and spread ``sigma`` (SD over readers,
-   smoothed by a 1-mm Gaussian, at most :data:`MAX_SPREAD_MM`).
-3. The latent edge ``phi_L = phi_bar + sigma * g``, ``g`` a smooth unit Gaussian random field
-   (correlation :data:`LATENT_CORR_MM`): one more plausible reading, so the consensus differs
-   from the visible edge as much as a reader's contour differs from the others'.
+2. Their mean ``phi_bar`` (the middle of the readers) and spread ``sigma``: the SD with which
+   one *more* reading departs from the mean of ``k`` readings, ``s * sqrt(1 + 1/k)`` with ``s``
+   the readers' SD (ddof 1; the predictive SD of a new draw), smoothed by a 1-mm Gaussian, at
+   most :data:`MAX_SPREAD_MM`. It sets how blurred the edge is (step 4).
+3. The latent edge ``phi_L = phi_bar + d``: one more plausible reading, whose departure ``d`` is
+   a real reader's departure from the others' mean, in a random direction, scaled to a
+   ``k``-reader panel (:func:`_reader_departure`). So the consensus differs from the visible
+   edge about as much as a radiologist who did not make it differs from it, with the readers'
+   own kind of disagreement (a whole edge drawn a millimetre out, a lobe taken in or left out).
 4. Tissue fraction ``sigmoid(phi_L / w)`` with an edge width ``w = w_margin + SPREAD_BLUR *
    sigma``: the sharper the LIDC margin rating (1 poorly defined ... 5 sharp) the narrower
    (:data:`MARGIN_WIDTH_MM`), and wider where readers disagree: the doubt shows as partial density.
@@ -28,15 +32,12 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import expit
 
-__all__ = ["latent_nodule", "MAX_SPREAD_MM", "LATENT_CORR_MM", "MARGIN_WIDTH_MM", "SPREAD_BLUR"]
+__all__ = ["latent_nodule", "MAX_SPREAD_MM", "MARGIN_WIDTH_MM", "SPREAD_BLUR"]
 
-#: The readers' local spread used is at most this (mm): beyond it they drew different objects
-#: (one the solid core, one the whole ground glass) and a blur that wide would smear the nodule.
+#: The readers' local spread used for the edge's blur is at most this (mm): beyond it they drew
+#: different objects (one the solid core, one the whole ground glass) and a blur that wide would
+#: smear the nodule.
 MAX_SPREAD_MM = 2.5
-#: Correlation length (mm) of the latent edge's departure from the readers' mean. assumption: a
-#: little above the fitted reader edge wander (0.7 mm, agents/calibration/expert_perception.json),
-#: since it stands for the object's shape (lobules), not a hand's wander.
-LATENT_CORR_MM = 1.5
 #: Edge width (mm, logistic scale) by LIDC margin rating 1 (poorly defined) ... 5 (sharp).
 #: assumption: a sharp margin's edge is set by the scanner (the phantom's PSF blur of about
 #: 0.3 mm comes on top); a poorly defined one fades over about 2 mm (4 x 0.5 mm, 10-90 %).
@@ -55,12 +56,6 @@ def _signed_distance(mask: np.ndarray, spacing) -> np.ndarray:
     din = ndimage.distance_transform_edt(m, sampling=spacing)[1:-1, 1:-1, 1:-1]
     dout = ndimage.distance_transform_edt(~m, sampling=spacing)[1:-1, 1:-1, 1:-1]
     return np.where(mask, din - h, h - dout).astype(np.float32)
-
-
-def _unit_field(rng: np.random.Generator, shape, spacing, corr_mm: float) -> np.ndarray:
-    sig = [max(corr_mm / math.sqrt(2.0) / s, 0.3) for s in spacing]
-    f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sig, mode="reflect")
-    return (f / (f.std() + 1e-9)).astype(np.float32)
 
 
 def _spicules(rng: np.random.Generator, latent: np.ndarray, spacing, count: int) -> np.ndarray:
@@ -89,6 +84,21 @@ def _spicules(rng: np.random.Generator, latent: np.ndarray, spacing, count: int)
     return out
 
 
+def _reader_departure(phis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One more reading's departure from the mean of ``k >= 2`` readers' signed distances: how a
+    real reader ``j`` (drawn) departs from the others' mean, in a random direction, scaled from a
+    ``k-1``-reader panel to a ``k``-reader one (``sqrt((k+1)(k-1))/k``, the ratio of the predictive
+    SDs ``sqrt(1+1/k)`` and ``sqrt(1+1/(k-1))``). Readers' departures are not a smooth Gaussian
+    field: one draws the whole edge a millimetre out, another takes in a lobe the others leave
+    out; a field of the same pointwise SD with short correlation averages out along a large
+    nodule's edge and left the latent edge nearer the consensus than a new reader is."""
+    k = phis.shape[0]
+    j = int(rng.integers(k))
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    others = (phis.sum(0) - phis[j]) / (k - 1)
+    return (sign * math.sqrt((k + 1) * (k - 1)) / k * (phis[j] - others)).astype(np.float32)
+
+
 def latent_nodule(
     reader_masks, spacing_zyx, rng: np.random.Generator, margin: float = 3, spiculation: float = 1
 ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -97,17 +107,18 @@ def latent_nodule(
     Returns ``(occupancy, latent, info)``: ``float32`` tissue fraction 0..1 (edge and spicules
     included), the ``bool`` latent object (``phi_L > 0``, what the density map is built on),
     and ``{"spread_mm": mean reader spread on the latent edge, "edge_width_mm", "spicules"}``.
-    Draws from ``rng`` in a fixed order: the latent field, then the spicules.
+    Draws from ``rng`` in a fixed order: the reader whose departure is used and its sign, then the
+    spicules.
     """
     masks = [np.asarray(m, bool) for m in reader_masks]
     sp = tuple(float(s) for s in spacing_zyx)
     phis = np.stack([_signed_distance(m, sp) for m in masks])
     phi_bar = phis.mean(0)
-    spread = phis.std(0) if len(masks) > 1 else np.zeros_like(phi_bar)
+    k = len(masks)
+    spread = phis.std(0, ddof=1) * math.sqrt(1.0 + 1.0 / k) if k > 1 else np.zeros_like(phi_bar)
     spread = ndimage.gaussian_filter(spread, [1.0 / s for s in sp], mode="nearest")
     spread = np.minimum(spread, MAX_SPREAD_MM).astype(np.float32)
-    g = _unit_field(rng, phi_bar.shape, sp, LATENT_CORR_MM)
-    phi_l = phi_bar + spread * g
+    phi_l = phi_bar + _reader_departure(phis, rng) if k > 1 else phi_bar.copy()
     latent = phi_l > 0
     if not latent.any():  # readers that barely overlap: keep the middle of the readers
         latent = phi_bar >= phi_bar.max()
