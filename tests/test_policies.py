@@ -436,3 +436,25 @@ def test_compare_at_equal_time(tmp_path):
     assert png.stat().st_size > 10_000
     with pytest.raises(ValueError, match="no arm"):
         compare_at_equal_time(data, "nobody")
+
+
+def test_a_card_keeps_one_evaluation_per_study(tmp_path):
+    from hiseg_sim.policies.card import add_evaluation, read_card, write_card
+
+    def ev(study, dice):
+        arm = {"annotator": "pol", "n": 4, "dice": dice, "dice_lo": dice - 0.1, "dice_hi": dice + 0.1}
+        arm |= {"seconds": 5.0, "seconds_lo": 4.0, "seconds_hi": 6.0}
+        return {"study": study, "cohort": "holdout", "episodes": 4, "t_star": 5.0, "arms": [arm], "paired": []}
+
+    card = {"name": "pol", "kind": "ppo", "env_id": "NoduleSeg2D-v0", "grid": 48, "max_episode_steps": 8}
+    card |= {"cohort": "default", "segmenter": "litemedsam", "reward": "dDice", "steps": 0, "seeds": {}}
+    card["evaluation"] = ev("narrow", 0.5)  # a card from before there could be more than one
+    write_card(tmp_path, card)
+    add_evaluation(tmp_path, ev("wide", 0.7))
+    add_evaluation(tmp_path, ev("narrow", 0.6))  # run again: replaces its own result only
+    saved = read_card(tmp_path)
+    assert {k: v["arms"][0]["dice"] for k, v in saved["evaluations"].items()} == {"narrow": 0.6, "wide": 0.7}
+    assert saved["evaluation"]["study"] == "narrow" and saved["evaluation"]["evaluated"]
+    md = (tmp_path / "model_card.md").read_text()
+    assert md.index("### `narrow`") < md.index("### `wide`")
+    assert "| pol | 4 | 0.600 |" in md and "| pol | 4 | 0.700 |" in md and "| pol | 4 | 0.500 |" not in md

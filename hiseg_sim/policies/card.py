@@ -11,7 +11,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["CARD_JSON", "CARD_MD", "add_evaluation", "card_markdown", "plot_training_curve", "read_card", "write_card"]
+__all__ = [
+    "CARD_JSON",
+    "CARD_MD",
+    "add_evaluation",
+    "card_markdown",
+    "evaluations",
+    "plot_training_curve",
+    "read_card",
+    "write_card",
+]
 
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
@@ -63,42 +72,62 @@ def card_markdown(card: dict) -> str:
             f"{_fmt(last['seconds'])} s, return {_fmt(last['return'])}"
         )
     lines += ["", "## Evaluation", ""]
-    ev = card.get("evaluation")
-    if not ev:
+    evs = evaluations(card)
+    if not evs:
         lines.append(f"Not evaluated yet: run `hiseg-sim eval-policy {card['name']}` (experiments/policy_eval.toml).")
-    else:
-        lines.append(
-            f"Study `{ev.get('study')}` on cohort `{ev.get('cohort')}` ({ev.get('episodes')} episodes); "
-            f"95 % intervals are cluster bootstraps over cases, paired on (case, replicate)."
-        )
-        lines.append("")
-        lines.append("| arm | episodes | Dice | 95 % CI | seconds | 95 % CI |")
-        lines.append("|---|---|---|---|---|---|")
-        for r in ev.get("arms", []):
-            lines.append(
-                f"| {r['annotator']} | {r['n']} | {r['dice']:.3f} | {r['dice_lo']:.3f}–{r['dice_hi']:.3f} | "
-                f"{r['seconds']:.1f} | {r['seconds_lo']:.1f}–{r['seconds_hi']:.1f} |"
-            )
-        t_star = ev.get("t_star")
-        if ev.get("paired"):
-            lines += [
-                "",
-                f"Paired differences (policy − arm); `dice@t*` is the Dice at t* = {t_star:.1f} s, the "
-                "policy's median episode time, read from each episode's Dice-vs-time step function:",
-                "",
-                "| arm | measure | difference | 95 % CI | pairs |",
-                "|---|---|---|---|---|",
-            ]
-            for p in ev["paired"]:
-                lines.append(
-                    f"| {p['b']} | {p['measure']} | {p['diff']:+.3f} | {p['lo']:+.3f} – {p['hi']:+.3f} | "
-                    f"{p['n_pairs']} |"
-                )
-        if ev.get("plot"):
-            lines += ["", f"Plot: `{ev['plot']}`"]
+    for i, ev in enumerate(evs):
+        if i:
+            lines.append("")
+        lines += _evaluation_lines(ev, heading=len(evs) > 1)
     if card.get("notes"):
         lines += ["", "## Notes", "", card["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _evaluation_lines(ev: dict, heading: bool) -> list[str]:
+    when = f", {ev['evaluated']}" if ev.get("evaluated") else ""
+    lines = [f"### `{ev.get('study')}`", ""] if heading else []
+    lines.append(
+        f"Study `{ev.get('study')}` on cohort `{ev.get('cohort')}` ({ev.get('episodes')} episodes{when}); "
+        f"95 % intervals are cluster bootstraps over cases, paired on (case, replicate)."
+    )
+    lines.append("")
+    lines.append("| arm | episodes | Dice | 95 % CI | seconds | 95 % CI |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in ev.get("arms", []):
+        lines.append(
+            f"| {r['annotator']} | {r['n']} | {r['dice']:.3f} | {r['dice_lo']:.3f}–{r['dice_hi']:.3f} | "
+            f"{r['seconds']:.1f} | {r['seconds_lo']:.1f}–{r['seconds_hi']:.1f} |"
+        )
+    t_star = ev.get("t_star")
+    if ev.get("paired"):
+        lines += [
+            "",
+            f"Paired differences (policy − arm); `dice@t*` is the Dice at t* = {t_star:.1f} s, the "
+            "policy's median episode time, read from each episode's Dice-vs-time step function:",
+            "",
+            "| arm | measure | difference | 95 % CI | pairs |",
+            "|---|---|---|---|---|",
+        ]
+        for p in ev["paired"]:
+            lines.append(
+                f"| {p['b']} | {p['measure']} | {p['diff']:+.3f} | {p['lo']:+.3f} – {p['hi']:+.3f} | {p['n_pairs']} |"
+            )
+    if ev.get("plot"):
+        lines += ["", f"Plot: `{ev['plot']}`"]
+    return lines
+
+
+def evaluations(card: dict) -> list[dict]:
+    """Every evaluation a card holds, one per study, in the order they were first run.
+
+    ``evaluations`` maps study name to its latest result; a card written before there could be more
+    than one holds its single result under ``evaluation``."""
+    evs = card.get("evaluations")
+    if isinstance(evs, dict) and evs:
+        return [ev for ev in evs.values() if isinstance(ev, dict)]
+    ev = card.get("evaluation")
+    return [ev] if isinstance(ev, dict) and ev else []
 
 
 def _network_lines(card: dict) -> list[str]:
@@ -140,9 +169,17 @@ def write_card(out_dir: str | Path, card: dict) -> None:
 
 
 def add_evaluation(policy_dir: str | Path, evaluation: dict) -> dict:
-    """Put ``evaluation`` into a saved policy's card (both files); returns the card."""
+    """Put ``evaluation`` into a saved policy's card (both files), beside the other studies' results;
+    returns the card. A study evaluated again replaces its own earlier result only. ``evaluation``
+    stays the latest one, for readers of a single result."""
+    import datetime as dt
+
     d = Path(policy_dir)
     card = read_card(d)
+    evaluation = {**evaluation, "evaluated": dt.date.today().isoformat()}
+    evs = {str(ev.get("study")): ev for ev in evaluations(card)}
+    evs[str(evaluation.get("study"))] = evaluation
+    card["evaluations"] = evs
     card["evaluation"] = evaluation
     write_card(d, card)
     return card
