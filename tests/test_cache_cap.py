@@ -147,3 +147,16 @@ def test_cache_info_and_prune_from_the_command_line_stub(tmp_path):
     assert "would delete 2 embeddings" in res.output and C.disk_usage(tmp_path).entries == 2
     res = runner.invoke(app, ["cache", "prune", "--cache-dir", str(tmp_path)])
     assert res.exit_code == 2 and "--max-gb, --older-than-days or --all" in res.output
+
+
+def test_prune_leaves_other_folders_in_the_cache_directory_alone_stub(tmp_path):
+    seg = StubSegmenter(cache=EmbeddingCache(disk_dir=tmp_path, max_disk_bytes=0))
+    seg.encode(_images(1)[0])
+    other = tmp_path / "specialist"
+    other.mkdir()
+    (other / "weights.npz").write_bytes(b"x" * 1000)
+    (other / ".tmp-old.npz").write_bytes(b"x")
+    _age(other / ".tmp-old.npz", 2 * 3600)
+    assert C.disk_usage(tmp_path).entries == 1
+    assert C.prune(tmp_path, max_bytes=0).entries == 1
+    assert (other / "weights.npz").exists() and (other / ".tmp-old.npz").exists()

@@ -89,13 +89,19 @@ class DiskUsage:
     newest: float | None
 
 
+def _is_shard(name: str) -> bool:
+    return len(name) == 2 and all(c in "0123456789abcdef" for c in name)
+
+
 def _entries(disk_dir: Path) -> list[tuple[float, int, Path]]:
     """(mtime, size, path) of every finished entry; entries deleted meanwhile are skipped."""
     out: list[tuple[float, int, Path]] = []
     if not disk_dir.is_dir():
         return out
     for sub in os.scandir(disk_dir):
-        if not sub.is_dir(follow_symlinks=False):
+        # Entries live in two-hex-digit folders (``path_for``); other folders, such as cached
+        # specialist weights, are not the store's to count or delete.
+        if not (_is_shard(sub.name) and sub.is_dir(follow_symlinks=False)):
             continue
         for f in os.scandir(sub.path):
             if not f.name.endswith(".npz") or f.name.startswith(".tmp-"):
@@ -154,7 +160,7 @@ def prune(
             path.unlink(missing_ok=True)
         root = Path(disk_dir)
         if root.is_dir():
-            for tmp in root.glob("*/.tmp-*"):
+            for tmp in (t for t in root.glob("*/.tmp-*") if _is_shard(t.parent.name)):
                 try:
                     if now - tmp.stat().st_mtime > _STALE_TMP_S:
                         tmp.unlink(missing_ok=True)
