@@ -126,14 +126,25 @@ def plot_designs(table: pd.DataFrame, percept: pd.DataFrame | None, path: Path, 
             ("cases", "lo", "hi", "practice cases", float(length)),
             ("minutes", "minutes_lo", "minutes_hi", "minutes", None),
         )
+
+        def _num(v) -> float:
+            return float(v) if v is not None and np.isfinite(v) else np.nan
+
         for ax, (col, lo, hi, label, cap) in zip(axes[:2], panels):
-            finite = pd.to_numeric(table[[col, hi]].stack(), errors="coerce").dropna()
-            right = cap if cap is not None else 1.15 * float(finite.max()) if len(finite) else 1.0
+            finite = pd.to_numeric(table[[col, lo, hi]].stack(), errors="coerce").dropna()
+            most = float(finite.max()) if len(finite) else 0.0
+            right = cap if cap is not None else 1.15 * most if most > 0 else 1.0
             for yi, (_, r) in zip(y, table.iterrows()):
-                if r[col] is None or not np.isfinite(r[col]):
-                    ax.text(0, yi, f"  not within {length} cases", va="center", fontsize=7.5, color="#888888")
+                if np.isnan(_num(r[col])):
+                    # Not reached within the sequence: the interval's lower end, where the
+                    # bootstrap puts it, still says how far off the design is.
+                    start = _num(r[lo])
+                    if not np.isnan(start):
+                        ax.plot([start, right], [yi, yi], color="#3288bd", lw=4, alpha=0.2, ls=(0, (2, 1)))
+                    note = f"  not within {length} cases" + ("" if np.isnan(start) else f" (95 % CI from {start:.3g})")
+                    ax.text(0, yi, note, va="center", fontsize=7.5, color="#666666")
                     continue
-                open_end = r[hi] is None or not np.isfinite(r[hi])
+                open_end = np.isnan(_num(r[hi]))
                 top = right if open_end else r[hi]
                 ax.plot(
                     [r[lo], top],
@@ -147,7 +158,7 @@ def plot_designs(table: pd.DataFrame, percept: pd.DataFrame | None, path: Path, 
                 ax.plot([r[col]], [yi], "o", color="#3288bd", mec="black", mew=0.7, ms=6)
             ax.set_yticks(y, table["arm"] if ax is axes[0] else [""] * len(y))
             ax.set_xlabel(f"{label} until within the margin of {reference}")
-            ax.set_xlim(left=0)
+            ax.set_xlim(0, right * 1.02)
             ax.grid(axis="x", alpha=0.3)
         axes[0].set_title("Practice cases (● estimate, bar: 95 % CI)")
         axes[1].set_title("Minutes: annotation + worked examples + tutorial")
