@@ -160,6 +160,10 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="On an error, show the full traceback (also HISEG_DEBUG=1)."),
 ) -> None:
     """Simulate people annotating lung nodules on CT with Segment Anything models, and measure the result."""
+    if os.environ.get("HISEG_CACHE_MAX_GB"):
+        from hiseg_sim.segmenters.cache import default_max_disk_bytes
+
+        default_max_disk_bytes()  # a bad value stops the command here, not later in a worker
 
 
 # ---- helpers shared by the commands ---------------------------------------------------------------

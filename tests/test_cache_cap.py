@@ -160,3 +160,12 @@ def test_prune_leaves_other_folders_in_the_cache_directory_alone_stub(tmp_path):
     assert C.disk_usage(tmp_path).entries == 1
     assert C.prune(tmp_path, max_bytes=0).entries == 1
     assert (other / "weights.npz").exists() and (other / ".tmp-old.npz").exists()
+
+
+@pytest.mark.parametrize("command", [["cache", "info"], ["demo", "--cases", "1", "--out"]])
+def test_a_bad_cap_in_the_environment_stops_a_command_in_one_line(tmp_path, command):
+    args = [*command, str(tmp_path / "run")] if command[-1] == "--out" else command
+    res = CliRunner().invoke(app, args, env={"HISEG_CACHE_MAX_GB": "lots", "HISEG_CACHE_DIR": str(tmp_path)})
+    assert res.exit_code == 2
+    assert "HISEG_CACHE_MAX_GB='lots' is not a number of gigabytes" in res.output and "Traceback" not in res.output
+    assert not any(tmp_path.iterdir())  # nothing ran

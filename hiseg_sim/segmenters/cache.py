@@ -9,8 +9,8 @@ Each ``.npz`` entry carries the SHA-256 of its feature bytes; an entry that fail
 checksum does not match is reported with a warning, removed and recomputed by the caller.
 
 The disk store is bounded. A phantom, window or model change gives every slice a new key, and the
-old entries are never read again (about 4 MB each; a few studies on changed phantoms once filled a
-disk with 51 GB of them). Every hit refreshes the entry's modification time, and after about a
+old entries are never read again (about 4 MB each; re-running the studies on changed phantoms adds
+gigabytes each time). Every hit refreshes the entry's modification time, and after about a
 twentieth of the cap has been written the store is scanned and the least recently used entries are
 deleted until it holds at most 90 % of the cap. The cap is ``max_disk_bytes``, else
 ``$HISEG_CACHE_MAX_GB`` (``0`` for no cap), else 20 GB. A write that fails (a full disk, a read-only
@@ -32,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hiseg_sim.segmenters.types import Embedding
+from hiseg_sim.segmenters.types import Embedding, SegmenterError
 
 __all__ = [
     "EmbeddingCache",
     "CorruptCacheWarning",
+    "CacheConfigError",
     "CacheWriteWarning",
     "DiskUsage",
     "default_cache_dir",
@@ -53,6 +54,10 @@ _STALE_TMP_S = 3600.0
 
 class CorruptCacheWarning(UserWarning):
     """A cache entry on disk could not be read or failed its checksum; it was removed."""
+
+
+class CacheConfigError(SegmenterError, ValueError):
+    """``$HISEG_CACHE_MAX_GB`` is not a size (the command line reports it in one line)."""
 
 
 class CacheWriteWarning(UserWarning):
@@ -73,9 +78,9 @@ def default_max_disk_bytes() -> int | None:
     try:
         gb = float(raw)
     except ValueError:
-        raise ValueError(f"HISEG_CACHE_MAX_GB={raw!r} is not a number of gigabytes (0 for no cap)") from None
+        raise CacheConfigError(f"HISEG_CACHE_MAX_GB={raw!r} is not a number of gigabytes (0 for no cap)") from None
     if not np.isfinite(gb) or gb < 0:
-        raise ValueError(f"HISEG_CACHE_MAX_GB={raw!r} must be a size in gigabytes >= 0 (0 for no cap)")
+        raise CacheConfigError(f"HISEG_CACHE_MAX_GB={raw!r} must be a size in gigabytes >= 0 (0 for no cap)")
     return None if gb == 0 else int(gb * 1e9)
 
 
