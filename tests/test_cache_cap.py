@@ -169,3 +169,12 @@ def test_a_bad_cap_in_the_environment_stops_a_command_in_one_line(tmp_path, comm
     assert res.exit_code == 2
     assert "HISEG_CACHE_MAX_GB='lots' is not a number of gigabytes" in res.output and "Traceback" not in res.output
     assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_prune_over_a_threshold_deletes_nothing_below_it_stub(tmp_path):
+    seg = StubSegmenter(cache=EmbeddingCache(disk_dir=tmp_path, max_disk_bytes=0))
+    for img in _images(3):
+        seg.encode(img)
+    held = C.disk_usage(tmp_path).bytes
+    assert C.prune(tmp_path, max_bytes=0, over=held).entries == 0 and C.disk_usage(tmp_path).entries == 3
+    assert C.prune(tmp_path, max_bytes=0, over=held - 1).entries == 3 and C.disk_usage(tmp_path).entries == 0

@@ -133,6 +133,7 @@ def prune(
     *,
     max_bytes: int | None = None,
     older_than_s: float | None = None,
+    over: int | None = None,
     dry_run: bool = False,
 ) -> DiskUsage:
     """Delete entries of an on-disk store, least recently used first; returns what was (or would be) deleted.
@@ -140,6 +141,8 @@ def prune(
     Args:
         max_bytes: keep at most this many bytes (the most recently used entries).
         older_than_s: delete every entry not used for this many seconds.
+        over: delete nothing unless the store holds more than this many bytes (with ``max_bytes``
+            below it, a store is not pruned again after every few writes).
         dry_run: only report.
 
     Unfinished writes left by a killed process (older than an hour) are removed too. Entries another
@@ -152,6 +155,8 @@ def prune(
     ents = sorted(_entries(Path(disk_dir)))  # oldest use first
     now = time.time()
     total = sum(e[1] for e in ents)
+    if over is not None and total <= over:
+        ents = []
     doomed: list[tuple[float, int, Path]] = []
     for ent in ents:
         too_old = older_than_s is not None and now - ent[0] > older_than_s
@@ -321,8 +326,8 @@ class EmbeddingCache:
         if self.max_disk_bytes and self._since_scan >= self._scan_every:
             self._since_scan = 0
             assert self.disk_dir is not None
-            if disk_usage(self.disk_dir).bytes > self.max_disk_bytes:
-                self.pruned_entries += prune(self.disk_dir, max_bytes=int(0.9 * self.max_disk_bytes)).entries
+            gone = prune(self.disk_dir, max_bytes=int(0.9 * self.max_disk_bytes), over=self.max_disk_bytes)
+            self.pruned_entries += gone.entries
 
     def _write(self, emb: Embedding) -> int:
         path = self.path_for(emb.key)
